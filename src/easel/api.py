@@ -1,0 +1,146 @@
+"""The library front: `generate`, `edit` and `vary`, each one call that returns saved images."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .types import ImageRequest, ImageResult, image_from_bytes
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from .engine.runner import Runner
+    from .providers.base import StepCallback
+
+ImageInput = "str | Path | bytes | PIL.Image.Image"
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def default_runner() -> Runner:
+    """The process-wide runner (settings from the environment); built on first use."""
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            from .engine.runner import Runner
+
+            _runner = Runner()
+        return _runner
+
+
+def reset_default_runner() -> None:
+    """Forget the process-wide runner, so that changed settings (EASEL_HOME, ...) take effect."""
+    global _runner
+    from .catalog import default_catalog
+    from .config import get_settings
+
+    with _runner_lock:
+        _runner = None
+    get_settings.cache_clear()
+    default_catalog.cache_clear()
+
+
+def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
+    """A PIL image from a path, bytes, a file object or a PIL image."""
+    import PIL.Image
+
+    if isinstance(value, PIL.Image.Image):
+        return value
+    if isinstance(value, (str, Path)):
+        return image_from_bytes(Path(value).read_bytes(), param)
+    if isinstance(value, (bytes, bytearray)):
+        return image_from_bytes(bytes(value), param)
+    if isinstance(value, io.IOBase) or hasattr(value, "read"):
+        return image_from_bytes(value.read(), param)
+    from .errors import InvalidRequestError
+
+    raise InvalidRequestError(f"`{param}` must be a path, bytes or a PIL image but is {type(value).__name__}.",
+                              param=param)
+
+
+def _build(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed, negative_prompt,
+           scheduler, output_format, options, **fields) -> ImageRequest:
+    return ImageRequest(
+        prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
+        num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
+        scheduler=scheduler, output_format=output_format, extra=dict(options), **fields,
+    )
+
+
+def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | None = None,
+             aspect: str | None = None, width: int | None = None, height: int | None = None,
+             steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+             negative_prompt: str | None = None, scheduler: str | None = None, output_format: str = "png",
+             save: bool = True, out_dir: str | Path | None = None, on_step: StepCallback | None = None,
+             **options: Any) -> ImageResult:
+    """Generate `n` images from a text prompt and save them to the workspace.
+
+    >>> result = easel.generate("a large red circle on the left on a blue background", seed=1)
+    >>> result[0].path, result[0].seed
+
+    `size` ("1024x768") or `aspect` ("16:9") set the shape; other keyword arguments are options of the model's
+    family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"` for big models on small GPUs).
+    """
+    request = _build(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height, steps=steps,
+                     guidance=guidance, seed=seed, negative_prompt=negative_prompt, scheduler=scheduler,
+                     output_format=output_format, options=options)
+    return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
+
+
+def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None, n: int = 1,
+         size: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+         negative_prompt: str | None = None, strength: float | None = None, output_format: str = "png",
+         save: bool = True, out_dir: str | Path | None = None, on_step: StepCallback | None = None,
+         **options: Any) -> ImageResult:
+    """Repaint the white part of `mask` in `image` to match `prompt`, keeping the rest (inpainting).
+
+    Without a mask, the image's fully transparent pixels are the area to repaint.
+    """
+    picture = load_image(image, "image")
+    mask_image = load_image(mask, "mask") if mask is not None else _mask_from_alpha(picture)
+    request = _build(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None, steps=steps,
+                     guidance=guidance, seed=seed, negative_prompt=negative_prompt, scheduler=None,
+                     output_format=output_format, options=options, mode="edit", image=picture, mask=mask_image,
+                     strength=strength)
+    return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
+
+
+def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, size: str | None = None,
+         strength: float | None = None, steps: int | None = None, guidance: float | None = None,
+         seed: int | None = None, output_format: str = "png", save: bool = True,
+         out_dir: str | Path | None = None, on_step: StepCallback | None = None, **options: Any) -> ImageResult:
+    """Variations of `image` (image-to-image): `strength` near 0 keeps it, 1 redraws it; `prompt` steers them."""
+    picture = load_image(image, "image")
+    request = _build(prompt or _prompt_of(picture), model=model, n=n, size=size, aspect=None, width=None,
+                     height=None, steps=steps, guidance=guidance, seed=seed, negative_prompt=None, scheduler=None,
+                     output_format=output_format, options=options, mode="vary", image=picture, strength=strength)
+    return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
+
+
+def _mask_from_alpha(image: PIL.Image.Image) -> PIL.Image.Image | None:
+    """White where the image is fully transparent (OpenAI's convention for edits without a mask)."""
+    if "A" not in image.getbands():
+        return None
+    return image.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+
+
+def _prompt_of(image: PIL.Image.Image) -> str:
+    """A variation without a prompt reuses the prompt the image was made with, when it carries one."""
+    from .metadata import read_parameters
+
+    params = read_parameters(image) or {}
+    return params.get("prompt") or " "
+
+
+def pull_model(name: str) -> str:
+    """Download a model's weights into the hub cache; returns the folder."""
+    from .catalog import default_catalog
+    from .config import get_settings
+    from .keys import get_key
+    from .providers.diffusers_local import pull_model as pull
+
+    spec = default_catalog().resolve(name)
+    return pull(spec, token=get_key(get_settings().keys_path, "hf"))

@@ -1,0 +1,215 @@
+"""The built-in model's pipeline: a small pixel-space text-to-image diffusion model, with image-to-image and
+inpainting, loaded with `ShapesPipeline.from_pretrained(folder)` like any diffusers pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclasses.dataclass
+class ShapesPipelineOutput(BaseOutput):
+    """Images, and the prompt words that the model's vocabulary does not know (ignored, one list per prompt)."""
+
+    images: list[PIL.Image.Image] | np.ndarray
+    ignored_words: list[list[str]]
+
+
+def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]]:
+    """The prompt reduced to words the model knows, and the words it dropped (in order, without repeats)."""
+    words = _WORD.findall(prompt.lower())
+    ignored = list(dict.fromkeys(w for w in words if w not in vocabulary))
+    return " ".join(w for w in words if w in vocabulary), ignored
+
+
+class ShapesPipeline(DiffusionPipeline):
+    """Easel's built-in model: coloured shapes from captions, in pixel space (see shared/specs/builtin-model.md)."""
+
+    model_cpu_offload_seq = "text_encoder->unet"
+    supports_image_input = True  # one pipeline does text-to-image, image-to-image and inpainting
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerFast,
+        scheduler: DPMSolverMultistepScheduler,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self._interrupt = False
+
+    @property
+    def native_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def vocabulary(self) -> set[str]:
+        return {w for w in self.tokenizer.get_vocab() if not w.startswith("<")}
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, image, mask_image):
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
+            raise ValueError(f"`prompt` has to be a string or a non-empty list of strings but is {prompt!r}.")
+        if negative_prompt is not None and isinstance(prompt, list) and isinstance(negative_prompt, list):
+            if len(negative_prompt) != len(prompt):
+                raise ValueError(
+                    f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {len(prompt)}."
+                )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` has to be >= 0 but is {guidance_scale}.")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"`strength` has to be in (0, 1] but is {strength}.")
+        if mask_image is not None and image is None:
+            raise ValueError("`mask_image` needs an `image` to repaint.")
+
+    def _to_pixels(self, image: Any, n: int) -> torch.Tensor:
+        """PIL image(s) -> a (n, 3, S, S) tensor in [-1, 1] at the native size."""
+        images = image if isinstance(image, list) else [image]
+        size = self.native_size
+        arrays = [
+            np.asarray(im.convert("RGB").resize((size, size), PIL.Image.BICUBIC), dtype=np.float32) / 127.5 - 1
+            for im in images
+        ]
+        t = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        if t.shape[0] == 1 and n > 1:
+            t = t.expand(n, -1, -1, -1)
+        elif t.shape[0] != n:
+            raise ValueError(f"`image` has {t.shape[0]} images but {n} are being generated.")
+        return t.to(self.device, self.unet.dtype)
+
+    def _to_mask(self, mask_image: Any, n: int) -> torch.Tensor:
+        """White (or opaque-marked) pixels = repaint; returns (n, 1, S, S) with 1 where the model may paint."""
+        size = self.native_size
+        mask = np.asarray(mask_image.convert("L").resize((size, size), PIL.Image.BILINEAR), dtype=np.float32)
+        # a native pixel is repainted if any part of it is marked, so nothing marked stays unpainted
+        t = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
+        return t.expand(n, -1, -1, -1).to(self.device, self.unet.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        mask_image: PIL.Image.Image | None = None,
+        strength: float = 1.0,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        return_dict: bool = True,
+    ):
+        """Generate images; with `image`, start from it (`strength` < 1 keeps its layout); with `mask_image`
+        too, repaint only the white part of the mask and keep the rest of `image`."""
+        # 1. check inputs
+        self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, strength, image, mask_image)
+        self._interrupt = False
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        else:
+            negatives = list(negative_prompt)
+        vocabulary = self.vocabulary
+        cleaned = [split_known_words(p, vocabulary) for p in prompts]
+        ignored = [words for _, words in cleaned for _ in range(num_images_per_prompt)]
+        texts = [text for text, _ in cleaned for _ in range(num_images_per_prompt)]
+        negs = [split_known_words(n, vocabulary)[0] for n in negatives for _ in range(num_images_per_prompt)]
+        batch = len(texts)
+
+        # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
+        do_cfg = guidance_scale > 1.0
+        cond = self.encode_prompt(texts)
+        if do_cfg:
+            cond = torch.cat([self.encode_prompt(negs), cond])
+
+        # 3. prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        if image is not None and mask_image is None and strength < 1.0:
+            start = num_inference_steps - max(1, int(round(num_inference_steps * strength)))
+            timesteps = timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+
+        # 4. prepare latents (pixel space: the latents are the image)
+        size = self.native_size
+        shape = (batch, self.unet.config.in_channels, size, size)
+        noise = _randn(shape, generator, self.device, self.unet.dtype)
+        original = self._to_pixels(image, batch) if image is not None else None
+        mask = self._to_mask(mask_image, batch) if mask_image is not None else None
+        if original is not None and mask is None and strength < 1.0:
+            latents = self.scheduler.add_noise(original, noise, timesteps[:1].repeat(batch))
+        else:
+            latents = noise * self.scheduler.init_noise_sigma
+
+        # 5. denoising loop
+        for i, t in enumerate(timesteps):
+            if self.interrupt:
+                break
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            pred = self.unet(model_input, t, encoder_hidden_states=cond).sample
+            if do_cfg:
+                uncond, text = pred.chunk(2)
+                pred = uncond + guidance_scale * (text - uncond)
+            latents = self.scheduler.step(pred, t, latents).prev_sample
+            if mask is not None:
+                # keep the unmasked part on the original's noisy trajectory so that both halves blend
+                if i + 1 < len(timesteps):
+                    known = self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2].repeat(batch))
+                else:
+                    known = original
+                latents = mask * latents + (1 - mask) * known
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "noise": noise}
+                out = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = out.pop("latents", latents)
+
+        # 6. decode and post-process
+        pixels = (latents.clamp(-1, 1) + 1) / 2
+        if mask is not None:
+            pixels = mask * pixels + (1 - mask) * (original + 1) / 2
+        arrays = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
+        images = arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, ignored
+        return ShapesPipelineOutput(images=images, ignored_words=ignored)
+
+
+def _randn(shape, generator, device, dtype) -> torch.Tensor:
+    """Noise drawn per image when given one generator per image, so a batch member equals its solo run."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"`generator` has {len(generator)} entries but the batch has {shape[0]} images.")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)

@@ -1,0 +1,169 @@
+"""`check_request`: validate a request against its model once, early, and fill in the model's defaults."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
+from .errors import InvalidRequestError, UnsupportedError
+from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
+
+MAX_IMAGES = 10
+MAX_STEPS = 500
+MAX_SEED = 2**63 - 1
+_ASPECT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def _require_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(f"`{name}` must be an integer but is {value!r}.", param=name)
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"`{name}` must be between {lo} and {hi} but is {value}.", param=name)
+    return value
+
+
+def _require_number(name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequestError(f"`{name}` must be a number but is {value!r}.", param=name)
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"`{name}` must be between {lo} and {hi} but is {value}.", param=name)
+    return float(value)
+
+
+def _check_option(spec: OptionSpec, value):
+    if spec.type == "int":
+        return _require_int(spec.name, value, int(spec.ge if spec.ge is not None else -2**31),
+                            int(spec.le if spec.le is not None else 2**31))
+    if spec.type == "float":
+        return _require_number(spec.name, value, spec.ge if spec.ge is not None else -math.inf,
+                               spec.le if spec.le is not None else math.inf)
+    if spec.type == "bool" and isinstance(value, bool):
+        return value
+    if spec.type == "str" and isinstance(value, str):
+        return value
+    raise InvalidRequestError(f"`{spec.name}` must be of type {spec.type} but is {value!r}.", param=spec.name)
+
+
+def aspect_size(spec: ModelSpec, aspect: str) -> tuple[int, int]:
+    """An aspect preset of the model's family ("16:9"), or any W:H ratio scaled to the family's pixel count."""
+    family = spec.family
+    if aspect in family.aspects:
+        return family.aspects[aspect]
+    m = _ASPECT.match(aspect) if isinstance(aspect, str) else None
+    if not m or float(m.group(1)) <= 0 or float(m.group(2)) <= 0:
+        presets = ", ".join(family.aspects)
+        raise InvalidRequestError(f"`aspect` must be W:H (presets: {presets}) but is {aspect!r}.", param="aspect")
+    ratio = float(m.group(1)) / float(m.group(2))
+    if not 1 / 4 <= ratio <= 4:
+        raise InvalidRequestError(f"`aspect` must be between 1:4 and 4:1 but is {aspect!r}.", param="aspect")
+    area = family.size[0] * family.size[1]
+    step = family.size_step
+    width = round(math.sqrt(area * ratio) / step) * step
+    height = round(math.sqrt(area / ratio) / step) * step
+    return width, height
+
+
+def quality_words_for(spec: ModelSpec, prompt: str) -> str | None:
+    words = spec.family.quality_words
+    if not words:
+        return None
+    return words.get("zh") if _CJK.search(prompt) and "zh" in words else words.get("en")
+
+
+def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
+                  default_model: str | None = None) -> tuple[ModelSpec, ImageRequest]:
+    """Validate `request` and return its model and a copy with every default filled in.
+
+    Every problem raises `InvalidRequestError` (or a subclass) naming the parameter and the bad value; nothing is
+    corrected silently.
+    """
+    catalog = catalog or default_catalog()
+    spec = catalog.resolve(request.model or default_model)
+    family = spec.family
+    r = request.replace(model=spec.name, extra=dict(request.extra))
+
+    # 1. prompt
+    if not isinstance(r.prompt, str) or not r.prompt.strip():
+        raise InvalidRequestError("`prompt` must be a non-empty string.", param="prompt")
+    if len(r.prompt) > family.max_prompt_chars:
+        raise InvalidRequestError(
+            f"`prompt` is {len(r.prompt)} characters, over the {family.max_prompt_chars} that {spec.name} takes.",
+            param="prompt",
+        )
+    if r.negative_prompt is not None:
+        if not isinstance(r.negative_prompt, str):
+            raise InvalidRequestError(f"`negative_prompt` must be a string but is {r.negative_prompt!r}.",
+                                      param="negative_prompt")
+        if r.negative_prompt and not family.negative_prompt:
+            raise UnsupportedError(f"{spec.name} does not take a negative prompt.", param="negative_prompt")
+        if len(r.negative_prompt) > family.max_prompt_chars:
+            raise InvalidRequestError(f"`negative_prompt` is over {family.max_prompt_chars} characters.",
+                                      param="negative_prompt")
+    elif family.default_negative_prompt is not None:
+        r.negative_prompt = family.default_negative_prompt
+
+    # 2. what to do, and with which images
+    if r.mode not in MODES:
+        raise InvalidRequestError(f"`mode` must be one of {', '.join(MODES)} but is {r.mode!r}.", param="mode")
+    if r.mode not in family.supports:
+        what = {"edit": "edits (inpainting)", "vary": "variations (image-to-image)"}.get(r.mode, r.mode)
+        raise UnsupportedError(f"{spec.name} does not support {what}.", param="model")
+    if r.mode in ("edit", "vary") and r.image is None:
+        raise InvalidRequestError(f"`image` is required for mode {r.mode!r}.", param="image")
+    if r.mode == "edit" and r.mask is not None and r.mask.size != r.image.size:
+        raise InvalidRequestError(
+            f"`mask` must be the same size as `image` ({r.image.width}x{r.image.height}) "
+            f"but is {r.mask.width}x{r.mask.height}.", param="mask",
+        )
+    if r.strength is not None:
+        r.strength = _require_number("strength", r.strength, 0.01, 1.0)
+    elif r.mode == "vary":
+        r.strength = 0.6
+
+    # 3. count, size, steps, guidance, seed
+    r.num_images = _require_int("n", r.num_images, 1, MAX_IMAGES)
+    if r.size is not None and r.size != "auto":
+        r.width, r.height = parse_size(r.size)
+    elif r.aspect is not None:
+        r.width, r.height = aspect_size(spec, r.aspect)
+    if r.width is None and r.height is None and r.image is not None and r.mode != "generate":
+        r.width, r.height = _snap(r.image.width, family.size_step), _snap(r.image.height, family.size_step)
+    r.width = family.size[0] if r.width is None else r.width
+    r.height = family.size[1] if r.height is None else r.height
+    for name in ("width", "height"):
+        value = _require_int(name, getattr(r, name), family.size_step, family.max_side)
+        if value % family.size_step:
+            raise InvalidRequestError(
+                f"`{name}` has to be divisible by {family.size_step} for {spec.name} but is {value}.", param=name
+            )
+    r.size, r.aspect = f"{r.width}x{r.height}", None
+    steps = spec.default_steps if r.num_inference_steps is None else r.num_inference_steps
+    r.num_inference_steps = _require_int("num_inference_steps", steps, 1, MAX_STEPS)
+    guidance = spec.default_guidance if r.guidance_scale is None else r.guidance_scale
+    r.guidance_scale = _require_number("guidance_scale", guidance, 0.0, 50.0)
+    if r.seed is not None:
+        r.seed = _require_int("seed", r.seed, 0, MAX_SEED)
+
+    # 4. scheduler, output format, family options
+    if r.scheduler is not None and r.scheduler not in family.schedulers:
+        allowed = ", ".join(family.schedulers) or "none (the model's own)"
+        raise InvalidRequestError(f"`scheduler` for {spec.name} must be one of {allowed} but is {r.scheduler!r}.",
+                                  param="scheduler")
+    if r.output_format not in OUTPUT_FORMATS:
+        raise InvalidRequestError(
+            f"`output_format` must be one of {', '.join(OUTPUT_FORMATS)} but is {r.output_format!r}.",
+            param="output_format",
+        )
+    for key, value in list(r.extra.items()):
+        option = family.options.get(key)
+        if option is None:
+            known = ", ".join(family.options) or "none"
+            raise InvalidRequestError(f"Unknown option {key!r} for {spec.name} (its options: {known}).", param=key)
+        r.extra[key] = _check_option(option, value)
+    return spec, r
+
+
+def _snap(value: int, step: int) -> int:
+    return max(step, value // step * step)

@@ -1,0 +1,401 @@
+"""The `easel` command line. Heavy libraries (torch, diffusers) load only inside the commands that need them, so
+`easel --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Easel: text to image with any model, from the command line.\n\n"
+    "Example: easel generate \"a large red circle on the left on a blue background\" --seed 7",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List and download models.", invoke_without_command=True)
+keys_app = typer.Typer(help="Store API keys for remote providers and the hub (0600 keys.json).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fail(exc: Exception) -> None:
+    """The CLI's one place that turns Easel errors into a message and an exit code, never a traceback."""
+    from .errors import EaselError, InvalidRequestError
+
+    if isinstance(exc, EaselError):
+        _err(f"Error: {exc.message}")
+        raise typer.Exit(2 if isinstance(exc, InvalidRequestError) else 1)
+    raise exc
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _runner():
+    from .api import default_runner
+
+    return default_runner()
+
+
+class _StepProgress:
+    """A rich progress bar over denoising steps, fed by the pipeline's step callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from rich.console import Console
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.progress.__enter__()
+            self.task = self.progress.add_task("loading model", total=None)
+        return self
+
+    def on_step(self, step: int, total: int, preview=None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description="denoising", completed=step, total=total)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+
+def _print_result(result, as_json: bool) -> None:
+    for warning in result.warnings:
+        _err(f"Warning: {warning}")
+    for im in result.images:
+        if as_json:
+            p = im.parameters
+            typer.echo(json.dumps({"path": im.path, "id": im.id, "prompt": p["prompt"], "seed": im.seed,
+                                   "model": p["model"], "width": im.width, "height": im.height,
+                                   "steps": p["num_inference_steps"], "guidance": p["guidance_scale"],
+                                   "revised_prompt": p.get("revised_prompt"), "warnings": result.warnings}))
+        else:
+            typer.echo(im.path)
+
+
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, alias, hub id or local folder.")]
+Count = Annotated[int, typer.Option("-n", "--n", help="How many images (1-10).")]
+Size = Annotated[Optional[str], typer.Option("--size", help="WIDTHxHEIGHT, e.g. 1024x768.")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps (model default when unset).")]
+Guidance = Annotated[Optional[float], typer.Option("--guidance", help="Guidance scale (true CFG for Qwen-Image).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed of the first image; the next ones use seed+1...")]
+Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
+Format = Annotated[str, typer.Option("--format", help="png, jpeg or webp.")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the images (default: the workspace).")]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+Options = Annotated[Optional[list[str]], typer.Option(
+    "--option", "-o", help="A model-family option as KEY=VALUE, e.g. -o true_cfg_scale=4 -o offload=model.")]
+
+
+def _options(pairs: list[str] | None) -> dict:
+    from .errors import InvalidRequestError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError(f"`--option` must be KEY=VALUE but is {pair!r}.", param="option")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
+    model: Model = None,
+    n: Count = 1,
+    size: Size = None,
+    aspect: Annotated[Optional[str], typer.Option("--aspect", help="Aspect preset, e.g. 16:9.")] = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
+    seed: Seed = None,
+    negative: Negative = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="e.g. dpm++, euler_a, ddim.")] = None,
+    output_format: Format = "png",
+    out: Out = None,
+    as_json: AsJson = False,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt a line.")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--from", help="Reproduce the image in this file.")] = None,
+    option: Options = None,
+) -> None:
+    """Generate images from a prompt and save them.
+
+    Example: easel generate "a small yellow square at the top on a black background" -n 4 --seed 1
+    """
+    from .types import ImageRequest
+
+    try:
+        if from_file is not None:
+            base = _request_from_file(from_file)
+        else:
+            base = ImageRequest(prompt="")
+        overrides = {k: v for k, v in dict(
+            model=model, size=size, aspect=aspect, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+            negative_prompt=negative, scheduler=scheduler).items() if v is not None}
+        if size is not None or aspect is not None:
+            base = base.replace(width=None, height=None)
+        base = base.replace(**overrides, num_images=n, output_format=output_format,
+                            extra={**base.extra, **_options(option)})
+        if prompts_file is not None:
+            prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        elif prompt is not None:
+            prompts = [prompt]
+        elif from_file is not None:
+            prompts = [base.prompt]
+        else:
+            _err("Error: give a PROMPT, --prompts-file or --from.")
+            raise typer.Exit(2)
+        requests = [base.replace(prompt=p) for p in prompts]
+        with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
+            results = _runner().run_many(requests, out_dir=out, on_step=bar.on_step)
+    except Exception as exc:  # noqa: BLE001 - _fail re-raises what is not Easel's
+        _fail(exc)
+    for result in results:
+        _print_result(result, as_json)
+
+
+def _request_from_file(path: Path):
+    """The request that made an image, from its embedded parameters."""
+    from PIL import Image
+
+    from .errors import InvalidRequestError
+    from .metadata import read_parameters
+    from .types import ImageRequest
+
+    try:
+        params = read_parameters(Image.open(path))
+    except OSError:
+        raise InvalidRequestError(f"`--from` must be an image file but {str(path)!r} is not one.", param="from")
+    if not params:
+        raise InvalidRequestError(f"{str(path)!r} carries no Easel parameters.", param="from")
+    return ImageRequest(
+        prompt=params["prompt"], negative_prompt=params.get("negative_prompt"), model=params["model"],
+        width=params["width"], height=params["height"], num_inference_steps=params["num_inference_steps"],
+        guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
+        output_format=params.get("output_format", "png"), extra=params.get("extra", {}),
+    )
+
+
+@app.command()
+def edit(
+    image: Annotated[Path, typer.Argument(help="The image to change.")],
+    prompt: Annotated[str, typer.Argument(help="What the masked area should show.")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="White = repaint. Default: the transparent part.")]
+    = None,
+    model: Model = None,
+    n: Count = 1,
+    steps: Steps = None,
+    guidance: Guidance = None,
+    seed: Seed = None,
+    negative: Negative = None,
+    output_format: Format = "png",
+    out: Out = None,
+    as_json: AsJson = False,
+    option: Options = None,
+) -> None:
+    """Repaint part of an image (inpainting).
+
+    Example: easel edit scene.png "a green triangle" --mask mask.png
+    """
+    from . import api
+
+    try:
+        with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
+            result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
+                              negative_prompt=negative, output_format=output_format, out_dir=out,
+                              on_step=bar.on_step, **_options(option))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    _print_result(result, as_json)
+
+
+@app.command()
+def vary(
+    image: Annotated[Path, typer.Argument(help="The image to vary.")],
+    prompt: Annotated[Optional[str], typer.Argument(help="Steer the variations (default: the image's prompt).")]
+    = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="0 keeps the image, 1 redraws it.")]
+    = None,
+    model: Model = None,
+    n: Count = 1,
+    seed: Seed = None,
+    output_format: Format = "png",
+    out: Out = None,
+    as_json: AsJson = False,
+) -> None:
+    """Make variations of an image (image-to-image).
+
+    Example: easel vary circle.png --strength 0.5 -n 4
+    """
+    from . import api
+
+    try:
+        with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
+            result = api.vary(image, prompt or "", strength=strength, model=model, n=n, seed=seed,
+                              output_format=output_format, out_dir=out, on_step=bar.on_step)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    _print_result(result, as_json)
+
+
+@models_app.callback()
+def models(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """List known models and whether each is on this machine.
+
+    Example: easel models
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .catalog import default_catalog
+
+    rows = []
+    for spec in default_catalog().models.values():
+        rows.append({"name": spec.name, "family": spec.family.name, "source": spec.source,
+                     "local": spec.is_available_locally(), "gated": spec.gated, "description": spec.description})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("model", "family", "local", "source", "about")
+    for r in rows:
+        table.add_row(r["name"], r["family"], "yes" if r["local"] else "no",
+                      r["source"] + (" (gated)" if r["gated"] else ""), escape(r["description"]))
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="Catalog name or hub id.")]) -> None:
+    """Download a model into the hub cache (resumable; uses the token from `easel keys set hf`).
+
+    Example: easel models pull sdxl-turbo
+    """
+    from .api import pull_model
+
+    try:
+        path = pull_model(name)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    typer.echo(path)
+
+
+@keys_app.command("set")
+def keys_set(
+    name: Annotated[str, typer.Argument(help="openai or hf (or another provider's name).")],
+    value: Annotated[Optional[str], typer.Option("--value", help="The key (prompted for when not given).")] = None,
+) -> None:
+    """Store a key.
+
+    Example: easel keys set hf
+    """
+    from .config import get_settings
+    from .keys import set_key
+
+    secret = value or typer.prompt(f"Key for {name}", hide_input=True)
+    set_key(get_settings().keys_path, name, secret.strip())
+    typer.echo(f"Saved the {name} key to {get_settings().keys_path}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the names of stored keys (never the keys)."""
+    from .config import get_settings
+    from .keys import stored_keys
+
+    for name in sorted(stored_keys(get_settings().keys_path)):
+        typer.echo(name)
+
+
+@keys_app.command("path")
+def keys_path() -> None:
+    """Print where keys are stored."""
+    from .config import get_settings
+
+    typer.echo(get_settings().keys_path)
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option("-n", "--limit", help="How many rows.")] = 20,
+    search: Annotated[Optional[str], typer.Option("--search", "-s", help="Only prompts containing this.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List recent generations, newest first.
+
+    Example: easel history -n 5 --search circle
+    """
+    from .config import get_settings
+    from .store import History
+
+    rows = History(get_settings().history_path).recent(limit, search)
+    if as_json:
+        for r in rows:
+            r["parameters"] = json.loads(r["parameters"])
+            typer.echo(json.dumps(r))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("created", "model", "seed", "size", "prompt", "path")
+    for r in rows:
+        table.add_row(r["created"][:19], r["model"], str(r["seed"]), f"{r['width']}x{r['height']}", r["prompt"],
+                      r["path"] or "")
+    Console().print(table)
+
+
+@app.command()
+def show(
+    file: Annotated[Path, typer.Argument(help="An image Easel saved.")],
+    as_json: AsJson = False,
+) -> None:
+    """Print the parameters an image was made with.
+
+    Example: easel show ~/.local/share/easel/images/2026-01-01/...png
+    """
+    from PIL import Image
+
+    from .metadata import read_a1111_text, read_parameters
+
+    try:
+        image = Image.open(file)
+    except OSError:
+        _err(f"Error: {str(file)!r} is not an image file.")
+        raise typer.Exit(2)
+    params = read_parameters(image)
+    if params is None:
+        _err(f"Error: {str(file)!r} carries no Easel parameters.")
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(params, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(read_a1111_text(image) or json.dumps(params, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

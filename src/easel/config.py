@@ -1,0 +1,45 @@
+"""Settings from the environment (EASEL_*), a `.env` file in the working directory, and defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("easel", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Easel's configuration; every field can be set as EASEL_<NAME> in the environment or in `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="EASEL_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Workspace: images, history, keys.")
+    default_model: str = Field("builtin", description="Model used when a request names none.")
+    device: str | None = Field(None, description="cuda, mps or cpu; chosen automatically when unset.")
+    dtype: str | None = Field(None, description="float32, float16 or bfloat16; per family when unset.")
+    max_cached_pipelines: int = Field(2, ge=1, description="Pipelines kept loaded (least recently used go).")
+    max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def history_path(self) -> Path:
+        return self.home / "history.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.home / "keys.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

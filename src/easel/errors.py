@@ -1,0 +1,139 @@
+"""Easel's exceptions: one tree, each class knowing its HTTP status and OpenAI error `type` / `code`.
+
+    EaselError
+     ├── InvalidRequestError        400  a parameter is missing, malformed or out of range (`param` names it)
+     │    ├── ContentPolicyError    400  the prompt (or an image) breaks the content policy
+     │    └── UnsupportedError      400  the model cannot do what was asked (edit, variation, an option)
+     ├── AuthenticationError        401  a key is missing or wrong
+     │    └── MissingKeyError       401  a remote provider has no key configured
+     ├── PermissionDeniedError      403  the key may not do this
+     ├── NotFoundError              404  an id (image, job, file) that does not exist or has expired
+     │    └── ModelNotFoundError    404  the model name is unknown, or its weights are not on this machine
+     ├── PayloadTooLargeError       413  a body or an upload over its limit
+     ├── RateLimitError             429  too many requests, or the queue is full (`retry_after` seconds)
+     ├── ProviderError              502  a remote provider failed
+     ├── ServiceUnavailableError    503  the model is still loading, or the server is overloaded
+     └── GenerationError            500  the model failed while running
+
+Foreign exceptions (diffusers, torch, the openai client, ...) are translated in exactly one place per front.
+"""
+
+from __future__ import annotations
+
+
+class EaselError(Exception):
+    """Base of every error Easel raises on purpose."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        """The OpenAI error object: `{"message", "type", "param", "code"}`."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
+
+class InvalidRequestError(EaselError, ValueError):
+    """Raised when a request parameter is missing, malformed or out of range; `param` names the parameter."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContentPolicyError(InvalidRequestError):
+    """Raised when a prompt or image is refused by the content policy; the message names the category."""
+
+    code = "content_policy_violation"
+
+
+class UnsupportedError(InvalidRequestError):
+    """Raised when the chosen model cannot do what was asked (an edit, a variation, an option)."""
+
+    code = "unsupported"
+
+
+class AuthenticationError(EaselError):
+    """Raised when an API key is missing or not valid."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class MissingKeyError(AuthenticationError):
+    """Raised when a remote provider needs a key and none is configured; the message says how to set one."""
+
+    code = "missing_api_key"
+
+
+class PermissionDeniedError(EaselError):
+    """Raised when a valid key may not do what was asked."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFoundError(EaselError):
+    """Raised when an image, job or file id does not exist, or a signed link has expired."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    """Raised when a model name is unknown, or its weights are neither on this machine nor reachable."""
+
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(EaselError):
+    """Raised when a request body or an uploaded file is over its limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimitError(EaselError):
+    """Raised when a caller sends too much, or the queue is full; `retry_after` says when to try again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ProviderError(EaselError):
+    """Raised when a remote provider (OpenAI, Hugging Face) fails for a reason that is not the caller's."""
+
+    status = 502
+    type = "server_error"
+    code = "provider_error"
+
+
+class ServiceUnavailableError(EaselError):
+    """Raised while a model is still loading, or when the server cannot take work now."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class GenerationError(EaselError):
+    """Raised when a model fails while generating (out of memory, a numerical failure, a broken pipeline)."""
+
+    status = 500
+    type = "server_error"
+    code = "generation_failed"

@@ -1,0 +1,51 @@
+"""API keys for remote providers and the hub: explicit argument -> stored key -> environment -> `.env`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import MissingKeyError
+
+# provider -> the environment variable its official client reads
+ENV_VARS = {"openai": "OPENAI_API_KEY", "hf": "HF_TOKEN"}
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def set_key(path: Path, name: str, value: str) -> None:
+    """Store a key in a file only its owner can read (0600), written to a temp file and renamed."""
+    keys = _read(path)
+    keys[name] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f, indent=2)
+    os.replace(tmp, path)
+
+
+def stored_keys(path: Path) -> dict[str, str]:
+    return _read(path)
+
+
+def get_key(path: Path, name: str, explicit: str | None = None, *, required: bool = False) -> str | None:
+    """The key for `name` in resolution order; with `required`, a missing key says how to set one."""
+    if explicit:
+        return explicit
+    value = _read(path).get(name)
+    env = ENV_VARS.get(name, f"{name.upper()}_API_KEY")
+    value = value or os.environ.get(env)
+    if not value and Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        value = dotenv_values(".env").get(env)
+    if not value and required:
+        raise MissingKeyError(f"No key for {name}: run `easel keys set {name}` or set {env}.")
+    return value or None

@@ -1,0 +1,79 @@
+"""The provider interface, and the registry that loads providers through the `easel.providers` entry points.
+
+A provider is one class with one method to implement, `run`. A package makes its providers known with an entry
+point in the group `easel.providers` that names a function `register(add)`; Easel's own providers register the
+same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from ..catalog import ModelSpec
+    from ..types import ImageRequest
+
+# on_step(step, total_steps, preview) with step counted from 1; preview is a PIL image or None
+StepCallback = Callable[[int, int, Any], None]
+
+
+@dataclasses.dataclass
+class ProviderOutput:
+    """What a provider made for one request: one image per seed, in order."""
+
+    images: list[PIL.Image.Image]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    revised_prompt: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in each image's parameters
+
+
+class Provider:
+    """Runs requests for the models of one kind (`name` matches `ModelSpec.provider`)."""
+
+    name: str = ""
+
+    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
+            on_step: StepCallback | None = None) -> ProviderOutput:
+        """Make `request.num_images` images, the i-th from `seeds[i]`. `request` is already checked."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
+                  on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
+        """Run several compatible requests; providers that can batch them in one call override this."""
+        return [self.run(spec, r, s, on_step) for r, s in zip(requests, seeds)]
+
+
+class ProviderRegistry:
+    """Provider instances by name, filled from the `easel.providers` entry points on first use."""
+
+    def __init__(self) -> None:
+        self._providers: dict[str, Provider] = {}
+        self._loaded = False
+
+    def add(self, provider: Provider) -> None:
+        self._providers[provider.name] = provider
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in entry_points(group="easel.providers"):
+            ep.load()(self.add)
+
+    def get(self, name: str) -> Provider:
+        self._load()
+        if name not in self._providers:
+            known = ", ".join(sorted(self._providers))
+            raise ModelNotFoundError(f"No provider {name!r} is installed (installed: {known}).", param="model")
+        return self._providers[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._providers)

@@ -1,0 +1,150 @@
+"""The workspace: image files under unique names, and the SQLite history of every generation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .types import GeneratedImage
+
+# Numbered migrations: each runs once, in order, in one transaction with the bump of user_version.
+MIGRATIONS = [
+    """
+    CREATE TABLE generations (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        negative_prompt TEXT,
+        seed INTEGER,
+        width INTEGER,
+        height INTEGER,
+        steps INTEGER,
+        guidance REAL,
+        path TEXT,
+        parameters TEXT NOT NULL
+    );
+    CREATE INDEX generations_created ON generations(created);
+    """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        state TEXT NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL DEFAULT 0,
+        request TEXT NOT NULL,
+        image_ids TEXT NOT NULL DEFAULT '[]',
+        error TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+]
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(prompt: str, limit: int = 40) -> str:
+    return _SLUG.sub("-", prompt.lower()).strip("-")[:limit].rstrip("-") or "image"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same folder, flush to disk, then rename: a crash leaves no half file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class History:
+    """The SQLite history (WAL mode), shared by every front; safe to use from several threads."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._migrate()
+
+    def connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self.connect()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+
+    def record(self, image: GeneratedImage) -> None:
+        p = image.parameters
+        self.connect().execute(
+            "INSERT INTO generations (id, created, model, prompt, negative_prompt, seed, width, height, steps,"
+            " guidance, path, parameters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (image.id, p.get("created") or now_iso(), p.get("model", ""), p.get("prompt", ""),
+             p.get("negative_prompt"), image.seed, image.width, image.height, p.get("num_inference_steps"),
+             p.get("guidance_scale"), image.path, json.dumps(p, ensure_ascii=False)),
+        )
+
+    def recent(self, limit: int = 20, search: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM generations"
+        args: list[Any] = []
+        if search:
+            sql += " WHERE prompt LIKE ?"
+            args.append(f"%{search}%")
+        sql += " ORDER BY created DESC, rowid DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self.connect().execute(sql, args)]
+
+    def get(self, image_id: str) -> dict[str, Any] | None:
+        row = self.connect().execute("SELECT * FROM generations WHERE id = ?", (image_id,)).fetchone()
+        return dict(row) if row else None
+
+
+class Workspace:
+    """Where images are saved and recorded. `out_dir` overrides the image folder (the history stays in home)."""
+
+    def __init__(self, home: Path, out_dir: Path | None = None):
+        self.home = Path(home)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.history = History(self.home / "history.db")
+
+    def folder_for(self, when: dt.datetime) -> Path:
+        folder = self.out_dir or self.home / "images" / when.strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def save(self, image: GeneratedImage) -> GeneratedImage:
+        """Give the image an id, write it under a unique name (atomically) and record it in the history."""
+        when = dt.datetime.now(dt.timezone.utc)
+        image.id = image.id or uuid.uuid4().hex
+        ext = "jpg" if image.output_format == "jpeg" else image.output_format
+        name = f"{when:%Y%m%d-%H%M%S}-{slugify(image.parameters.get('prompt', ''))}-{image.seed}-{image.id[:8]}.{ext}"
+        path = self.folder_for(when) / name
+        write_atomically(path, image.to_bytes())
+        image.path = str(path)
+        self.history.record(image)
+        return image

@@ -1,0 +1,136 @@
+"""The one request type and the one result type that every front, the engine and every provider share."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MODES = ("generate", "edit", "vary")
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_size(size: str, param: str = "size") -> tuple[int, int]:
+    """'1024x1792' -> (1024, 1792); anything else is an error naming `param`."""
+    m = _SIZE.match(size) if isinstance(size, str) else None
+    if not m:
+        raise InvalidRequestError(f"`{param}` must look like WIDTHxHEIGHT (e.g. 1024x1024) but is {size!r}.", param=param)
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclasses.dataclass
+class ImageRequest:
+    """What to make. Field names follow diffusers; `None` means "the model's default".
+
+    `size` ("1024x1792") or `aspect` ("16:9", one of the model family's presets) may stand in for `width` and
+    `height`; `extra` holds options of one model family (e.g. Qwen-Image's `true_cfg_scale`). `image`, `mask`
+    and `strength` are for edits (inpainting) and variations (image-to-image).
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    model: str | None = None
+    num_images: int = 1
+    width: int | None = None
+    height: int | None = None
+    size: str | None = None
+    aspect: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    scheduler: str | None = None
+    output_format: str = "png"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    mode: str = "generate"
+    image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
+    mask: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
+    strength: float | None = None
+
+    def replace(self, **changes: Any) -> ImageRequest:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class GeneratedImage:
+    """One image, the seed that made it and every parameter needed to make it again."""
+
+    image: PIL.Image.Image = dataclasses.field(repr=False)
+    seed: int
+    parameters: dict[str, Any]
+    output_format: str = "png"
+    path: str | None = None
+    id: str | None = None
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+    def to_bytes(self, output_format: str | None = None, quality: int | None = None) -> bytes:
+        """The image encoded (with its metadata) as PNG, JPEG or WebP."""
+        from .metadata import encode_image
+
+        return encode_image(self.image, output_format or self.output_format, self.parameters, quality=quality)
+
+    def save(self, path: str) -> str:
+        with open(path, "wb") as f:
+            f.write(self.to_bytes())
+        return path
+
+
+@dataclasses.dataclass
+class ImageResult:
+    """The images one request made, with what the model changed or ignored of the request."""
+
+    images: list[GeneratedImage]
+    model: str
+    prompt: str
+    revised_prompt: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def __iter__(self):
+        return iter(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> GeneratedImage:
+        return self.images[i]
+
+    @property
+    def paths(self) -> list[str]:
+        return [im.path for im in self.images if im.path]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "revised_prompt": self.revised_prompt,
+            "warnings": self.warnings,
+            "images": [{"path": im.path, "id": im.id, "seed": im.seed, **im.parameters} for im in self.images],
+        }
+
+
+def image_from_bytes(data: bytes, param: str = "image") -> PIL.Image.Image:
+    """Decode an uploaded image, refusing what is not one (and decompression bombs) with an error naming `param`."""
+    import PIL.Image
+
+    try:
+        im = PIL.Image.open(io.BytesIO(data))
+        im.load()
+    except PIL.Image.DecompressionBombError as exc:
+        raise InvalidRequestError(f"`{param}` has too many pixels: {exc}", param=param) from None
+    except Exception:
+        raise InvalidRequestError(f"`{param}` is not an image that can be read (PNG, JPEG or WebP).", param=param) from None
+    return im

@@ -1,0 +1,93 @@
+import pytest
+
+from easel.catalog import default_catalog
+from easel.checks import check_request
+from easel.errors import InvalidRequestError, ModelNotFoundError, UnsupportedError
+from easel.types import ImageRequest
+
+
+def check(**fields):
+    return check_request(ImageRequest(**{"prompt": "a red circle", **fields}))
+
+
+@pytest.mark.parametrize("fields, param, fragment", [
+    ({"prompt": ""}, "prompt", "non-empty"),
+    ({"prompt": "   "}, "prompt", "non-empty"),
+    ({"prompt": "a " * 400}, "prompt", "800 characters"),
+    ({"num_images": 0}, "n", "between 1 and 10 but is 0"),
+    ({"num_images": 11}, "n", "but is 11"),
+    ({"width": 100}, "width", "divisible by 8 for builtin but is 100"),
+    ({"size": "250x256"}, "width", "but is 250"),
+    ({"size": "huge"}, "size", "'huge'"),
+    ({"num_inference_steps": -3}, "num_inference_steps", "but is -3"),
+    ({"guidance_scale": -1.0}, "guidance_scale", "but is -1.0"),
+    ({"seed": -5}, "seed", "but is -5"),
+    ({"output_format": "gif"}, "output_format", "'gif'"),
+    ({"scheduler": "warp-drive"}, "scheduler", "'warp-drive'"),
+    ({"extra": {"true_cfg_scale": 4.0}}, "true_cfg_scale", "Unknown option 'true_cfg_scale' for builtin"),
+    ({"aspect": "banana"}, "aspect", "'banana'"),
+    ({"model": "qwen-image", "width": 1000}, "width", "divisible by 16 for qwen-image but is 1000"),
+    ({"model": "qwen-image", "extra": {"true_cfg_scale": -2}}, "true_cfg_scale", "but is -2"),
+])
+def test_bad_input_names_the_parameter_and_the_value(fields, param, fragment):
+    with pytest.raises(InvalidRequestError) as info:
+        check(**fields)
+    assert info.value.param == param
+    assert fragment in info.value.message
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ModelNotFoundError) as info:
+        check(model="no-such-model")
+    assert info.value.param == "model" and "no-such-model" in info.value.message and "sdxl" in info.value.message
+
+
+def test_defaults_come_from_the_family_and_model():
+    spec, r = check()
+    assert (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale) == ("builtin", 256, 256, 20, 4.0)
+    spec, r = check(model="flux-schnell")
+    assert (spec.family.name, r.num_inference_steps, r.guidance_scale, r.width) == ("flux", 4, 0.0, 1024)
+    spec, r = check(model="qwen")  # an alias
+    assert spec.name == "qwen-image" and r.negative_prompt == " " and spec.family.cfg_param == "true_cfg_scale"
+
+
+def test_size_and_aspect_presets():
+    assert check(size="1024x1792", model="sdxl")[1].width == 1024
+    _, r = check(aspect="16:9", model="sdxl")
+    assert (r.width, r.height) == (1344, 768)
+    _, r = check(aspect="16:9", model="qwen-image")
+    assert (r.width, r.height) == (1664, 928)
+    _, r = check(aspect="5:4", model="sdxl")  # not a preset: same pixel count, family's step
+    assert r.width % 8 == 0 and r.height % 8 == 0 and abs(r.width / r.height - 1.25) < 0.05
+
+
+def test_turbo_models_refuse_a_negative_prompt_and_builtin_refuses_nothing_it_supports():
+    with pytest.raises(UnsupportedError) as info:
+        check(model="sdxl-turbo", negative_prompt="blurry")
+    assert info.value.param == "negative_prompt"
+    assert check(negative_prompt="a green square")[1].negative_prompt == "a green square"
+
+
+def test_memory_and_family_options_are_accepted():
+    _, r = check(model="flux-dev", extra={"offload": "sequential", "vae_tiling": True, "max_sequence_length": 256})
+    assert r.extra == {"offload": "sequential", "vae_tiling": True, "max_sequence_length": 256}
+
+
+def test_catalog_lists_the_families_the_issue_names():
+    names = set(default_catalog().models)
+    assert {"builtin", "sd15", "sd-turbo", "sdxl", "sdxl-turbo", "sd35-medium", "sd35-large", "flux-schnell",
+            "flux-dev", "qwen-image"} <= names
+    assert default_catalog().models["flux-dev"].gated
+    qwen = default_catalog().models["qwen-image"].family
+    assert qwen.quality_words["en"] and qwen.quality_words["zh"]
+
+
+def test_edit_needs_an_image_and_a_mask_of_the_same_size():
+    from PIL import Image
+
+    with pytest.raises(InvalidRequestError) as info:
+        check(mode="edit")
+    assert info.value.param == "image"
+    with pytest.raises(InvalidRequestError) as info:
+        check(mode="edit", image=Image.new("RGB", (64, 64)), mask=Image.new("L", (32, 32)))
+    assert info.value.param == "mask" and "32x32" in info.value.message

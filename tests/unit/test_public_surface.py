@@ -1,0 +1,22 @@
+import easel
+
+
+def test_public_surface_is_pinned():
+    assert sorted(easel.__all__) == sorted([
+        "AuthenticationError", "ContentPolicyError", "EaselError", "GeneratedImage", "GenerationError",
+        "ImageRequest", "ImageResult", "InvalidRequestError", "MissingKeyError", "ModelNotFoundError",
+        "NotFoundError", "PayloadTooLargeError", "PermissionDeniedError", "ProviderError", "RateLimitError",
+        "ServiceUnavailableError", "UnsupportedError", "__version__", "edit", "generate", "vary",
+    ])
+    for name in easel.__all__:
+        assert hasattr(easel, name), name
+
+
+def test_every_error_knows_its_status_and_openai_shape():
+    for name in easel.__all__:
+        cls = getattr(easel, name)
+        if isinstance(cls, type) and issubclass(cls, easel.EaselError):
+            err = cls("boom", param="x")
+            assert 400 <= err.status < 600
+            assert err.to_dict() == {"message": "boom", "type": err.type, "param": "x", "code": err.code}
+            assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
