@@ -132,7 +132,7 @@ def _prompt_of(image: PIL.Image.Image) -> str:
     from .metadata import read_parameters
 
     params = read_parameters(image) or {}
-    return params.get("prompt") or " "
+    return params.get("prompt") or ""
 
 
 def pull_model(name: str) -> str:

@@ -7,6 +7,7 @@ import re
 
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
 from .errors import InvalidRequestError, UnsupportedError
+from .moderation import check_prompt
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
 
 MAX_IMAGES = 10
@@ -73,7 +74,7 @@ def quality_words_for(spec: ModelSpec, prompt: str) -> str | None:
 
 
 def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
-                  default_model: str | None = None) -> tuple[ModelSpec, ImageRequest]:
+                  default_model: str | None = None, moderate: bool = True) -> tuple[ModelSpec, ImageRequest]:
     """Validate `request` and return its model and a copy with every default filled in.
 
     Every problem raises `InvalidRequestError` (or a subclass) naming the parameter and the bad value; nothing is
@@ -85,13 +86,15 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     r = request.replace(model=spec.name, extra=dict(request.extra))
 
     # 1. prompt
-    if not isinstance(r.prompt, str) or not r.prompt.strip():
+    if not isinstance(r.prompt, str) or (not r.prompt.strip() and r.mode != "vary"):
         raise InvalidRequestError("`prompt` must be a non-empty string.", param="prompt")
     if len(r.prompt) > family.max_prompt_chars:
         raise InvalidRequestError(
             f"`prompt` is {len(r.prompt)} characters, over the {family.max_prompt_chars} that {spec.name} takes.",
             param="prompt",
         )
+    if moderate:
+        check_prompt(r.prompt, r.moderation)
     if r.negative_prompt is not None:
         if not isinstance(r.negative_prompt, str):
             raise InvalidRequestError(f"`negative_prompt` must be a string but is {r.negative_prompt!r}.",

@@ -393,6 +393,39 @@ def show(
         typer.echo(read_a1111_text(image) or json.dumps(params, indent=2))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
+                                                 "dall-e-*/gpt-image-*).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback host without API keys.")]
+    = False,
+) -> None:
+    """Serve the OpenAI Images API (/v1/images/...), the image_generator route and /health.
+
+    Example: EASEL_API_KEYS=sk-local-1 easel serve --port 8000
+    """
+    import os
+
+    from .config import Settings
+
+    settings = Settings(**({"default_model": model} if model else {}))
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    if not loopback and not settings.api_keys:
+        if not insecure:
+            _err(f"Error: refusing to listen on {host} without API keys: set EASEL_API_KEYS, or pass --insecure.")
+            raise typer.Exit(2)
+        _err(f"Warning: listening on {host} with no API key: anyone who can reach it can use it.")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import uvicorn
+
+    from .server.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
 def main() -> None:
     app()
 

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="cuda, mps or cpu; chosen automatically when unset.")
     dtype: str | None = Field(None, description="float32, float16 or bfloat16; per family when unset.")
     max_cached_pipelines: int = Field(2, ge=1, description="Pipelines kept loaded (least recently used go).")
+    moderation: bool = Field(True, description="Apply the content policy to prompts (off: EASEL_MODERATION=0).")
+    api_keys: str = Field("", description="Comma-separated keys the server accepts; empty = no auth.")
+    openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
 
     @property

@@ -52,6 +52,7 @@ class ImageRequest:
     image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
     mask: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
     strength: float | None = None
+    moderation: str = "auto"
 
     def replace(self, **changes: Any) -> ImageRequest:
         return dataclasses.replace(self, **changes)

@@ -91,3 +91,27 @@ def test_edit_needs_an_image_and_a_mask_of_the_same_size():
     with pytest.raises(InvalidRequestError) as info:
         check(mode="edit", image=Image.new("RGB", (64, 64)), mask=Image.new("L", (32, 32)))
     assert info.value.param == "mask" and "32x32" in info.value.message
+
+
+@pytest.mark.parametrize("prompt, category", [
+    ("a naked woman on a beach", "sexual content"),
+    ("a gory decapitation scene", "graphic violence"),
+    ("a person thinking about suicide", "self-harm"),
+    ("Taylor Swift eating cake", "real public figures"),
+    ("pikachu on a skateboard", "protected characters"),
+])
+def test_content_policy_names_the_category(prompt, category):
+    from easel.errors import ContentPolicyError
+
+    with pytest.raises(ContentPolicyError) as info:
+        check(prompt=prompt, model="sdxl")
+    assert info.value.code == "content_policy_violation" and f"category: {category}" in info.value.message
+
+
+def test_moderation_low_allows_mild_categories_but_never_the_worst():
+    from easel.errors import ContentPolicyError
+
+    check(prompt="a gory zombie movie poster", model="sdxl", moderation="low")
+    with pytest.raises(ContentPolicyError):
+        check(prompt="a naked child", model="sdxl", moderation="low")
+    check(prompt="a red circle on the left on a blue background")  # ordinary prompts pass

@@ -72,7 +72,7 @@ class Runner:
         return self._workspaces[key]
 
     def check(self, request: ImageRequest) -> tuple[ModelSpec, ImageRequest]:
-        return check_request(request, self.catalog, self.settings.default_model)
+        return check_request(request, self.catalog, self.settings.default_model, self.settings.moderation)
 
     def run(self, request: ImageRequest, *, save: bool = True, out_dir: Path | None = None,
             on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ImageResult:

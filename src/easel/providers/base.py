@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ..catalog import ModelSpec
     from ..types import ImageRequest
 
-# on_step(step, total_steps, preview) with step counted from 1; preview is a PIL image or None
+# on_step(step, total_steps, preview) with step counted from 1; `preview`, when not None, is a function that
+# renders the current step's images (a list of PIL images, or None) and costs time only when called
 StepCallback = Callable[[int, int, Any], None]
 
 

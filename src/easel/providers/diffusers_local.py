@@ -121,6 +121,7 @@ class LoadedPipeline:
     """A pipeline loaded on one device, the lock that serialises its calls, and its derived pipelines."""
 
     pipe: Any
+    scheduler_class: type
     scheduler_config: dict[str, Any]
     nbytes: int
     load_s: float
@@ -251,7 +252,8 @@ class DiffusersProvider(Provider):
             vae.enable_slicing()
         if vae is not None and memory["vae_tiling"]:
             vae.enable_tiling()
-        return LoadedPipeline(pipe, dict(pipe.scheduler.config), _module_bytes(pipe), time.perf_counter() - started)
+        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
+                              time.perf_counter() - started)
 
     def _load_from_hub(self, cls, spec: ModelSpec, dtype):
         """Cache first with no network; download only when it is missing and the hub may be reached."""
@@ -311,7 +313,8 @@ class DiffusersProvider(Provider):
 
         def callback(pipe, i, t, tensors):
             if on_step is not None:
-                on_step(i + 1, total, None)
+                latents = tensors.get("latents")
+                on_step(i + 1, total, (lambda: _preview(pipe, spec, first, latents)) if latents is not None else None)
             if should_stop is not None and should_stop():
                 pipe._interrupt = True
             return {}
@@ -321,7 +324,7 @@ class DiffusersProvider(Provider):
             pipe = loaded.for_mode(first.mode)
             # a fresh scheduler for every call: timesteps and step state never leak between requests
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
-                              else type(pipe.scheduler).from_config(loaded.scheduler_config))
+                              else loaded.scheduler_class.from_config(loaded.scheduler_config))
             try:
                 out = pipe(**kwargs)
             except (ValueError, TypeError) as exc:
@@ -359,6 +362,28 @@ class DiffusersProvider(Provider):
             mask = request.mask.convert("L").resize(size, Image.NEAREST).point(lambda v: 255 if v else 0)
             images = [Image.composite(im, original, mask) for im in images]
         return images, details
+
+
+def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents) -> list | None:
+    """Images of the current step's latents (decoded with the pipeline's VAE), for streamed previews."""
+    import torch
+    from PIL import Image
+
+    family = spec.family.name
+    with torch.no_grad():
+        if family == "builtin":
+            x = latents
+        elif family in ("sd15", "sd-turbo", "sdxl", "sdxl-turbo", "sd3", "flux"):
+            vae = pipe.vae
+            lat = latents
+            if family == "flux":
+                lat = pipe._unpack_latents(lat, request.height, request.width, pipe.vae_scale_factor)
+            lat = lat / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0)
+            x = vae.decode(lat.to(vae.dtype)).sample
+        else:
+            return None
+        arrays = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
 
 
 def _output(images: list, ignored: list[list[str]], details: dict[str, Any]) -> ProviderOutput:

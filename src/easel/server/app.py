@@ -1,0 +1,162 @@
+"""`create_app(settings)`: the FastAPI app behind `easel serve`."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..config import Settings, get_settings
+from ..engine.runner import Runner
+from ..errors import EaselError, NotFoundError
+from ..types import ImageRequest
+from . import errors as server_errors
+from .auth import is_public, key_is_valid, parse_keys
+from .files import UrlSigner, load_secret
+from .openai.router import build_router, openai_model_ids
+from .openai.serving import ImagesService
+
+MAX_JSON_BYTES = 2 * 1024 * 1024
+MAX_MULTIPART_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
+
+
+class ModelWarmup:
+    """Loads the default model in the background so that /health can say 503 until it is ready."""
+
+    def __init__(self, runner: Runner, model: str):
+        self.runner, self.model = runner, model
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.load_s: float | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="easel-warmup", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            spec = self.runner.catalog.resolve(self.model)
+            provider = self.runner.registry.get(spec.provider)
+            if hasattr(provider, "load"):
+                provider.load(spec)
+            self.load_s = time.perf_counter() - started
+            self.ready.set()
+        except EaselError as exc:
+            self.error = exc.message
+        except Exception as exc:  # noqa: BLE001 - reported by /health, never raised into the server
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+def create_app(settings: Settings | None = None, runner: Runner | None = None,
+               clock: Callable[[], float] = time.time, warm: bool = True) -> FastAPI:
+    """Build the server. `clock` drives link expiry (tests inject one); `warm` loads the model at start."""
+    settings = settings or get_settings()
+    runner = runner or Runner(settings)
+    keys = parse_keys(settings.api_keys)
+    signer = UrlSigner(load_secret(settings.home / "server_secret"), clock=clock)
+    local_model = lambda: settings.openai_model or settings.default_model  # noqa: E731
+    service = ImagesService(runner, signer, local_model)
+    warmup = ModelWarmup(runner, local_model())
+
+    app = FastAPI(title="Easel", version=__version__,
+                  description="Text to image: the OpenAI Images API, the image_generator route and jobs.")
+    app.state.runner, app.state.warmup, app.state.signer = runner, warmup, signer
+    for exc_type in (EaselError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(exc_type, server_errors.handle)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"])
+
+    @app.middleware("http")
+    async def frame(request: Request, call_next):
+        """Request id on every answer; body limits; the API key on every route but /health and signed links."""
+        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+        length = request.headers.get("content-length", "")
+        multipart = request.headers.get("content-type", "").startswith("multipart/")
+        limit = MAX_MULTIPART_BYTES if multipart else MAX_JSON_BYTES
+        if length.isdigit() and int(length) > limit:
+            response = server_errors.envelope(413, f"The request body is over {limit} bytes.",
+                                              "invalid_request_error", None, "payload_too_large")
+        elif keys and request.method != "OPTIONS" and not is_public(request.url.path) and not key_is_valid(
+                request.headers.get("authorization"), keys):
+            response = server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer "
+                                              "<key>`.", "invalid_request_error", None, "invalid_api_key")
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # noqa: BLE001 - the one mapping point
+                response = server_errors.error_response(exc)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    @app.on_event("startup")
+    def _warm() -> None:
+        if warm:
+            warmup.start()
+        else:
+            warmup.ready.set()
+
+    @app.get("/health", tags=["server"])
+    def health() -> JSONResponse:
+        """200 when the default model is loaded, 503 while it loads (or if it failed to)."""
+        if warmup.ready.is_set():
+            return JSONResponse({"status": "ok", "model": warmup.model, "version": __version__})
+        body = {"status": "error" if warmup.error else "loading", "model": warmup.model}
+        if warmup.error:
+            body["error"] = warmup.error
+        return JSONResponse(body, status_code=503)
+
+    router = build_router(service, lambda: openai_model_ids(runner.catalog))
+    app.include_router(router, prefix="/v1")
+    app.include_router(router, include_in_schema=False)
+
+    def file_content(image_id: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
+        """A saved image by opaque id, through a signed link valid for 60 minutes."""
+        if not signer.verify(image_id, expires, signature):
+            raise NotFoundError("This link does not exist or has expired.")
+        row = runner.workspace().history.get(image_id)
+        if row is None or not row["path"] or not Path(row["path"]).is_file():
+            raise NotFoundError("This image does not exist.")
+        media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
+        return FileResponse(row["path"], media_type=media)
+
+    app.get("/v1/files/{image_id}/content", tags=["files"])(file_content)
+    app.get("/files/{image_id}/content", include_in_schema=False)(file_content)
+
+    async def image_generator(request: Request, q: str | None = None) -> JSONResponse:
+        """The kdeps route: `q` is the prompt; answers `{"errors", "response": {"data": [{"file"}]}, "success"}`."""
+        prompt = q
+        if prompt is None and request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = {}
+            prompt = body.get("q") if isinstance(body, dict) else None
+        try:
+            if not prompt:
+                from ..errors import InvalidRequestError
+
+                raise InvalidRequestError("Missing required parameter: 'q' (the prompt).", param="q")
+            result = await run_in_threadpool(runner.run, ImageRequest(prompt=prompt, model=local_model()))
+        except EaselError as exc:
+            return JSONResponse({"errors": [{"code": exc.status, "message": exc.message}],
+                                 "response": {"data": []}, "success": False}, status_code=exc.status)
+        data = [{"file": "data:image/png;base64," + base64.b64encode(im.to_bytes()).decode()}
+                for im in result.images]
+        return JSONResponse({"errors": [{"code": 0, "message": ""}], "response": {"data": data}, "success": True})
+
+    app.add_api_route("/api/v1/image_generator", image_generator, methods=["GET", "POST"], tags=["kdeps"])
+    return app

@@ -1,0 +1,102 @@
+"""Request and response models of the OpenAI Images API (shared/specs/openai-images.md): OpenAI's fields first,
+then Easel's extensions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
+
+
+class ImageParams(BaseModel):
+    """Fields shared by generations, edits and variations. `None` (JSON null) means the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    n: int | None = Field(None, description="How many images, 1-10 (dall-e-3: 1).")
+    size: str | None = Field(None, description="WIDTHxHEIGHT or auto.")
+    response_format: Literal["url", "b64_json"] | None = Field(None, description="Default b64_json.")
+    user: str | None = None
+    # --- Easel extensions -------------------------------------------------------------------------------------
+    negative_prompt: str | None = Field(None, description="Easel: what the image should not show.")
+    seed: int | None = Field(None, description="Easel: seed of the first image.")
+    num_inference_steps: int | None = Field(None, description="Easel: denoising steps (overrides quality).")
+    guidance_scale: float | None = Field(None, description="Easel: guidance scale.")
+
+
+class GenerationRequest(ImageParams):
+    """POST /v1/images/generations (JSON)."""
+
+    prompt: str = Field(..., description="What to draw.")
+    quality: Quality | None = None
+    style: Literal["vivid", "natural"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, description="0-100, for jpeg and webp.")
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(None, description="0-3 previews while streaming.")
+
+
+class EditRequest(GenerationRequest):
+    """POST /v1/images/edits (multipart): the images and the mask arrive as files beside these fields."""
+
+    input_fidelity: Literal["high", "low"] | None = None
+
+
+class VariationRequest(ImageParams):
+    """POST /v1/images/variations (multipart)."""
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    background: str | None = None
+    output_format: str | None = None
+    quality: str | None = None
+    size: str | None = None
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

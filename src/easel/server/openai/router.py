@@ -1,0 +1,144 @@
+"""Thin routes of the OpenAI Images API; served under /v1 and, for clients that forget it, without."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import InvalidRequestError, PayloadTooLargeError
+from ...types import image_from_bytes
+from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
+                       VariationRequest)
+from .serving import OPENAI_MODEL_NAMES, ImagesService, max_file_bytes
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+def _sse(events) -> StreamingResponse:
+    def lines():
+        for event in events:
+            name = "error" if event["type"] == "error" else event["type"]
+            yield f"event: {name}\ndata: {json.dumps(event)}\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+async def _read_form(request: Request, model_cls):
+    """Multipart fields -> the request model; files `image` / `image[]` (in order) and `mask`."""
+    form = await request.form(max_files=32, max_fields=64)
+    fields, images, mask = {}, [], None
+    for key, value in form.multi_items():
+        if hasattr(value, "read"):
+            data = await value.read()
+            if key in ("image", "image[]"):
+                images.append(data)
+            elif key == "mask":
+                mask = data
+            else:
+                raise InvalidRequestError(f"Unknown file parameter: '{key}'.", param=key)
+        elif value != "":
+            fields[key] = value
+    try:
+        params = model_cls.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "missing":
+            raise InvalidRequestError(f"Missing required parameter: '{param}'.", param=param) from None
+        if first["type"] == "extra_forbidden":
+            raise InvalidRequestError(f"Unknown parameter: '{param}'.", param=param) from None
+        raise InvalidRequestError(f"Invalid value for '{param}': {first['msg']} (got {first.get('input')!r}).",
+                                  param=param) from None
+    limit = max_file_bytes(params.model)
+    for name, blob in [("image", b) for b in images] + ([("mask", mask)] if mask is not None else []):
+        if len(blob) > limit:
+            raise PayloadTooLargeError(f"`{name}` is {len(blob)} bytes, over the {limit} allowed.", param=name)
+    if not images:
+        raise InvalidRequestError("Missing required parameter: 'image'.", param="image")
+    if len(images) > 16:
+        raise InvalidRequestError(f"`image` takes at most 16 files but got {len(images)}.", param="image")
+    decoded = [image_from_bytes(b, "image") for b in images]
+    mask_image = image_from_bytes(mask, "mask") if mask is not None else None
+    return params, decoded, mask_image
+
+
+def repaint_mask(mask, image):
+    """OpenAI's mask (alpha = 0 marks the area to repaint) -> white-means-repaint; no mask: the image's alpha."""
+    source = mask if mask is not None else image
+    if "A" in source.getbands():
+        return source.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+    if mask is None:
+        raise InvalidRequestError("Without a `mask`, `image` must have transparent pixels to repaint.",
+                                  param="mask")
+    return mask.convert("L").point(lambda v: 255 if v > 127 else 0)
+
+
+def build_router(service: ImagesService, model_ids) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/models", response_model=ModelList, responses=ERRORS, tags=["openai"])
+    def list_models() -> ModelList:
+        """The models this server runs, and the OpenAI names it maps to its local model."""
+        now = int(time.time())
+        return ModelList(data=[ModelCard(id=m, created=now, owned_by="easel") for m in model_ids()])
+
+    @router.get("/models/{model_id:path}", response_model=ModelCard, responses=ERRORS, tags=["openai"])
+    def get_model(model_id: str) -> ModelCard:
+        if model_id not in model_ids():
+            from ...errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
+        return ModelCard(id=model_id, created=int(time.time()), owned_by="easel")
+
+    @router.post("/images/generations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
+                 response_model_exclude_none=True)
+    async def generations(body: GenerationRequest, request: Request):
+        """Create images from a prompt. With `stream: true`, answers Server-Sent Events."""
+        prepared = service.prepare(body)
+        if body.stream:
+            return _sse(service.stream(prepared, body.partial_images or 0, _base_url(request), threading.Event()))
+        return await run_in_threadpool(service.run, prepared, _base_url(request))
+
+    @router.post("/images/edits", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
+                 response_model_exclude_none=True,
+                 openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                     "$ref": "#/components/schemas/EditRequest"}}}}})
+    async def edits(request: Request):
+        """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`)."""
+        params, images, mask = await _read_form(request, EditRequest)
+        if mask is not None and mask.size != images[0].size:
+            raise InvalidRequestError(
+                f"`mask` must be the same size as the first image ({images[0].width}x{images[0].height}) "
+                f"but is {mask.width}x{mask.height}.", param="mask")
+        prepared = service.prepare(params, "edit", images, repaint_mask(mask, images[0]))
+        if params.stream:
+            return _sse(service.stream(prepared, params.partial_images or 0, _base_url(request), threading.Event()))
+        return await run_in_threadpool(service.run, prepared, _base_url(request))
+
+    @router.post("/images/variations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
+                 response_model_exclude_none=True,
+                 openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                     "$ref": "#/components/schemas/VariationRequest"}}}}})
+    async def variations(request: Request):
+        """Variations of one image (multipart)."""
+        params, images, _ = await _read_form(request, VariationRequest)
+        prepared = service.prepare(params, "vary", images[:1])
+        return await run_in_threadpool(service.run, prepared, _base_url(request))
+
+    return router
+
+
+def openai_model_ids(catalog) -> list[str]:
+    return sorted(catalog.models) + OPENAI_MODEL_NAMES
+

@@ -1,0 +1,254 @@
+"""The Images API's logic, with no web framework in it: OpenAI request -> ImageRequest -> OpenAI response."""
+
+from __future__ import annotations
+
+import base64
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...errors import EaselError, InvalidRequestError, UnsupportedError
+from ...types import ImageRequest, ImageResult, parse_size
+from .protocol import (EditRequest, GenerationRequest, ImageData, ImagesResponse, InputTokensDetails, Usage,
+                       VariationRequest)
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from ...engine.runner import Runner
+    from ..files import UrlSigner
+
+
+@dataclass(frozen=True)
+class OpenAIModelRules:
+    """The limits OpenAI enforces for one of its model names."""
+
+    max_prompt: int
+    max_n: int
+    sizes: frozenset[str] | None  # None: any WxH with sides divisible by 16 and aspect 1:3..3:1 (and auto)
+    qualities: frozenset[str]
+    styles: frozenset[str] | None
+
+
+RULES = {
+    "dall-e-2": OpenAIModelRules(1000, 10, frozenset({"256x256", "512x512", "1024x1024"}), frozenset({"standard"}),
+                                 None),
+    "dall-e-3": OpenAIModelRules(4000, 1, frozenset({"1024x1024", "1792x1024", "1024x1792"}),
+                                 frozenset({"standard", "hd"}), frozenset({"vivid", "natural"})),
+    "gpt-image": OpenAIModelRules(32000, 10, None, frozenset({"low", "medium", "high", "auto"}), None),
+}
+OPENAI_MODEL_NAMES = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"]
+QUALITY_STEPS = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
+STYLE_WORDS = {"vivid": "vivid colors, dramatic lighting", "natural": "natural colors, realistic lighting"}
+MAX_FILE_BYTES = {"dall-e-2": 4 * 1024 * 1024}
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+
+
+def rules_for(model: str | None) -> tuple[str, OpenAIModelRules] | None:
+    if not model:
+        return None
+    if model in RULES:
+        return model, RULES[model]
+    if model.startswith("gpt-image"):
+        return "gpt-image", RULES["gpt-image"]
+    return None
+
+
+def max_file_bytes(model: str | None) -> int:
+    return MAX_FILE_BYTES.get(model or "", DEFAULT_MAX_FILE_BYTES)
+
+
+def _check_openai_rules(name: str, rules: OpenAIModelRules, req) -> None:
+    prompt = getattr(req, "prompt", None)
+    if prompt is not None and len(prompt) > rules.max_prompt:
+        raise InvalidRequestError(
+            f"`prompt` is {len(prompt)} characters, over the {rules.max_prompt} that {name} takes.", param="prompt")
+    if req.n is not None and not 1 <= req.n <= rules.max_n:
+        raise InvalidRequestError(f"`n` must be between 1 and {rules.max_n} for {name} but is {req.n}.", param="n")
+    if req.size is not None:
+        if rules.sizes is not None and req.size not in rules.sizes:
+            raise InvalidRequestError(
+                f"`size` must be one of {', '.join(sorted(rules.sizes))} for {name} but is {req.size!r}.",
+                param="size")
+        if rules.sizes is None and req.size != "auto":
+            w, h = parse_size(req.size)
+            if w % 16 or h % 16 or not 1 / 3 <= w / h <= 3:
+                raise InvalidRequestError(
+                    f"`size` for {name} must have sides divisible by 16 and an aspect between 1:3 and 3:1 "
+                    f"but is {req.size!r}.", param="size")
+    quality = getattr(req, "quality", None)
+    if quality is not None and quality not in rules.qualities:
+        raise InvalidRequestError(
+            f"`quality` must be one of {', '.join(sorted(rules.qualities))} for {name} but is {quality!r}.",
+            param="quality")
+    style = getattr(req, "style", None)
+    if style is not None and rules.styles is None:
+        raise InvalidRequestError(f"`style` is not supported by {name}.", param="style")
+
+
+def usage_for(prompt: str, inputs: list[PIL.Image.Image], outputs: list) -> Usage:
+    """Token counts in OpenAI's shape: prompt words, and 1 token per 32x32 patch of every image in and out."""
+    text = len(prompt.split())
+    image_in = sum(math.ceil(im.width * im.height / 1024) for im in inputs)
+    out = sum(math.ceil(im.width * im.height / 1024) for im in outputs)
+    return Usage(input_tokens=text + image_in, input_tokens_details=InputTokensDetails(
+        text_tokens=text, image_tokens=image_in), output_tokens=out, total_tokens=text + image_in + out)
+
+
+@dataclass
+class Prepared:
+    """An OpenAI request turned into Easel's, with what the response must echo."""
+
+    request: ImageRequest
+    response_format: str
+    quality: str
+    styled_prompt: str | None
+    inputs: list[Any]
+    output_compression: int | None
+    event_prefix: str
+
+
+class ImagesService:
+    """Generations, edits and variations on top of a Runner; signs URLs for `response_format=url`."""
+
+    def __init__(self, runner: Runner, signer: UrlSigner, local_model: Callable[[], str]):
+        self.runner = runner
+        self.signer = signer
+        self.local_model = local_model
+
+    # -- request mapping -------------------------------------------------------------------------------------------
+    def prepare(self, req: GenerationRequest | EditRequest | VariationRequest, mode: str = "generate",
+                images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None) -> Prepared:
+        openai = rules_for(req.model)
+        if openai is not None:
+            _check_openai_rules(*openai, req)
+        model = self.local_model() if openai is not None else req.model
+        spec = self.runner.catalog.resolve(model or self.runner.settings.default_model)
+        quality = getattr(req, "quality", None) or "auto"
+        steps = req.num_inference_steps
+        if steps is None and QUALITY_STEPS.get(quality, 1.0) != 1.0:
+            steps = max(1, round(spec.default_steps * QUALITY_STEPS[quality]))
+        prompt = getattr(req, "prompt", None)
+        style = getattr(req, "style", None)
+        styled = f"{prompt.rstrip()}, {STYLE_WORDS[style]}" if style and prompt else None
+        background = getattr(req, "background", None)
+        if background == "transparent":
+            raise UnsupportedError(f"{spec.name} cannot make transparent backgrounds; use opaque or auto.",
+                                   param="background")
+        output_format = getattr(req, "output_format", None) or "png"
+        compression = getattr(req, "output_compression", None)
+        if compression is not None:
+            if not 0 <= compression <= 100:
+                raise InvalidRequestError(f"`output_compression` must be between 0 and 100 but is {compression}.",
+                                          param="output_compression")
+            if output_format == "png":
+                raise InvalidRequestError("`output_compression` applies to jpeg and webp only.",
+                                          param="output_compression")
+        partial = getattr(req, "partial_images", None)
+        if partial is not None and not 0 <= partial <= 3:
+            raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
+                                      param="partial_images")
+        size = None if req.size in (None, "auto") else req.size
+        if size is None and mode != "generate" and images:
+            size = None  # the check snaps the input image's size to the family's step
+        request = ImageRequest(
+            prompt=styled or prompt or "", model=spec.name, num_images=1 if req.n is None else req.n, size=size,
+            num_inference_steps=steps, guidance_scale=req.guidance_scale, seed=req.seed,
+            negative_prompt=req.negative_prompt, output_format=output_format, mode=mode,
+            image=images[0] if images else None, mask=mask, moderation=getattr(req, "moderation", None) or "auto",
+        )
+        if mode == "vary" and not request.prompt:
+            from ...api import _prompt_of
+
+            request.prompt = _prompt_of(images[0])
+        self.runner.check(request)  # every client mistake is a 400 before any work (or any stream) starts
+        return Prepared(request=request, response_format=req.response_format or "b64_json", quality=quality,
+                        styled_prompt=styled, inputs=list(images or []), output_compression=compression,
+                        event_prefix="image_edit" if mode == "edit" else "image_generation")
+
+    # -- responses -------------------------------------------------------------------------------------------------
+    def encode(self, prepared: Prepared, image) -> bytes:
+        quality = prepared.output_compression
+        return image.to_bytes(quality=quality if quality is not None and image.output_format != "png" else None)
+
+    def image_data(self, prepared: Prepared, result: ImageResult, base_url: str) -> list[ImageData]:
+        revised = result.revised_prompt or prepared.styled_prompt
+        data = []
+        for im in result.images:
+            if prepared.response_format == "url":
+                data.append(ImageData(url=self.signer.url(base_url, im.id), revised_prompt=revised))
+            else:
+                data.append(ImageData(b64_json=base64.b64encode(self.encode(prepared, im)).decode(),
+                                      revised_prompt=revised))
+        return data
+
+    def run(self, prepared: Prepared, base_url: str, should_stop=None) -> ImagesResponse:
+        result = self.runner.run(prepared.request, should_stop=should_stop)
+        return self.response(prepared, result, base_url)
+
+    def response(self, prepared: Prepared, result: ImageResult, base_url: str) -> ImagesResponse:
+        first = result.images[0]
+        return ImagesResponse(
+            created=int(time.time()), data=self.image_data(prepared, result, base_url), background="opaque",
+            output_format=prepared.request.output_format, quality=prepared.quality,
+            size=f"{first.width}x{first.height}",
+            usage=usage_for(prepared.request.prompt, prepared.inputs, [im.image for im in result.images]),
+        )
+
+    def stream(self, prepared: Prepared, partial_images: int, base_url: str,
+               cancelled: threading.Event) -> Iterator[dict[str, Any]]:
+        """Events of a streamed request: `partial_images` previews from intermediate steps, then one completed
+        event per image; a failure after the stream began becomes an error event."""
+        events: queue.Queue = queue.Queue()
+        request = prepared.request
+        common = {"background": "opaque", "output_format": request.output_format, "quality": prepared.quality}
+        sent = {"partials": 0}
+
+        def on_step(step: int, total: int, preview=None) -> None:
+            if sent["partials"] >= partial_images or preview is None:
+                return
+            # spread the previews over the run, the last one before the final step
+            due = math.floor((sent["partials"] + 1) * total / (partial_images + 1))
+            if step >= max(1, due) and step < total:
+                images = preview()
+                if images:
+                    im = images[0].resize((request.width or images[0].width, request.height or images[0].height))
+                    events.put(("partial", im, sent["partials"]))
+                    sent["partials"] += 1
+
+        def work() -> None:
+            try:
+                events.put(("done", self.runner.run(request, on_step=on_step, should_stop=cancelled.is_set)))
+            except EaselError as exc:
+                events.put(("error", exc))
+            except Exception as exc:  # noqa: BLE001 - reported as a server error event, never a traceback
+                events.put(("error", EaselError(f"Generation failed: {type(exc).__name__}")))
+
+        threading.Thread(target=work, daemon=True).start()
+        prefix = prepared.event_prefix
+        while True:
+            kind, *payload = events.get()
+            if kind == "partial":
+                from ...metadata import encode_image
+
+                im, index = payload
+                yield {"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(
+                    encode_image(im, request.output_format, {})).decode(), "partial_image_index": index,
+                    "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
+            elif kind == "error":
+                exc = payload[0]
+                yield {"type": "error", "error": {"message": exc.message, "type": exc.type, "code": exc.code,
+                                                  "param": exc.param}}
+                return
+            else:
+                result: ImageResult = payload[0]
+                usage = usage_for(request.prompt, prepared.inputs, [im.image for im in result.images])
+                for im in result.images:
+                    yield {"type": f"{prefix}.completed", "b64_json": base64.b64encode(
+                        self.encode(prepared, im)).decode(), "created_at": int(time.time()),
+                        "size": f"{im.width}x{im.height}", "usage": usage.model_dump(), **common}
+                return

@@ -1,0 +1,85 @@
+"""The built-in model, for real, through the library: determinism, prompt adherence, image-to-image, inpainting."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import easel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
+import shapes  # noqa: E402
+
+
+def pixels(im) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def test_builtin_is_the_default_and_is_deterministic_by_seed():
+    a = easel.generate("a small green square at the top on a black background", seed=123, steps=8)
+    b = easel.generate("a small green square at the top on a black background", seed=123, steps=8)
+    c = easel.generate("a small green square at the top on a black background", seed=124, steps=8)
+    assert a.model == "builtin" and a[0].parameters["resized_from"] == "32x32" and a[0].image.size == (256, 256)
+    assert np.array_equal(pixels(a[0].image), pixels(b[0].image))
+    assert not np.array_equal(pixels(a[0].image), pixels(c[0].image))
+
+
+def test_a_batch_member_equals_its_solo_run():
+    # CPU kernels may sum in another order at another batch size: measured differences are 0-1 levels of 255
+    batch = easel.generate("a blue circle on a white background", n=3, seed=40, steps=8, size="32x32", save=False)
+    for im in batch:
+        solo = easel.generate("a blue circle on a white background", seed=im.seed, steps=8, size="32x32",
+                              save=False)[0]
+        assert np.abs(pixels(im.image) - pixels(solo.image)).max() <= 2
+
+
+def test_it_draws_what_the_caption_says():
+    scene = shapes.Scene("blue", [shapes.Shape("red", "circle", "large", "left")])
+    result = easel.generate("a large red circle on the left on a blue background", n=4, seed=1, size="32x32",
+                            save=False)
+    scores = [shapes.score(scene, np.asarray(im.image.convert("RGB"))) for im in result]
+    for attribute in ("background", "shape_colour", "position"):
+        assert sum(s[attribute] for s in scores) >= 3, (attribute, scores)
+
+
+def test_unknown_words_are_ignored_and_reported():
+    result = easel.generate("a lion having coffee next to a red circle on a blue background", steps=4, save=False)
+    assert result.warnings == ["ignored words not in the built-in model's vocabulary: lion, having, coffee, next"]
+    assert result[0].parameters["ignored_words"] == ["lion", "having", "coffee", "next"]
+
+
+def test_image_to_image_keeps_more_of_the_image_at_lower_strength():
+    source = Image.new("RGB", (256, 256), shapes.PALETTE["yellow"])
+    diffs = {}
+    for strength in (0.2, 1.0):
+        out = easel.vary(source, "a purple triangle on a yellow background", strength=strength, seed=3, save=False)
+        assert out[0].image.size == (256, 256)
+        diffs[strength] = np.abs(pixels(out[0].image) - pixels(source)).mean()
+    assert diffs[0.2] < diffs[1.0]
+
+
+def test_inpainting_repaints_the_mask_and_keeps_the_rest():
+    source = Image.new("RGB", (128, 128), shapes.PALETTE["green"])
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (0, 0, 64, 128))  # repaint the left half
+    out = easel.edit(source, "a large white circle on the left on a green background", mask=mask, seed=2)
+    arr = pixels(out[0].image)
+    assert np.array_equal(arr[:, 64:], pixels(source)[:, 64:])  # right half untouched
+    assert np.abs(arr[:, :64] - pixels(source)[:, :64]).mean() > 5  # left half repainted
+    assert out[0].parameters["mode"] == "edit"
+
+
+def test_edit_without_mask_repaints_the_transparent_part():
+    source = Image.new("RGBA", (64, 64), shapes.PALETTE["blue"] + (255,))
+    source.paste((0, 0, 0, 0), (32, 0, 64, 64))
+    out = easel.edit(source, "a red square on a blue background", seed=1, save=False)
+    left = pixels(out[0].image)[:, :32]
+    assert np.array_equal(left, pixels(source)[:, :32])
+
+
+def test_edit_with_a_wrong_size_mask_is_refused():
+    with pytest.raises(easel.InvalidRequestError) as info:
+        easel.edit(Image.new("RGB", (64, 64)), "a red circle", mask=Image.new("L", (32, 32)))
+    assert info.value.param == "mask"

@@ -1,0 +1,112 @@
+"""Each model family runs through Easel's diffusers provider, from a folder and from the hub cache, offline."""
+
+import numpy as np
+import pytest
+
+import easel
+from tiny_pipelines import install_in_hub_cache
+
+SIZES = {"sd15": "64x64", "sdxl": "64x64", "sd3": "32x32", "flux": "32x32"}
+EXPECTED_FAMILY = {"sd15": "sd15", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
+
+
+@pytest.mark.parametrize("family", list(SIZES))
+def test_family_runs_two_steps_with_requested_size_and_count(tiny_models, family):
+    result = easel.generate("a lion having coffee", model=str(tiny_models[family]), n=2, size=SIZES[family],
+                            steps=2, seed=11, negative_prompt="blurry")
+    assert len(result) == 2
+    w, h = map(int, SIZES[family].split("x"))
+    assert all(im.image.size == (w, h) for im in result)
+    assert [im.seed for im in result] == [11, 12]
+    assert all(im.path and im.path.endswith(".png") for im in result)
+    assert result[0].parameters["num_inference_steps"] == 2
+    # the two seeds give two different images
+    assert not np.array_equal(np.asarray(result[0].image), np.asarray(result[1].image))
+
+
+@pytest.mark.parametrize("family", list(SIZES))
+def test_same_seed_same_pixels(tiny_models, family):
+    kw = dict(model=str(tiny_models[family]), size=SIZES[family], steps=2, seed=5, save=False)
+    a = easel.generate("a red circle", **kw)[0].image
+    b = easel.generate("a red circle", **kw)[0].image
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_family_is_read_from_the_folder(tiny_models):
+    from easel.catalog import default_catalog
+
+    for family, folder in tiny_models.items():
+        assert default_catalog().resolve(str(folder)).family.name == EXPECTED_FAMILY[family]
+
+
+def test_loads_from_the_hub_cache_with_no_network(tiny_models, hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    install_in_hub_cache(tiny_models["sd15"], hub_cache, "tiny-org/tiny-sd15")
+    result = easel.generate("a cat", model="tiny-org/tiny-sd15", size="64x64", steps=2, seed=1)
+    assert result.model == "tiny-org/tiny-sd15" and result[0].image.size == (64, 64)
+    from easel.catalog import default_catalog
+
+    spec = default_catalog().resolve("tiny-org/tiny-sd15")
+    assert spec.family.name == "sd15" and spec.is_available_locally()
+
+
+def test_a_model_neither_cached_nor_reachable_says_how_to_get_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(easel.ModelNotFoundError) as info:
+        easel.generate("a cat", model="nobody/not-downloaded", steps=2)
+    assert "easel models pull nobody/not-downloaded" in info.value.message
+
+
+def test_catalog_model_not_downloaded_names_the_pull_command(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(easel.ModelNotFoundError) as info:
+        easel.generate("a cat", model="sdxl-turbo", steps=1)
+    assert "easel models pull sdxl-turbo" in info.value.message
+
+
+def test_schedulers_can_be_chosen_per_request_without_leaking(tiny_models):
+    folder = str(tiny_models["sd15"])
+    a = easel.generate("a cat", model=folder, size="64x64", steps=2, seed=3, scheduler="euler", save=False)
+    b = easel.generate("a cat", model=folder, size="64x64", steps=2, seed=3, save=False)
+    c = easel.generate("a cat", model=folder, size="64x64", steps=2, seed=3, scheduler="euler", save=False)
+    assert np.array_equal(np.asarray(a[0].image), np.asarray(c[0].image))
+    assert not np.array_equal(np.asarray(a[0].image), np.asarray(b[0].image))
+
+
+def test_concurrent_requests_on_one_pipeline_match_solo_runs(tiny_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = str(tiny_models["sd15"])
+    kw = dict(model=folder, size="64x64", save=False)
+    solo = {s: np.asarray(easel.generate("a cat", steps=2 + s % 2, seed=s, **kw)[0].image) for s in range(4)}
+    with ThreadPoolExecutor(4) as pool:
+        futures = {s: pool.submit(easel.generate, "a cat", steps=2 + s % 2, seed=s, **kw) for s in range(4)}
+        for s, f in futures.items():
+            assert np.array_equal(np.asarray(f.result()[0].image), solo[s])
+
+
+def test_batched_prompts_match_solo_runs(tiny_models):
+    from easel.api import default_runner
+    from easel.types import ImageRequest
+
+    folder = str(tiny_models["sd15"])
+    reqs = [ImageRequest(prompt=p, model=folder, size="64x64", num_inference_steps=2, seed=i)
+            for i, p in enumerate(["a cat", "a dog", "a bird"])]
+    batched = default_runner().run_many(reqs, save=False)
+    for req, res in zip(reqs, batched):
+        solo = default_runner().run(req, save=False)
+        assert np.allclose(np.asarray(res[0].image, dtype=float), np.asarray(solo[0].image, dtype=float), atol=2)
+
+
+def test_edit_and_variation_on_a_diffusers_model(tiny_models):
+    from PIL import Image
+
+    folder = str(tiny_models["sd15"])
+    picture = Image.new("RGB", (64, 64), (10, 200, 10))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    edited = easel.edit(picture, "a cat", mask=mask, model=folder, steps=2, seed=1)[0].image
+    arr = np.asarray(edited)
+    assert arr[:16].tolist() == np.asarray(picture)[:16].tolist()  # outside the mask: unchanged
+    varied = easel.vary(picture, "a cat", model=folder, steps=4, strength=0.5, seed=1)
+    assert varied[0].image.size == (64, 64) and varied[0].parameters["strength"] == 0.5
