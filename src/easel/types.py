@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import PIL.Image
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_INPUT_PIXELS = 4096 * 4096
 MODES = ("generate", "edit", "vary")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -129,9 +130,14 @@ def image_from_bytes(data: bytes, param: str = "image") -> PIL.Image.Image:
 
     try:
         im = PIL.Image.open(io.BytesIO(data))
-        im.load()
-    except PIL.Image.DecompressionBombError as exc:
-        raise InvalidRequestError(f"`{param}` has too many pixels: {exc}", param=param) from None
     except Exception:
         raise InvalidRequestError(f"`{param}` is not an image that can be read (PNG, JPEG or WebP).", param=param) from None
+    # refuse decompression bombs from the header, before decoding a single pixel
+    if im.width * im.height > MAX_INPUT_PIXELS:
+        raise InvalidRequestError(
+            f"`{param}` is {im.width}x{im.height}, over the {MAX_INPUT_PIXELS} pixels allowed.", param=param)
+    try:
+        im.load()
+    except Exception:
+        raise InvalidRequestError(f"`{param}` is a damaged or truncated image.", param=param) from None
     return im
