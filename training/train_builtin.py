@@ -29,7 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import shapes  # noqa: E402
-from easel.builtin.pipeline import ShapesPipeline  # noqa: E402
+from easel.builtin.pipeline import ShapesPipeline, layout_maps  # noqa: E402
 
 TRAIN_TIMESTEPS = 1000
 
@@ -57,10 +57,13 @@ def build_text_encoder(vocab_size: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_unet() -> UNet2DConditionModel:
+LAYOUT_CHANNELS = 2
+
+
+def build_unet(layout_channels: int = LAYOUT_CHANNELS) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=32,
-        in_channels=3,
+        in_channels=3 + layout_channels,
         out_channels=3,
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
@@ -79,6 +82,20 @@ def build_unet() -> UNet2DConditionModel:
 def build_schedulers() -> tuple[DDPMScheduler, DPMSolverMultistepScheduler]:
     common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     return DDPMScheduler(**common), DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++")
+
+
+def init_from(folder: Path, layout_channels: int) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Start from a saved pipeline's weights; input channels it lacks (layout) start at zero."""
+    old_unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    unet = build_unet(layout_channels)
+    state = old_unet.state_dict()
+    weight = state.pop("conv_in.weight")
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    assert missing == ["conv_in.weight"] and not unexpected, (missing, unexpected)
+    with torch.no_grad():
+        unet.conv_in.weight.zero_()
+        unet.conv_in.weight[:, : weight.shape[1]] = weight
+    return unet, CLIPTextModel.from_pretrained(folder / "text_encoder")
 
 
 def make_batch(rng: random.Random, size: int, p_two: float) -> tuple[list[str], torch.Tensor]:
@@ -133,6 +150,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("training/runs/main"))
     ap.add_argument("--export", type=Path, default=None, help="copy the final pipeline folder here")
+    ap.add_argument("--layout-channels", type=int, default=LAYOUT_CHANNELS,
+                    help="input channels for the caption's layout words (0: text path only)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from this pipeline folder's weights")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -142,8 +163,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer()
-    text_encoder = build_text_encoder(len(shapes.VOCABULARY))
-    unet = build_unet()
+    if args.init_from:
+        unet, text_encoder = init_from(args.init_from, args.layout_channels)
+    else:
+        text_encoder = build_text_encoder(len(shapes.VOCABULARY))
+        unet = build_unet(args.layout_channels)
     train_sched, sample_sched = build_schedulers()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     n_params = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
@@ -163,6 +187,8 @@ def main() -> None:
         noise = torch.randn(x0.shape, generator=gen)
         xt = train_sched.add_noise(x0, noise, t)
         target = train_sched.get_velocity(x0, noise, t)
+        if args.layout_channels:
+            xt = torch.cat([xt, layout_maps(texts, xt.shape[-1], args.layout_channels)], dim=1)
         pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(pred, target)
 
@@ -182,7 +208,7 @@ def main() -> None:
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        last = step == args.steps - 1
+        last = step == args.steps - 1 or (args.stop_after is not None and step + 1 >= args.stop_after)
         if (step + 1) % args.eval_every == 0 or last:
             pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched)
             pipe.set_progress_bar_config(disable=True)
@@ -196,6 +222,8 @@ def main() -> None:
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
+        if last:
+            break
 
     if args.export:
         shutil.rmtree(args.export, ignore_errors=True)

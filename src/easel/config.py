@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated keys the server accepts; empty = no auth.")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
+    max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
+    max_batch_images: int = Field(8, ge=1, description="Images the engine runs in one model call.")
+    batch_wait_ms: float = Field(20.0, ge=0, description="How long a batch waits for compatible jobs.")
+    job_timeout_s: float = Field(600.0, gt=0, description="A running job is stopped after this long.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
 
     @property

@@ -17,6 +17,55 @@ from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 _WORD = re.compile(r"[a-z]+")
 
+# Layout words -> where the shape's centre must lie, as (x0, y0, x1, y1) fractions of the side. The UNet reads
+# them as extra input channels (one per mentioned shape), a direct path for position that cross-attention alone
+# did not learn on this data.
+_REGIONS = {
+    "left": (0.0, 0.0, 0.4, 1.0),
+    "right": (0.6, 0.0, 1.0, 1.0),
+    "top": (0.0, 0.0, 1.0, 0.4),
+    "bottom": (0.0, 0.6, 1.0, 1.0),
+    "center": (0.35, 0.35, 0.65, 0.65),
+}
+_RELATIONS = {
+    "above": ((0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)),
+    "below": ((0.0, 0.5, 1.0, 1.0), (0.0, 0.0, 1.0, 0.5)),
+    "left_of": ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)),
+    "right_of": ((0.5, 0.0, 1.0, 1.0), (0.0, 0.0, 0.5, 1.0)),
+}
+
+
+def parse_layout(text: str) -> tuple:
+    """The regions of the first and second shape a caption places (None where it places none)."""
+    words = _WORD.findall(text.lower())
+    if "above" in words:
+        return _RELATIONS["above"]
+    if "below" in words:
+        return _RELATIONS["below"]
+    if "of" in words and "left" in words:
+        return _RELATIONS["left_of"]
+    if "of" in words and "right" in words:
+        return _RELATIONS["right_of"]
+    for word in words:
+        if word in _REGIONS:
+            return _REGIONS[word], None
+    return None, None
+
+
+def layout_maps(texts: list[str], size: int, channels: int = 2) -> torch.Tensor:
+    """(len(texts), channels, size, size): 1 inside each placed shape's region, 0 elsewhere."""
+    maps = torch.zeros(len(texts), channels, size, size)
+    centres = (torch.arange(size) + 0.5) / size
+    for i, text in enumerate(texts):
+        for c, box in enumerate(parse_layout(text)[:channels]):
+            if box is None:
+                continue
+            x0, y0, x1, y1 = box
+            inside_x = (centres >= x0) & (centres <= x1)
+            inside_y = (centres >= y0) & (centres <= y1)
+            maps[i, c] = (inside_y[:, None] & inside_x[None, :]).float()
+    return maps
+
 
 @dataclasses.dataclass
 class ShapesPipelineOutput(BaseOutput):
@@ -53,6 +102,10 @@ class ShapesPipeline(DiffusionPipeline):
     @property
     def native_size(self) -> int:
         return int(self.unet.config.sample_size)
+
+    @property
+    def layout_channels(self) -> int:
+        return int(self.unet.config.in_channels) - int(self.unet.config.out_channels)
 
     @property
     def vocabulary(self) -> set[str]:
@@ -148,8 +201,11 @@ class ShapesPipeline(DiffusionPipeline):
         # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
         do_cfg = guidance_scale > 1.0
         cond = self.encode_prompt(texts)
+        layout = layout_maps(texts, self.native_size, self.layout_channels).to(self.device, self.unet.dtype)
         if do_cfg:
             cond = torch.cat([self.encode_prompt(negs), cond])
+            # the unconditional half has no layout, so guidance pushes towards the caption's layout too
+            layout = torch.cat([torch.zeros_like(layout), layout])
 
         # 3. prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -162,7 +218,7 @@ class ShapesPipeline(DiffusionPipeline):
 
         # 4. prepare latents (pixel space: the latents are the image)
         size = self.native_size
-        shape = (batch, self.unet.config.in_channels, size, size)
+        shape = (batch, self.unet.config.out_channels, size, size)
         noise = _randn(shape, generator, self.device, self.unet.dtype)
         original = self._to_pixels(image, batch) if image is not None else None
         mask = self._to_mask(mask_image, batch) if mask_image is not None else None
@@ -177,6 +233,8 @@ class ShapesPipeline(DiffusionPipeline):
                 break
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
+            if self.layout_channels:
+                model_input = torch.cat([model_input, layout], dim=1)
             pred = self.unet(model_input, t, encoder_hidden_states=cond).sample
             if do_cfg:
                 uncond, text = pred.chunk(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import resource
 import threading
 import time
 import uuid
@@ -12,19 +13,21 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Settings, get_settings
+from ..engine.queue import Engine
 from ..engine.runner import Runner
 from ..errors import EaselError, NotFoundError
 from ..types import ImageRequest
 from . import errors as server_errors
 from .auth import is_public, key_is_valid, parse_keys
 from .files import UrlSigner, load_secret
-from .openai.router import build_router, openai_model_ids
+from .jobs import build_jobs_router
+from .openai.router import build_router, openai_model_ids, wait_for_job
 from .openai.serving import ImagesService
 
 MAX_JSON_BYTES = 2 * 1024 * 1024
@@ -68,10 +71,12 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     local_model = lambda: settings.openai_model or settings.default_model  # noqa: E731
     service = ImagesService(runner, signer, local_model)
     warmup = ModelWarmup(runner, local_model())
+    engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
+                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s)
 
     app = FastAPI(title="Easel", version=__version__,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")
-    app.state.runner, app.state.warmup, app.state.signer = runner, warmup, signer
+    app.state.runner, app.state.warmup, app.state.signer, app.state.engine = runner, warmup, signer, engine
     for exc_type in (EaselError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, server_errors.handle)
     if settings.cors_origins:
@@ -103,11 +108,28 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
         return response
 
     @app.on_event("startup")
-    def _warm() -> None:
+    def _start() -> None:
+        engine.start()
         if warm:
             warmup.start()
         else:
             warmup.ready.set()
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        engine.stop()
+
+    @app.get("/metrics", tags=["server"])
+    def metrics() -> Response:
+        """Prometheus metrics: queue depth, jobs by state, batch sizes, step and job latency, load time, memory."""
+        m = engine.metrics
+        m.queue_depth.set(engine.queue_depth)
+        for state, count in engine.counts().items():
+            m.jobs_active.labels(state).set(count)
+        if warmup.load_s is not None:
+            m.model_load_seconds.set(warmup.load_s)
+        m.memory_bytes.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["server"])
     def health() -> JSONResponse:
@@ -119,9 +141,10 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
             body["error"] = warmup.error
         return JSONResponse(body, status_code=503)
 
-    router = build_router(service, lambda: openai_model_ids(runner.catalog))
+    router = build_router(service, engine, lambda: openai_model_ids(runner.catalog))
     app.include_router(router, prefix="/v1")
     app.include_router(router, include_in_schema=False)
+    app.include_router(build_jobs_router(service, engine), prefix="/v1")
 
     def file_content(image_id: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
         """A saved image by opaque id, through a signed link valid for 60 minutes."""
@@ -150,7 +173,8 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
                 from ..errors import InvalidRequestError
 
                 raise InvalidRequestError("Missing required parameter: 'q' (the prompt).", param="q")
-            result = await run_in_threadpool(runner.run, ImageRequest(prompt=prompt, model=local_model()))
+            job = engine.submit(ImageRequest(prompt=prompt, model=local_model()))
+            result = await wait_for_job(engine, job, request)
         except EaselError as exc:
             return JSONResponse({"errors": [{"code": exc.status, "message": exc.message}],
                                  "response": {"data": []}, "success": False}, status_code=exc.status)

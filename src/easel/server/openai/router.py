@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
 
 from fastapi import APIRouter, Request
@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import InvalidRequestError, PayloadTooLargeError
+from ...errors import GenerationError, InvalidRequestError, PayloadTooLargeError
 from ...types import image_from_bytes
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
                        VariationRequest)
@@ -84,8 +84,32 @@ def repaint_mask(mask, image):
     return mask.convert("L").point(lambda v: 255 if v > 127 else 0)
 
 
-def build_router(service: ImagesService, model_ids) -> APIRouter:
+async def wait_for_job(engine, job, request: Request):
+    """Wait for a job without holding a thread; a client that goes away cancels its job."""
+    loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
+    job.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))
+    while not finished.is_set():
+        try:
+            await asyncio.wait_for(finished.wait(), 0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                engine.cancel(job.id)
+    if job.state == "succeeded":
+        return job.result
+    raise job.error or GenerationError("The job was cancelled.")
+
+
+def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
     router = APIRouter()
+
+    async def complete(prepared, request: Request, stream: bool, partial_images: int | None):
+        if stream:
+            job = engine.submit(prepared.request, previews=partial_images or 0, listen=True)
+            return _sse(service.stream(prepared, job, partial_images or 0))
+        job = engine.submit(prepared.request)
+        result = await wait_for_job(engine, job, request)
+        return await run_in_threadpool(service.response, prepared, result, _base_url(request))
 
     @router.get("/models", response_model=ModelList, responses=ERRORS, tags=["openai"])
     def list_models() -> ModelList:
@@ -105,10 +129,7 @@ def build_router(service: ImagesService, model_ids) -> APIRouter:
                  response_model_exclude_none=True)
     async def generations(body: GenerationRequest, request: Request):
         """Create images from a prompt. With `stream: true`, answers Server-Sent Events."""
-        prepared = service.prepare(body)
-        if body.stream:
-            return _sse(service.stream(prepared, body.partial_images or 0, _base_url(request), threading.Event()))
-        return await run_in_threadpool(service.run, prepared, _base_url(request))
+        return await complete(service.prepare(body), request, bool(body.stream), body.partial_images)
 
     @router.post("/images/edits", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
                  response_model_exclude_none=True,
@@ -122,9 +143,7 @@ def build_router(service: ImagesService, model_ids) -> APIRouter:
                 f"`mask` must be the same size as the first image ({images[0].width}x{images[0].height}) "
                 f"but is {mask.width}x{mask.height}.", param="mask")
         prepared = service.prepare(params, "edit", images, repaint_mask(mask, images[0]))
-        if params.stream:
-            return _sse(service.stream(prepared, params.partial_images or 0, _base_url(request), threading.Event()))
-        return await run_in_threadpool(service.run, prepared, _base_url(request))
+        return await complete(prepared, request, bool(params.stream), params.partial_images)
 
     @router.post("/images/variations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
                  response_model_exclude_none=True,
@@ -133,8 +152,7 @@ def build_router(service: ImagesService, model_ids) -> APIRouter:
     async def variations(request: Request):
         """Variations of one image (multipart)."""
         params, images, _ = await _read_form(request, VariationRequest)
-        prepared = service.prepare(params, "vary", images[:1])
-        return await run_in_threadpool(service.run, prepared, _base_url(request))
+        return await complete(service.prepare(params, "vary", images[:1]), request, False, None)
 
     return router
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from .protocol import (EditRequest, GenerationRequest, ImageData, ImagesResponse
 if TYPE_CHECKING:
     import PIL.Image
 
+    from ...engine.jobs import Job
     from ...engine.runner import Runner
     from ..files import UrlSigner
 
@@ -186,10 +185,6 @@ class ImagesService:
                                       revised_prompt=revised))
         return data
 
-    def run(self, prepared: Prepared, base_url: str, should_stop=None) -> ImagesResponse:
-        result = self.runner.run(prepared.request, should_stop=should_stop)
-        return self.response(prepared, result, base_url)
-
     def response(self, prepared: Prepared, result: ImageResult, base_url: str) -> ImagesResponse:
         first = result.images[0]
         return ImagesResponse(
@@ -199,56 +194,35 @@ class ImagesService:
             usage=usage_for(prepared.request.prompt, prepared.inputs, [im.image for im in result.images]),
         )
 
-    def stream(self, prepared: Prepared, partial_images: int, base_url: str,
-               cancelled: threading.Event) -> Iterator[dict[str, Any]]:
-        """Events of a streamed request: `partial_images` previews from intermediate steps, then one completed
-        event per image; a failure after the stream began becomes an error event."""
-        events: queue.Queue = queue.Queue()
+    def stream(self, prepared: Prepared, job: Job, partial_images: int) -> Iterator[dict[str, Any]]:
+        """Events of a streamed job (submitted with `listen=True`): `partial_images` previews from intermediate
+        steps, then one completed event per image; a failure after the stream began becomes an error event."""
         request = prepared.request
+        events = job.events
         common = {"background": "opaque", "output_format": request.output_format, "quality": prepared.quality}
-        sent = {"partials": 0}
-
-        def on_step(step: int, total: int, preview=None) -> None:
-            if sent["partials"] >= partial_images or preview is None:
-                return
-            # spread the previews over the run, the last one before the final step
-            due = math.floor((sent["partials"] + 1) * total / (partial_images + 1))
-            if step >= max(1, due) and step < total:
-                images = preview()
-                if images:
-                    im = images[0].resize((request.width or images[0].width, request.height or images[0].height))
-                    events.put(("partial", im, sent["partials"]))
-                    sent["partials"] += 1
-
-        def work() -> None:
-            try:
-                events.put(("done", self.runner.run(request, on_step=on_step, should_stop=cancelled.is_set)))
-            except EaselError as exc:
-                events.put(("error", exc))
-            except Exception as exc:  # noqa: BLE001 - reported as a server error event, never a traceback
-                events.put(("error", EaselError(f"Generation failed: {type(exc).__name__}")))
-
-        threading.Thread(target=work, daemon=True).start()
         prefix = prepared.event_prefix
-        while True:
-            kind, *payload = events.get()
-            if kind == "partial":
-                from ...metadata import encode_image
+        sent = 0
+        from ...metadata import encode_image
 
-                im, index = payload
-                yield {"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(
-                    encode_image(im, request.output_format, {})).decode(), "partial_image_index": index,
-                    "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
-            elif kind == "error":
-                exc = payload[0]
-                yield {"type": "error", "error": {"message": exc.message, "type": exc.type, "code": exc.code,
-                                                  "param": exc.param}}
-                return
-            else:
-                result: ImageResult = payload[0]
-                usage = usage_for(request.prompt, prepared.inputs, [im.image for im in result.images])
-                for im in result.images:
-                    yield {"type": f"{prefix}.completed", "b64_json": base64.b64encode(
-                        self.encode(prepared, im)).decode(), "created_at": int(time.time()),
-                        "size": f"{im.width}x{im.height}", "usage": usage.model_dump(), **common}
-                return
+        while True:
+            event = events.get()
+            if event is None:
+                break
+            for im in (event.get("preview") or [])[:1]:
+                if sent < partial_images:
+                    im = im.resize((request.width or im.width, request.height or im.height))
+                    yield {"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(
+                        encode_image(im, request.output_format, {})).decode(), "partial_image_index": sent,
+                        "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
+                    sent += 1
+        if job.state != "succeeded":
+            error = job.error or EaselError("The job was cancelled.")
+            yield {"type": "error", "error": {"message": error.message, "type": error.type, "code": error.code,
+                                              "param": error.param}}
+            return
+        result = job.result
+        usage = usage_for(request.prompt, prepared.inputs, [im.image for im in result.images])
+        for im in result.images:
+            yield {"type": f"{prefix}.completed", "b64_json": base64.b64encode(self.encode(prepared, im)).decode(),
+                   "created_at": int(time.time()), "size": f"{im.width}x{im.height}", "usage": usage.model_dump(),
+                   **common}

@@ -1,0 +1,55 @@
+"""Speed of the built-in model: load time, seconds per image at batch 1 and at batch 8, default settings.
+
+    python benchmarks/bench_builtin.py            # writes benchmarks/results/builtin.json
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from easel.builtin.pipeline import ShapesPipeline
+from easel.catalog import default_catalog
+
+OUT = Path(__file__).parent / "results" / "builtin.json"
+
+
+def main() -> None:
+    spec = default_catalog().resolve("builtin")
+    folder = spec.local_path
+    loads = []
+    for _ in range(5):
+        started = time.perf_counter()
+        pipe = ShapesPipeline.from_pretrained(folder)
+        loads.append(time.perf_counter() - started)
+    pipe.set_progress_bar_config(disable=True)
+    steps, guidance = spec.default_steps, spec.default_guidance
+    prompt = "a large red circle on the left on a blue background"
+
+    def run(batch: int, seed: int) -> float:
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+        started = time.perf_counter()
+        pipe([prompt] * batch, generator=gens, num_inference_steps=steps, guidance_scale=guidance)
+        return time.perf_counter() - started
+
+    run(1, 0)  # warm-up
+    batch1 = [run(1, i) for i in range(10)]
+    batch8 = [run(8, i) / 8 for i in range(5)]
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    result = {
+        "steps": steps, "guidance": guidance, "threads": torch.get_num_threads(),
+        "load_s_median": round(statistics.median(loads), 4),
+        "s_per_image_batch1_median": round(statistics.median(batch1), 4),
+        "s_per_image_batch8_median": round(statistics.median(batch8), 4),
+        "batch8_speedup_per_image": round(statistics.median(batch1) / statistics.median(batch8), 2),
+        "weights_mb": round(size / 1e6, 2),
+    }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The engine: a bounded queue of jobs and one worker per device that runs compatible jobs as one batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..errors import EaselError, GenerationError, NotFoundError, RateLimitError
+from ..types import ImageRequest
+from .jobs import FINAL, Job, JobStore
+from .metrics import EngineMetrics
+from .runner import Runner, batch_key
+
+
+class Engine:
+    """Queue -> batches -> the runner. Jobs are recorded in SQLite; each can be followed and cancelled alone.
+
+    A queued job that is cancelled leaves the queue. A running job that is cancelled stops its batch at the next
+    denoising step when it runs alone (or every batch-mate is cancelled too); otherwise its batch-mates finish
+    and its images are dropped, unsaved.
+    """
+
+    def __init__(self, runner: Runner, *, max_queue: int = 32, max_batch_images: int = 8,
+                 batch_wait_s: float = 0.02, job_timeout_s: float = 600.0,
+                 metrics: EngineMetrics | None = None):
+        self.runner = runner
+        self.max_queue = max_queue
+        self.max_batch_images = max_batch_images
+        self.batch_wait_s = batch_wait_s
+        self.job_timeout_s = job_timeout_s
+        self.metrics = metrics or EngineMetrics()
+        self.store = JobStore(runner.workspace().history)
+        self.jobs: dict[str, Job] = {}
+        self._pending: list[Job] = []
+        self._keys: dict[str, tuple] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
+        self._thread = threading.Thread(target=self._work, name="easel-engine-worker", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    # -- the callers' side -----------------------------------------------------------------------------------------
+    def submit(self, request: ImageRequest, previews: int = 0, listen: bool = False) -> Job:
+        """Check the request now (a bad one never queues), then queue it; a full queue is a RateLimitError.
+
+        With `listen`, the job's events queue (`job.events`) exists before the job can start, so that no event is
+        missed; `previews` spreads that many preview images over the run."""
+        spec, checked = self.runner.check(request)
+        total = checked.num_inference_steps
+        if request.mode == "vary" and checked.strength is not None:
+            total = max(1, round(total * checked.strength))
+        job = Job(request=request, total_steps=total)
+        job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
+        if listen:
+            job.events = job.subscribe()
+        with self._cond:
+            if len(self._pending) >= self.max_queue:
+                self.metrics.rejected.inc()
+                raise RateLimitError(f"The queue is full ({len(self._pending)} jobs waiting); try again shortly.",
+                                     retry_after=max(1.0, len(self._pending) * 0.5))
+            self.store.insert(job)
+            self.jobs[job.id] = job
+            self._keys[job.id] = batch_key(spec, checked)
+            self._pending.append(job)
+            self._cond.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job | dict[str, Any]:
+        """The live job, or the record of one from before this process."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        row = self.store.get(job_id)
+        if row is None:
+            raise NotFoundError(f"No job {job_id!r}.", param="job_id")
+        return row
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"No running or queued job {job_id!r}.", param="job_id")
+        with self._cond:
+            if job.state == "queued" and job in self._pending:
+                self._pending.remove(job)
+                self._finish(job, "cancelled")
+                return job
+        if job.state == "running":
+            job.cancel_requested.set()
+        return job
+
+    def wait(self, job: Job, timeout: float | None = None) -> Job:
+        job.done.wait(timeout)
+        return job
+
+    # -- the worker's side -----------------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Job]:
+        with self._cond:
+            while not self._pending and not self._stop:
+                self._cond.wait(0.5)
+            if self._stop:
+                return []
+            first = self._pending.pop(0)
+            key = self._keys[first.id]
+            batch, images = [first], first.request.num_images
+            deadline = time.monotonic() + self.batch_wait_s
+            while images < self.max_batch_images:
+                for job in list(self._pending):
+                    fits = images + job.request.num_images <= self.max_batch_images
+                    if fits and self._keys[job.id] == key:
+                        self._pending.remove(job)
+                        batch.append(job)
+                        images += job.request.num_images
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or key[0] == "solo":
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _finish(self, job: Job, state: str, error: Any = None) -> None:
+        job.state, job.finished = state, time.time()
+        if error is not None:
+            job.error = error
+        self.store.update(job)
+        self.metrics.jobs_finished.labels(state).inc()
+        if job.started is not None:
+            self.metrics.job_seconds.observe(job.finished - job.created)
+        job.publish(job.snapshot())
+        job.publish(None)
+        with job.lock:
+            job.done.set()
+            callbacks, job.done_callbacks = job.done_callbacks, []
+        for fn in callbacks:
+            fn()
+        self._keys.pop(job.id, None)
+
+    def _timed_out(self, job: Job) -> bool:
+        return job.started is not None and time.time() - job.started > self.job_timeout_s
+
+    def _work(self) -> None:
+        while not self._stop:
+            batch = self._take_batch()
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        now = time.time()
+        for job in batch:
+            job.state, job.started = "running", now
+            self.store.update(job)
+            job.publish(job.snapshot())
+        self.metrics.batch_images.observe(sum(j.request.num_images for j in batch))
+        last_step = [time.perf_counter()]
+
+        def on_step(step: int, total: int, preview=None) -> None:
+            now_step = time.perf_counter()
+            self.metrics.step_seconds.observe(now_step - last_step[0])
+            last_step[0] = now_step
+            images = None
+            wanted = preview is not None and any(step in j.preview_steps for j in batch if j.listeners)
+            if wanted:
+                images = preview()
+            at = 0
+            for job in batch:
+                job.step, job.total_steps = step, total
+                event: dict[str, Any] = {"id": job.id, "status": "running", "step": step, "total_steps": total}
+                if images:
+                    event["preview"] = images[at:at + job.request.num_images]
+                at += job.request.num_images
+                job.publish(event)
+                if step == total or step % 5 == 0:
+                    self.store.update(job)
+
+        def should_stop() -> bool:
+            return all(j.cancel_requested.is_set() or self._timed_out(j) for j in batch)
+
+        try:
+            results = self.runner.run_many([j.request for j in batch], save=False, on_step=on_step,
+                                           should_stop=should_stop, max_batch_images=self.max_batch_images)
+        except EaselError as exc:
+            for job in batch:
+                self._finish(job, "failed", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
+            error = GenerationError(f"The model failed: {type(exc).__name__}: {exc}")
+            for job in batch:
+                self._finish(job, "failed", error)
+            return
+        workspace = self.runner.workspace()
+        for job, result in zip(batch, results):
+            if job.cancel_requested.is_set():
+                self._finish(job, "cancelled")
+            elif self._timed_out(job):
+                self._finish(job, "failed", GenerationError(
+                    f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
+            else:
+                result.images = [workspace.save(im) for im in result.images]
+                job.result = result
+                self._finish(job, "succeeded")
+
+    def counts(self) -> dict[str, int]:
+        counts = {state: 0 for state in ("queued", "running")}
+        for job in list(self.jobs.values()):
+            if job.state not in FINAL:
+                counts[job.state] += 1
+        return counts

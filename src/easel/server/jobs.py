@@ -1,0 +1,78 @@
+"""Easel's jobs API: create a job and return at once, follow it (SSE), cancel it."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..engine.jobs import FINAL, Job
+from ..engine.queue import Engine
+from ..metadata import encode_image
+from .openai.protocol import GenerationRequest
+from .openai.serving import ImagesService
+
+
+def _body(job_or_row) -> dict:
+    if isinstance(job_or_row, Job):
+        return job_or_row.snapshot()
+    row = job_or_row
+    body = {"id": row["id"], "object": "job", "status": row["state"], "step": row["step"],
+            "total_steps": row["total_steps"], "image_ids": json.loads(row["image_ids"] or "[]")}
+    if row["error"]:
+        body["error"] = json.loads(row["error"])
+    return body
+
+
+def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+
+    @router.post("/jobs", status_code=202)
+    def create_job(body: GenerationRequest) -> JSONResponse:
+        """Queue a generation (same body as /v1/images/generations) and return its id at once."""
+        job = engine.submit(service.prepare(body).request)
+        return JSONResponse(job.snapshot(), status_code=202)
+
+    @router.get("/jobs/{job_id}")
+    def get_job(job_id: str) -> JSONResponse:
+        """A job's state: queued, running (step i of n), succeeded (image ids), failed (error) or cancelled."""
+        return JSONResponse(_body(engine.get(job_id)))
+
+    @router.delete("/jobs/{job_id}")
+    def cancel_job(job_id: str) -> JSONResponse:
+        """Cancel this job only: queued, it leaves the queue; running, it stops at the next step."""
+        return JSONResponse(engine.cancel(job_id).snapshot())
+
+    @router.get("/jobs/{job_id}/events")
+    def job_events(job_id: str) -> StreamingResponse:
+        """Server-Sent Events: `progress` per step (with a `preview` PNG every 5 steps), then the final state."""
+        job = engine.get(job_id)
+        if not isinstance(job, Job):
+            body = _body(job)
+
+            def finished():
+                yield f"event: {body['status']}\ndata: {json.dumps(body)}\n\n"
+
+            return StreamingResponse(finished(), media_type="text/event-stream")
+        job.preview_steps |= set(range(5, max(job.total_steps, 1) + 1, 5))
+        events = job.subscribe()
+
+        def lines():
+            while True:
+                event = events.get()
+                if event is None:
+                    return
+                state = event.get("status")
+                if state in FINAL:
+                    yield f"event: {state}\ndata: {json.dumps(event)}\n\n"
+                    continue
+                previews = event.pop("preview", None)
+                if previews:
+                    event["preview"] = base64.b64encode(encode_image(previews[0], "png", {})).decode()
+                yield f"event: progress\ndata: {json.dumps(event)}\n\n"
+
+        return StreamingResponse(lines(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    return router
