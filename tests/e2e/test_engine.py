@@ -1,0 +1,142 @@
+"""The engine under concurrent clients, with the built-in model and real servers on 127.0.0.1."""
+
+import base64
+import io
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from conftest import ServerProcess, wait_healthy
+
+import easel
+
+
+def b64_pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def batch_histogram(base: str) -> tuple[float, float]:
+    text = httpx.get(f"{base}/metrics").text
+    count = next(float(l.split()[-1]) for l in text.splitlines() if l.startswith("easel_batch_images_count"))
+    total = next(float(l.split()[-1]) for l in text.splitlines() if l.startswith("easel_batch_images_sum"))
+    return count, total
+
+
+def test_eight_concurrent_clients_are_batched_and_each_gets_its_own_image(server):
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=120)
+    calls_before, images_before = batch_histogram(server.base)
+
+    def one(seed: int):
+        r = client.images.generate(prompt=f"a small red circle on the {'left' if seed % 2 else 'right'} on a "
+                                   f"white background", size="32x32", extra_body={"seed": seed})
+        return seed, b64_pixels(r.data[0].b64_json)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = dict(pool.map(one, range(8)))
+    calls, images = batch_histogram(server.base)
+    assert images - images_before == 8
+    assert calls - calls_before < 8, "the 8 requests should share model calls"
+    for seed, served in results.items():
+        solo = easel.generate(f"a small red circle on the {'left' if seed % 2 else 'right'} on a white background",
+                              size="32x32", seed=seed, save=False)[0].image
+        # batch-mates may differ from a solo run by float summation order: at most a couple of levels of 255
+        assert np.abs(served - np.asarray(solo.convert("RGB"), dtype=np.int16)).max() <= 3
+
+
+def test_cancel_one_job_of_a_running_batch(server):
+    base = f"{server.base}/v1"
+    body = {"prompt": "a large blue square on a yellow background", "num_inference_steps": 150, "size": "32x32"}
+    ids = [httpx.post(f"{base}/jobs", json={**body, "seed": s}).json()["id"] for s in range(3)]
+    deadline = time.time() + 60
+    while httpx.get(f"{base}/jobs/{ids[1]}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    cancelled = httpx.delete(f"{base}/jobs/{ids[1]}").json()
+    assert cancelled["id"] == ids[1]
+    states = {}
+    while time.time() < deadline + 120:
+        states = {i: httpx.get(f"{base}/jobs/{i}").json() for i in ids}
+        if all(s["status"] in ("succeeded", "failed", "cancelled") for s in states.values()):
+            break
+        time.sleep(0.2)
+    assert states[ids[1]]["status"] == "cancelled"
+    assert states[ids[0]]["status"] == "succeeded" and states[ids[2]]["status"] == "succeeded"
+    assert len(states[ids[0]]["image_ids"]) == 1
+
+
+def test_job_events_stream_progress_then_the_result(server):
+    base = f"{server.base}/v1"
+    job = httpx.post(f"{base}/jobs", json={"prompt": "a green circle on a black background",
+                                           "num_inference_steps": 10}).json()
+    assert job["status"] == "queued" and job["id"].startswith("job_")
+    events = []
+    with httpx.stream("GET", f"{base}/jobs/{job['id']}/events", timeout=120) as r:
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, line[6:]))
+    names = [n for n, _ in events]
+    assert names[-1] == "succeeded" and "progress" in names
+    assert any('"preview"' in data for n, data in events if n == "progress")
+    assert httpx.get(f"{base}/jobs/nope").status_code == 404
+
+
+@pytest.fixture
+def small_queue_server(tmp_path):
+    os.environ["EASEL_MAX_QUEUE"] = "1"
+    try:
+        srv = ServerProcess(tmp_path / "home")
+    finally:
+        del os.environ["EASEL_MAX_QUEUE"]
+    wait_healthy(srv.base)
+    yield srv
+    srv.stop()
+
+
+def test_a_full_queue_answers_429_and_nothing_hangs(small_queue_server):
+    base = f"{small_queue_server.base}/v1"
+    slow = {"prompt": "a red circle", "num_inference_steps": 120, "size": "32x32"}
+    answers = [httpx.post(f"{base}/jobs", json={**slow, "seed": s}) for s in range(4)]
+    codes = [a.status_code for a in answers]
+    assert 429 in codes and codes[0] == 202
+    refused = answers[codes.index(429)]
+    assert refused.json()["error"]["type"] == "rate_limit_error" and int(refused.headers["retry-after"]) >= 1
+    client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(3):
+            client.images.generate(prompt="a red circle", extra_body={"num_inference_steps": 120})
+    started = time.time()
+    assert httpx.get(f"{small_queue_server.base}/health").status_code == 200
+    assert time.time() - started < 2  # /health stays fast under load
+
+
+def test_kill_9_mid_batch_then_restart_leaves_every_job_final(tmp_path):
+    home = tmp_path / "home"
+    srv = ServerProcess(home)
+    wait_healthy(srv.base)
+    base = f"{srv.base}/v1"
+    ids = [httpx.post(f"{base}/jobs", json={"prompt": "a red circle", "num_inference_steps": 400,
+                                            "size": "32x32", "seed": s}).json()["id"] for s in range(3)]
+    deadline = time.time() + 60
+    while httpx.get(f"{base}/jobs/{ids[0]}").json()["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    again = ServerProcess(home)
+    try:
+        wait_healthy(again.base)
+        for job_id in ids:
+            record = httpx.get(f"{again.base}/v1/jobs/{job_id}").json()
+            assert record["status"] == "failed" and record["error"]["code"] == "server_restarted"
+        leftovers = [p for p in (home / "images").rglob("*") if p.is_file() and p.name.startswith(".")]
+        assert leftovers == []  # no half-written image
+    finally:
+        again.stop()
