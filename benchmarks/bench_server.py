@@ -6,7 +6,6 @@ the library, in the same run, same model and settings; plus the CLI's start-up c
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,18 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import openai
+from _common import free_port, wait_healthy
 
 OUT = Path(__file__).parent / "results" / "server.json"
 PROMPT = "a large red circle on the left on a blue background"
 RUNS = 15
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(fn) -> float:
@@ -60,13 +54,7 @@ def main() -> None:
                             stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(base)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x")
         client.images.generate(prompt=PROMPT, extra_body={"seed": 0})
         server = [timed(lambda: client.images.generate(prompt=PROMPT, extra_body={"seed": i})) for i in range(RUNS)]

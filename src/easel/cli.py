@@ -366,6 +366,34 @@ def history(
 
 
 @app.command()
+def jobs(
+    limit: Annotated[int, typer.Option("-n", "--limit", help="How many rows.")] = 20,
+    as_json: AsJson = False,
+) -> None:
+    """List the server's recent jobs and their states, newest first.
+
+    Example: easel jobs -n 5
+    """
+    from .config import get_settings
+    from .engine.jobs import JobStore
+    from .store import History
+
+    rows = JobStore(History(get_settings().history_path)).recent(limit)
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("created", "id", "state", "step", "error")
+    for r in rows:
+        error = json.loads(r["error"])["message"] if r["error"] else ""
+        table.add_row(r["created"][:19], r["id"], r["state"], f"{r['step']}/{r['total_steps']}", error)
+    Console().print(table)
+
+
+@app.command()
 def show(
     file: Annotated[Path, typer.Argument(help="An image Easel saved.")],
     as_json: AsJson = False,

@@ -9,7 +9,6 @@ import importlib
 import os
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, GenerationError, InvalidRequestError,
@@ -17,8 +16,6 @@ from ..errors import (AuthenticationError, ContentPolicyError, GenerationError, 
 from .base import Provider, ProviderOutput, StepCallback
 
 if TYPE_CHECKING:
-    import PIL.Image
-
     from ..catalog import ModelSpec
     from ..types import ImageRequest
 
@@ -405,6 +402,3 @@ def register(add) -> None:
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf")))
 
-
-def is_pipeline_folder(path: str | Path) -> bool:
-    return (Path(path) / "model_index.json").is_file()
