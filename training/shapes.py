@@ -174,12 +174,16 @@ class Reading:
 
 
 def _kind_from_fill(box: np.ndarray) -> str:
-    """Square fills its box; a triangle (apex up) fills its top half far less than its bottom half."""
-    if box.mean() >= 0.96:
-        return "square"
-    half = box.shape[0] // 2
-    top, bottom = box[:half].mean(), box[box.shape[0] - half:].mean()
-    return "triangle" if top < 0.7 * bottom else "circle"
+    """The shape kind from how the shape fills its bounding box: a triangle (apex up) fills its top half far
+    less than its bottom half; a square fills the box's corners, which a circle leaves empty."""
+    h, w = box.shape
+    half = h // 2
+    top, bottom = box[:half].mean(), box[h - half:].mean()
+    if top < 0.7 * bottom:
+        return "triangle"
+    ch, cw = max(1, h // 4), max(1, w // 4)
+    corners = np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(), box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()])
+    return "square" if corners >= 0.7 else "circle"
 
 
 def read_image(img: np.ndarray, max_shapes: int = 1) -> Reading:
