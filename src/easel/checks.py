@@ -135,12 +135,20 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
         r.width, r.height = _snap(r.image.width, family.size_step), _snap(r.image.height, family.size_step)
     r.width = family.size[0] if r.width is None else r.width
     r.height = family.size[1] if r.height is None else r.height
+    from_size = request.size not in (None, "auto")
     for name in ("width", "height"):
-        value = _require_int(name, getattr(r, name), family.size_step, family.max_side)
+        # a client that sent `size` is told about `size`, the parameter it knows
+        param = "size" if from_size else name
+        value = getattr(r, name)
+        if from_size and not family.size_step <= value <= family.max_side:
+            raise InvalidRequestError(f"`size` {request.size!r} has a {name} outside {family.size_step}-"
+                                      f"{family.max_side} for {spec.name}.", param=param)
+        value = _require_int(name, value, family.size_step, family.max_side)
         if value % family.size_step:
             raise InvalidRequestError(
-                f"`{name}` has to be divisible by {family.size_step} for {spec.name} but is {value}.", param=name
-            )
+                f"`{param}` has to be divisible by {family.size_step} for {spec.name} but its {name} is {value}."
+                if from_size else f"`{name}` has to be divisible by {family.size_step} for {spec.name} "
+                f"but is {value}.", param=param)
     r.size, r.aspect = f"{r.width}x{r.height}", None
     steps = spec.default_steps if r.num_inference_steps is None else r.num_inference_steps
     r.num_inference_steps = _require_int("num_inference_steps", steps, 1, MAX_STEPS)

@@ -17,7 +17,7 @@ def check(**fields):
     ({"num_images": 0}, "n", "between 1 and 10 but is 0"),
     ({"num_images": 11}, "n", "but is 11"),
     ({"width": 100}, "width", "divisible by 8 for builtin but is 100"),
-    ({"size": "250x256"}, "width", "but is 250"),
+    ({"size": "250x256"}, "size", "but its width is 250"),
     ({"size": "huge"}, "size", "'huge'"),
     ({"num_inference_steps": -3}, "num_inference_steps", "but is -3"),
     ({"guidance_scale": -1.0}, "guidance_scale", "but is -1.0"),

@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -35,15 +36,15 @@ class ProviderOutput:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in each image's parameters
 
 
-class Provider:
+class Provider(abc.ABC):
     """Runs requests for the models of one kind (`name` matches `ModelSpec.provider`)."""
 
     name: str = ""
 
+    @abc.abstractmethod
     def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
             on_step: StepCallback | None = None) -> ProviderOutput:
         """Make `request.num_images` images, the i-th from `seeds[i]`. `request` is already checked."""
-        raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
     def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
                   on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:

@@ -28,6 +28,7 @@ def error_response(exc: Exception) -> JSONResponse:
         if isinstance(exc, RateLimitError):
             headers["retry-after"] = str(max(1, round(exc.retry_after)))
             headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
+            headers["x-should-retry"] = "true"
         elif exc.status >= 500 and exc.status != 503:
             headers["x-should-retry"] = "false"  # a failed generation would fail again
         return envelope(exc.status, exc.message, exc.type, exc.param, exc.code, headers)
