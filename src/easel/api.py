@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .engine.runner import Runner
     from .providers.base import StepCallback
 
-ImageInput = "str | Path | bytes | PIL.Image.Image"
 _runner: Runner | None = None
 _runner_lock = threading.Lock()
 

@@ -151,9 +151,8 @@ class ImagesService:
         if partial is not None and not 0 <= partial <= 3:
             raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
                                       param="partial_images")
+        # no size (or auto): the model's default, or for edits and variations the input image's size
         size = None if req.size in (None, "auto") else req.size
-        if size is None and mode != "generate" and images:
-            size = None  # the check snaps the input image's size to the family's step
         request = ImageRequest(
             prompt=styled or prompt or "", model=spec.name, num_images=1 if req.n is None else req.n, size=size,
             num_inference_steps=steps, guidance_scale=req.guidance_scale, seed=req.seed,
