@@ -16,9 +16,9 @@ from .runner import Runner, batch_key
 class Engine:
     """Queue -> batches -> the runner. Jobs are recorded in SQLite; each can be followed and cancelled alone.
 
-    A queued job that is cancelled leaves the queue. A running job that is cancelled stops its batch at the next
-    denoising step when it runs alone (or every batch-mate is cancelled too); otherwise its batch-mates finish
-    and its images are dropped, unsaved.
+    A queued job that is cancelled leaves the queue. A running job that is cancelled is finished as cancelled at
+    the next denoising step: alone (or with every batch-mate cancelled) the pipeline is interrupted there; in a
+    batch its batch-mates run on unaffected and its share of the batch is dropped, unsaved.
     """
 
     def __init__(self, runner: Runner, *, max_queue: int = 32, max_batch_images: int = 8,
@@ -177,6 +177,14 @@ class Engine:
                 images = preview()
             at = 0
             for job in batch:
+                if job.state != "running":
+                    at += job.request.num_images
+                    continue
+                if job.cancel_requested.is_set():
+                    # stopped at this step: its caller hears so now; its images are dropped at the end
+                    self._finish(job, "cancelled")
+                    at += job.request.num_images
+                    continue
                 job.step, job.total_steps = step, total
                 event: dict[str, Any] = {"id": job.id, "status": "running", "step": step, "total_steps": total}
                 if images:
@@ -192,17 +200,17 @@ class Engine:
         try:
             results = self.runner.run_many([j.request for j in batch], save=False, on_step=on_step,
                                            should_stop=should_stop, max_batch_images=self.max_batch_images)
-        except EaselError as exc:
-            for job in batch:
-                self._finish(job, "failed", exc)
-            return
         except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
-            error = GenerationError(f"The model failed: {type(exc).__name__}: {exc}")
+            error = exc if isinstance(exc, EaselError) else GenerationError(
+                f"The model failed: {type(exc).__name__}: {exc}")
             for job in batch:
-                self._finish(job, "failed", error)
+                if job.state == "running":
+                    self._finish(job, "failed", error)
             return
         workspace = self.runner.workspace()
         for job, result in zip(batch, results):
+            if job.state != "running":
+                continue  # cancelled during the run
             if job.cancel_requested.is_set():
                 self._finish(job, "cancelled")
             elif self._timed_out(job):
