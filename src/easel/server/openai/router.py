@@ -85,7 +85,8 @@ def repaint_mask(mask, image):
 
 
 async def wait_for_job(engine, job, request: Request):
-    """Wait for a job without holding a thread; a client that goes away cancels its job."""
+    """Wait for a job without holding a thread. A disconnect seen here cancels the job (behind the app's
+    BaseHTTPMiddleware, Starlette does not report it yet: see the open engine issue)."""
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
     job.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))
