@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .types import ImageRequest, ImageResult, image_from_bytes
+from .metadata import prompt_of
+from .types import ImageRequest, ImageResult, image_from_bytes, mask_from_alpha
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -99,7 +100,7 @@ def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None,
     Without a mask, the image's fully transparent pixels are the area to repaint.
     """
     picture = load_image(image, "image")
-    mask_image = load_image(mask, "mask") if mask is not None else _mask_from_alpha(picture)
+    mask_image = load_image(mask, "mask") if mask is not None else mask_from_alpha(picture)
     request = _build(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None, steps=steps,
                      guidance=guidance, seed=seed, negative_prompt=negative_prompt, scheduler=None,
                      output_format=output_format, options=options, mode="edit", image=picture, mask=mask_image,
@@ -113,25 +114,12 @@ def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, 
          out_dir: str | Path | None = None, on_step: StepCallback | None = None, **options: Any) -> ImageResult:
     """Variations of `image` (image-to-image): `strength` near 0 keeps it, 1 redraws it; `prompt` steers them."""
     picture = load_image(image, "image")
-    request = _build(prompt or _prompt_of(picture), model=model, n=n, size=size, aspect=None, width=None,
+    request = _build(prompt or prompt_of(picture), model=model, n=n, size=size, aspect=None, width=None,
                      height=None, steps=steps, guidance=guidance, seed=seed, negative_prompt=None, scheduler=None,
                      output_format=output_format, options=options, mode="vary", image=picture, strength=strength)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 
-def _mask_from_alpha(image: PIL.Image.Image) -> PIL.Image.Image | None:
-    """White where the image is fully transparent (OpenAI's convention for edits without a mask)."""
-    if "A" not in image.getbands():
-        return None
-    return image.getchannel("A").point(lambda a: 255 if a == 0 else 0)
-
-
-def _prompt_of(image: PIL.Image.Image) -> str:
-    """A variation without a prompt reuses the prompt the image was made with, when it carries one."""
-    from .metadata import read_parameters
-
-    params = read_parameters(image) or {}
-    return params.get("prompt") or ""
 
 
 def pull_model(name: str) -> str:

@@ -81,3 +81,8 @@ def read_a1111_text(image: PIL.Image.Image) -> str | None:
     if isinstance(raw, bytes) and raw.startswith(b"UNICODE\0"):
         return raw[8:].decode("utf-16-be", errors="replace")
     return None
+
+
+def prompt_of(image: PIL.Image.Image) -> str:
+    """The prompt an image was made with, when it carries one (a variation without a prompt reuses it)."""
+    return (read_parameters(image) or {}).get("prompt") or ""

@@ -141,3 +141,12 @@ def image_from_bytes(data: bytes, param: str = "image") -> PIL.Image.Image:
     except Exception:
         raise InvalidRequestError(f"`{param}` is a damaged or truncated image.", param=param) from None
     return im
+
+
+def mask_from_alpha(image: PIL.Image.Image, param: str = "mask") -> PIL.Image.Image:
+    """White (repaint) where `image` is fully transparent, black elsewhere: OpenAI's mask convention."""
+    if "A" not in image.getbands():
+        raise InvalidRequestError(
+            f"`{param}` needs transparent pixels to mark the area to repaint, but the image has no alpha channel.",
+            param=param)
+    return image.getchannel("A").point(lambda a: 255 if a == 0 else 0)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import GenerationError, InvalidRequestError, PayloadTooLargeError
-from ...types import image_from_bytes
+from ...types import image_from_bytes, mask_from_alpha
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
                        VariationRequest)
 from .serving import OPENAI_MODEL_NAMES, ImagesService, max_file_bytes
@@ -74,13 +74,10 @@ async def _read_form(request: Request, model_cls):
 
 
 def repaint_mask(mask, image):
-    """OpenAI's mask (alpha = 0 marks the area to repaint) -> white-means-repaint; no mask: the image's alpha."""
-    source = mask if mask is not None else image
-    if "A" in source.getbands():
-        return source.getchannel("A").point(lambda a: 255 if a == 0 else 0)
-    if mask is None:
-        raise InvalidRequestError("Without a `mask`, `image` must have transparent pixels to repaint.",
-                                  param="mask")
+    """OpenAI's mask (alpha = 0 marks the area to repaint) -> white-means-repaint; no mask: the image's alpha.
+    A mask without alpha is read the diffusers way (white = repaint)."""
+    if mask is None or "A" in mask.getbands():
+        return mask_from_alpha(mask if mask is not None else image)
     return mask.convert("L").point(lambda v: 255 if v > 127 else 0)
 
 

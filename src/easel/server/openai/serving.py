@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EaselError, InvalidRequestError, UnsupportedError
+from ...metadata import prompt_of
 from ...types import ImageRequest, ImageResult, parse_size
 from .protocol import (EditRequest, GenerationRequest, ImageData, ImagesResponse, InputTokensDetails, Usage,
                        VariationRequest)
@@ -160,9 +161,7 @@ class ImagesService:
             image=images[0] if images else None, mask=mask, moderation=getattr(req, "moderation", None) or "auto",
         )
         if mode == "vary" and not request.prompt:
-            from ...api import _prompt_of
-
-            request.prompt = _prompt_of(images[0])
+            request.prompt = prompt_of(images[0])
         self.runner.check(request)  # every client mistake is a 400 before any work (or any stream) starts
         return Prepared(request=request, response_format=req.response_format or "b64_json", quality=quality,
                         styled_prompt=styled, inputs=list(images or []), output_compression=compression,
