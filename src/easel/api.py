@@ -120,8 +120,6 @@ def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, 
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 
-
-
 def pull_model(name: str) -> str:
     """Download a model's weights into the hub cache; returns the folder."""
     from .catalog import default_catalog

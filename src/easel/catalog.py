@@ -42,18 +42,20 @@ class ModelFamily:
     """How to run one kind of pipeline, with the defaults its authors recommend."""
 
     name: str
-    pipeline: str
-    steps: int
-    guidance: float
     size: tuple[int, int]
     size_step: int
     max_side: int
     negative_prompt: bool
     max_prompt_chars: int
-    dtype: str
     schedulers: tuple[str, ...]
     supports: tuple[str, ...]
     aspects: dict[str, tuple[int, int]]
+    provider: str = "diffusers"
+    pipeline: str = ""
+    steps: int | None = None  # None: the remote service decides
+    guidance: float | None = None
+    dtype: str = "float32"
+    takes: tuple[str, ...] = ("steps", "guidance", "seed")  # request fields the model honours
     cfg_param: str = "guidance_scale"
     default_negative_prompt: str | None = None
     offload: str | None = None
@@ -77,11 +79,11 @@ class ModelSpec:
     guidance: float | None = None
 
     @property
-    def default_steps(self) -> int:
+    def default_steps(self) -> int | None:
         return self.steps if self.steps is not None else self.family.steps
 
     @property
-    def default_guidance(self) -> float:
+    def default_guidance(self) -> float | None:
         return self.guidance if self.guidance is not None else self.family.guidance
 
     @property
@@ -115,7 +117,7 @@ MEMORY_OPTIONS = {
 def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
     raw = dict(raw)
     options = {k: OptionSpec(name=k, **v) for k, v in raw.pop("options", {}).items()}
-    if name != "builtin":
+    if name != "builtin" and raw.get("provider", "diffusers") == "diffusers":
         options = {**MEMORY_OPTIONS, **options}
     return ModelFamily(
         name=name,
@@ -123,6 +125,7 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         schedulers=tuple(raw.pop("schedulers")),
         supports=tuple(raw.pop("supports")),
         aspects={k: tuple(v) for k, v in raw.pop("aspects").items()},
+        takes=tuple(raw.pop("takes", ("steps", "guidance", "seed"))),
         options=options,
         **raw,
     )
@@ -152,15 +155,19 @@ class ModelCatalog:
         with open(path or PACKAGE_DIR / "catalog.toml", "rb") as f:
             return cls(tomllib.load(f))
 
-    def resolve(self, name: str | None) -> ModelSpec:
-        """A catalog name or alias, a local pipeline folder, or a hub id `org/name`."""
+    def resolve(self, name: str | None, allow_paths: bool = True) -> ModelSpec:
+        """A catalog name or alias, `openai:MODEL` or `hf:ORG/NAME` (remote), a local pipeline folder, or a hub id
+        `org/name` (run locally)."""
         if name is None or name == "":
             name = os.environ.get("EASEL_DEFAULT_MODEL") or DEFAULT_MODEL
         key = name.strip()
         if key.lower() in self._aliases:
             return self.models[self._aliases[key.lower()]]
+        prefix, _, remote = key.partition(":")
+        if prefix in ("openai", "hf") and remote:
+            return self._remote(prefix, remote.strip())
         path = Path(key).expanduser()
-        if path.is_dir():
+        if allow_paths and path.is_dir():
             family = self.family_of_folder(path)
             return ModelSpec(name=str(path.resolve()), family=family, source=str(path.resolve()))
         if _looks_like_hub_id(key):
@@ -170,6 +177,18 @@ class ModelCatalog:
             f"Unknown model {name!r}: use one of {known}, a hub id such as org/name, or a local pipeline folder.",
             param="model",
         )
+
+    def _remote(self, prefix: str, model: str) -> ModelSpec:
+        if prefix == "hf":
+            if not (_looks_like_hub_id(model) or _looks_like_hub_id(f"x/{model}")):
+                raise ModelNotFoundError(f"`hf:` takes a model id such as org/name but got {model!r}.",
+                                         param="model")
+            family = self.families["hf-inference"]
+        elif model in ("dall-e-2", "dall-e-3"):
+            family = self.families[f"openai-{model}"]
+        else:
+            family = self.families["openai-gpt-image" if model.startswith("gpt-image") else "openai-compatible"]
+        return ModelSpec(name=f"{prefix}:{model}", family=family, source=model, provider=family.provider)
 
     def family_of_folder(self, path: Path) -> ModelFamily:
         index = path / "model_index.json"

@@ -74,14 +74,17 @@ def quality_words_for(spec: ModelSpec, prompt: str) -> str | None:
 
 
 def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
-                  default_model: str | None = None, moderate: bool = True) -> tuple[ModelSpec, ImageRequest]:
+                  default_model: str | None = None, moderate: bool = True,
+                  allow_paths: bool = True) -> tuple[ModelSpec, ImageRequest]:
     """Validate `request` and return its model and a copy with every default filled in.
 
     Every problem raises `InvalidRequestError` (or a subclass) naming the parameter and the bad value; nothing is
     corrected silently.
     """
     catalog = catalog or default_catalog()
-    spec = catalog.resolve(request.model or default_model)
+    # a model named by a caller may be a folder only where the caller is the machine's user (not a server client)
+    spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
+            else catalog.resolve(default_model))
     family = spec.family
     r = request.replace(model=spec.name, extra=dict(request.extra))
 
@@ -150,10 +153,15 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
                 if from_size else f"`{name}` has to be divisible by {family.size_step} for {spec.name} "
                 f"but is {value}.", param=param)
     r.size, r.aspect = f"{r.width}x{r.height}", None
+    for field, takes in (("num_inference_steps", "steps"), ("guidance_scale", "guidance"), ("seed", "seed")):
+        if getattr(r, field) is not None and takes not in family.takes:
+            raise UnsupportedError(f"{spec.name} does not take `{field}`.", param=field)
     steps = spec.default_steps if r.num_inference_steps is None else r.num_inference_steps
-    r.num_inference_steps = _require_int("num_inference_steps", steps, 1, MAX_STEPS)
+    if steps is not None:  # None: the remote service decides
+        r.num_inference_steps = _require_int("num_inference_steps", steps, 1, MAX_STEPS)
     guidance = spec.default_guidance if r.guidance_scale is None else r.guidance_scale
-    r.guidance_scale = _require_number("guidance_scale", guidance, 0.0, 50.0)
+    if guidance is not None:
+        r.guidance_scale = _require_number("guidance_scale", guidance, 0.0, 50.0)
     if r.seed is not None:
         r.seed = _require_int("seed", r.seed, 0, MAX_SEED)
 

@@ -422,6 +422,51 @@ def show(
 
 
 @app.command()
+def providers(as_json: AsJson = False) -> None:
+    """List the installed providers (entry points of the `easel.providers` group).
+
+    Example: easel providers
+    """
+    from .config import get_settings
+    from .providers.base import ProviderRegistry
+
+    registry = ProviderRegistry(get_settings())
+    rows = [{"name": name, "about": registry.get(name).describe(),
+             "class": f"{type(registry.get(name)).__module__}.{type(registry.get(name)).__name__}"}
+            for name in registry.names()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['name']:<10} {row['about']}")
+
+
+@app.command()
+def mcp(
+    transport: Annotated[str, typer.Option("--transport", help="stdio (for a local agent) or http (streamable "
+                                           "HTTP at /mcp).")] = "stdio",
+    host: Annotated[str, typer.Option("--host", help="Interface for http; 127.0.0.1 unless told otherwise.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port for http.")] = 8765,
+) -> None:
+    """Serve the MCP tools generate_image, edit_image and list_models.
+
+    Example (an agent's MCP config): {"command": "easel", "args": ["mcp"]}
+    """
+    from .config import get_settings
+    from .mcp_server import serve as serve_mcp
+
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    if transport == "http" and not loopback and not get_settings().api_keys:
+        _err(f"Error: refusing to listen on {host} without API keys: set EASEL_API_KEYS.")
+        raise typer.Exit(2)
+    try:
+        serve_mcp(transport, host, port)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
     = "127.0.0.1",

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(20.0, ge=0, description="How long a batch waits for compatible jobs.")
     job_timeout_s: float = Field(600.0, gt=0, description="A running job is stopped after this long.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
+    ui: bool = Field(True, description="Mount the web UI at /ui on `easel serve` (off: EASEL_UI=0).")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server for `openai:` models "
+                                        "(default: OPENAI_BASE_URL, else api.openai.com).")
+    hf_base_url: str | None = Field(None, description="Server speaking the HF inference protocol for `hf:` "
+                                    "models (POST {base}/models/{id}); default: Hugging Face's router.")
+    hf_provider: str = Field("auto", description="Hugging Face inference provider for `hf:` models.")
+    remote_timeout_s: float = Field(300.0, gt=0, description="Timeout of one call to a remote service.")
+    hf_max_wait_s: float = Field(300.0, ge=0, description="How long to wait for a remote model to load.")
 
     @property
     def images_dir(self) -> Path:

@@ -1,7 +1,11 @@
-"""API keys for remote providers and the hub: explicit argument -> stored key -> environment -> `.env`."""
+"""API keys: those Easel sends to remote providers and the hub (explicit argument -> stored key -> environment ->
+`.env`), and the check of those that clients present to Easel's servers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import os
 from pathlib import Path
@@ -49,3 +53,25 @@ def get_key(path: Path, name: str, explicit: str | None = None, *, required: boo
     if not value and required:
         raise MissingKeyError(f"No key for {name}: run `easel keys set {name}` or set {env}.")
     return value or None
+
+
+def parse_keys(raw: str) -> list[str]:
+    """EASEL_API_KEYS ("k1,k2") -> the keys Easel's servers accept."""
+    return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+def key_is_valid(header: str | None, keys: list[str]) -> bool:
+    """`Authorization: Bearer KEY`, or HTTP Basic with the key as password (what A1111 clients send)."""
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    else:
+        return False
+    return bool(given) and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)

@@ -36,8 +36,10 @@ class ServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "EASEL_HOME": str(home), "EASEL_API_KEYS": keys}
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = open(home / "server.log", "wb")  # a file, not a pipe: an unread pipe fills and blocks the server
         self.proc = subprocess.Popen([sys.executable, "-m", "easel.cli", "serve", "--port", str(self.port)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -45,6 +47,7 @@ class ServerProcess:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ class Job:
     preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images a listener wants
     events: queue.Queue | None = None  # the submitter's own listener, when it asked for one
     done_callbacks: list = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def add_done_callback(self, fn) -> None:
         """Call `fn()` once the job is final (at once if it already is)."""
@@ -51,7 +52,6 @@ class Job:
                 self.done_callbacks.append(fn)
                 return
         fn()
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def publish(self, event: dict[str, Any]) -> None:
         with self.lock:

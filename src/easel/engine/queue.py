@@ -62,7 +62,7 @@ class Engine:
         With `listen`, the job's events queue (`job.events`) exists before the job can start, so that no event is
         missed; `previews` spreads that many preview images over the run."""
         spec, checked = self.runner.check(request)
-        total = checked.num_inference_steps
+        total = checked.num_inference_steps or 1  # remote services report no steps
         if request.mode == "vary" and checked.strength is not None:
             total = max(1, round(total * checked.strength))
         job = Job(request=request, total_steps=total)

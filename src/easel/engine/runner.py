@@ -59,10 +59,12 @@ class Runner:
     """Runs requests directly (no queue): the library's path, and the engine worker's inner step."""
 
     def __init__(self, settings: Settings | None = None, catalog: ModelCatalog | None = None,
-                 registry: ProviderRegistry | None = None):
+                 registry: ProviderRegistry | None = None, allow_paths: bool = True):
+        """`allow_paths`: whether a request may name a local folder as its model (not for servers' clients)."""
         self.settings = settings or get_settings()
+        self.allow_paths = allow_paths
         self.catalog = catalog or default_catalog()
-        self.registry = registry or ProviderRegistry()
+        self.registry = registry or ProviderRegistry(self.settings)
         self._workspaces: dict[Path | None, Workspace] = {}
 
     def workspace(self, out_dir: Path | None = None) -> Workspace:
@@ -72,7 +74,10 @@ class Runner:
         return self._workspaces[key]
 
     def check(self, request: ImageRequest) -> tuple[ModelSpec, ImageRequest]:
-        return check_request(request, self.catalog, self.settings.default_model, self.settings.moderation)
+        spec, checked = check_request(request, self.catalog, self.settings.default_model, self.settings.moderation,
+                                      self.allow_paths)
+        self.registry.get(spec.provider).check(spec, checked)
+        return spec, checked
 
     def run(self, request: ImageRequest, *, save: bool = True, out_dir: Path | None = None,
             on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ImageResult:

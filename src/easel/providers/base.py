@@ -1,8 +1,8 @@
 """The provider interface, and the registry that loads providers through the `easel.providers` entry points.
 
 A provider is one class with one method to implement, `run`. A package makes its providers known with an entry
-point in the group `easel.providers` that names a function `register(add)`; Easel's own providers register the
-same way.
+point in the group `easel.providers` that names a function `register(add, settings)`, which calls `add` with its
+provider instances (configured from Easel's `Settings`); Easel's own providers register the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import PIL.Image
 
     from ..catalog import ModelSpec
+    from ..config import Settings
     from ..types import ImageRequest
 
 # on_step(step, total_steps, preview) with step counted from 1; `preview`, when not None, is a function that
@@ -46,6 +47,13 @@ class Provider(abc.ABC):
             on_step: StepCallback | None = None) -> ProviderOutput:
         """Make `request.num_images` images, the i-th from `seeds[i]`. `request` is already checked."""
 
+    def check(self, spec: ModelSpec, request: ImageRequest) -> None:
+        """Refuse early what the model would refuse (after the common checks); raise InvalidRequestError."""
+
+    def describe(self) -> str:
+        """One line for `easel providers`: what it runs and how it is configured."""
+        return self.__doc__.strip().splitlines()[0] if self.__doc__ else ""
+
     def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
                   on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
         """Run several compatible requests; providers that can batch them in one call override this."""
@@ -55,7 +63,8 @@ class Provider(abc.ABC):
 class ProviderRegistry:
     """Provider instances by name, filled from the `easel.providers` entry points on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
         self._providers: dict[str, Provider] = {}
         self._loaded = False
 
@@ -66,8 +75,12 @@ class ProviderRegistry:
         if self._loaded:
             return
         self._loaded = True
+        if self.settings is None:
+            from ..config import get_settings
+
+            self.settings = get_settings()
         for ep in entry_points(group="easel.providers"):
-            ep.load()(self.add)
+            ep.load()(self.add, self.settings)
 
     def get(self, name: str) -> Provider:
         self._load()

@@ -393,12 +393,10 @@ def _output(images: list, ignored: list[list[str]], details: dict[str, Any]) -> 
     return ProviderOutput(images=images, warnings=warnings, details=details)
 
 
-def register(add) -> None:
+def register(add, settings) -> None:
     """Entry point of the `easel.providers` group."""
-    from ..config import get_settings
     from ..keys import get_key
 
-    settings = get_settings()
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf")))
 

@@ -22,16 +22,67 @@ from ..config import Settings, get_settings
 from ..engine.queue import Engine
 from ..engine.runner import Runner
 from ..errors import EaselError, NotFoundError
+from ..keys import key_is_valid, parse_keys
 from ..types import ImageRequest
 from . import errors as server_errors
-from .auth import is_public, key_is_valid, parse_keys
+from .auth import is_public
 from .files import UrlSigner, load_secret
+from .a1111 import build_a1111_router
+from .hf import build_hf_router
 from .jobs import build_jobs_router
 from .openai.router import build_router, openai_model_ids, wait_for_job
 from .openai.serving import ImagesService
 
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_MULTIPART_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
+
+
+class FrameMiddleware:
+    """Plain ASGI (so that a route sees its client disconnect): a request id on every answer, body limits,
+    the API key on every route but /health and signed links, and the one catch for unexpected errors."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+        tag = (b"x-request-id", request_id.encode("latin-1"))
+        started = False
+
+        async def send_tagged(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), tag]}
+            await send(message)
+
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send_tagged)
+            return
+        try:
+            await self.app(scope, receive, send_tagged)
+        except Exception as exc:  # noqa: BLE001 - the one mapping point
+            if started:  # the answer is already on its way: all that is left is to log it
+                server_errors.log.exception("error after the response started")
+                return
+            await server_errors.error_response(exc)(scope, receive, send_tagged)
+
+    def _refusal(self, scope, headers: dict[str, str]) -> Response | None:
+        length = headers.get("content-length", "")
+        limit = MAX_MULTIPART_BYTES if headers.get("content-type", "").startswith("multipart/") else MAX_JSON_BYTES
+        if length.isdigit() and int(length) > limit:
+            return server_errors.envelope(413, f"The request body is over {limit} bytes.",
+                                          "invalid_request_error", None, "payload_too_large")
+        if self.keys and scope["method"] != "OPTIONS" and not is_public(scope["path"]) and not key_is_valid(
+                headers.get("authorization"), self.keys):
+            return server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer "
+                                          "<key>`.", "invalid_request_error", None, "invalid_api_key")
+        return None
 
 
 class ModelWarmup:
@@ -65,7 +116,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
                clock: Callable[[], float] = time.time, warm: bool = True) -> FastAPI:
     """Build the server. `clock` drives link expiry (tests inject one); `warm` loads the model at start."""
     settings = settings or get_settings()
-    runner = runner or Runner(settings)
+    runner = runner or Runner(settings, allow_paths=False)
     keys = parse_keys(settings.api_keys)
     signer = UrlSigner(load_secret(settings.home / "server_secret"), clock=clock)
     local_model = lambda: settings.openai_model or settings.default_model  # noqa: E731
@@ -79,33 +130,12 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     app.state.runner, app.state.warmup, app.state.signer, app.state.engine = runner, warmup, signer, engine
     for exc_type in (EaselError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, server_errors.handle)
-    if settings.cors_origins:
+    app.add_middleware(FrameMiddleware, keys=keys)
+    if settings.cors_origins:  # outermost, so that refusals carry CORS headers too
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
                            allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"])
-
-    @app.middleware("http")
-    async def frame(request: Request, call_next):
-        """Request id on every answer; body limits; the API key on every route but /health and signed links."""
-        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
-        length = request.headers.get("content-length", "")
-        multipart = request.headers.get("content-type", "").startswith("multipart/")
-        limit = MAX_MULTIPART_BYTES if multipart else MAX_JSON_BYTES
-        if length.isdigit() and int(length) > limit:
-            response = server_errors.envelope(413, f"The request body is over {limit} bytes.",
-                                              "invalid_request_error", None, "payload_too_large")
-        elif keys and request.method != "OPTIONS" and not is_public(request.url.path) and not key_is_valid(
-                request.headers.get("authorization"), keys):
-            response = server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer "
-                                              "<key>`.", "invalid_request_error", None, "invalid_api_key")
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # noqa: BLE001 - the one mapping point
-                response = server_errors.error_response(exc)
-        response.headers["x-request-id"] = request_id
-        return response
 
     @app.on_event("startup")
     def _start() -> None:
@@ -145,6 +175,8 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     app.include_router(router, prefix="/v1")
     app.include_router(router, include_in_schema=False)
     app.include_router(build_jobs_router(service, engine), prefix="/v1")
+    app.include_router(build_hf_router(engine, warmup))
+    app.include_router(build_a1111_router(engine, local_model))
 
     def file_content(image_id: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
         """A saved image by opaque id, through a signed link valid for 60 minutes."""
@@ -183,4 +215,21 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
         return JSONResponse({"errors": [{"code": 0, "message": ""}], "response": {"data": data}, "success": True})
 
     app.add_api_route("/api/v1/image_generator", image_generator, methods=["GET", "POST"], tags=["kdeps"])
+    if settings.ui:
+        mount_ui(app, engine, keys)
     return app
+
+
+def mount_ui(app: FastAPI, engine: Engine, keys: list[str]) -> None:
+    """The Gradio UI at /ui; with API keys configured, its login page takes any name and a key as password."""
+    import gradio as gr
+
+    from ..ui.app import build_ui, ui_cache
+
+    def login(_user: str, password: str) -> bool:
+        return key_is_valid(f"Bearer {password}", keys)
+
+    gr.mount_gradio_app(app, build_ui(engine), path="/ui", root_path="/ui", auth=login if keys else None,
+                        auth_message="Sign in with any name and one of the server's API keys as password.",
+                        show_error=True, footer_links=["api"],
+                        allowed_paths=[str(ui_cache(engine.runner.settings.home))])

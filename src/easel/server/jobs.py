@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.jobs import FINAL, Job
@@ -34,6 +34,12 @@ def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
         """Queue a generation (same body as /v1/images/generations) and return its id at once."""
         job = engine.submit(service.prepare(body).request)
         return JSONResponse(job.snapshot(), status_code=202)
+
+    @router.get("/jobs")
+    def list_jobs(limit: int = Query(20, ge=1, le=500)) -> JSONResponse:
+        """The most recent jobs, newest first (live state for jobs of this process)."""
+        rows = engine.store.recent(limit)
+        return JSONResponse({"object": "list", "data": [_body(engine.jobs.get(r["id"]) or r) for r in rows]})
 
     @router.get("/jobs/{job_id}")
     def get_job(job_id: str) -> JSONResponse:

@@ -15,7 +15,8 @@ from ...errors import GenerationError, InvalidRequestError, PayloadTooLargeError
 from ...types import image_from_bytes, mask_from_alpha
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
                        VariationRequest)
-from .serving import OPENAI_MODEL_NAMES, ImagesService, max_file_bytes
+from ...openai_models import OPENAI_MODEL_NAMES
+from .serving import ImagesService, max_file_bytes
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
 
@@ -82,8 +83,7 @@ def repaint_mask(mask, image):
 
 
 async def wait_for_job(engine, job, request: Request):
-    """Wait for a job without holding a thread. A disconnect seen here cancels the job (behind the app's
-    BaseHTTPMiddleware, Starlette does not report it yet: see the open engine issue)."""
+    """Wait for a job without holding a thread; a client that disconnects cancels its job."""
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
     job.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import EaselError, InvalidRequestError, UnsupportedError
 from ...metadata import prompt_of
-from ...types import ImageRequest, ImageResult, parse_size
+from ...openai_models import check_openai_rules, rules_for
+from ...types import ImageRequest, ImageResult
 from .protocol import (EditRequest, GenerationRequest, ImageData, ImagesResponse, InputTokensDetails, Usage,
                        VariationRequest)
 
@@ -23,71 +24,14 @@ if TYPE_CHECKING:
     from ..files import UrlSigner
 
 
-@dataclass(frozen=True)
-class OpenAIModelRules:
-    """The limits OpenAI enforces for one of its model names."""
-
-    max_prompt: int
-    max_n: int
-    sizes: frozenset[str] | None  # None: any WxH with sides divisible by 16 and aspect 1:3..3:1 (and auto)
-    qualities: frozenset[str]
-    styles: frozenset[str] | None
-
-
-RULES = {
-    "dall-e-2": OpenAIModelRules(1000, 10, frozenset({"256x256", "512x512", "1024x1024"}), frozenset({"standard"}),
-                                 None),
-    "dall-e-3": OpenAIModelRules(4000, 1, frozenset({"1024x1024", "1792x1024", "1024x1792"}),
-                                 frozenset({"standard", "hd"}), frozenset({"vivid", "natural"})),
-    "gpt-image": OpenAIModelRules(32000, 10, None, frozenset({"low", "medium", "high", "auto"}), None),
-}
-OPENAI_MODEL_NAMES = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"]
 QUALITY_STEPS = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
 STYLE_WORDS = {"vivid": "vivid colors, dramatic lighting", "natural": "natural colors, realistic lighting"}
 MAX_FILE_BYTES = {"dall-e-2": 4 * 1024 * 1024}
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
-def rules_for(model: str | None) -> tuple[str, OpenAIModelRules] | None:
-    if not model:
-        return None
-    if model in RULES:
-        return model, RULES[model]
-    if model.startswith("gpt-image"):
-        return "gpt-image", RULES["gpt-image"]
-    return None
-
-
 def max_file_bytes(model: str | None) -> int:
     return MAX_FILE_BYTES.get(model or "", DEFAULT_MAX_FILE_BYTES)
-
-
-def _check_openai_rules(name: str, rules: OpenAIModelRules, req) -> None:
-    prompt = getattr(req, "prompt", None)
-    if prompt is not None and len(prompt) > rules.max_prompt:
-        raise InvalidRequestError(
-            f"`prompt` is {len(prompt)} characters, over the {rules.max_prompt} that {name} takes.", param="prompt")
-    if req.n is not None and not 1 <= req.n <= rules.max_n:
-        raise InvalidRequestError(f"`n` must be between 1 and {rules.max_n} for {name} but is {req.n}.", param="n")
-    if req.size is not None:
-        if rules.sizes is not None and req.size not in rules.sizes:
-            raise InvalidRequestError(
-                f"`size` must be one of {', '.join(sorted(rules.sizes))} for {name} but is {req.size!r}.",
-                param="size")
-        if rules.sizes is None and req.size != "auto":
-            w, h = parse_size(req.size)
-            if w % 16 or h % 16 or not 1 / 3 <= w / h <= 3:
-                raise InvalidRequestError(
-                    f"`size` for {name} must have sides divisible by 16 and an aspect between 1:3 and 3:1 "
-                    f"but is {req.size!r}.", param="size")
-    quality = getattr(req, "quality", None)
-    if quality is not None and quality not in rules.qualities:
-        raise InvalidRequestError(
-            f"`quality` must be one of {', '.join(sorted(rules.qualities))} for {name} but is {quality!r}.",
-            param="quality")
-    style = getattr(req, "style", None)
-    if style is not None and rules.styles is None:
-        raise InvalidRequestError(f"`style` is not supported by {name}.", param="style")
 
 
 def usage_for(prompt: str, inputs: list[PIL.Image.Image], outputs: list) -> Usage:
@@ -125,12 +69,14 @@ class ImagesService:
                 images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None) -> Prepared:
         openai = rules_for(req.model)
         if openai is not None:
-            _check_openai_rules(*openai, req)
+            check_openai_rules(*openai, req)
         model = self.local_model() if openai is not None else req.model
-        spec = self.runner.catalog.resolve(model or self.runner.settings.default_model)
+        catalog = self.runner.catalog
+        spec = (catalog.resolve(model, allow_paths=self.runner.allow_paths) if model
+                else catalog.resolve(self.runner.settings.default_model))
         quality = getattr(req, "quality", None) or "auto"
         steps = req.num_inference_steps
-        if steps is None and QUALITY_STEPS.get(quality, 1.0) != 1.0:
+        if steps is None and spec.default_steps and QUALITY_STEPS.get(quality, 1.0) != 1.0:
             steps = max(1, round(spec.default_steps * QUALITY_STEPS[quality]))
         prompt = getattr(req, "prompt", None)
         style = getattr(req, "style", None)

@@ -1,0 +1,156 @@
+"""`easel mcp`: an MCP server (official `mcp` SDK) with the tools generate_image, edit_image and list_models.
+
+Requests go through the engine, like the HTTP server's. Over stdio (the default) the client is a local agent
+and `edit_image` may read image files by path; over streamable HTTP (`--transport http`, bound to 127.0.0.1,
+Bearer keys checked when EASEL_API_KEYS is set) images are named by the ids the tools return, never by a path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.utilities.types import Image
+from mcp.types import ImageContent, TextContent
+
+from .config import Settings, get_settings
+from .engine.queue import Engine
+from .engine.runner import Runner
+from .errors import EaselError, InvalidRequestError, NotFoundError
+from .keys import key_is_valid, parse_keys
+from .tools import describe
+from .types import ImageRequest, image_from_bytes, mask_from_alpha
+
+
+def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
+    """An image given as a history id, base64 (or a data: URL), or (over stdio only) a path."""
+    row = runner.workspace().history.get(value) if len(value) < 100 else None
+    if row is not None and row.get("path"):
+        return image_from_bytes(open(row["path"], "rb").read(), param)
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    if len(data) > 100:
+        try:
+            return image_from_bytes(base64.b64decode(data, validate=True), param)
+        except binascii.Error:
+            pass
+    if allow_paths:
+        try:
+            with open(value, "rb") as f:
+                return image_from_bytes(f.read(), param)
+        except OSError:
+            raise NotFoundError(f"`{param}`: no image id or readable file {value!r}.", param=param) from None
+    raise NotFoundError(f"`{param}` must be an image id from generate_image or base64 image data; got {value[:80]!r}.",
+                        param=param)
+
+
+def build_server(settings: Settings | None = None, allow_paths: bool = True):
+    """The MCP server and the engine behind it (started here; stop it with `engine.stop()`)."""
+    settings = settings or get_settings()
+    runner = Runner(settings, allow_paths=allow_paths)
+    engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
+                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s).start()
+    server = MCPServer(name="easel", instructions="Make images from text with Easel: generate_image, edit_image "
+                       "(inpainting) and list_models. Images are saved in Easel's workspace; every result names the "
+                       "saved file and its id.")
+
+    async def run(request: ImageRequest, ctx: Context | None) -> list[TextContent | ImageContent]:
+        try:
+            job = engine.submit(request)
+            while not job.done.is_set():
+                await anyio.to_thread.run_sync(job.done.wait, 0.5)
+                if ctx is not None and job.total_steps and job.step:
+                    await ctx.report_progress(job.step, job.total_steps)
+        except EaselError as exc:
+            raise ToolError(exc.message) from None
+        if job.state != "succeeded":
+            raise ToolError(job.error.message if job.error else "The job was cancelled.")
+        result = job.result
+        ids = ", ".join(im.id for im in result.images if im.id)
+        contents: list[TextContent | ImageContent] = [
+            TextContent(type="text", text=f"{describe(result)} Image id: {ids}.")]
+        contents += [Image(data=im.to_bytes("png"), format="png").to_image_content() for im in result.images]
+        return contents
+
+    @server.tool()
+    async def generate_image(prompt: str, model: str | None = None, n: int = 1, size: str | None = None,
+                             aspect: str | None = None, seed: int | None = None, negative_prompt: str | None = None,
+                             steps: int | None = None, guidance_scale: float | None = None,
+                             ctx: Context | None = None) -> list[TextContent | ImageContent]:
+        """Generate images from a text prompt. Returns a line with the saved file's path and id, and the images.
+
+        model: a name from list_models (default: the configured model); size: WIDTHxHEIGHT; aspect: e.g. 16:9."""
+        return await run(ImageRequest(prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, seed=seed,
+                                      negative_prompt=negative_prompt, num_inference_steps=steps,
+                                      guidance_scale=guidance_scale), ctx)
+
+    @server.tool()
+    async def edit_image(image: str, prompt: str, mask: str | None = None, model: str | None = None,
+                         seed: int | None = None, strength: float | None = None,
+                         ctx: Context | None = None) -> list[TextContent | ImageContent]:
+        """Repaint part of an image to match `prompt` (inpainting). `image` and `mask`: an image id returned by
+        generate_image or base64 PNG data (or a file path, over stdio). The mask's white area is repainted; without
+        a mask, the image's transparent area."""
+        try:
+            picture = _load_image(image, "image", runner, allow_paths)
+            mask_image = _load_image(mask, "mask", runner, allow_paths) if mask else None
+        except EaselError as exc:
+            raise ToolError(exc.message) from None
+        if mask_image is None and "A" not in picture.getbands():
+            raise ToolError("Give a `mask`, or an image with a transparent area to repaint.")
+        return await run(ImageRequest(prompt=prompt, model=model, seed=seed, strength=strength, mode="edit",
+                                      image=picture.convert("RGB"),
+                                      mask=mask_image.convert("L") if mask_image else mask_from_alpha(picture)), ctx)
+
+    @server.tool()
+    def list_models() -> str:
+        """The models Easel knows, with whether each is on this machine, and how to name remote ones."""
+        catalog = runner.catalog
+        rows = [{"name": s.name, "family": s.family.name, "local": s.is_available_locally(),
+                 "description": s.description} for s in catalog.models.values()]
+        return json.dumps({"default": settings.default_model, "models": rows,
+                           "remote": "openai:MODEL (e.g. openai:gpt-image-1) and hf:ORG/NAME run on remote "
+                                     "services with the keys from `easel keys set openai|hf`."}, indent=2)
+
+    return server, engine
+
+
+class _KeyCheck:
+    """Bearer keys in front of the streamable HTTP app (plain ASGI)."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.keys:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if not key_is_valid(headers.get("authorization"), self.keys):
+                body = json.dumps({"error": {"message": "Incorrect or missing API key.", "type":
+                                             "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+
+def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
+          settings: Settings | None = None) -> None:
+    """Run the MCP server until its client goes away (stdio) or it is stopped (http)."""
+    settings = settings or get_settings()
+    if transport not in ("stdio", "http"):
+        raise InvalidRequestError(f"`transport` must be stdio or http but is {transport!r}.", param="transport")
+    server, engine = build_server(settings, allow_paths=transport == "stdio")
+    try:
+        if transport == "stdio":
+            anyio.run(server.run_stdio_async)
+        else:
+            import uvicorn
+
+            app = _KeyCheck(server.streamable_http_app(host=host), parse_keys(settings.api_keys))
+            uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        engine.stop()

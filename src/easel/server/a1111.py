@@ -1,0 +1,235 @@
+"""The subset of the AUTOMATIC1111 web UI API that clients use (Open WebUI, SillyTavern, `webuiapi`, agents):
+/sdapi/v1/txt2img, img2img, progress, interrupt, sd-models, samplers and options.
+
+Unlike A1111, `interrupt` stops only jobs that came through this API (all of them, or the one named by
+`id_task`), never another front's, and `progress` follows one task (`id_task`) or the latest one."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.jobs import FINAL
+from ..errors import GenerationError, InvalidRequestError, NotFoundError
+from ..metadata import a1111_parameters
+from ..types import ImageRequest, image_from_bytes, mask_from_alpha
+from .openai.router import wait_for_job
+
+# A1111 sampler names -> Easel scheduler names
+SAMPLERS = {"Euler a": "euler_a", "Euler": "euler", "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++_karras",
+            "DDIM": "ddim", "UniPC": "unipc", "PLMS": "pndm", "PNDM": "pndm", "LMS": "lms", "Heun": "heun"}
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's fields that Easel honours; clients send many more (hires fix, scripts, ...), which are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    batch_size: int = Field(1, ge=1, le=10)
+    n_iter: int = Field(1, ge=1, le=10)
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int = 512
+    height: int = 512
+    override_settings: dict[str, Any] = {}
+    force_task_id: str | None = None
+    send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = []
+    mask: str | None = None
+    denoising_strength: float = 0.75
+    inpainting_mask_invert: int = 0
+
+
+def _decode(value: str, param: str):
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"`{param}` must be a base64 image.", param=param) from None
+    return image_from_bytes(raw, param)
+
+
+class A1111State:
+    """The API's current model (set through /options, as in A1111) and the tasks started through it."""
+
+    def __init__(self, default_model: str):
+        self.model = default_model
+        self.tasks: dict[str, Any] = {}  # task id -> job
+        self.latest: str | None = None
+
+    def add(self, task_id: str, job) -> None:
+        self.tasks[task_id] = job
+        self.latest = task_id
+        if len(self.tasks) > 1000:  # keep the table bounded: forget the oldest finished tasks
+            for key in [k for k, j in self.tasks.items() if j.state in FINAL][:500]:
+                del self.tasks[key]
+
+
+def build_a1111_router(engine, default_model) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+    state = A1111State(default_model())
+    catalog = engine.runner.catalog
+
+    def model_for(body: Txt2ImgRequest) -> str:
+        return body.override_settings.get("sd_model_checkpoint") or state.model
+
+    def scheduler_for(body: Txt2ImgRequest, model: str) -> tuple[str | None, list[str]]:
+        """A1111 sampler -> Easel scheduler; one the model lacks falls back to the model's own, with a warning."""
+        name = body.sampler_name or body.sampler_index
+        if not name:
+            return None, []
+        if name not in SAMPLERS:
+            raise InvalidRequestError(f"`sampler_name` must be one of {', '.join(SAMPLERS)} but is {name!r}.",
+                                      param="sampler_name")
+        spec = catalog.resolve(model, allow_paths=False)
+        if SAMPLERS[name] not in spec.family.schedulers:
+            return None, [f"sampler {name!r} is not available for {spec.name}; used its default scheduler"]
+        return SAMPLERS[name], []
+
+    async def run(body: Txt2ImgRequest, request: Request, mode: str = "generate", **fields) -> dict[str, Any]:
+        model = model_for(body)
+        scheduler, warnings = scheduler_for(body, model)
+        seed = None if body.seed < 0 else body.seed
+        base = ImageRequest(prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=model,
+                            num_images=body.batch_size, width=body.width, height=body.height,
+                            num_inference_steps=body.steps, guidance_scale=body.cfg_scale, seed=seed,
+                            scheduler=scheduler, mode=mode, **fields)
+        task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
+        images, seeds, texts, first = [], [], [], {}
+        interrupted = False
+        for i in range(body.n_iter):  # A1111 runs n_iter batches one after another, seeds following on
+            start = None if seed is None else seed + i * body.batch_size
+            job = engine.submit(base.replace(seed=start))
+            state.add(task_id, job)
+            try:
+                result = await wait_for_job(engine, job, request)
+            except GenerationError:
+                if job.state != "cancelled":
+                    raise
+                interrupted = True  # as in A1111: an interrupted task answers with the images made before it
+                break
+            warnings += result.warnings
+            for im in result.images:
+                first = first or im.parameters
+                seeds.append(im.seed)
+                texts.append(a1111_parameters(im.parameters))
+                if body.send_images:
+                    images.append(base64.b64encode(await run_in_threadpool(im.to_bytes, "png")).decode())
+        info = {"prompt": body.prompt, "all_prompts": [body.prompt] * len(seeds),
+                "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(seeds),
+                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "subseed": -1,
+                "all_subseeds": [-1] * len(seeds), "width": first.get("width", body.width),
+                "height": first.get("height", body.height), "steps": first.get("num_inference_steps", body.steps),
+                "cfg_scale": first.get("guidance_scale", body.cfg_scale),
+                "sampler_name": body.sampler_name or body.sampler_index, "batch_size": body.batch_size,
+                "sd_model_name": first.get("model", model), "sd_model_hash": None,
+                "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "infotexts": texts, "task_id": task_id,
+                "interrupted": interrupted, "warnings": warnings}
+        if mode != "generate":
+            info["denoising_strength"] = fields.get("strength")
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+    @router.post("/txt2img")
+    async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+        """Text to image; answers `{"images": [base64 PNG], "parameters", "info"}` like A1111."""
+        return await run(body, request)
+
+    @router.post("/img2img")
+    async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
+        """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting."""
+        if not body.init_images:
+            raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
+        image = _decode(body.init_images[0], "init_images")
+        if body.mask:
+            mask = _decode(body.mask, "mask")
+            mask = mask_from_alpha(mask) if "A" in mask.getbands() else mask.convert("L")
+            if body.inpainting_mask_invert:
+                mask = mask.point(lambda v: 255 - v)
+            return await run(body, request, "edit", image=image.convert("RGB"), mask=mask,
+                             strength=body.denoising_strength)
+        return await run(body, request, "vary", image=image.convert("RGB"), strength=body.denoising_strength)
+
+    def progress_of(job) -> dict[str, Any]:
+        total = job.total_steps or 1
+        done = 1.0 if job.state in FINAL else job.step / total
+        elapsed = time.time() - job.created
+        return {"progress": round(done, 4),
+                "eta_relative": round(elapsed / done - elapsed, 2) if 0 < done < 1 else 0.0,
+                "state": {"skipped": False, "interrupted": job.state == "cancelled", "job": job.id,
+                          "job_count": 0 if job.state in FINAL else 1, "job_timestamp": "", "job_no": 0,
+                          "sampling_step": job.step, "sampling_steps": total, "status": job.state},
+                "current_image": None, "textinfo": None}
+
+    @router.get("/progress")
+    def progress(id_task: str | None = None, skip_current_image: bool = False) -> dict[str, Any]:
+        """Progress of the task `id_task` (or of the latest task started through this API)."""
+        task = id_task or state.latest
+        if task is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "sampling_step": 0,
+                                                                     "sampling_steps": 0, "interrupted": False,
+                                                                     "skipped": False, "job": ""},
+                    "current_image": None, "textinfo": None}
+        if task not in state.tasks:
+            raise NotFoundError(f"No task {task!r}.", param="id_task")
+        return progress_of(state.tasks[task])
+
+    @router.post("/interrupt")
+    async def interrupt(request: Request) -> dict[str, Any]:
+        """Stop the task named by `id_task` (query or JSON body), or every running task of this API."""
+        task = request.query_params.get("id_task")
+        if task is None and request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                body = {}
+            task = body.get("id_task") if isinstance(body, dict) else None
+        if task is not None and task not in state.tasks:
+            raise NotFoundError(f"No task {task!r}.", param="id_task")
+        jobs = [state.tasks[task]] if task else list(state.tasks.values())
+        stopped = [job.id for job in jobs if job.state not in FINAL and engine.cancel(job.id)]
+        return {"interrupted": stopped}
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        """The models on this machine, as A1111 checkpoints."""
+        return [{"title": s.name, "model_name": s.name, "hash": None, "sha256": None, "filename": s.name,
+                 "config": None} for s in catalog.models.values() if s.is_available_locally()]
+
+    @router.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": [easel], "options": {}} for name, easel in SAMPLERS.items()]
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        """The current checkpoint and output settings; never keys or paths."""
+        return {"sd_model_checkpoint": state.model, "sd_checkpoint_hash": None, "samples_format": "png",
+                "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+
+    @router.post("/options")
+    def set_options(options: dict[str, Any]) -> None:
+        """Only `sd_model_checkpoint` is honoured (the model later requests use); other options are ignored."""
+        name = options.get("sd_model_checkpoint")
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
+                                          param="sd_model_checkpoint")
+            state.model = catalog.resolve(name, allow_paths=False).name
+        return None
+
+    return router

@@ -1,0 +1,212 @@
+"""The web UI in a real browser: headless Debian Chromium driven by Playwright, against `easel serve` with the
+built-in model and API keys on (the UI's login page takes a key), plus its API through `gradio_client`.
+
+Screenshots of each tab go to $EASEL_SCREENSHOTS (docs/screenshots/ for the README) or to a temporary folder."""
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ServerProcess, wait_healthy
+
+CHROMIUM = Path("/usr/bin/chromium")
+KEY = "sk-ui-test"
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                                "(.ci/run installs it: apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("ui-home"), keys=KEY)
+    try:
+        wait_healthy(srv.base)
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("EASEL_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(ui_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1280, "height": 960})
+        page.set_default_timeout(90_000)
+        page.goto(f"{ui_server.base}/ui/")
+        # keys are on: the UI asks for one (any name, the key as password)
+        page.get_by_label("username").fill("me")
+        page.get_by_label("password").fill(KEY)
+        page.get_by_role("button", name="Login").click()
+        page.locator("#prompt textarea").wait_for()
+        yield page
+        browser.close()
+
+
+def history(server) -> list[dict]:
+    conn = sqlite3.connect(server.home / "history.db")
+    conn.row_factory = sqlite3.Row
+    return [dict(r) for r in conn.execute("SELECT * FROM generations ORDER BY created DESC, rowid DESC")]
+
+
+def toast(page) -> str:
+    page.locator(".toast-body").first.wait_for()
+    return " ".join(page.locator(".toast-body").all_inner_texts())
+
+
+def close_toasts(page) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()
+
+
+def test_the_ui_refuses_a_wrong_key(ui_server):
+    import httpx
+
+    assert httpx.get(f"{ui_server.base}/ui/config").status_code == 401
+    r = httpx.post(f"{ui_server.base}/ui/login", data={"username": "me", "password": "wrong"})
+    assert r.status_code == 400
+    assert httpx.get(f"{ui_server.base}/v1/models").status_code == 401, "the API still wants its Bearer key"
+
+
+def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, ui_server, shots):
+    prompt = "a large red circle on the left on a blue background"
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#width input").fill("64")
+    page.locator("#height input").fill("64")
+    page.locator("#steps input[type=number]").fill("60")
+    page.locator("#seed input").fill("7")
+    page.locator("#generate").click()
+    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 60")).wait_for()  # live progress
+    page.locator("#gallery img").first.wait_for()  # previews appear while it denoises
+    page.locator("#status").get_by_text("Done").wait_for()
+    page.locator("#gallery img").first.click()
+    meta = json.loads(page.locator("#metadata").inner_text().split("\n", 1)[1].replace("\n", ""))
+    assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 60
+    row = history(ui_server)[0]
+    assert row["id"] == meta["id"] and row["width"] == 64 and row["seed"] == 7
+    page.screenshot(path=str(shots / "generate.png"), full_page=True)
+
+    page.locator("#seed input").fill("-1")
+    page.locator("#reuse-seed").click()
+    page.wait_for_function("document.querySelector('#seed input').value === '7'")
+
+
+def test_prompt_help_builds_the_prompt_and_shows_what_is_sent(page, shots):
+    page.locator("#prompt-help").get_by_text("Prompt help").click()
+    page.locator("#subject textarea, #subject input").first.fill("a small yellow triangle")
+    page.locator("#build-prompt").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('a small yellow triangle')")
+    page.wait_for_function("document.querySelector('#final-prompt textarea, #final-prompt input').value"
+                           ".startsWith('a small yellow triangle')")
+    page.screenshot(path=str(shots / "prompt-help.png"), full_page=True)
+    page.locator("#prompt-help").get_by_text("Prompt help").click()
+
+
+def test_a_bad_value_is_a_message_not_a_traceback(page):
+    page.locator("#prompt textarea").fill("a red circle")
+    page.locator("#width input").fill("33")
+    page.locator("#generate").click()
+    text = toast(page)
+    assert "divisible by 8" in text and "Traceback" not in text
+    close_toasts(page)
+    page.locator("#width input").fill("64")
+
+
+def test_a_long_run_can_be_cancelled_from_the_ui(page, ui_server):
+    page.locator("#prompt textarea").fill("a green square at the top on a white background")
+    page.locator("#steps input[type=number]").fill("100")
+    page.locator("#n input[type=number]").fill("4")
+    page.locator("#width input").fill("256")
+    page.locator("#height input").fill("256")
+    page.locator("#generate").click()
+    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 100")).wait_for()
+    page.locator("#cancel").click()
+    assert "Cancelled" in toast(page)
+    close_toasts(page)
+    page.locator("#n input[type=number]").fill("1")
+    page.locator("#steps input[type=number]").fill("20")
+    page.locator("#width input").fill("64")
+    page.locator("#height input").fill("64")
+
+
+def test_compare_grid_across_seeds(page, shots):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea, #compare-prompt input").first.fill(
+        "a large blue square on the right on a yellow background")
+    page.locator("#compare-values textarea, #compare-values input").first.fill("1, 2, 3, 4")
+    page.get_by_label("Width").last.fill("64")
+    page.get_by_label("Height").last.fill("64")
+    page.locator("#compare-go").click()
+    page.locator("#compare-status").get_by_text("4 images, one per seed").wait_for()
+    assert page.locator("#compare-grid").get_by_text("seed: 3").count() >= 1
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+
+def test_inpainting_edit_repaints_only_the_painted_part(page, ui_server, shots, tmp_path):
+    source = Image.new("RGB", (64, 64), (20, 20, 200))
+    source.save(tmp_path / "in.png")
+    page.get_by_role("tab", name="Edit").click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#editor").get_by_text("Upload an image").click()
+    chooser.value.set_files(str(tmp_path / "in.png"))
+    page.wait_for_timeout(1500)
+    box = page.locator("#editor canvas").first.bounding_box()
+    left, top = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3  # a stroke on the left half
+    page.mouse.move(left, top)
+    page.mouse.down()
+    for i in range(12):
+        page.mouse.move(left + (i % 2) * 6, top + i * 10)
+    page.mouse.up()
+    page.locator("#edit-prompt textarea, #edit-prompt input").first.fill("a large red circle on a blue background")
+    page.locator("#inpaint").click()
+    page.locator("#edit-status").get_by_text("Done").wait_for()
+    page.locator("#edit-gallery img").first.wait_for()
+    page.screenshot(path=str(shots / "edit.png"), full_page=True)
+    row = history(ui_server)[0]
+    assert json.loads(row["parameters"])["mode"] == "edit" and (row["width"], row["height"]) == (64, 64)
+    result = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=np.int16)
+    kept = np.abs(result[:, 48:] - np.asarray(source, dtype=np.int16)[:, 48:]).mean()
+    assert kept < 4, "the unpainted right side is kept"
+
+
+def test_history_search_reopen_and_edit(page, shots):
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-search textarea, #history-search input").first.fill("red circle on the left")
+    page.locator("#history-refresh").click()
+    page.locator("#history-gallery img").first.wait_for()
+    page.locator("#history-gallery img").first.click()
+    page.locator("#history-metadata").get_by_text("red circle on the left").first.wait_for()
+    page.screenshot(path=str(shots / "history.png"), full_page=True)
+    page.locator("#history-reopen").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value.includes('red circle on the left')")
+    assert page.locator("#seed input").input_value() == "7"
+
+
+def test_the_ui_api_through_gradio_client(ui_server):
+    from gradio_client import Client
+
+    client = Client(f"{ui_server.base}/ui/", auth=("me", KEY), verbose=False)
+    images, status, meta = client.predict(
+        prompt="a small white triangle in the center on a black background", negative="", model="builtin",
+        aspect="custom", width=64, height=64, steps=10, guidance=4, seed=3, n=2, api_name="/generate")
+    assert len(images) == 2 and status.startswith("Done") and meta["seed"] == 3
+    assert Image.open(images[0]["image"]).size == (64, 64)
+    grid, note = client.predict(prompt="a red circle", axis="seeds", values="5, 6", model="builtin", seed=0,
+                                width=64, height=64, api_name="/compare")
+    assert [g["caption"] for g in grid] == ["seed: 5", "seed: 6"]
+    with pytest.raises(Exception, match="divisible by 8"):
+        client.predict(prompt="x", negative="", model="builtin", aspect="custom", width=33, height=64, steps=10,
+                       guidance=4, seed=1, n=1, api_name="/generate")
