@@ -466,25 +466,15 @@ def mcp(
         _fail(exc)
 
 
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
-                                                 "dall-e-*/gpt-image-*).")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback host without API keys.")]
-    = False,
-) -> None:
-    """Serve the OpenAI Images API (/v1/images/...), the image_generator route and /health.
-
-    Example: EASEL_API_KEYS=sk-local-1 easel serve --port 8000
-    """
+def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | None = None) -> None:
     import os
 
     from .config import Settings
 
-    settings = Settings(**({"default_model": model} if model else {}))
+    overrides = {"default_model": model} if model else {}
+    if ui is not None:
+        overrides["ui"] = ui
+    settings = Settings(**overrides)
     loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
     if not loopback and not settings.api_keys:
         if not insecure:
@@ -496,7 +486,36 @@ def serve(
 
     from .server.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    app = create_app(settings)
+    if settings.ui:
+        _err(f"Web UI: http://{host}:{port}/ui/" + (" (sign in with an API key)" if settings.api_keys else ""))
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+Host = Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
+                                              "dall-e-*/gpt-image-*).")]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback host without API keys.")]
+
+
+@app.command()
+def serve(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+          model: Model = None, insecure: Insecure = False) -> None:
+    """Serve the OpenAI Images API (/v1/images/...), the HF and A1111 routes, jobs, /health and the web UI (/ui).
+
+    Example: EASEL_API_KEYS=sk-local-1 easel serve --port 8000
+    """
+    _serve(host, port, model, insecure)
+
+
+@app.command()
+def ui(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
+       model: Model = None, insecure: Insecure = False) -> None:
+    """Open the web UI (generate, compare, edit, history) at http://127.0.0.1:7860/ui/, with the whole API beside it.
+
+    Example: easel ui
+    """
+    _serve(host, port, model, insecure, ui=True)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Servers for the end-to-end tests: `easel serve` as a subprocess, and an in-process uvicorn with a clock the
 test controls. Both bind 127.0.0.1 only."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -50,24 +51,27 @@ class ServerProcess:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server-home"))
+@contextlib.contextmanager
+def running_server(home, keys: str = ""):
+    """`easel serve` in a subprocess, healthy, stopped on exit."""
+    srv = ServerProcess(home, keys=keys)
     try:
         wait_healthy(srv.base)
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("server-home")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
 def auth_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("auth-home"), keys="sk-test-1,sk-test-2")
-    try:
-        wait_healthy(srv.base)
+    with running_server(tmp_path_factory.mktemp("auth-home"), keys="sk-test-1,sk-test-2") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class Clock:

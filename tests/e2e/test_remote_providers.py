@@ -2,7 +2,6 @@
 the OpenAI provider (openai SDK) and the HF provider (InferenceClient) against `easel serve`, the A1111 routes
 with `webuiapi`, and a small HF-protocol server for the loading and error cases."""
 
-import base64
 import io
 import json
 import threading
@@ -304,3 +303,12 @@ def test_a1111_interrupt_stops_its_own_task_only(server):
             break
         time.sleep(0.2)
     assert state == "succeeded", "an A1111 interrupt never touches another front's job"
+
+
+def test_a1111_clients_authenticate_with_http_basic(auth_server):
+    with pytest.raises(RuntimeError) as err:
+        webuiapi.WebUIApi(host="127.0.0.1", port=auth_server.port).txt2img(prompt=PROMPT, width=32, height=32)
+    assert err.value.args[0] == 401
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=auth_server.port, username="me", password="sk-test-1")
+    assert api.txt2img(prompt=PROMPT, width=32, height=32, seed=1).image.size == (32, 32)
+    assert httpx.get(f"{auth_server.base}/sdapi/v1/options", auth=("me", "wrong")).status_code == 401

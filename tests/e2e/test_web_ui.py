@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ServerProcess, wait_healthy
+from conftest import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "sk-ui-test"
@@ -23,12 +23,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("ui-home"), keys=KEY)
-    try:
-        wait_healthy(srv.base)
+    with running_server(tmp_path_factory.mktemp("ui-home"), keys=KEY) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def translate_error(exc: Exception, model: str) -> EaselError:
 
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+        error = body["error"] if isinstance(body.get("error"), dict) else body  # the SDK may unwrap it already
         message = error.get("message") or exc.message
         code, param = error.get("code"), error.get("param")
         where = f"{model}: {message}"

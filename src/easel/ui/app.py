@@ -6,6 +6,7 @@ cancelled, and lands in the same history. Errors are shown as messages, never as
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 from pathlib import Path
@@ -112,7 +113,10 @@ def build_ui(engine: Engine) -> gr.Blocks:
         target = cache / f"{image_id}{suffix}"
         if not target.exists():
             if source:
-                shutil.copyfile(source, target)
+                try:
+                    os.link(source, target)  # no second copy on disk where the file system allows
+                except OSError:
+                    shutil.copyfile(source, target)
             else:
                 target.write_bytes(image.to_bytes())
         return str(target)
@@ -125,6 +129,12 @@ def build_ui(engine: Engine) -> gr.Blocks:
 
     # -- Generate --------------------------------------------------------------------------------------------------
     def generate(prompt, negative, model, aspect, width, height, steps, guidance, seed, n, state):
+        try:
+            takes = family_of(model).takes  # a remote model may pick its own steps, guidance and seed
+        except EaselError as exc:
+            raise _fail(exc) from None
+        steps, guidance = (steps if "steps" in takes else None), (guidance if "guidance" in takes else None)
+        seed = seed if "seed" in takes else None
         request = ImageRequest(prompt=prompt, negative_prompt=negative or None, model=model or None,
                                num_images=int(n), width=int(width) if width else None,
                                height=int(height) if height else None,
