@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -30,7 +31,7 @@ def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
     """An image given as a history id, base64 (or a data: URL), or (over stdio only) a path."""
     row = runner.workspace().history.get(value) if len(value) < 100 else None
     if row is not None and row.get("path"):
-        return image_from_bytes(open(row["path"], "rb").read(), param)
+        return image_from_bytes(Path(row["path"]).read_bytes(), param)
     data = value.split(",", 1)[1] if value.startswith("data:") else value
     if len(data) > 100:
         try:
@@ -39,8 +40,7 @@ def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
             pass
     if allow_paths:
         try:
-            with open(value, "rb") as f:
-                return image_from_bytes(f.read(), param)
+            return image_from_bytes(Path(value).expanduser().read_bytes(), param)
         except OSError:
             raise NotFoundError(f"`{param}`: no image id or readable file {value!r}.", param=param) from None
     raise NotFoundError(f"`{param}` must be an image id from generate_image or base64 image data; got {value[:80]!r}.",

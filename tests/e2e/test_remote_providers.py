@@ -26,8 +26,8 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-def local(prompt: str, seed: int, size: str = "32x32"):
-    return easel.generate(prompt, model="builtin", size=size, seed=seed, save=False)[0].image
+def local(prompt: str, seed: int, size: str = "32x32", steps: int | None = None):
+    return easel.generate(prompt, model="builtin", size=size, seed=seed, steps=steps, save=False)[0].image
 
 
 @pytest.fixture
@@ -59,6 +59,15 @@ def test_openai_provider_edit_with_mask_and_variation(remote_env):
     assert np.abs(left - pixels(base)[:, :16]).mean() > 8, "inside the mask it is repainted"
     varied = easel.vary(base, model="openai:builtin", seed=3, n=2)
     assert len(varied) == 2 and varied[0].image.size == (32, 32)
+
+
+def test_a_remote_default_model_serves_every_call_that_names_none(remote_env, monkeypatch):
+    from easel.tools import generate_image
+
+    monkeypatch.setenv("EASEL_DEFAULT_MODEL", "openai:builtin")
+    reset_default_runner()
+    assert easel.generate(PROMPT, size="32x32").model == "openai:builtin"
+    assert "(model openai:builtin," in generate_image(PROMPT, size="32x32")
 
 
 def test_openai_rules_are_checked_before_any_call(remote_env):
@@ -259,7 +268,7 @@ def test_a1111_txt2img_img2img_models_and_options_with_webuiapi(server):
     r = api.txt2img(prompt=PROMPT, width=32, height=32, seed=7, steps=20, cfg_scale=4, batch_size=2)
     assert len(r.images) == 2 and r.images[0].size == (32, 32) and r.info["all_seeds"] == [7, 8]
     assert "Seed: 7" in r.info["infotexts"][0]
-    assert np.abs(pixels(r.images[0]) - pixels(local(PROMPT, 7))).max() <= 3
+    assert np.abs(pixels(r.images[0]) - pixels(local(PROMPT, 7, steps=20))).max() <= 3
     assert "builtin" in api.util_get_model_names()
     api.util_set_model("builtin")
     assert api.util_get_current_model() == "builtin"

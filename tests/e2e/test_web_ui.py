@@ -166,7 +166,8 @@ def test_inpainting_edit_repaints_only_the_painted_part(page, ui_server, shots, 
     for i in range(12):
         page.mouse.move(left + (i % 2) * 6, top + i * 10)
     page.mouse.up()
-    page.locator("#edit-prompt textarea, #edit-prompt input").first.fill("a large red circle on a blue background")
+    page.locator("#edit-prompt textarea, #edit-prompt input").first.fill(
+        "a large red circle at the top on a blue background")
     page.locator("#inpaint").click()
     page.locator("#edit-status").get_by_text("Done").wait_for()
     page.locator("#edit-gallery img").first.wait_for()

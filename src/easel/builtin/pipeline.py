@@ -162,7 +162,7 @@ class ShapesPipeline(DiffusionPipeline):
         t = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
         return t.expand(n, -1, -1, -1).to(self.device, self.unet.dtype)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self,
         prompt: str | list[str],

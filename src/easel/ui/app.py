@@ -60,6 +60,12 @@ def ui_cache(home: Path) -> Path:
     return folder
 
 
+def _gallery(label: str, elem_id: str, columns: int = 4, height: int = 360, **options) -> gr.Gallery:
+    """A grid of whole images (never cropped, one image not stretched to the full width)."""
+    return gr.Gallery(label=label, columns=columns, height=height, format="png", preview=False,
+                      object_fit="contain", fit_columns=False, elem_id=elem_id, **options)
+
+
 def build_ui(engine: Engine) -> gr.Blocks:
     runner = engine.runner
     catalog = runner.catalog
@@ -330,8 +336,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                             reuse = gr.Button("Reuse last seed", elem_id="reuse-seed")
                         n = gr.Slider(1, 4, value=1, step=1, label="Images", elem_id="n")
                 with gr.Row():
-                    gallery = gr.Gallery(label="Images", columns=4, height=360, format="png",
-                                         buttons=["download", "fullscreen"], elem_id="gallery")
+                    gallery = _gallery("Images", "gallery", buttons=["download", "fullscreen"])
                     info = gr.JSON(label="Metadata of the selected image", elem_id="metadata")
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
@@ -348,7 +353,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                     c_height = gr.Number(fam.size[1], label="Height", step=fam.size_step)
                 c_go = gr.Button("Compare", variant="primary", elem_id="compare-go")
                 c_status = gr.Markdown("", elem_id="compare-status")
-                c_grid = gr.Gallery(label="Grid", columns=4, height=360, format="png", elem_id="compare-grid")
+                c_grid = _gallery("Grid", "compare-grid")
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     editor = gr.ImageEditor(type="pil", label="Image (paint the part to change)", height=420,
@@ -362,15 +367,14 @@ def build_ui(engine: Engine) -> gr.Blocks:
                             e_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
                             e_vary = gr.Button("Variations", elem_id="variations")
                         e_status = gr.Markdown("", elem_id="edit-status")
-                e_gallery = gr.Gallery(label="Results", columns=4, height=300, format="png",
-                                       buttons=["download"], elem_id="edit-gallery")
+                e_gallery = _gallery("Results", "edit-gallery", height=300, buttons=["download"])
             with gr.Tab("History", id="history"):
                 rows = gr.State([])
                 picked = gr.State(None)
                 with gr.Row():
                     search = gr.Textbox(label="Search prompts", elem_id="history-search")
                     refresh = gr.Button("Search", elem_id="history-refresh")
-                h_gallery = gr.Gallery(label="Recent", columns=6, height=320, format="png", elem_id="history-gallery")
+                h_gallery = _gallery("Recent", "history-gallery", columns=6, height=320)
                 with gr.Row():
                     h_info = gr.JSON(label="Settings", elem_id="history-metadata")
                     with gr.Column():
