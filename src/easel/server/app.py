@@ -25,9 +25,9 @@ from ..errors import EaselError, NotFoundError
 from ..keys import key_is_valid, parse_keys
 from ..types import ImageRequest
 from . import errors as server_errors
+from .a1111 import build_a1111_router
 from .auth import is_public
 from .files import UrlSigner, load_secret
-from .a1111 import build_a1111_router
 from .hf import build_hf_router
 from .jobs import build_jobs_router
 from .openai.router import build_router, openai_model_ids, wait_for_job
