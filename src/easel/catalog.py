@@ -173,10 +173,9 @@ class ModelCatalog:
         if _looks_like_hub_id(key):
             return ModelSpec(name=key, family=self._family_of_hub_id(key), source=key)
         known = ", ".join(sorted(self.models))
-        raise ModelNotFoundError(
-            f"Unknown model {name!r}: use one of {known}, a hub id such as org/name, or a local pipeline folder.",
-            param="model",
-        )
+        folder = ", or a local pipeline folder" if allow_paths else ""
+        raise ModelNotFoundError(f"Unknown model {name!r}: use one of {known}, openai:MODEL, hf:ORG/NAME, a hub id "
+                                 f"such as org/name{folder}.", param="model")
 
     def _remote(self, prefix: str, model: str) -> ModelSpec:
         if prefix == "hf":

@@ -43,9 +43,8 @@ class HFInferenceProvider(Provider):
 
     name = "hf"
 
-    def __init__(self, settings: Settings, sleep=time.sleep, clock=time.monotonic):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.sleep, self.clock = sleep, clock
 
     def describe(self) -> str:
         where = self.settings.hf_base_url or f"Hugging Face, provider {self.settings.hf_provider}"
@@ -78,7 +77,7 @@ class HFInferenceProvider(Provider):
 
     def _one(self, client, spec: ModelSpec, request: ImageRequest, seed: int, warnings: list[str]):
         """One image; while the model loads (503 with `estimated_time`) wait and try again, up to hf_max_wait_s."""
-        deadline = self.clock() + self.settings.hf_max_wait_s
+        deadline = time.monotonic() + self.settings.hf_max_wait_s
         waited = 0.0
         while True:
             try:
@@ -89,12 +88,12 @@ class HFInferenceProvider(Provider):
             except Exception as exc:  # noqa: BLE001 - translated here, the provider's one place
                 status, body = _status_and_body(exc)
                 if status == 503 and isinstance(body, dict) and "estimated_time" in body:
-                    remaining = deadline - self.clock()
+                    remaining = deadline - time.monotonic()
                     if remaining > 0:
                         pause = min(max(float(body["estimated_time"]), 1.0), MAX_POLL_S, remaining)
                         log.warning("%s is loading on the server (about %.0f s); trying again in %.0f s",
                                     spec.name, float(body["estimated_time"]), pause)
-                        self.sleep(pause)
+                        time.sleep(pause)
                         waited += pause
                         continue
                 raise self._translate(exc, spec, status, body, waited) from exc
