@@ -85,7 +85,8 @@ def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, 
     page.locator("#steps input[type=number]").fill("60")
     page.locator("#seed input").fill("7")
     page.locator("#generate").click()
-    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 60")).wait_for()  # live progress
+    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 60")).wait_for()  # live progress,
+    page.locator("#metadata .progress-text").get_by_text(re.compile(r"\d+/60 steps")).wait_for()  # with a bar
     page.locator("#gallery img").first.wait_for()  # previews appear while it denoises
     page.locator("#status").get_by_text("Done").wait_for()
     page.locator("#gallery img").first.click()

@@ -82,8 +82,8 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return catalog.resolve(model or settings.default_model).family
 
     # -- running jobs ----------------------------------------------------------------------------------------------
-    def follow(job, previews: bool = True) -> Iterator[tuple[list | None, str]]:
-        """(gallery items, status line) while the job runs; the final images once it succeeds."""
+    def follow(job, progress=None, previews: bool = True) -> Iterator[tuple[list | None, str]]:
+        """(gallery items, status line) while the job runs, moving Gradio's progress bar when given one."""
         events = job.events
         while True:
             try:
@@ -95,7 +95,10 @@ def build_ui(engine: Engine) -> gr.Blocks:
             if event.get("status") in FINAL:
                 continue
             images = event.get("preview") or []
-            status = f"Step {event.get('step', 0)} of {event.get('total_steps', '?')}"
+            step, total = event.get("step", 0), event.get("total_steps") or 1
+            if progress is not None:
+                progress((step, total), desc="Denoising", unit="steps")
+            status = f"Step {step} of {total}"
             yield ([(im, f"preview, step {event.get('step')}") for im in images] if previews else None), status
         if job.state == "cancelled":
             raise gr.Error("Cancelled.", print_exception=False)
@@ -134,7 +137,8 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return {"id": im.id, **im.parameters}  # the id, not the server's path: the UI may be remote
 
     # -- Generate --------------------------------------------------------------------------------------------------
-    def generate(prompt, negative, model, aspect, width, height, steps, guidance, seed, n, state):
+    def generate(prompt, negative, model, aspect, width, height, steps, guidance, seed, n, state,
+                 progress=gr.Progress()):
         try:
             takes = family_of(model).takes  # a remote model may pick its own steps, guidance and seed
         except EaselError as exc:
@@ -153,7 +157,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
         job = submit(request)
         state = {**(state or {}), "job": job.id}
         yield [], "Queued", None, state
-        for previews, status in follow(job):
+        for previews, status in follow(job, progress):
             yield previews if previews else gr.skip(), status, gr.skip(), state
         result = job.result
         state["last_seed"] = result.images[0].seed
@@ -197,7 +201,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return revise_prompt(spec, prompt or "") or prompt
 
     # -- Compare ---------------------------------------------------------------------------------------------------
-    def compare(prompt, axis, values, model, seed, width, height):
+    def compare(prompt, axis, values, model, seed, width, height, progress=gr.Progress()):
         items = [v.strip() for v in (values or "").split(",") if v.strip()]
         if not items:
             raise gr.Error("List the styles, seeds or models to compare, separated by commas.",
@@ -220,6 +224,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
         jobs = [submit(r, previews=False) for r in requests]  # queued together, so the engine batches them
         done = 0
         for job in jobs:
+            progress((done, len(jobs)), desc="Images", unit="images")
             for _ in follow(job, previews=False):
                 yield gr.skip(), f"Image {done + 1} of {len(jobs)}: running"
             done += 1
@@ -239,24 +244,24 @@ def build_ui(engine: Engine) -> gr.Blocks:
             mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
         return background, mask
 
-    def inpaint(value, prompt, strength, seed):
+    def inpaint(value, prompt, strength, seed, progress=gr.Progress()):
         image, mask = editor_parts(value)
         if mask is None or not mask.getbbox():
             raise gr.Error("Paint over the part to change (the brush marks the mask).", print_exception=False)
         job = submit(ImageRequest(prompt=prompt, mode="edit", image=image, mask=mask, strength=float(strength),
                                   seed=int(seed) if seed is not None and seed >= 0 else None))
-        yield from _edit_updates(job)
+        yield from _edit_updates(job, progress)
 
-    def variations(value, prompt, strength, seed):
+    def variations(value, prompt, strength, seed, progress=gr.Progress()):
         image, _ = editor_parts(value)
         job = submit(ImageRequest(prompt=prompt or "", mode="vary", image=image, num_images=2,
                                   strength=float(strength), seed=int(seed) if seed is not None and seed >= 0
                                   else None))
-        yield from _edit_updates(job)
+        yield from _edit_updates(job, progress)
 
-    def _edit_updates(job):
+    def _edit_updates(job, progress):
         yield [], "Queued"
-        for previews, status in follow(job):
+        for previews, status in follow(job, progress):
             yield previews if previews else gr.skip(), status
         yield shown_result(job.result), "Done"
 
@@ -382,9 +387,11 @@ def build_ui(engine: Engine) -> gr.Blocks:
                         h_edit = gr.Button("Edit this image", elem_id="history-edit")
 
         inputs = [prompt, negative, model, aspect, width, height, steps, guidance, seed, n, state]
-        go.click(generate, inputs, [gallery, status, info, state], concurrency_limit=None)
+        # the progress bar sits on the metadata panel, so that the gallery's previews stay in view
+        go.click(generate, inputs, [gallery, status, info, state], concurrency_limit=None, show_progress_on=[info])
         private = dict(api_visibility="private")  # UI plumbing: not part of the app's API
-        prompt.submit(generate, inputs, [gallery, status, info, state], concurrency_limit=None, **private)
+        prompt.submit(generate, inputs, [gallery, status, info, state], concurrency_limit=None,
+                      show_progress_on=[info], **private)
         stop.click(cancel, [state], [status], queue=False, **private)
         reuse.click(reuse_seed, [state], [seed], queue=False, **private)
         gallery.select(show_selected, [state], [info], queue=False, **private)
@@ -394,10 +401,11 @@ def build_ui(engine: Engine) -> gr.Blocks:
         model.change(final_prompt, [prompt, model], [sent], queue=False, **private)
         build.click(compose_prompt, [subject, action, style, environment, details, quality], [prompt], queue=False)
         c_go.click(compare, [c_prompt, c_axis, c_values, c_model, c_seed, c_width, c_height], [c_grid, c_status],
-                   concurrency_limit=None)
-        e_go.click(inpaint, [editor, e_prompt, e_strength, e_seed], [e_gallery, e_status], concurrency_limit=None)
+                   concurrency_limit=None, show_progress_on=[c_grid])
+        e_go.click(inpaint, [editor, e_prompt, e_strength, e_seed], [e_gallery, e_status], concurrency_limit=None,
+                   show_progress_on=[e_gallery])
         e_vary.click(variations, [editor, e_prompt, e_strength, e_seed], [e_gallery, e_status],
-                     concurrency_limit=None)
+                     concurrency_limit=None, show_progress_on=[e_gallery])
         refresh.click(history, [search], [h_gallery, rows], queue=False)
         search.submit(history, [search], [h_gallery, rows], queue=False, **private)
         h_gallery.select(pick, [rows], [h_info, picked], queue=False, **private)
