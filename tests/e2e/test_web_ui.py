@@ -205,6 +205,9 @@ def test_the_ui_api_through_gradio_client(ui_server):
     grid, note = client.predict(prompt="a red circle", axis="seeds", values="5, 6", model="builtin", seed=0,
                                 width=64, height=64, api_name="/compare")
     assert [g["caption"] for g in grid] == ["seed: 5", "seed: 6"]
+    grid, _ = client.predict(prompt="a red circle", axis="styles", values="photo, sketch", model="builtin", seed=0,
+                             width=64, height=64, api_name="/compare")
+    assert [g["caption"] for g in grid] == ["style: photo", "style: sketch"]
     with pytest.raises(Exception, match="divisible by 8"):
         client.predict(prompt="x", negative="", model="builtin", aspect="custom", width=33, height=64, steps=10,
                        guidance=4, seed=1, n=1, api_name="/generate")
