@@ -2,6 +2,7 @@
 the OpenAI provider (openai SDK) and the HF provider (InferenceClient) against `easel serve`, the A1111 routes
 with `webuiapi`, and a small HF-protocol server for the loading and error cases."""
 
+import base64
 import io
 import json
 import threading
@@ -293,12 +294,16 @@ def test_a1111_interrupt_stops_its_own_task_only(server):
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(httpx.post, f"{base}/sdapi/v1/txt2img", json=body, timeout=300)
         deadline = time.time() + 180
-        while time.time() < deadline:
+        while time.time() < deadline:  # until the task shows a preview of its current step
             p = httpx.get(f"{base}/sdapi/v1/progress", params={"id_task": "task(mine)"}, timeout=30)
-            if p.status_code == 200 and p.json()["state"]["sampling_step"] > 0:
+            if p.status_code == 200 and p.json()["current_image"]:
                 break
             time.sleep(0.1)
-        assert 0 < p.json()["progress"] < 1
+        assert 0 < p.json()["progress"] < 1 and p.json()["state"]["sampling_step"] >= 5
+        Image.open(io.BytesIO(base64.b64decode(p.json()["current_image"]))).verify()
+        skipped = httpx.get(f"{base}/sdapi/v1/progress", timeout=30,
+                            params={"id_task": "task(mine)", "skip_current_image": True}).json()
+        assert skipped["current_image"] is None
         # another front's job, queued behind the A1111 task
         other = httpx.post(f"{base}/v1/jobs", json={"prompt": PROMPT, "size": "32x32", "num_inference_steps": 5,
                                                      "seed": 1}, timeout=30).json()["id"]

@@ -2,13 +2,15 @@
 /sdapi/v1/txt2img, img2img, progress, interrupt, sd-models, samplers and options.
 
 Unlike A1111, `interrupt` stops only jobs that came through this API (all of them, or the one named by
-`id_task`), never another front's, and `progress` follows one task (`id_task`) or the latest one."""
+`id_task`), never another front's, and `progress` follows one task (`id_task`) or the latest one, with a preview
+of its current step every few steps as `current_image`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import queue
 import time
 import uuid
 from typing import Any
@@ -19,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.jobs import FINAL
 from ..errors import GenerationError, InvalidRequestError, NotFoundError
-from ..metadata import a1111_parameters
+from ..metadata import a1111_parameters, encode_image
 from ..types import ImageRequest, image_from_bytes, mask_from_alpha
 from .openai.router import wait_for_job
 
+PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
 # A1111 sampler names -> Easel scheduler names
 SAMPLERS = {"Euler a": "euler_a", "Euler": "euler", "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++_karras",
             "DDIM": "ddim", "UniPC": "unipc", "PLMS": "pndm", "PNDM": "pndm", "LMS": "lms", "Heun": "heun"}
@@ -72,13 +75,25 @@ class A1111State:
         self.model = default_model
         self.tasks: dict[str, Any] = {}  # task id -> job
         self.latest: str | None = None
+        self.previews: dict[str, Any] = {}  # job id -> its latest preview image
+
+    def latest_preview(self, job):
+        """Drain the job's events (they hold a preview every PREVIEW_EVERY steps) and keep the newest image."""
+        while job.events is not None:
+            try:
+                event = job.events.get_nowait()
+            except queue.Empty:
+                break
+            if event and event.get("preview"):
+                self.previews[job.id] = event["preview"][0]
+        return self.previews.get(job.id)
 
     def add(self, task_id: str, job) -> None:
         self.tasks[task_id] = job
         self.latest = task_id
         if len(self.tasks) > 1000:  # keep the table bounded: forget the oldest finished tasks
             for key in [k for k, j in self.tasks.items() if j.state in FINAL][:500]:
-                del self.tasks[key]
+                self.previews.pop(self.tasks.pop(key).id, None)
 
 
 def build_a1111_router(engine, default_model) -> APIRouter:
@@ -115,7 +130,8 @@ def build_a1111_router(engine, default_model) -> APIRouter:
         interrupted = False
         for i in range(body.n_iter):  # A1111 runs n_iter batches one after another, seeds following on
             start = None if seed is None else seed + i * body.batch_size
-            job = engine.submit(base.replace(seed=start))
+            job = engine.submit(base.replace(seed=start), listen=True)
+            job.preview_steps |= set(range(PREVIEW_EVERY, max(job.total_steps, 1), PREVIEW_EVERY))
             state.add(task_id, job)
             try:
                 result = await wait_for_job(engine, job, request)
@@ -165,8 +181,12 @@ def build_a1111_router(engine, default_model) -> APIRouter:
                              strength=body.denoising_strength)
         return await run(body, request, "vary", image=image.convert("RGB"), strength=body.denoising_strength)
 
-    def progress_of(job) -> dict[str, Any]:
+    def progress_of(job, with_image: bool) -> dict[str, Any]:
         total = job.total_steps or 1
+        preview = state.latest_preview(job) if job.state not in FINAL else None
+        image = None
+        if with_image and preview is not None:
+            image = base64.b64encode(encode_image(preview, "png", {})).decode()
         done = 1.0 if job.state in FINAL else job.step / total
         elapsed = time.time() - job.created
         return {"progress": round(done, 4),
@@ -174,7 +194,7 @@ def build_a1111_router(engine, default_model) -> APIRouter:
                 "state": {"skipped": False, "interrupted": job.state == "cancelled", "job": job.id,
                           "job_count": 0 if job.state in FINAL else 1, "job_timestamp": "", "job_no": 0,
                           "sampling_step": job.step, "sampling_steps": total, "status": job.state},
-                "current_image": None, "textinfo": None}
+                "current_image": image, "textinfo": None}
 
     @router.get("/progress")
     def progress(id_task: str | None = None, skip_current_image: bool = False) -> dict[str, Any]:
@@ -187,7 +207,7 @@ def build_a1111_router(engine, default_model) -> APIRouter:
                     "current_image": None, "textinfo": None}
         if task not in state.tasks:
             raise NotFoundError(f"No task {task!r}.", param="id_task")
-        return progress_of(state.tasks[task])
+        return progress_of(state.tasks[task], not skip_current_image)
 
     @router.post("/interrupt")
     async def interrupt(request: Request) -> dict[str, Any]:
