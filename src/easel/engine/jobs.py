@@ -53,6 +53,10 @@ class Job:
                 return
         fn()
 
+    def preview_every(self, k: int) -> None:
+        """Ask for a preview image at every k-th step (the final step brings the image itself)."""
+        self.preview_steps |= set(range(k, max(self.total_steps, 1), k))
+
     def publish(self, event: dict[str, Any]) -> None:
         with self.lock:
             for q in self.listeners:

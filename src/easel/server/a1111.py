@@ -23,7 +23,7 @@ from ..engine.jobs import FINAL
 from ..errors import GenerationError, InvalidRequestError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
 from ..types import ImageRequest, image_from_bytes, mask_from_alpha
-from .openai.router import wait_for_job
+from .jobs import wait_for_job
 
 PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
 # A1111 sampler names -> Easel scheduler names
@@ -131,7 +131,7 @@ def build_a1111_router(engine, default_model) -> APIRouter:
         for i in range(body.n_iter):  # A1111 runs n_iter batches one after another, seeds following on
             start = None if seed is None else seed + i * body.batch_size
             job = engine.submit(base.replace(seed=start), listen=True)
-            job.preview_steps |= set(range(PREVIEW_EVERY, max(job.total_steps, 1), PREVIEW_EVERY))
+            job.preview_every(PREVIEW_EVERY)
             state.add(task_id, job)
             try:
                 result = await wait_for_job(engine, job, request)

@@ -29,8 +29,8 @@ from .a1111 import build_a1111_router
 from .auth import is_public
 from .files import UrlSigner, load_secret
 from .hf import build_hf_router
-from .jobs import build_jobs_router
-from .openai.router import build_router, openai_model_ids, wait_for_job
+from .jobs import build_jobs_router, wait_for_job
+from .openai.router import build_router, openai_model_ids
 from .openai.serving import ImagesService
 
 MAX_JSON_BYTES = 2 * 1024 * 1024

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import EaselError, InvalidRequestError
 from ..types import ImageRequest
-from .openai.router import wait_for_job
+from .jobs import wait_for_job
 
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 

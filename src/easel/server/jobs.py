@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.jobs import FINAL, Job
 from ..engine.queue import Engine
+from ..errors import GenerationError
 from ..metadata import encode_image
 from .openai.protocol import GenerationRequest
 from .openai.serving import ImagesService
@@ -24,6 +26,22 @@ def _body(job_or_row) -> dict:
     if row["error"]:
         body["error"] = json.loads(row["error"])
     return body
+
+
+async def wait_for_job(engine, job, request: Request):
+    """Wait for a job without holding a thread; a client that disconnects cancels its job."""
+    loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
+    job.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))
+    while not finished.is_set():
+        try:
+            await asyncio.wait_for(finished.wait(), 0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                engine.cancel(job.id)
+    if job.state == "succeeded":
+        return job.result
+    raise job.error or GenerationError("The job was cancelled.")
 
 
 def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
@@ -62,7 +80,7 @@ def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
                 yield f"event: {body['status']}\ndata: {json.dumps(body)}\n\n"
 
             return StreamingResponse(finished(), media_type="text/event-stream")
-        job.preview_steps |= set(range(5, max(job.total_steps, 1) + 1, 5))
+        job.preview_every(5)
         events = job.subscribe()
 
         def lines():

@@ -111,7 +111,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
         except Exception as exc:  # noqa: BLE001 - shown in the UI
             raise _fail(exc) from None
         if previews:
-            job.preview_steps |= set(range(PREVIEW_EVERY, max(job.total_steps, 1), PREVIEW_EVERY))
+            job.preview_every(PREVIEW_EVERY)
         return job
 
     cache = ui_cache(settings.home)
@@ -184,13 +184,17 @@ def build_ui(engine: Engine) -> gr.Blocks:
         return images[evt.index] if evt.index is not None and evt.index < len(images) else None
 
     def on_model(model):
-        family = family_of(model)
+        try:
+            spec = catalog.resolve(model or settings.default_model)
+        except EaselError as exc:
+            raise _fail(exc) from None
+        family = spec.family
         aspects = ["custom", *family.aspects]
         quality = family.quality_words.get("en", "")
         return (gr.update(choices=aspects, value="1:1" if "1:1" in family.aspects else "custom"),
                 gr.update(value=family.size[0], step=family.size_step, maximum=family.max_side),
                 gr.update(value=family.size[1], step=family.size_step, maximum=family.max_side),
-                gr.update(value=family.steps or 0), gr.update(value=family.guidance or 0.0),
+                gr.update(value=spec.default_steps or 1), gr.update(value=spec.default_guidance or 0.0),
                 gr.update(value=quality), gr.update(interactive=family.negative_prompt))
 
     def final_prompt(prompt, model):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -11,11 +10,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import GenerationError, InvalidRequestError, PayloadTooLargeError
+from ...errors import InvalidRequestError, PayloadTooLargeError
+from ...openai_models import OPENAI_MODEL_NAMES
 from ...types import image_from_bytes, mask_from_alpha
+from ..jobs import wait_for_job
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
                        VariationRequest)
-from ...openai_models import OPENAI_MODEL_NAMES
 from .serving import ImagesService, max_file_bytes
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
@@ -80,22 +80,6 @@ def repaint_mask(mask, image):
     if mask is None or "A" in mask.getbands():
         return mask_from_alpha(mask if mask is not None else image)
     return mask.convert("L").point(lambda v: 255 if v > 127 else 0)
-
-
-async def wait_for_job(engine, job, request: Request):
-    """Wait for a job without holding a thread; a client that disconnects cancels its job."""
-    loop = asyncio.get_running_loop()
-    finished = asyncio.Event()
-    job.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))
-    while not finished.is_set():
-        try:
-            await asyncio.wait_for(finished.wait(), 0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                engine.cancel(job.id)
-    if job.state == "succeeded":
-        return job.result
-    raise job.error or GenerationError("The job was cancelled.")
 
 
 def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
