@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFoundError
+from .errors import InvalidRequestError, ModelNotFoundError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "builtin"
@@ -88,11 +88,12 @@ class ModelSpec:
 
     @property
     def local_path(self) -> Path | None:
-        """The folder holding the weights when they come from a folder (not from the hub)."""
+        """The folder holding the weights when they come from a folder (Easel's package, or an absolute path that
+        `resolve` or the operator gave); None for a hub id, which is never looked up on the server's disk."""
         if self.source.startswith("package:"):
             return PACKAGE_DIR / self.source.removeprefix("package:")
-        path = Path(self.source).expanduser()
-        return path if path.is_dir() else None
+        path = Path(self.source)
+        return path if path.is_absolute() else None
 
     def is_available_locally(self) -> bool:
         """True when the weights are in a folder or the hub cache, so the model loads with no network."""
@@ -156,30 +157,51 @@ class ModelCatalog:
             return cls(tomllib.load(f))
 
     def resolve(self, name: str | None, allow_paths: bool = True) -> ModelSpec:
-        """A catalog name or alias, `openai:MODEL` or `hf:ORG/NAME` (remote), a local pipeline folder, or a hub id
-        `org/name` (run locally)."""
+        """A catalog name or alias (operator folders included), `openai:MODEL` or `hf:ORG/NAME` (remote), a hub id
+        `org/name` (run locally), or, with `allow_paths` only, a local pipeline folder.
+
+        Without `allow_paths` (a server's clients) a name never touches the server's disk: a hub id is loaded from
+        the hub cache or the hub, never from a folder of the same name."""
         if name is None or name == "":
             name = os.environ.get("EASEL_DEFAULT_MODEL") or DEFAULT_MODEL
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"`model` must be a string but is {name!r}.", param="model")
         key = name.strip()
         if key.lower() in self._aliases:
             return self.models[self._aliases[key.lower()]]
         prefix, _, remote = key.partition(":")
         if prefix in ("openai", "hf") and remote:
             return self._remote(prefix, remote.strip())
-        path = Path(key).expanduser()
-        if allow_paths and path.is_dir():
-            family = self.family_of_folder(path)
-            return ModelSpec(name=str(path.resolve()), family=family, source=str(path.resolve()))
-        if _looks_like_hub_id(key):
+        if allow_paths and "\x00" not in key and Path(key).expanduser().is_dir():
+            path = Path(key).expanduser().resolve()
+            return ModelSpec(name=str(path), family=self.family_of_folder(path), source=str(path))
+        if is_hub_id(key):
             return ModelSpec(name=key, family=self._family_of_hub_id(key), source=key)
         known = ", ".join(sorted(self.models))
         folder = ", or a local pipeline folder" if allow_paths else ""
         raise ModelNotFoundError(f"Unknown model {name!r}: use one of {known}, openai:MODEL, hf:ORG/NAME, a hub id "
                                  f"such as org/name{folder}.", param="model")
 
+    def with_folders(self, folders: dict[str, Path], aliases: dict[str, str] | None = None) -> ModelCatalog:
+        """A copy that also serves these pipeline folders by name (the operator's models); `aliases` maps more
+        names (the operator's own spelling of a path) to them."""
+        copy = ModelCatalog.__new__(ModelCatalog)
+        copy.families, copy.models, copy._aliases = self.families, dict(self.models), dict(self._aliases)
+        for name, path in folders.items():
+            if name.lower() in copy._aliases:
+                raise ModelNotFoundError(f"The model folder {str(path)!r} is named {name!r}, like a model Easel "
+                                         "already knows: rename the folder.", param="model")
+            path = path.resolve()
+            copy.models[name] = ModelSpec(name=name, family=self.family_of_folder(path), source=str(path),
+                                          description=f"pipeline folder {path.name}")
+            copy._aliases[name.lower()] = name
+        for alias, name in (aliases or {}).items():
+            copy._aliases.setdefault(alias.strip().lower(), name)
+        return copy
+
     def _remote(self, prefix: str, model: str) -> ModelSpec:
         if prefix == "hf":
-            if not (_looks_like_hub_id(model) or _looks_like_hub_id(f"x/{model}")):
+            if not (is_hub_id(model) or is_hub_id(f"x/{model}")):
                 raise ModelNotFoundError(f"`hf:` takes a model id such as org/name but got {model!r}.",
                                          param="model")
             family = self.families["hf-inference"]
@@ -207,9 +229,40 @@ class ModelCatalog:
         return self.families["generic"]
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(p and not p.startswith(".") and " " not in p for p in parts)
+def is_hub_id(name: str) -> bool:
+    """`org/name` as the hub spells repository ids (letters, digits, `-_.`, no `--` or `..`, at most 96
+    characters); anything else (a path, `~/x`, `org/na$me`) is not one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or any(part.startswith(".") for part in name.split("/")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
+    """`base` plus the folders the operator named: each pipeline folder in the models folder (by its folder name),
+    and the default model or the one behind OpenAI's names where those are folders (by folder name, and by the
+    operator's own spelling). Clients reach these by name; a folder a client names is never opened."""
+    folders: dict[str, Path] = {}
+    root = settings.models_folder
+    if root.is_dir():
+        folders.update({p.name: p for p in sorted(root.iterdir()) if (p / "model_index.json").is_file()})
+    aliases: dict[str, str] = {}
+    for configured in (settings.default_model, settings.openai_model, os.environ.get("EASEL_DEFAULT_MODEL")):
+        if not configured or configured.strip().lower() in base._aliases:
+            continue
+        path = Path(configured.strip()).expanduser()
+        if not path.is_dir():
+            continue
+        known = next((n for n, p in folders.items() if p.resolve() == path.resolve()), None)
+        name = known or path.resolve().name
+        folders[name] = path
+        aliases[configured] = name
+    return base.with_folders(folders, aliases) if folders else base
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
 MAX_IMAGES = 10
 MAX_STEPS = 500
 MAX_SEED = 2**63 - 1
-_ASPECT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+_ASPECT = re.compile(r"^\s*([0-9]{1,5}(?:\.[0-9]{1,5})?)\s*:\s*([0-9]{1,5}(?:\.[0-9]{1,5})?)\s*$")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
 
@@ -33,6 +33,15 @@ def _require_number(name: str, value, lo: float, hi: float) -> float:
     return float(value)
 
 
+def _require_unicode(name: str, value: str) -> None:
+    """Text that can be stored and sent: no lone surrogates (`"\\ud800"` decodes from JSON, encodes nowhere)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"`{name}` holds a character that is not valid Unicode "
+                                  f"({value[exc.start:exc.end]!r} at {exc.start}).", param=name) from None
+
+
 def _check_option(spec: OptionSpec, value):
     if spec.type == "int":
         return _require_int(spec.name, value, int(spec.ge if spec.ge is not None else -2**31),
@@ -43,6 +52,7 @@ def _check_option(spec: OptionSpec, value):
     if spec.type == "bool" and isinstance(value, bool):
         return value
     if spec.type == "str" and isinstance(value, str):
+        _require_unicode(spec.name, value)
         return value
     raise InvalidRequestError(f"`{spec.name}` must be of type {spec.type} but is {value!r}.", param=spec.name)
 
@@ -91,6 +101,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     # 1. prompt
     if not isinstance(r.prompt, str) or (not r.prompt.strip() and r.mode != "vary"):
         raise InvalidRequestError("`prompt` must be a non-empty string.", param="prompt")
+    _require_unicode("prompt", r.prompt)
     if len(r.prompt) > family.max_prompt_chars:
         raise InvalidRequestError(
             f"`prompt` is {len(r.prompt)} characters, over the {family.max_prompt_chars} that {spec.name} takes.",
@@ -102,6 +113,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
         if not isinstance(r.negative_prompt, str):
             raise InvalidRequestError(f"`negative_prompt` must be a string but is {r.negative_prompt!r}.",
                                       param="negative_prompt")
+        _require_unicode("negative_prompt", r.negative_prompt)
         if r.negative_prompt and not family.negative_prompt:
             raise UnsupportedError(f"{spec.name} does not take a negative prompt.", param="negative_prompt")
         if len(r.negative_prompt) > family.max_prompt_chars:

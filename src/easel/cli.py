@@ -37,6 +37,21 @@ def _fail(exc: Exception) -> None:
     raise exc
 
 
+def _settings(**overrides):
+    """Settings from the environment; a malformed one (EASEL_API_KEYS=",") is an error message, not a traceback."""
+    from pydantic import ValidationError
+
+    from .config import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "EASEL_" + "_".join(str(p) for p in error["loc"]).upper()
+            _err(f"Error: {name}: {error['msg'].removeprefix('Value error, ')}")
+        raise typer.Exit(2) from None
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -453,13 +468,16 @@ def mcp(
 
     Example (an agent's MCP config): {"command": "easel", "args": ["mcp"]}
     """
-    from .config import get_settings
     from .mcp_server import serve as serve_mcp
+    from .server.auth import check_bind
 
-    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-    if transport == "http" and not loopback and not get_settings().api_keys:
-        _err(f"Error: refusing to listen on {host} without API keys: set EASEL_API_KEYS.")
-        raise typer.Exit(2)
+    settings = _settings()
+    if transport == "http":
+        try:
+            check_bind(host, settings.server_keys)
+        except ValueError as exc:
+            _err(f"Error: {exc}".replace(", or pass --insecure", ""))
+            raise typer.Exit(2) from None
     try:
         serve_mcp(transport, host, port)
     except Exception as exc:  # noqa: BLE001
@@ -469,18 +487,19 @@ def mcp(
 def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | None = None) -> None:
     import os
 
-    from .config import Settings
+    from .server.auth import check_bind
 
-    overrides = {"default_model": model} if model else {}
+    overrides: dict = {"default_model": model} if model else {}
     if ui is not None:
         overrides["ui"] = ui
-    settings = Settings(**overrides)
-    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-    if not loopback and not settings.api_keys:
-        if not insecure:
-            _err(f"Error: refusing to listen on {host} without API keys: set EASEL_API_KEYS, or pass --insecure.")
-            raise typer.Exit(2)
-        _err(f"Warning: listening on {host} with no API key: anyone who can reach it can use it.")
+    settings = _settings(**overrides)
+    try:
+        warning = check_bind(host, settings.server_keys, insecure)
+    except ValueError as exc:
+        _err(f"Error: {exc}")
+        raise typer.Exit(2) from None
+    if warning:
+        _err(warning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import uvicorn
 
@@ -488,7 +507,7 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
 
     app = create_app(settings)
     if settings.ui:
-        _err(f"Web UI: http://{host}:{port}/ui/" + (" (sign in with an API key)" if settings.api_keys else ""))
+        _err(f"Web UI: http://{host}:{port}/ui/" + (" (sign in with an API key)" if settings.server_keys else ""))
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,12 +27,18 @@ class Settings(BaseSettings):
     max_cached_pipelines: int = Field(2, ge=1, description="Pipelines kept loaded (least recently used go).")
     moderation: bool = Field(True, description="Apply the content policy to prompts (off: EASEL_MODERATION=0).")
     api_keys: str = Field("", description="Comma-separated keys the server accepts; empty = no auth.")
+    models_dir: Path | None = Field(None, description="Folder whose diffusers pipeline folders are served by "
+                                    "name (default: HOME/models).")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
     max_batch_images: int = Field(8, ge=1, description="Images the engine runs in one model call.")
     batch_wait_ms: float = Field(20.0, ge=0, description="How long a batch waits for compatible jobs.")
     job_timeout_s: float = Field(600.0, gt=0, description="A running job is stopped after this long.")
+    keep_finished_s: float = Field(60.0, ge=0, description="How long a finished job stays in memory (its record "
+                                   "and images stay on disk).")
+    min_free_disk_mb: float = Field(64.0, ge=0, description="Below this much free space in the workspace, new "
+                                    "jobs are refused (507) and /health says 503.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
     ui: bool = Field(True, description="Mount the web UI at /ui on `easel serve` (off: EASEL_UI=0).")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server for `openai:` models "
@@ -42,6 +48,25 @@ class Settings(BaseSettings):
     hf_provider: str = Field("auto", description="Hugging Face inference provider for `hf:` models.")
     remote_timeout_s: float = Field(300.0, gt=0, description="Timeout of one call to a remote service.")
     hf_max_wait_s: float = Field(300.0, ge=0, description="How long to wait for a remote model to load.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, raw: str) -> str:
+        from .keys import parse_keys
+
+        parse_keys(raw)  # a malformed list fails here, at start-up, not later as "no auth"
+        return raw
+
+    @property
+    def server_keys(self) -> list[str]:
+        """The keys clients must present (empty: no auth)."""
+        from .keys import parse_keys
+
+        return parse_keys(self.api_keys)
+
+    @property
+    def models_folder(self) -> Path:
+        return self.models_dir or self.home / "models"
 
     @property
     def images_dir(self) -> Path:

@@ -13,6 +13,7 @@
      ├── RateLimitError             429  too many requests, or the queue is full (`retry_after` seconds)
      ├── ProviderError              502  a remote provider failed
      ├── ServiceUnavailableError    503  the model is still loading, or the server is overloaded
+     ├── InsufficientStorageError   507  the workspace's disk is full: nothing was saved
      └── GenerationError            500  the model failed while running
 
 Foreign exceptions (diffusers, torch, the openai client, ...) are translated in exactly one place per front.
@@ -129,6 +130,15 @@ class ServiceUnavailableError(EaselError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class InsufficientStorageError(EaselError):
+    """Raised when the workspace's disk (or its SQLite history) is full: the image or record was not written, and
+    nothing half-written was left behind. The same request succeeds once space is freed."""
+
+    status = 507
+    type = "server_error"
+    code = "insufficient_storage"
 
 
 class GenerationError(EaselError):

@@ -56,8 +56,20 @@ def get_key(path: Path, name: str, explicit: str | None = None, *, required: boo
 
 
 def parse_keys(raw: str) -> list[str]:
-    """EASEL_API_KEYS ("k1,k2") -> the keys Easel's servers accept."""
-    return [k.strip() for k in raw.split(",") if k.strip()]
+    """EASEL_API_KEYS ("k1,k2") -> the keys Easel's servers accept. A value that is set but names no key
+    (",", " , ") or a key that no client could send (white space or control characters inside it) is a
+    ValueError: a mistyped key list must never start a server without auth."""
+    if not raw.strip():
+        return []
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise ValueError(f"EASEL_API_KEYS is set to {raw!r}, which names no key: give keys separated by commas, "
+                         "or unset it.")
+    for key in keys:
+        if not all(33 <= ord(c) <= 126 for c in key):
+            raise ValueError(f"EASEL_API_KEYS holds a key with white space, control or non-ASCII characters "
+                             f"(key {keys.index(key) + 1} of {len(keys)}): clients could not send it.")
+    return keys
 
 
 def key_is_valid(header: str | None, keys: list[str]) -> bool:

@@ -22,16 +22,16 @@ from .config import Settings, get_settings
 from .engine.queue import Engine
 from .engine.runner import Runner
 from .errors import EaselError, InvalidRequestError, NotFoundError
-from .keys import key_is_valid, parse_keys
+from .keys import key_is_valid
 from .tools import describe
 from .types import ImageRequest, image_from_bytes, mask_from_alpha
 
 
 def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
     """An image given as a history id, base64 (or a data: URL), or (over stdio only) a path."""
-    row = runner.workspace().history.get(value) if len(value) < 100 else None
-    if row is not None and row.get("path"):
-        return image_from_bytes(Path(row["path"]).read_bytes(), param)
+    found = runner.workspace().read_image(value) if len(value) < 100 else None
+    if found is not None:
+        return image_from_bytes(found[1], param)
     data = value.split(",", 1)[1] if value.startswith("data:") else value
     if len(data) > 100:
         try:
@@ -150,7 +150,7 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
         else:
             import uvicorn
 
-            app = _KeyCheck(server.streamable_http_app(host=host), parse_keys(settings.api_keys))
+            app = _KeyCheck(server.streamable_http_app(host=host), settings.server_keys)
             uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.stop()

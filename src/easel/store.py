@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import InsufficientStorageError
 from .types import GeneratedImage
 
 # Numbered migrations: each runs once, in order, in one transaction with the bump of user_version.
@@ -58,6 +63,29 @@ def slugify(prompt: str, limit: int = 40) -> str:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: ENOSPC or a quota from the OS, SQLITE_FULL from SQLite."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def storage_errors(home: Path) -> Iterator[None]:
+    """Turn a full disk under `home` into InsufficientStorageError; every other error passes unchanged."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise InsufficientStorageError(
+            f"The workspace {home} is out of disk space, so nothing was saved: free some space and send the "
+            "request again.") from exc
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -123,6 +151,9 @@ class History:
         row = self.connect().execute("SELECT * FROM generations WHERE id = ?", (image_id,)).fetchone()
         return dict(row) if row else None
 
+    def delete(self, image_id: str) -> None:
+        self.connect().execute("DELETE FROM generations WHERE id = ?", (image_id,))
+
 
 class Workspace:
     """Where images are saved and recorded. `out_dir` overrides the image folder (the history stays in home)."""
@@ -137,8 +168,30 @@ class Workspace:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    @property
+    def images_root(self) -> Path:
+        return self.out_dir or self.home / "images"
+
     def save(self, image: GeneratedImage) -> GeneratedImage:
         """Give the image an id, write it under a unique name (atomically) and record it in the history."""
+        return self.save_all([image])[0]
+
+    def save_all(self, images: list[GeneratedImage]) -> list[GeneratedImage]:
+        """Save every image or none: if one cannot be written or recorded (a full disk raises
+        InsufficientStorageError), the files and rows already written for the others are removed again."""
+        done: list[GeneratedImage] = []
+        try:
+            with storage_errors(self.home):
+                for image in images:
+                    self._write(image)
+                    done.append(image)
+        except BaseException:
+            for image in done:
+                self._remove(image)
+            raise
+        return images
+
+    def _write(self, image: GeneratedImage) -> None:
         when = dt.datetime.now(dt.timezone.utc)
         image.id = image.id or uuid.uuid4().hex
         ext = "jpg" if image.output_format == "jpeg" else image.output_format
@@ -146,5 +199,44 @@ class Workspace:
         path = self.folder_for(when) / name
         write_atomically(path, image.to_bytes())
         image.path = str(path)
-        self.history.record(image)
-        return image
+        try:
+            self.history.record(image)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            image.path = None
+            raise
+
+    def _remove(self, image: GeneratedImage) -> None:
+        """Undo a save, as far as it went; failures to undo are left for `easel history` to show as missing."""
+        with contextlib.suppress(OSError, sqlite3.Error):
+            self.history.delete(image.id)
+        with contextlib.suppress(OSError):
+            Path(image.path).unlink(missing_ok=True)
+        image.path = None
+
+    def image_file(self, image_id: str) -> Path | None:
+        """The saved file of an image, only when it is a regular file inside the images folder: a row whose path
+        leads elsewhere, or a symbolic link planted where an image was, is never followed."""
+        row = self.history.get(image_id)
+        if row is None or not row["path"]:
+            return None
+        path = Path(row["path"])
+        root = self.images_root.resolve()
+        try:
+            if stat.S_ISLNK(path.lstat().st_mode) or not path.resolve().is_relative_to(root):
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def read_image(self, image_id: str) -> tuple[str, bytes] | None:
+        """The file name and bytes of a saved image, opened without following a link (see `image_file`)."""
+        path = self.image_file(image_id)
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return path.name, f.read()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_INPUT_PIXELS = 4096 * 4096
 MODES = ("generate", "edit", "vary")
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{1,6})\s*[xX×]\s*([0-9]{1,6})\s*$")  # ASCII digits: int() takes any script
 
 
 def parse_size(size: str, param: str = "size") -> tuple[int, int]:

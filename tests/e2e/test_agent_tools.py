@@ -17,7 +17,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from PIL import Image
 
-from conftest import free_port
+from servers import free_port
 
 from easel.tools import generate_image
 

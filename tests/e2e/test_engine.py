@@ -13,7 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
-from conftest import ServerProcess, wait_healthy
+from servers import ServerProcess, wait_healthy
 
 import easel
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import running_server
+from servers import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "sk-ui-test"

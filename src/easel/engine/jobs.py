@@ -20,7 +20,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 def request_to_json(r: ImageRequest) -> str:
     """What is kept of a request in the job record (images are not: they are inputs, not results)."""
     fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ("image", "mask")}
-    return json.dumps(fields, ensure_ascii=False)
+    return json.dumps(fields)  # ASCII: text that is not valid Unicode can never fail the write
 
 
 @dataclasses.dataclass

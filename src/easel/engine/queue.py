@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import collections
+import logging
+import shutil
 import threading
 import time
 from typing import Any
 
-from ..errors import EaselError, GenerationError, NotFoundError, RateLimitError
+from ..errors import EaselError, GenerationError, InsufficientStorageError, NotFoundError, RateLimitError
+from ..store import storage_errors
 from ..types import ImageRequest
 from .jobs import FINAL, Job, JobStore
 from .metrics import EngineMetrics
 from .runner import Runner, batch_key
+
+log = logging.getLogger("easel.engine")
 
 
 class Engine:
@@ -19,21 +25,32 @@ class Engine:
     A queued job that is cancelled leaves the queue. A running job that is cancelled is finished as cancelled at
     the next denoising step: alone (or with every batch-mate cancelled) the pipeline is interrupted there; in a
     batch its batch-mates run on unaffected and its share of the batch is dropped, unsaved.
+
+    The worker never dies: whatever a batch raises (the model, a full disk, the history) fails that batch's jobs
+    and is kept as `last_error`, and the worker takes the next batch. A job whose state cannot be written to the
+    history (a full disk) still finishes in memory, and its record is written once writing works again.
+    Finished jobs stay in `jobs` for `keep_finished_s`, then only their record and image files remain.
     """
 
     def __init__(self, runner: Runner, *, max_queue: int = 32, max_batch_images: int = 8,
-                 batch_wait_s: float = 0.02, job_timeout_s: float = 600.0,
-                 metrics: EngineMetrics | None = None):
+                 batch_wait_s: float = 0.02, job_timeout_s: float = 600.0, keep_finished_s: float = 60.0,
+                 min_free_bytes: int = 0, metrics: EngineMetrics | None = None):
         self.runner = runner
         self.max_queue = max_queue
         self.max_batch_images = max_batch_images
         self.batch_wait_s = batch_wait_s
         self.job_timeout_s = job_timeout_s
+        self.keep_finished_s = keep_finished_s
+        self.min_free_bytes = min_free_bytes
         self.metrics = metrics or EngineMetrics()
-        self.store = JobStore(runner.workspace().history)
+        self.workspace = runner.workspace()
+        self.store = JobStore(self.workspace.history)
         self.jobs: dict[str, Job] = {}
+        self.last_error: dict[str, Any] | None = None
         self._pending: list[Job] = []
         self._keys: dict[str, tuple] = {}
+        self._finished: collections.deque[Job] = collections.deque()
+        self._unsynced: dict[str, Job] = {}  # finished jobs whose record could not be written yet
         self._cond = threading.Condition()
         self._stop = False
         self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
@@ -55,6 +72,31 @@ class Engine:
         with self._cond:
             return len(self._pending)
 
+    @property
+    def worker_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.workspace.home).free
+        except OSError:
+            return None
+
+    def health(self) -> dict[str, Any]:
+        """The engine's real state: whether it can work now, and if not, why."""
+        free = self.free_bytes()
+        problems = []
+        if not self.worker_alive:
+            problems.append("the engine's worker is not running")
+        if free is not None and free < self.min_free_bytes:
+            problems.append(f"the workspace has {free // 2**20} MiB free, under the {self.min_free_bytes // 2**20}"
+                            " MiB needed to save images")
+        return {"can_work": not problems, "problems": problems, "worker_alive": self.worker_alive,
+                "queue_depth": self.queue_depth, "queue_limit": self.max_queue,
+                "free_disk_bytes": free, "min_free_disk_bytes": self.min_free_bytes,
+                "jobs_in_memory": len(self.jobs), "unsynced_records": len(self._unsynced),
+                "last_error": self.last_error}
+
     # -- the callers' side -----------------------------------------------------------------------------------------
     def submit(self, request: ImageRequest, previews: int = 0, listen: bool = False) -> Job:
         """Check the request now (a bad one never queues), then queue it; a full queue is a RateLimitError.
@@ -69,12 +111,19 @@ class Engine:
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if listen:
             job.events = job.subscribe()
+        free = self.free_bytes()
+        if free is not None and free < self.min_free_bytes:
+            raise InsufficientStorageError(
+                f"The workspace {self.workspace.home} has {free // 2**20} MiB free, under the "
+                f"{self.min_free_bytes // 2**20} MiB needed to save images: free some space and send it again.")
         with self._cond:
+            self._release_finished()
             if len(self._pending) >= self.max_queue:
                 self.metrics.rejected.inc()
                 raise RateLimitError(f"The queue is full ({len(self._pending)} jobs waiting); try again shortly.",
                                      retry_after=max(1.0, len(self._pending) * 0.5))
-            self.store.insert(job)
+            with storage_errors(self.workspace.home):
+                self.store.insert(job)
             self.jobs[job.id] = job
             self._keys[job.id] = batch_key(spec, checked)
             self._pending.append(job)
@@ -113,6 +162,7 @@ class Engine:
         with self._cond:
             while not self._pending and not self._stop:
                 self._cond.wait(0.5)
+                self._release_finished()
             if self._stop:
                 return []
             first = self._pending.pop(0)
@@ -133,10 +183,11 @@ class Engine:
             return batch
 
     def _finish(self, job: Job, state: str, error: Any = None) -> None:
+        """Finish a job in memory (so its caller always hears), then in its record."""
         job.state, job.finished = state, time.time()
         if error is not None:
             job.error = error
-        self.store.update(job)
+        self._record(job)
         self.metrics.jobs_finished.labels(state).inc()
         if job.started is not None:
             self.metrics.job_seconds.observe(job.finished - job.created)
@@ -148,21 +199,63 @@ class Engine:
         for fn in callbacks:
             fn()
         self._keys.pop(job.id, None)
+        with self._cond:
+            self._finished.append(job)
+
+    def _release_finished(self) -> None:
+        """Forget finished jobs older than `keep_finished_s` (called with the lock held); their record stays."""
+        horizon = time.time() - self.keep_finished_s
+        unsynced = []  # kept live until their record tells the truth
+        while self._finished and (self._finished[0].finished or 0) <= horizon:
+            job = self._finished.popleft()
+            if job.id in self._unsynced:
+                unsynced.append(job)
+            else:
+                self.jobs.pop(job.id, None)
+        self._finished.extendleft(reversed(unsynced))
+
+    def _record(self, job: Job) -> None:
+        """Write a job's state to the history; never raises. A write that fails (a full disk) is kept and
+        retried with the next write that works, so that every record ends up telling the truth."""
+        try:
+            with storage_errors(self.workspace.home):
+                self.store.update(job)
+                for other in list(self._unsynced.values()):
+                    self.store.update(other)
+                    self._unsynced.pop(other.id, None)
+        except Exception as exc:  # noqa: BLE001 - the job goes on in memory
+            self._unsynced[job.id] = job
+            self._note_error(exc, f"recording job {job.id}")
+
+    def _note_error(self, exc: BaseException, doing: str) -> None:
+        message = exc.message if isinstance(exc, EaselError) else f"{type(exc).__name__}: {exc}"
+        self.last_error = {"message": f"{doing}: {message}", "at": time.time()}
+        log.warning("engine: %s failed: %s", doing, message)
 
     def _timed_out(self, job: Job) -> bool:
         return job.started is not None and time.time() - job.started > self.job_timeout_s
 
     def _work(self) -> None:
         while not self._stop:
-            batch = self._take_batch()
-            if batch:
-                self._run(batch)
+            batch: list[Job] = []
+            try:
+                batch = self._take_batch()
+                if batch:
+                    self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - the worker outlives any failure; the batch fails
+                self._note_error(exc, "running a batch")
+                error = exc if isinstance(exc, EaselError) else GenerationError(
+                    f"The engine failed: {type(exc).__name__}: {exc}")
+                for job in batch:
+                    if job.state not in FINAL:
+                        self._finish(job, "failed", error)
+                time.sleep(0.05)  # a failure that repeats at once must not spin the CPU
 
     def _run(self, batch: list[Job]) -> None:
         now = time.time()
         for job in batch:
             job.state, job.started = "running", now
-            self.store.update(job)
+            self._record(job)
             job.publish(job.snapshot())
         self.metrics.batch_images.observe(sum(j.request.num_images for j in batch))
         last_step = [time.perf_counter()]
@@ -192,7 +285,7 @@ class Engine:
                 at += job.request.num_images
                 job.publish(event)
                 if step == total or step % 5 == 0:
-                    self.store.update(job)
+                    self._record(job)
 
         def should_stop() -> bool:
             return all(j.cancel_requested.is_set() or self._timed_out(j) for j in batch)
@@ -203,11 +296,12 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
             error = exc if isinstance(exc, EaselError) else GenerationError(
                 f"The model failed: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, EaselError) or error.status >= 500:
+                self._note_error(exc, "running the model")
             for job in batch:
                 if job.state == "running":
                     self._finish(job, "failed", error)
             return
-        workspace = self.runner.workspace()
         for job, result in zip(batch, results):
             if job.state != "running":
                 continue  # cancelled during the run
@@ -217,9 +311,20 @@ class Engine:
                 self._finish(job, "failed", GenerationError(
                     f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
             else:
-                result.images = [workspace.save(im) for im in result.images]
-                job.result = result
-                self._finish(job, "succeeded")
+                self._save(job, result)
+
+    def _save(self, job: Job, result) -> None:
+        """Save a job's images (all or none) and finish it; a save that fails fails this job only."""
+        try:
+            result.images = self.workspace.save_all(result.images)
+        except Exception as exc:  # noqa: BLE001 - a full disk or a broken folder fails the job, not the worker
+            self._note_error(exc, f"saving the images of job {job.id}")
+            error = exc if isinstance(exc, EaselError) else GenerationError(
+                f"The images could not be saved: {type(exc).__name__}: {exc}")
+            self._finish(job, "failed", error)
+            return
+        job.result = result
+        self._finish(job, "succeeded")
 
     def counts(self) -> dict[str, int]:
         counts = {state: 0 for state in ("queued", "running")}

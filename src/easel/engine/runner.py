@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..catalog import ModelCatalog, ModelSpec, default_catalog
+from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import check_request, quality_words_for
 from ..config import Settings, get_settings
 from ..providers.base import ProviderRegistry, StepCallback
@@ -60,10 +60,11 @@ class Runner:
 
     def __init__(self, settings: Settings | None = None, catalog: ModelCatalog | None = None,
                  registry: ProviderRegistry | None = None, allow_paths: bool = True):
-        """`allow_paths`: whether a request may name a local folder as its model (not for servers' clients)."""
+        """`allow_paths`: whether a request may name a local folder as its model (not for servers' clients). The
+        operator's folders (the models folder, a default model that is a folder) are models by name either way."""
         self.settings = settings or get_settings()
         self.allow_paths = allow_paths
-        self.catalog = catalog or default_catalog()
+        self.catalog = operator_catalog(catalog or default_catalog(), self.settings)
         self.registry = registry or ProviderRegistry(self.settings)
         self._workspaces: dict[Path | None, Workspace] = {}
 

@@ -253,16 +253,20 @@ class DiffusersProvider(Provider):
                               time.perf_counter() - started)
 
     def _load_from_hub(self, cls, spec: ModelSpec, dtype):
-        """Cache first with no network; download only when it is missing and the hub may be reached."""
+        """From the hub cache's snapshot folder, with no network; download only when it is missing and the hub may
+        be reached. The id itself never goes to `from_pretrained`, which would open a folder of that name in the
+        working directory."""
+        from huggingface_hub import snapshot_download
+
         try:
-            return cls.from_pretrained(spec.source, dtype=dtype, local_files_only=True, token=self.hf_token)
-        except (OSError, ValueError):
+            folder = snapshot_download(spec.source, local_files_only=True, token=self.hf_token)
+        except Exception:  # noqa: BLE001 - not in the cache (LocalEntryNotFoundError, OSError, ...)
             if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
                 raise ModelNotFoundError(
                     f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                     f"With network access, run `easel models pull {spec.name}`.", param="model",
                 ) from None
-        folder = pull_model(spec, self.hf_token)
+            folder = pull_model(spec, self.hf_token)
         return cls.from_pretrained(folder, dtype=dtype)
 
     # -- running ---------------------------------------------------------------------------------------------------

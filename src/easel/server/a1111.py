@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import queue
 import time
@@ -68,14 +69,18 @@ def _decode(value: str, param: str):
     return image_from_bytes(raw, param)
 
 
+MAX_TASKS = 1000  # task ids remembered for /progress and /interrupt; the oldest go first
+
+
 class A1111State:
-    """The API's current model (set through /options, as in A1111) and the tasks started through it."""
+    """The API's current model (set through /options, as in A1111) and the tasks started through it: task id ->
+    the id of its current job (the engine holds the job while it lives, its record after)."""
 
     def __init__(self, default_model: str):
         self.model = default_model
-        self.tasks: dict[str, Any] = {}  # task id -> job
+        self.tasks: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.latest: str | None = None
-        self.previews: dict[str, Any] = {}  # job id -> its latest preview image
+        self.previews: dict[str, Any] = {}  # job id -> its latest preview image, while the job runs
 
     def latest_preview(self, job):
         """Drain the job's events (they hold a preview every PREVIEW_EVERY steps) and keep the newest image."""
@@ -89,11 +94,18 @@ class A1111State:
         return self.previews.get(job.id)
 
     def add(self, task_id: str, job) -> None:
-        self.tasks[task_id] = job
+        self.tasks[task_id] = job.id
+        self.tasks.move_to_end(task_id)
         self.latest = task_id
-        if len(self.tasks) > 1000:  # keep the table bounded: forget the oldest finished tasks
-            for key in [k for k, j in self.tasks.items() if j.state in FINAL][:500]:
-                self.previews.pop(self.tasks.pop(key).id, None)
+        job.add_done_callback(lambda: self.previews.pop(job.id, None))
+        while len(self.tasks) > MAX_TASKS:
+            self.tasks.popitem(last=False)
+
+
+def _task_id(value, param: str = "id_task") -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequestError(f"`{param}` must be a string but is {value!r}.", param=param)
+    return value
 
 
 def build_a1111_router(engine, default_model) -> APIRouter:
@@ -102,7 +114,11 @@ def build_a1111_router(engine, default_model) -> APIRouter:
     catalog = engine.runner.catalog
 
     def model_for(body: Txt2ImgRequest) -> str:
-        return body.override_settings.get("sd_model_checkpoint") or state.model
+        name = body.override_settings.get("sd_model_checkpoint")
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequestError(f"`override_settings.sd_model_checkpoint` must be a string but is {name!r}.",
+                                      param="override_settings.sd_model_checkpoint")
+        return name or state.model
 
     def scheduler_for(body: Txt2ImgRequest, model: str) -> tuple[str | None, list[str]]:
         """A1111 sampler -> Easel scheduler; one the model lacks falls back to the model's own, with a warning."""
@@ -181,19 +197,23 @@ def build_a1111_router(engine, default_model) -> APIRouter:
                              strength=body.denoising_strength)
         return await run(body, request, "vary", image=image.convert("RGB"), strength=body.denoising_strength)
 
-    def progress_of(job, with_image: bool) -> dict[str, Any]:
-        total = job.total_steps or 1
-        preview = state.latest_preview(job) if job.state not in FINAL else None
+    def progress_of(job_id: str, with_image: bool) -> dict[str, Any]:
+        job = engine.get(job_id)
+        if isinstance(job, dict):  # finished and released: its record
+            job_state, step, total, elapsed = job["state"], job["step"], job["total_steps"] or 1, 0.0
+            preview = None
+        else:
+            job_state, step, total, elapsed = job.state, job.step, job.total_steps or 1, time.time() - job.created
+            preview = state.latest_preview(job) if job_state not in FINAL else None
         image = None
         if with_image and preview is not None:
             image = base64.b64encode(encode_image(preview, "png", {})).decode()
-        done = 1.0 if job.state in FINAL else job.step / total
-        elapsed = time.time() - job.created
+        done = 1.0 if job_state in FINAL else step / total
         return {"progress": round(done, 4),
                 "eta_relative": round(elapsed / done - elapsed, 2) if 0 < done < 1 else 0.0,
-                "state": {"skipped": False, "interrupted": job.state == "cancelled", "job": job.id,
-                          "job_count": 0 if job.state in FINAL else 1, "job_timestamp": "", "job_no": 0,
-                          "sampling_step": job.step, "sampling_steps": total, "status": job.state},
+                "state": {"skipped": False, "interrupted": job_state == "cancelled", "job": job_id,
+                          "job_count": 0 if job_state in FINAL else 1, "job_timestamp": "", "job_no": 0,
+                          "sampling_step": step, "sampling_steps": total, "status": job_state},
                 "current_image": image, "textinfo": None}
 
     @router.get("/progress")
@@ -218,12 +238,12 @@ def build_a1111_router(engine, default_model) -> APIRouter:
                 body = await request.json()
             except ValueError:
                 body = {}
-            task = body.get("id_task") if isinstance(body, dict) else None
+            task = _task_id(body.get("id_task")) if isinstance(body, dict) else None
         if task is not None and task not in state.tasks:
             raise NotFoundError(f"No task {task!r}.", param="id_task")
-        jobs = [state.tasks[task]] if task else list(state.tasks.values())
-        stopped = [job.id for job in jobs if job.state not in FINAL and engine.cancel(job.id)]
-        return {"interrupted": stopped}
+        job_ids = [state.tasks[task]] if task else list(state.tasks.values())
+        live = [job_id for job_id in job_ids if job_id in engine.jobs and engine.jobs[job_id].state not in FINAL]
+        return {"interrupted": [engine.cancel(job_id).id for job_id in live]}
 
     @router.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import re
 import resource
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -21,8 +21,8 @@ from .. import __version__
 from ..config import Settings, get_settings
 from ..engine.queue import Engine
 from ..engine.runner import Runner
-from ..errors import EaselError, NotFoundError
-from ..keys import key_is_valid, parse_keys
+from ..errors import EaselError, NotFoundError, PayloadTooLargeError
+from ..keys import key_is_valid
 from ..types import ImageRequest
 from . import errors as server_errors
 from .a1111 import build_a1111_router
@@ -37,9 +37,13 @@ MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_MULTIPART_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 class FrameMiddleware:
-    """Plain ASGI (so that a route sees its client disconnect): a request id on every answer, body limits,
-    the API key on every route but /health and signed links, and the one catch for unexpected errors."""
+    """Plain ASGI (so that a route sees its client disconnect): a request id on every answer, body limits
+    (declared or chunked), the API key on every route but /health and signed links, and the one catch for
+    unexpected errors."""
 
     def __init__(self, app, keys: list[str]):
         self.app, self.keys = app, keys
@@ -49,7 +53,8 @@ class FrameMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         tag = (b"x-request-id", request_id.encode("latin-1"))
         started = False
 
@@ -64,8 +69,20 @@ class FrameMiddleware:
         if refusal is not None:
             await refusal(scope, receive, send_tagged)
             return
+        limit, received = _body_limit(headers), 0
+
+        async def receive_limited():
+            """Count what arrives: a chunked body has no length to check up front, so it is cut off here."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"The request body is over {limit} bytes.")
+            return message
+
         try:
-            await self.app(scope, receive, send_tagged)
+            await self.app(scope, receive_limited, send_tagged)
         except Exception as exc:  # noqa: BLE001 - the one mapping point
             if started:  # the answer is already on its way: all that is left is to log it
                 server_errors.log.exception("error after the response started")
@@ -73,9 +90,8 @@ class FrameMiddleware:
             await server_errors.error_response(exc)(scope, receive, send_tagged)
 
     def _refusal(self, scope, headers: dict[str, str]) -> Response | None:
-        length = headers.get("content-length", "")
-        limit = MAX_MULTIPART_BYTES if headers.get("content-type", "").startswith("multipart/") else MAX_JSON_BYTES
-        if length.isdigit() and int(length) > limit:
+        length, limit = headers.get("content-length", ""), _body_limit(headers)
+        if length.isascii() and length.isdigit() and int(length) > limit:
             return server_errors.envelope(413, f"The request body is over {limit} bytes.",
                                           "invalid_request_error", None, "payload_too_large")
         if self.keys and scope["method"] != "OPTIONS" and not is_public(scope["path"]) and not key_is_valid(
@@ -83,6 +99,10 @@ class FrameMiddleware:
             return server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer "
                                           "<key>`.", "invalid_request_error", None, "invalid_api_key")
         return None
+
+
+def _body_limit(headers: dict[str, str]) -> int:
+    return MAX_MULTIPART_BYTES if headers.get("content-type", "").startswith("multipart/") else MAX_JSON_BYTES
 
 
 class ModelWarmup:
@@ -117,13 +137,14 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     """Build the server. `clock` drives link expiry (tests inject one); `warm` loads the model at start."""
     settings = settings or get_settings()
     runner = runner or Runner(settings, allow_paths=False)
-    keys = parse_keys(settings.api_keys)
+    keys = settings.server_keys
     signer = UrlSigner(load_secret(settings.home / "server_secret"), clock=clock)
     local_model = lambda: settings.openai_model or settings.default_model  # noqa: E731
     service = ImagesService(runner, signer, local_model)
     warmup = ModelWarmup(runner, local_model())
     engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
-                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s)
+                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s,
+                    keep_finished_s=settings.keep_finished_s, min_free_bytes=int(settings.min_free_disk_mb * 2**20))
 
     app = FastAPI(title="Easel", version=__version__,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")
@@ -163,13 +184,19 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
 
     @app.get("/health", tags=["server"])
     def health() -> JSONResponse:
-        """200 when the default model is loaded, 503 while it loads (or if it failed to)."""
-        if warmup.ready.is_set():
-            return JSONResponse({"status": "ok", "model": warmup.model, "version": __version__})
-        body = {"status": "error" if warmup.error else "loading", "model": warmup.model}
-        if warmup.error:
-            body["error"] = warmup.error
-        return JSONResponse(body, status_code=503)
+        """200 when the server can make images now: the default model is loaded, the engine's worker runs and the
+        workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`).
+        `engine` holds the queue depth, free disk space and the last error the engine met."""
+        engine_state = engine.health()
+        body = {"status": "ok", "model": warmup.model, "version": __version__, "engine": engine_state}
+        if not warmup.ready.is_set():
+            body["status"] = "error" if warmup.error else "loading"
+            if warmup.error:
+                body["error"] = warmup.error
+        elif not engine_state["can_work"]:
+            body["status"] = "unavailable"
+            body["error"] = "; ".join(engine_state["problems"])
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     router = build_router(service, engine, lambda: openai_model_ids(runner.catalog))
     app.include_router(router, prefix="/v1")
@@ -178,15 +205,15 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     app.include_router(build_hf_router(engine, warmup))
     app.include_router(build_a1111_router(engine, local_model))
 
-    def file_content(image_id: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
+    def file_content(image_id: str, expires: str | None = None, signature: str | None = None) -> Response:
         """A saved image by opaque id, through a signed link valid for 60 minutes."""
         if not signer.verify(image_id, expires, signature):
             raise NotFoundError("This link does not exist or has expired.")
-        row = runner.workspace().history.get(image_id)
-        if row is None or not row["path"] or not Path(row["path"]).is_file():
+        found = runner.workspace().read_image(image_id)
+        if found is None:
             raise NotFoundError("This image does not exist.")
-        media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
-        return FileResponse(row["path"], media_type=media)
+        name, data = found
+        return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
     app.get("/v1/files/{image_id}/content", tags=["files"])(file_content)
     app.get("/files/{image_id}/content", include_in_schema=False)(file_content)

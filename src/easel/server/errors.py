@@ -35,6 +35,8 @@ def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         return validation_error(exc)
     if isinstance(exc, HTTPException):
+        if isinstance(exc.__cause__, EaselError):  # FastAPI wraps what reading the body raised (a body too large)
+            return error_response(exc.__cause__)
         message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, str(exc.detail))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return envelope(exc.status_code, message, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"),

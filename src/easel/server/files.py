@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 URL_TTL_S = 60 * 60
+_EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²".isdigit() is True, int("²") raises
 
 
 def load_secret(path: Path) -> bytes:
@@ -43,7 +45,9 @@ class UrlSigner:
                 f"?expires={expires}&signature={self._signature(image_id, expires)}")
 
     def verify(self, image_id: str, expires: str | None, signature: str | None) -> bool:
-        if not expires or not signature or not expires.isdigit():
+        """True for a link this server signed that has not expired; any other text is simply not valid."""
+        if not expires or not signature or not _EXPIRES.fullmatch(expires):
             return False
-        good = hmac.compare_digest(self._signature(image_id, int(expires)), signature)
+        given = signature.encode("utf-8", "replace")  # compare_digest takes bytes, or str in ASCII only
+        good = hmac.compare_digest(self._signature(image_id, int(expires)).encode(), given)
         return good and self.clock() < int(expires)

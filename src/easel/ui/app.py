@@ -271,9 +271,10 @@ def build_ui(engine: Engine) -> gr.Blocks:
 
     # -- History ---------------------------------------------------------------------------------------------------
     def history(search):
-        rows = runner.workspace().history.recent(48, search or None)
-        rows = [r for r in rows if r["path"] and Path(r["path"]).is_file()]
-        return [(shown(r["id"], r["path"]), r["prompt"][:60]) for r in rows], rows
+        workspace = runner.workspace()
+        rows = [(r, workspace.image_file(r["id"])) for r in workspace.history.recent(48, search or None)]
+        rows = [(r, path) for r, path in rows if path is not None]  # only real files inside the images folder
+        return [(shown(r["id"], str(path)), r["prompt"][:60]) for r, path in rows], [r for r, _ in rows]
 
     def pick(rows, evt: gr.SelectData):
         if evt.index is None or evt.index >= len(rows or []):
@@ -292,7 +293,10 @@ def build_ui(engine: Engine) -> gr.Blocks:
     def to_editor(row):
         if not row:
             raise gr.Error("Pick an image in the history first.", print_exception=False)
-        picture = shown(row["id"], row["path"])
+        path = runner.workspace().image_file(row["id"])
+        if path is None:
+            raise gr.Error("This image's file is gone from the workspace.", print_exception=False)
+        picture = shown(row["id"], str(path))
         return {"background": picture, "layers": [], "composite": picture}, row["prompt"], gr.Tabs(selected="edit")
 
     # -- layout ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,17 @@ from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResp
                        VariationRequest)
 from .serving import ImagesService, max_file_bytes
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 507)}
+_FILE = {"type": "string", "format": "binary"}
+
+
+def multipart_body(model_cls, files: dict[str, dict], required: list[str]) -> dict:
+    """The OpenAPI request body of a multipart route: the model's fields beside its files, written out in full
+    (a route that reads its own form has no schema for FastAPI to reference)."""
+    schema = model_cls.model_json_schema()
+    schema["properties"] = {**files, **schema["properties"]}
+    schema["required"] = sorted(set(schema.get("required", [])) | set(required))
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 def _base_url(request: Request) -> str:
@@ -115,8 +125,10 @@ def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
 
     @router.post("/images/edits", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
                  response_model_exclude_none=True,
-                 openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-                     "$ref": "#/components/schemas/EditRequest"}}}}})
+                 openapi_extra=multipart_body(EditRequest, {
+                     "image": {"anyOf": [_FILE, {"type": "array", "items": _FILE, "maxItems": 16}],
+                               "description": "The image to edit (also sent as `image[]`, up to 16)."},
+                     "mask": {**_FILE, "description": "Transparent where the image should change."}}, ["image"]))
     async def edits(request: Request):
         """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`)."""
         params, images, mask = await _read_form(request, EditRequest)
@@ -129,8 +141,8 @@ def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
 
     @router.post("/images/variations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
                  response_model_exclude_none=True,
-                 openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-                     "$ref": "#/components/schemas/VariationRequest"}}}}})
+                 openapi_extra=multipart_body(VariationRequest, {"image": {**_FILE, "description": "The image."}},
+                                              ["image"]))
     async def variations(request: Request):
         """Variations of one image (multipart)."""
         params, images, _ = await _read_form(request, VariationRequest)

@@ -1,0 +1,62 @@
+"""Test helpers for Easel and its plugins: a provider that runs no model.
+
+`FakeProvider` takes the place of a real provider (`registry.add(FakeProvider())` replaces the one with its name):
+it records every call, paints each image in one colour derived from its seed (so batching and seeds can be checked
+by pixel), reports its steps like a pipeline, and can be made to fail.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .providers.base import Provider, ProviderOutput, StepCallback
+
+if TYPE_CHECKING:
+    from .catalog import ModelSpec
+    from .types import ImageRequest
+
+
+def seed_colour(seed: int) -> tuple[int, int, int]:
+    """The colour FakeProvider paints for `seed`."""
+    rng = random.Random(seed)
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
+class FakeProvider(Provider):
+    """Paints one colour per seed at the requested size, calling `on_step` for each step.
+
+    `fail_rate` makes that share of calls raise RuntimeError (drawn from `rng_seed`, so a run is repeatable);
+    `calls` records (model name, number of requests, images) per call."""
+
+    def __init__(self, name: str = "diffusers", fail_rate: float = 0.0, rng_seed: int = 0, max_steps: int = 4):
+        self.name = name
+        self.fail_rate = fail_rate
+        self.max_steps = max_steps
+        self.calls: list[dict[str, Any]] = []
+        self._rng = random.Random(rng_seed)
+        self._lock = threading.Lock()
+
+    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
+            on_step: StepCallback | None = None) -> ProviderOutput:
+        return self.run_batch(spec, [request], [seeds], on_step)[0]
+
+    def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
+                  on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
+        from PIL import Image
+
+        with self._lock:
+            self.calls.append({"model": spec.name, "requests": len(requests), "images": sum(map(len, seeds))})
+            fail = self._rng.random() < self.fail_rate
+        if fail:
+            raise RuntimeError("FakeProvider failed on purpose")
+        first = requests[0]
+        total = min(first.num_inference_steps or 1, self.max_steps)
+        for step in range(1, total + 1):
+            if on_step is not None:
+                on_step(step, total, None)
+            if should_stop is not None and should_stop():
+                break
+        size = (first.width or 64, first.height or 64)
+        return [ProviderOutput(images=[Image.new("RGB", size, seed_colour(s)) for s in group]) for group in seeds]
