@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .providers.base import Provider, ProviderOutput, StepCallback
@@ -28,12 +29,14 @@ class FakeProvider(Provider):
     """Paints one colour per seed at the requested size, calling `on_step` for each step.
 
     `fail_rate` makes that share of calls raise RuntimeError (drawn from `rng_seed`, so a run is repeatable);
-    `calls` records (model name, number of requests, images) per call."""
+    `step_s` is how long each step takes; `calls` records (model name, number of requests, images) per call."""
 
-    def __init__(self, name: str = "diffusers", fail_rate: float = 0.0, rng_seed: int = 0, max_steps: int = 4):
+    def __init__(self, name: str = "diffusers", fail_rate: float = 0.0, rng_seed: int = 0, max_steps: int = 4,
+                 step_s: float = 0.0):
         self.name = name
         self.fail_rate = fail_rate
         self.max_steps = max_steps
+        self.step_s = step_s
         self.calls: list[dict[str, Any]] = []
         self._rng = random.Random(rng_seed)
         self._lock = threading.Lock()
@@ -54,6 +57,7 @@ class FakeProvider(Provider):
         first = requests[0]
         total = min(first.num_inference_steps or 1, self.max_steps)
         for step in range(1, total + 1):
+            time.sleep(self.step_s)
             if on_step is not None:
                 on_step(step, total, None)
             if should_stop is not None and should_stop():

@@ -79,8 +79,10 @@ class ProviderRegistry:
             from ..config import get_settings
 
             self.settings = get_settings()
+        added_before = dict(self._providers)  # providers added by hand take the place of installed ones
         for ep in entry_points(group="easel.providers"):
             ep.load()(self.add, self.settings)
+        self._providers.update(added_before)
 
     def get(self, name: str) -> Provider:
         self._load()

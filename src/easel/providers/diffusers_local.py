@@ -73,6 +73,10 @@ def pick_dtype(device: str, family_dtype: str, preferred: str | None = None):
     return getattr(torch, name)
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def _pipeline_class(path: str):
     """'StableDiffusionPipeline' (from diffusers) or 'package.module:Class'."""
     if ":" in path:
@@ -200,6 +204,13 @@ class DiffusersProvider(Provider):
         self.cache = PipelineCache(max_cached, max_cache_bytes)
         self.hf_token = hf_token
 
+    def check(self, spec: ModelSpec, request: ImageRequest) -> None:
+        """Refuse before queueing: a bad memory option, or a hub model that is not cached while offline."""
+        self.memory_options(spec, {k: v for k, v in request.extra.items() if k in MEMORY_OPTIONS})
+        if spec.local_path is None and _offline() and not spec.is_available_locally():
+            raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
+                                     f"With network access, run `easel models pull {spec.name}`.", param="model")
+
     # -- loading ---------------------------------------------------------------------------------------------------
     def memory_options(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
         offload = extra.get("offload", spec.family.offload or "none")
@@ -261,7 +272,7 @@ class DiffusersProvider(Provider):
         try:
             folder = snapshot_download(spec.source, local_files_only=True, token=self.hf_token)
         except Exception:  # noqa: BLE001 - not in the cache (LocalEntryNotFoundError, OSError, ...)
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            if _offline():
                 raise ModelNotFoundError(
                     f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                     f"With network access, run `easel models pull {spec.name}`.", param="model",

@@ -269,7 +269,9 @@ def build_a1111_router(engine, default_model) -> APIRouter:
             if not isinstance(name, str):
                 raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
                                           param="sd_model_checkpoint")
-            state.model = catalog.resolve(name, allow_paths=False).name
+            spec = catalog.resolve(name, allow_paths=False)
+            engine.runner.registry.get(spec.provider).check(spec, ImageRequest(prompt="-"))  # loadable here?
+            state.model = spec.name
         return None
 
     return router

@@ -241,7 +241,9 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
                 for im in result.images]
         return JSONResponse({"errors": [{"code": 0, "message": ""}], "response": {"data": data}, "success": True})
 
-    app.add_api_route("/api/v1/image_generator", image_generator, methods=["GET", "POST"], tags=["kdeps"])
+    for method in ("GET", "POST"):
+        app.add_api_route("/api/v1/image_generator", image_generator, methods=[method], tags=["kdeps"],
+                          operation_id=f"image_generator_{method.lower()}")
     if settings.ui:
         mount_ui(app, engine, keys)
     return app
