@@ -22,7 +22,6 @@ from .config import Settings, get_settings
 from .engine.queue import Engine
 from .engine.runner import Runner
 from .errors import EaselError, InvalidRequestError, NotFoundError
-from .keys import key_is_valid
 from .tools import describe
 from .types import ImageRequest, image_from_bytes, mask_from_alpha
 
@@ -118,23 +117,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
     return server, engine
 
 
-class _KeyCheck:
-    """Bearer keys in front of the streamable HTTP app (plain ASGI)."""
-
-    def __init__(self, app, keys: list[str]):
-        self.app, self.keys = app, keys
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and self.keys:
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            if not key_is_valid(headers.get("authorization"), self.keys):
-                body = json.dumps({"error": {"message": "Incorrect or missing API key.", "type":
-                                             "invalid_request_error", "param": None, "code": "invalid_api_key"}})
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body.encode()})
-                return
-        await self.app(scope, receive, send)
+MAX_MCP_BODY_BYTES = 72 * 1024 * 1024  # a 50 MB image, base64-encoded, in one tool call
 
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
@@ -150,7 +133,11 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
         else:
             import uvicorn
 
-            app = _KeyCheck(server.streamable_http_app(host=host), settings.server_keys)
+            from .server.middleware import FrameMiddleware
+
+            app = FrameMiddleware(server.streamable_http_app(host=host), settings.server_keys,
+                                  public=lambda path: False, max_json_bytes=MAX_MCP_BODY_BYTES,
+                                  max_multipart_bytes=MAX_MCP_BODY_BYTES)
             uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.stop()

@@ -16,7 +16,8 @@ from conftest import copy_builtin, fake_server
 from servers import running_server, serving
 
 from easel.config import Settings
-from easel.server.app import MAX_JSON_BYTES, create_app
+from easel.server.app import create_app
+from easel.server.middleware import MAX_JSON_BYTES
 
 SECRET = "top-secret-server-file"
 

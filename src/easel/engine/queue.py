@@ -197,7 +197,10 @@ class Engine:
             job.done.set()
             callbacks, job.done_callbacks = job.done_callbacks, []
         for fn in callbacks:
-            fn()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - a caller's callback (its event loop gone) fails alone
+                self._note_error(exc, f"telling the caller of job {job.id}")
         self._keys.pop(job.id, None)
         with self._cond:
             self._finished.append(job)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-import re
 import resource
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -21,89 +19,17 @@ from .. import __version__
 from ..config import Settings, get_settings
 from ..engine.queue import Engine
 from ..engine.runner import Runner
-from ..errors import EaselError, NotFoundError, PayloadTooLargeError
+from ..errors import EaselError, NotFoundError
 from ..keys import key_is_valid
 from ..types import ImageRequest
 from . import errors as server_errors
 from .a1111 import build_a1111_router
-from .auth import is_public
 from .files import UrlSigner, load_secret
 from .hf import build_hf_router
 from .jobs import build_jobs_router, wait_for_job
+from .middleware import FrameMiddleware
 from .openai.router import build_router, openai_model_ids
 from .openai.serving import ImagesService
-
-MAX_JSON_BYTES = 2 * 1024 * 1024
-MAX_MULTIPART_BYTES = 16 * 50 * 1024 * 1024 + 1024 * 1024
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class FrameMiddleware:
-    """Plain ASGI (so that a route sees its client disconnect): a request id on every answer, body limits
-    (declared or chunked), the API key on every route but /health and signed links, and the one catch for
-    unexpected errors."""
-
-    def __init__(self, app, keys: list[str]):
-        self.app, self.keys = app, keys
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
-        tag = (b"x-request-id", request_id.encode("latin-1"))
-        started = False
-
-        async def send_tagged(message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message = {**message, "headers": [*message.get("headers", []), tag]}
-            await send(message)
-
-        refusal = self._refusal(scope, headers)
-        if refusal is not None:
-            await refusal(scope, receive, send_tagged)
-            return
-        limit, received = _body_limit(headers), 0
-
-        async def receive_limited():
-            """Count what arrives: a chunked body has no length to check up front, so it is cut off here."""
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLargeError(f"The request body is over {limit} bytes.")
-            return message
-
-        try:
-            await self.app(scope, receive_limited, send_tagged)
-        except Exception as exc:  # noqa: BLE001 - the one mapping point
-            if started:  # the answer is already on its way: all that is left is to log it
-                server_errors.log.exception("error after the response started")
-                return
-            await server_errors.error_response(exc)(scope, receive, send_tagged)
-
-    def _refusal(self, scope, headers: dict[str, str]) -> Response | None:
-        length, limit = headers.get("content-length", ""), _body_limit(headers)
-        if length.isascii() and length.isdigit() and int(length) > limit:
-            return server_errors.envelope(413, f"The request body is over {limit} bytes.",
-                                          "invalid_request_error", None, "payload_too_large")
-        if self.keys and scope["method"] != "OPTIONS" and not is_public(scope["path"]) and not key_is_valid(
-                headers.get("authorization"), self.keys):
-            return server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer "
-                                          "<key>`.", "invalid_request_error", None, "invalid_api_key")
-        return None
-
-
-def _body_limit(headers: dict[str, str]) -> int:
-    return MAX_MULTIPART_BYTES if headers.get("content-type", "").startswith("multipart/") else MAX_JSON_BYTES
-
 
 class ModelWarmup:
     """Loads the default model in the background so that /health can say 503 until it is ready."""
@@ -144,7 +70,8 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     warmup = ModelWarmup(runner, local_model())
     engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
                     batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s,
-                    keep_finished_s=settings.keep_finished_s, min_free_bytes=int(settings.min_free_disk_mb * 2**20))
+                    keep_finished_s=settings.keep_finished_s,
+                    min_free_bytes=int(settings.min_free_disk_mb * 2**20))
 
     app = FastAPI(title="Easel", version=__version__,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 URL_TTL_S = 60 * 60
-_EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²".isdigit() is True, int("²") raises
+_EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits: "²".isdigit() is True, int("²") raises
 
 
 def load_secret(path: Path) -> bytes:

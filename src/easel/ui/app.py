@@ -6,6 +6,7 @@ cancelled, and lands in the same history. Errors are shown as messages, never as
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import shutil
@@ -46,6 +47,27 @@ def _fail(exc: Exception):
     if isinstance(exc, EaselError):
         return gr.Error(exc.message, print_exception=False)
     return gr.Error(f"Something went wrong: {type(exc).__name__}.", print_exception=False)
+
+
+def _number(value, name: str, whole: bool = True) -> int | float | None:
+    """A number from a UI field (or a client of its API): None when empty, else a finite number (whole where it
+    must be), or an error naming the field; never truncated silently."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number but is {value!r}.", print_exception=False) from None
+    if not math.isfinite(number) or (whole and not number.is_integer()):
+        kind = "a whole number" if whole else "a finite number"
+        raise gr.Error(f"{name} must be {kind} but is {value!r}.", print_exception=False)
+    return int(number) if whole else number
+
+
+def _seed(value) -> int | None:
+    """The seed field: -1 (or empty) for a random seed."""
+    seed = _number(value, "Seed")
+    return None if seed is None or seed < 0 else seed
 
 
 def _caption(im) -> str:
@@ -146,12 +168,11 @@ def build_ui(engine: Engine) -> gr.Blocks:
         steps, guidance = (steps if "steps" in takes else None), (guidance if "guidance" in takes else None)
         seed = seed if "seed" in takes else None
         request = ImageRequest(prompt=prompt, negative_prompt=negative or None, model=model or None,
-                               num_images=int(n), width=int(width) if width else None,
-                               height=int(height) if height else None,
+                               num_images=_number(n, "Images") or 1, width=_number(width, "Width") or None,
+                               height=_number(height, "Height") or None,
                                aspect=aspect if aspect and aspect != "custom" else None,
-                               num_inference_steps=int(steps) if steps else None,
-                               guidance_scale=float(guidance) if guidance is not None else None,
-                               seed=int(seed) if seed is not None and seed >= 0 else None)
+                               num_inference_steps=_number(steps, "Steps") or None,
+                               guidance_scale=_number(guidance, "Guidance", whole=False), seed=_seed(seed))
         if request.aspect:
             request.width = request.height = None
         job = submit(request)
@@ -210,15 +231,15 @@ def build_ui(engine: Engine) -> gr.Blocks:
         if not items:
             raise gr.Error("List the styles, seeds or models to compare, separated by commas.",
                            print_exception=False)
-        base = dict(prompt=prompt, model=model or None, seed=int(seed) if seed is not None and seed >= 0 else 0,
-                    width=int(width), height=int(height))
+        base = dict(prompt=prompt, model=model or None, seed=_seed(seed) or 0, width=_number(width, "Width"),
+                    height=_number(height, "Height"))
         requests, labels = [], []
         for item in items[:12]:
             fields = dict(base)
             if axis == "styles":
                 fields["prompt"] = compose_prompt(prompt, "", item, "", "", "")
             elif axis == "seeds":
-                if not item.lstrip("-").isdigit():
+                if not item.isascii() or not item.lstrip("-").isdigit():
                     raise gr.Error(f"`{item}` is not a seed (a whole number).", print_exception=False)
                 fields["seed"] = int(item)
             else:
@@ -252,15 +273,14 @@ def build_ui(engine: Engine) -> gr.Blocks:
         image, mask = editor_parts(value)
         if mask is None or not mask.getbbox():
             raise gr.Error("Paint over the part to change (the brush marks the mask).", print_exception=False)
-        job = submit(ImageRequest(prompt=prompt, mode="edit", image=image, mask=mask, strength=float(strength),
-                                  seed=int(seed) if seed is not None and seed >= 0 else None))
+        job = submit(ImageRequest(prompt=prompt, mode="edit", image=image, mask=mask,
+                                  strength=_number(strength, "Strength", whole=False), seed=_seed(seed)))
         yield from _edit_updates(job, progress)
 
     def variations(value, prompt, strength, seed, progress=gr.Progress()):
         image, _ = editor_parts(value)
         job = submit(ImageRequest(prompt=prompt or "", mode="vary", image=image, num_images=2,
-                                  strength=float(strength), seed=int(seed) if seed is not None and seed >= 0
-                                  else None))
+                                  strength=_number(strength, "Strength", whole=False), seed=_seed(seed)))
         yield from _edit_updates(job, progress)
 
     def _edit_updates(job, progress):

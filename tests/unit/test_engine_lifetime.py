@@ -1,0 +1,57 @@
+"""The engine's own contract, in milliseconds with FakeProvider: finished jobs leave memory after their grace,
+and the worker outlives every failure."""
+
+import time
+
+from easel.config import Settings
+from easel.engine.queue import Engine
+from easel.engine.runner import Runner
+from easel.providers.base import ProviderRegistry
+from easel.testing import FakeProvider, seed_colour
+from easel.types import ImageRequest
+
+
+def fake_engine(home, provider=None, **options) -> Engine:
+    settings = Settings(home=home)
+    registry = ProviderRegistry(settings)
+    registry.add(provider or FakeProvider())
+    return Engine(Runner(settings, registry=registry), **options).start()
+
+
+def test_finished_jobs_leave_memory_after_the_grace(tmp_path):
+    engine = fake_engine(tmp_path, keep_finished_s=0.3, max_queue=600)
+    try:
+        jobs = [engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, seed=i)) for i in range(500)]
+        for job in jobs:
+            engine.wait(job, 30)
+        assert all(job.state == "succeeded" for job in jobs)
+        deadline = time.time() + 5
+        while engine.jobs and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(engine.jobs) == 0
+        record = engine.get(jobs[0].id)  # read back from the history
+        assert record["state"] == "succeeded" and record["image_ids"]
+    finally:
+        engine.stop()
+
+
+def test_a_job_is_painted_from_its_own_seed(tmp_path):
+    engine = fake_engine(tmp_path)
+    try:
+        job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, seed=11, num_images=2))
+        engine.wait(job, 30)
+        assert [im.image.getpixel((0, 0)) for im in job.result.images] == [seed_colour(11), seed_colour(12)]
+    finally:
+        engine.stop()
+
+
+def test_the_worker_outlives_a_provider_that_always_fails(tmp_path):
+    engine = fake_engine(tmp_path, FakeProvider(fail_rate=1.0))
+    try:
+        jobs = [engine.submit(ImageRequest(prompt="a red circle", width=32, height=32)) for _ in range(5)]
+        for job in jobs:
+            engine.wait(job, 30)
+        assert all(job.state == "failed" and "failed on purpose" in job.error.message for job in jobs)
+        assert engine.worker_alive and engine.health()["last_error"]
+    finally:
+        engine.stop()
