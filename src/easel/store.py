@@ -83,9 +83,12 @@ def storage_errors(home: Path) -> Iterator[None]:
     except (OSError, sqlite3.Error) as exc:
         if not is_disk_full(exc):
             raise
-        raise InsufficientStorageError(
-            f"The workspace {home} is out of disk space, so nothing was saved: free some space and send the "
-            "request again.") from exc
+        raise out_of_space(home) from exc
+
+
+def out_of_space(home: Path) -> InsufficientStorageError:
+    return InsufficientStorageError(f"The workspace {home} is out of disk space, so nothing was saved: free some "
+                                    "space and send the request again.")
 
 
 def write_atomically(path: Path, data: bytes) -> None:

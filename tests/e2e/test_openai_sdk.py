@@ -3,11 +3,13 @@
 import asyncio
 import base64
 import io
+import json
 
 import httpx
 import openai
 import pytest
 from PIL import Image
+from tiny_pipelines import install_in_hub_cache
 
 FAST = {"num_inference_steps": 4}  # Easel's extension, so that the suite stays quick
 
@@ -167,12 +169,23 @@ def test_stream_with_no_partials_and_edit_stream(server):
     assert [e.type for e in edit_events] == ["image_edit.partial_image", "image_edit.completed"]
 
 
-def test_a_failure_after_the_stream_began_raises(server):
-    # a hub model that is not cached: the request is valid, loading fails (offline) once the stream has begun
-    stream = client(server).images.generate(prompt="a red circle", model="easel-test/not-cached", stream=True,
+def test_a_failure_after_the_stream_began_raises(server, hub_cache, tmp_path):
+    # a cached hub model whose weights are missing: the request is valid, loading fails once the stream has begun
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "unet": ["diffusers", "UNet2DConditionModel"]}))
+    install_in_hub_cache(broken, hub_cache, "easel-test/broken")
+    stream = client(server).images.generate(prompt="a red circle", model="easel-test/broken", stream=True,
                                             size="64x64")
     with pytest.raises(openai.APIError) as info:
         list(stream)
+    assert "easel-test/broken could not be loaded" in str(info.value)
+
+
+def test_an_uncached_hub_model_is_refused_before_anything_queues(server):
+    with pytest.raises(openai.NotFoundError) as info:
+        client(server).images.generate(prompt="a red circle", model="easel-test/not-cached", stream=True)
     assert "easel models pull easel-test/not-cached" in str(info.value)
 
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ..errors import EaselError, GenerationError, InsufficientStorageError, NotFoundError, RateLimitError
-from ..store import storage_errors
+from ..store import is_disk_full, out_of_space, storage_errors
 from ..types import ImageRequest
 from .jobs import FINAL, Job, JobStore
 from .metrics import EngineMetrics
@@ -247,8 +247,7 @@ class Engine:
                     self._run(batch)
             except Exception as exc:  # noqa: BLE001 - the worker outlives any failure; the batch fails
                 self._note_error(exc, "running a batch")
-                error = exc if isinstance(exc, EaselError) else GenerationError(
-                    f"The engine failed: {type(exc).__name__}: {exc}")
+                error = self._as_error(exc, "The engine failed")
                 for job in batch:
                     if job.state not in FINAL:
                         self._finish(job, "failed", error)
@@ -297,9 +296,8 @@ class Engine:
             results = self.runner.run_many([j.request for j in batch], save=False, on_step=on_step,
                                            should_stop=should_stop, max_batch_images=self.max_batch_images)
         except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
-            error = exc if isinstance(exc, EaselError) else GenerationError(
-                f"The model failed: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, EaselError) or error.status >= 500:
+            error = self._as_error(exc, "The model failed")
+            if error.status >= 500:
                 self._note_error(exc, "running the model")
             for job in batch:
                 if job.state == "running":
@@ -322,12 +320,19 @@ class Engine:
             result.images = self.workspace.save_all(result.images)
         except Exception as exc:  # noqa: BLE001 - a full disk or a broken folder fails the job, not the worker
             self._note_error(exc, f"saving the images of job {job.id}")
-            error = exc if isinstance(exc, EaselError) else GenerationError(
-                f"The images could not be saved: {type(exc).__name__}: {exc}")
-            self._finish(job, "failed", error)
+            self._finish(job, "failed", self._as_error(exc, "The images could not be saved"))
             return
         job.result = result
         self._finish(job, "succeeded")
+
+    def _as_error(self, exc: Exception, what: str) -> EaselError:
+        """What a failed job reports: Easel's own errors as they are, a full disk anywhere as a 507 naming the
+        workspace, anything else as a GenerationError saying what failed."""
+        if isinstance(exc, EaselError):
+            return exc
+        if is_disk_full(exc):
+            return out_of_space(self.workspace.home)
+        return GenerationError(f"{what}: {type(exc).__name__}: {exc}")
 
     def counts(self) -> dict[str, int]:
         counts = {state: 0 for state in ("queued", "running")}

@@ -29,6 +29,7 @@ from .hf import build_hf_router
 from .jobs import build_jobs_router, wait_for_job
 from .middleware import FrameMiddleware
 from .openai.router import build_router, openai_model_ids
+from .openai.serving import DEFAULT_MAX_FILE_BYTES as MAX_UPLOAD_BYTES
 from .openai.serving import ImagesService
 
 class ModelWarmup:
@@ -187,5 +188,5 @@ def mount_ui(app: FastAPI, engine: Engine, keys: list[str]) -> None:
 
     gr.mount_gradio_app(app, build_ui(engine), path="/ui", root_path="/ui", auth=login if keys else None,
                         auth_message="Sign in with any name and one of the server's API keys as password.",
-                        show_error=True, footer_links=["api"],
+                        show_error=True, footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES,
                         allowed_paths=[str(ui_cache(engine.runner.settings.home))])

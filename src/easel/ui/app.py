@@ -100,8 +100,13 @@ def build_ui(engine: Engine) -> gr.Blocks:
             choices.append((label, spec.name))
         return choices
 
+    def resolve(model: str | None):
+        """The model a UI field names; as for any client of a server, never a folder it names itself."""
+        return catalog.resolve(model, allow_paths=runner.allow_paths) if model else catalog.resolve(
+            settings.default_model)
+
     def family_of(model: str):
-        return catalog.resolve(model or settings.default_model).family
+        return resolve(model).family
 
     # -- running jobs ----------------------------------------------------------------------------------------------
     def follow(job, progress=None, previews: bool = True) -> Iterator[tuple[list | None, str]]:
@@ -206,7 +211,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
 
     def on_model(model):
         try:
-            spec = catalog.resolve(model or settings.default_model)
+            spec = resolve(model)
         except EaselError as exc:
             raise _fail(exc) from None
         family = spec.family
@@ -220,7 +225,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
 
     def final_prompt(prompt, model):
         try:
-            spec = catalog.resolve(model or settings.default_model)
+            spec = resolve(model)
         except EaselError as exc:
             return exc.message
         return revise_prompt(spec, prompt or "") or prompt
