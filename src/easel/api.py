@@ -122,10 +122,9 @@ def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, 
 
 def pull_model(name: str) -> str:
     """Download a model's weights into the hub cache; returns the folder."""
-    from .catalog import default_catalog
     from .config import get_settings
     from .keys import get_key
     from .providers.diffusers_local import pull_model as pull
 
-    spec = default_catalog().resolve(name)
+    spec = default_runner().catalog.resolve(name)
     return pull(spec, token=get_key(get_settings().keys_path, "hf"))

@@ -182,11 +182,29 @@ class ModelCatalog:
         raise ModelNotFoundError(f"Unknown model {name!r}: use one of {known}, openai:MODEL, hf:ORG/NAME, a hub id "
                                  f"such as org/name{folder}.", param="model")
 
+    def _copy(self) -> ModelCatalog:
+        copy = ModelCatalog.__new__(ModelCatalog)
+        copy.families, copy.models, copy._aliases = dict(self.families), dict(self.models), dict(self._aliases)
+        return copy
+
+    def with_models(self, families: list[ModelFamily], models: list[ModelSpec]) -> ModelCatalog:
+        """A copy with more families and models (what plugins add); a plugin's model named like a known one is
+        refused, so that installing a package never changes what an existing name runs."""
+        copy = self._copy()
+        copy.families.update({family.name: family for family in families})
+        for spec in models:
+            taken = [n for n in (spec.name, *spec.aliases) if n.lower() in copy._aliases]
+            if taken:
+                raise ValueError(f"A plugin's model {spec.name!r} takes the name {taken[0]!r} of a known model.")
+            copy.models[spec.name] = spec
+            for alias in (spec.name, *spec.aliases):
+                copy._aliases[alias.lower()] = spec.name
+        return copy
+
     def with_folders(self, folders: dict[str, Path], aliases: dict[str, str] | None = None) -> ModelCatalog:
         """A copy that also serves these pipeline folders by name (the operator's models); `aliases` maps more
         names (the operator's own spelling of a path) to them."""
-        copy = ModelCatalog.__new__(ModelCatalog)
-        copy.families, copy.models, copy._aliases = self.families, dict(self.models), dict(self._aliases)
+        copy = self._copy()
         for name, path in folders.items():
             if name.lower() in copy._aliases:
                 raise ModelNotFoundError(f"The model folder {str(path)!r} is named {name!r}, like a model Easel "

@@ -281,10 +281,8 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .catalog import default_catalog
-
     rows = []
-    for spec in default_catalog().models.values():
+    for spec in _runner().catalog.models.values():  # the catalog, plugins' models and the operator's folders
         rows.append({"name": spec.name, "family": spec.family.name, "source": spec.source,
                      "local": spec.is_available_locally(), "gated": spec.gated, "description": spec.description})
     if as_json:

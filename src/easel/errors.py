@@ -9,6 +9,7 @@
      ├── PermissionDeniedError      403  the key may not do this
      ├── NotFoundError              404  an id (image, job, file) that does not exist or has expired
      │    └── ModelNotFoundError    404  the model name is unknown, or its weights are not on this machine
+     ├── JobCancelledError          409  the job was cancelled (by its caller, an interrupt, or a disconnect)
      ├── PayloadTooLargeError       413  a body or an upload over its limit
      ├── RateLimitError             429  too many requests, or the queue is full (`retry_after` seconds)
      ├── ProviderError              502  a remote provider failed
@@ -94,6 +95,14 @@ class ModelNotFoundError(NotFoundError):
     """Raised when a model name is unknown, or its weights are neither on this machine nor reachable."""
 
     code = "model_not_found"
+
+
+class JobCancelledError(EaselError):
+    """Raised to whoever waits on a job that was cancelled before it finished; no image was kept."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "job_cancelled"
 
 
 class PayloadTooLargeError(EaselError):

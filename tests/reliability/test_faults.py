@@ -227,3 +227,19 @@ def test_kill_9_mid_batch_then_restart_leaves_every_job_final(tmp_path):
         assert sorted(Path(p).name for (p,) in rows) == sorted(p.name for p in files)
     finally:
         again.stop()
+
+
+def test_a_cancelled_job_is_a_409_on_a_synchronous_route(tmp_path):
+    provider = FakeProvider(step_s=0.05, max_steps=200)
+    with fake_server(tmp_path / "home", provider) as (base, app):
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(generate, base, num_inference_steps=200)
+            deadline = time.time() + 30
+            while not app.state.engine.counts()["running"] and time.time() < deadline:
+                time.sleep(0.02)
+            job_id = httpx.get(f"{base}/v1/jobs?limit=1").json()["data"][0]["id"]
+            assert httpx.delete(f"{base}/v1/jobs/{job_id}").status_code == 200
+            r = pending.result(30)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_cancelled", r.text
+        record = httpx.get(f"{base}/v1/jobs/{job_id}").json()
+        assert record["status"] == "cancelled" and record["error"]["code"] == "job_cancelled"

@@ -3,6 +3,8 @@ and the worker outlives every failure."""
 
 import time
 
+import pytest
+
 from easel.config import Settings
 from easel.engine.queue import Engine
 from easel.engine.runner import Runner
@@ -53,5 +55,40 @@ def test_the_worker_outlives_a_provider_that_always_fails(tmp_path):
             engine.wait(job, 30)
         assert all(job.state == "failed" and "failed on purpose" in job.error.message for job in jobs)
         assert engine.worker_alive and engine.health()["last_error"]
+    finally:
+        engine.stop()
+
+
+class ShortProvider(FakeProvider):
+    """Breaks the contract: one image fewer than the seeds it was given."""
+
+    def run_batch(self, spec, requests, seeds, on_step=None, should_stop=None):
+        outputs = super().run_batch(spec, requests, seeds, on_step, should_stop)
+        outputs[0].images.pop()
+        return outputs
+
+
+def test_a_short_provider_answer_is_a_provider_error_naming_it(tmp_path):
+    engine = fake_engine(tmp_path, ShortProvider())
+    try:
+        job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, num_images=2))
+        engine.wait(job, 30)
+        assert job.state == "failed" and job.error.code == "provider_error"
+        assert "'diffusers' answered 1 images for 2 seeds" in job.error.message
+        assert engine.worker_alive
+    finally:
+        engine.stop()
+
+
+def test_a_bad_provider_option_is_refused_before_it_queues(tmp_path, tiny_models):
+    from easel.errors import InvalidRequestError
+
+    engine = Engine(Runner(Settings(home=tmp_path)))  # the real diffusers provider checks its options
+    try:
+        with pytest.raises(InvalidRequestError) as info:
+            engine.submit(ImageRequest(prompt="a red circle", model=str(tiny_models["sd15"]),
+                                       extra={"offload": "bogus"}))
+        assert info.value.param == "offload" and "bogus" in info.value.message
+        assert engine.queue_depth == 0 and not engine.jobs
     finally:
         engine.stop()

@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any
 
-from ..errors import EaselError, GenerationError, InsufficientStorageError, NotFoundError, RateLimitError
+from ..errors import (EaselError, GenerationError, InsufficientStorageError, JobCancelledError, NotFoundError,
+                      RateLimitError)
 from ..store import is_disk_full, out_of_space, storage_errors
 from ..types import ImageRequest
 from .jobs import FINAL, Job, JobStore
@@ -65,7 +66,8 @@ class Engine:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
 
     @property
     def queue_depth(self) -> int:
@@ -185,6 +187,8 @@ class Engine:
     def _finish(self, job: Job, state: str, error: Any = None) -> None:
         """Finish a job in memory (so its caller always hears), then in its record."""
         job.state, job.finished = state, time.time()
+        if state == "cancelled" and error is None:
+            error = JobCancelledError(f"Job {job.id} was cancelled before it finished.")
         if error is not None:
             job.error = error
         self._record(job)

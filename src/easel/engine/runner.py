@@ -12,6 +12,7 @@ from .. import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import check_request, quality_words_for
 from ..config import Settings, get_settings
+from ..errors import ProviderError
 from ..providers.base import ProviderRegistry, StepCallback
 from ..store import Workspace, now_iso
 from ..types import GeneratedImage, ImageRequest, ImageResult
@@ -64,8 +65,9 @@ class Runner:
         operator's folders (the models folder, a default model that is a folder) are models by name either way."""
         self.settings = settings or get_settings()
         self.allow_paths = allow_paths
-        self.catalog = operator_catalog(catalog or default_catalog(), self.settings)
         self.registry = registry or ProviderRegistry(self.settings)
+        plugins = self.registry.plugin_catalog()
+        self.catalog = operator_catalog((catalog or default_catalog()).with_models(*plugins), self.settings)
         self._workspaces: dict[Path | None, Workspace] = {}
 
     def workspace(self, out_dir: Path | None = None) -> Workspace:
@@ -103,6 +105,7 @@ class Runner:
             provider = self.registry.get(spec.provider)
             kwargs = {"should_stop": should_stop} if should_stop is not None else {}
             outputs = provider.run_batch(spec, to_run, seeds, on_step, **kwargs)
+            _check_contract(provider, outputs, seeds)
             elapsed = (time.perf_counter() - started) / len(group)
             for i, request, group_seeds, rev, output in zip(group, todo, seeds, revised, outputs):
                 images = [
@@ -117,6 +120,17 @@ class Runner:
                                          revised_prompt=rev or output.revised_prompt, warnings=output.warnings,
                                          elapsed_s=elapsed)
         return results
+
+
+def _check_contract(provider, outputs, seeds: list[list[int]]) -> None:
+    """A provider answers one output per request and one image per seed; anything else is its defect, named."""
+    if not isinstance(outputs, list) or len(outputs) != len(seeds):
+        count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+        raise ProviderError(f"The provider {provider.name!r} answered {count} outputs for {len(seeds)} requests.")
+    for output, group in zip(outputs, seeds):
+        if len(output.images) != len(group):
+            raise ProviderError(f"The provider {provider.name!r} answered {len(output.images)} images for "
+                                f"{len(group)} seeds.")
 
 
 def _seeds(request: ImageRequest) -> list[int]:

@@ -1,8 +1,10 @@
-"""The provider interface, and the registry that loads providers through the `easel.providers` entry points.
+"""The provider interface, and the registry that loads plugins through the `easel.providers` entry points.
 
-A provider is one class with one method to implement, `run`. A package makes its providers known with an entry
-point in the group `easel.providers` that names a function `register(add, settings)`, which calls `add` with its
-provider instances (configured from Easel's `Settings`); Easel's own providers register the same way.
+A provider is one class with one method to implement, `run`. A package makes itself known with an entry point in
+the group `easel.providers` that names a function `register(add, settings)`, which calls `add` with what it
+brings: provider instances (configured from Easel's `Settings`), and the model families (`ModelFamily`) and
+models (`ModelSpec`, whose `provider` names the provider that runs it) that clients may then name. Easel's own
+providers register the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..errors import ModelNotFoundError
 if TYPE_CHECKING:
     import PIL.Image
 
-    from ..catalog import ModelSpec
+    from ..catalog import ModelFamily, ModelSpec
     from ..config import Settings
     from ..types import ImageRequest
 
@@ -66,10 +68,27 @@ class ProviderRegistry:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
         self._providers: dict[str, Provider] = {}
+        self._families: dict[str, ModelFamily] = {}
+        self._models: dict[str, ModelSpec] = {}
         self._loaded = False
 
-    def add(self, provider: Provider) -> None:
-        self._providers[provider.name] = provider
+    def add(self, item: Provider | ModelFamily | ModelSpec) -> None:
+        """Add a provider, a model family or a model (what a plugin's `register` is given as `add`)."""
+        from ..catalog import ModelFamily, ModelSpec
+
+        if isinstance(item, Provider):
+            self._providers[item.name] = item
+        elif isinstance(item, ModelFamily):
+            self._families[item.name] = item
+        elif isinstance(item, ModelSpec):
+            self._models[item.name] = item
+        else:
+            raise TypeError(f"add() takes a Provider, a ModelFamily or a ModelSpec, not {type(item).__name__}")
+
+    def plugin_catalog(self) -> tuple[list[ModelFamily], list[ModelSpec]]:
+        """The families and models that plugins added."""
+        self._load()
+        return list(self._families.values()), list(self._models.values())
 
     def _load(self) -> None:
         if self._loaded:

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.jobs import FINAL
-from ..errors import GenerationError, InvalidRequestError, NotFoundError
+from ..errors import InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
 from ..types import ImageRequest, image_from_bytes, mask_from_alpha
 from .jobs import wait_for_job
@@ -151,9 +151,7 @@ def build_a1111_router(engine, default_model) -> APIRouter:
             state.add(task_id, job)
             try:
                 result = await wait_for_job(engine, job, request)
-            except GenerationError:
-                if job.state != "cancelled":
-                    raise
+            except JobCancelledError:
                 interrupted = True  # as in A1111: an interrupted task answers with the images made before it
                 break
             warnings += result.warnings

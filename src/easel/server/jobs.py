@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.jobs import FINAL, Job
 from ..engine.queue import Engine
-from ..errors import GenerationError
 from ..metadata import encode_image
 from .openai.protocol import GenerationRequest
 from .openai.serving import ImagesService
@@ -41,7 +40,7 @@ async def wait_for_job(engine, job, request: Request):
                 engine.cancel(job.id)
     if job.state == "succeeded":
         return job.result
-    raise job.error or GenerationError("The job was cancelled.")
+    raise job.error  # a failed job's error, or JobCancelledError (409)
 
 
 def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:

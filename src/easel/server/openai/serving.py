@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import EaselError, InvalidRequestError, UnsupportedError
+from ...errors import InvalidRequestError, UnsupportedError
 from ...metadata import prompt_of
 from ...openai_models import check_openai_rules, rules_for
 from ...types import ImageRequest, ImageResult
@@ -160,7 +160,7 @@ class ImagesService:
                         "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
                     sent += 1
         if job.state != "succeeded":
-            error = job.error or EaselError("The job was cancelled.")
+            error = job.error
             yield {"type": "error", "error": {"message": error.message, "type": error.type, "code": error.code,
                                               "param": error.param}}
             return
