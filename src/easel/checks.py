@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
+from typing import NamedTuple
 
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
 from .errors import InvalidRequestError, UnsupportedError
@@ -83,9 +85,18 @@ def quality_words_for(spec: ModelSpec, prompt: str) -> str | None:
     return words.get("zh") if _CJK.search(prompt) and "zh" in words else words.get("en")
 
 
+class CheckedRequest(NamedTuple):
+    """A request after `check_request`: its model, and a copy with concrete values only (width and height, steps,
+    guidance, and the seed, drawn now when the caller gave none and the model takes one). Below the check, the
+    engine, the runner and the providers trust it and never check again."""
+
+    spec: ModelSpec
+    request: ImageRequest
+
+
 def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
                   default_model: str | None = None, moderate: bool = True,
-                  allow_paths: bool = True) -> tuple[ModelSpec, ImageRequest]:
+                  allow_paths: bool = True) -> CheckedRequest:
     """Validate `request` and return its model and a copy with every default filled in.
 
     Every problem raises `InvalidRequestError` (or a subclass) naming the parameter and the bad value; nothing is
@@ -176,6 +187,8 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
         r.guidance_scale = _require_number("guidance_scale", guidance, 0.0, 50.0)
     if r.seed is not None:
         r.seed = _require_int("seed", r.seed, 0, MAX_SEED)
+    elif "seed" in family.takes:
+        r.seed = secrets.randbelow(2**32)  # drawn here, so that the job's record knows it from the start
 
     # 4. scheduler, output format, family options
     if r.scheduler is not None and r.scheduler not in family.schedulers:
@@ -193,7 +206,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
             known = ", ".join(family.options) or "none"
             raise InvalidRequestError(f"Unknown option {key!r} for {spec.name} (its options: {known}).", param=key)
         r.extra[key] = _check_option(option, value)
-    return spec, r
+    return CheckedRequest(spec, r)
 
 
 def _snap(value: int, step: int) -> int:

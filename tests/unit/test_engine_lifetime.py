@@ -92,3 +92,49 @@ def test_a_bad_provider_option_is_refused_before_it_queues(tmp_path, tiny_models
         assert engine.queue_depth == 0 and not engine.jobs
     finally:
         engine.stop()
+
+
+def test_a_request_is_checked_once_on_its_way_down(tmp_path, monkeypatch):
+    """Route -> service -> engine -> runner -> provider: `check_request` runs once per request, on every
+    synchronous route and the jobs API, and the job's record holds the concrete values (the seed included)."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import easel.engine.runner as runner_module
+    from easel.server.app import create_app
+
+    calls = []
+    real = runner_module.check_request
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "check_request", counting)
+    settings = Settings(home=tmp_path, ui=False)
+    registry = ProviderRegistry(settings)
+    registry.add(FakeProvider())
+    app = create_app(settings, runner=Runner(settings, registry=registry, allow_paths=False))
+    buf = io.BytesIO()
+    Image.new("RGBA", (64, 64)).save(buf, format="PNG")
+    with TestClient(app) as client:
+        sends = [
+            lambda: client.post("/v1/images/generations", json={"prompt": "a red circle", "size": "64x64"}),
+            lambda: client.post("/v1/images/generations", json={"prompt": "a red circle", "quality": "high"}),
+            lambda: client.post("/v1/images/edits", files={"image": ("a.png", buf.getvalue())},
+                                data={"prompt": "a red circle"}),
+            lambda: client.post("/v1/images/variations", files={"image": ("a.png", buf.getvalue())}),
+            lambda: client.post("/models/builtin", json={"inputs": "a red circle"}),
+            lambda: client.post("/v1/jobs", json={"prompt": "a red circle"}),
+        ]
+        for send in sends:
+            calls.clear()
+            r = send()
+            assert r.status_code in (200, 202), r.text
+            assert len(calls) == 1, (r.request.url, len(calls))
+        record = app.state.engine.store.recent(1)[0]
+    import json
+
+    assert json.loads(record["request"])["seed"] is not None  # drawn at the check, known from the start

@@ -27,7 +27,8 @@ def request_to_json(r: ImageRequest) -> str:
 class Job:
     """One request on its way through the engine."""
 
-    request: ImageRequest
+    request: ImageRequest  # checked: concrete values only
+    spec: Any = None  # the request's model (ModelSpec)
     id: str = dataclasses.field(default_factory=lambda: f"job_{uuid.uuid4().hex}")
     state: str = "queued"
     step: int = 0

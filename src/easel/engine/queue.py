@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from ..checks import CheckedRequest
 from ..errors import (EaselError, GenerationError, InsufficientStorageError, JobCancelledError, NotFoundError,
                       RateLimitError)
 from ..store import is_disk_full, out_of_space, storage_errors
@@ -100,16 +101,17 @@ class Engine:
                 "last_error": self.last_error}
 
     # -- the callers' side -----------------------------------------------------------------------------------------
-    def submit(self, request: ImageRequest, previews: int = 0, listen: bool = False) -> Job:
-        """Check the request now (a bad one never queues), then queue it; a full queue is a RateLimitError.
+    def submit(self, request: ImageRequest | CheckedRequest, previews: int = 0, listen: bool = False) -> Job:
+        """Check the request now, unless a front already did (a bad one never queues), then queue it; a full
+        queue is a RateLimitError.
 
         With `listen`, the job's events queue (`job.events`) exists before the job can start, so that no event is
         missed; `previews` spreads that many preview images over the run."""
         spec, checked = self.runner.check(request)
         total = checked.num_inference_steps or 1  # remote services report no steps
-        if request.mode == "vary" and checked.strength is not None:
+        if checked.mode == "vary" and checked.strength is not None:
             total = max(1, round(total * checked.strength))
-        job = Job(request=request, total_steps=total)
+        job = Job(request=checked, spec=spec, total_steps=total)
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if listen:
             job.events = job.subscribe()
@@ -297,7 +299,7 @@ class Engine:
             return all(j.cancel_requested.is_set() or self._timed_out(j) for j in batch)
 
         try:
-            results = self.runner.run_many([j.request for j in batch], save=False, on_step=on_step,
+            results = self.runner.run_many([CheckedRequest(j.spec, j.request) for j in batch], save=False, on_step=on_step,
                                            should_stop=should_stop, max_batch_images=self.max_batch_images)
         except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
             error = self._as_error(exc, "The model failed")

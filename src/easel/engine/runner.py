@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
-from ..checks import check_request, quality_words_for
+from ..checks import CheckedRequest, check_request, quality_words_for
 from ..config import Settings, get_settings
 from ..errors import ProviderError
 from ..providers.base import ProviderRegistry, StepCallback
@@ -76,18 +76,21 @@ class Runner:
             self._workspaces[key] = Workspace(self.settings.home, key)
         return self._workspaces[key]
 
-    def check(self, request: ImageRequest) -> tuple[ModelSpec, ImageRequest]:
-        spec, checked = check_request(request, self.catalog, self.settings.default_model, self.settings.moderation,
-                                      self.allow_paths)
-        self.registry.get(spec.provider).check(spec, checked)
-        return spec, checked
+    def check(self, request: ImageRequest | CheckedRequest) -> CheckedRequest:
+        """The one check of a request (the common checks, then its provider's); a checked one passes as it is."""
+        if isinstance(request, CheckedRequest):
+            return request
+        checked = check_request(request, self.catalog, self.settings.default_model, self.settings.moderation,
+                                self.allow_paths)
+        self.registry.get(checked.spec.provider).check(*checked)
+        return checked
 
-    def run(self, request: ImageRequest, *, save: bool = True, out_dir: Path | None = None,
+    def run(self, request: ImageRequest | CheckedRequest, *, save: bool = True, out_dir: Path | None = None,
             on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ImageResult:
         """Check, run and (by default) save one request; returns its images with their seeds and parameters."""
         return self.run_many([request], save=save, out_dir=out_dir, on_step=on_step, should_stop=should_stop)[0]
 
-    def run_many(self, requests: list[ImageRequest], *, save: bool = True, out_dir: Path | None = None,
+    def run_many(self, requests: list[ImageRequest | CheckedRequest], *, save: bool = True, out_dir: Path | None = None,
                  on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
                  max_batch_images: int = 8) -> list[ImageResult]:
         """Run several requests, batching compatible ones (same model, size, steps, ...) into one model call.

@@ -69,17 +69,17 @@ def build_hf_router(engine, warmup) -> APIRouter:
         p = body.parameters
         size = p.target_size or {}
         try:
-            catalog = engine.runner.catalog
-            spec = catalog.resolve(model, allow_paths=engine.runner.allow_paths)
-            if spec.name == catalog.resolve(warmup.model).name and not warmup.ready.is_set():
-                if warmup.error:
-                    return hf_error(503, f"Model {model} failed to load: {warmup.error}")
-                return hf_error(503, f"Model {model} is currently loading", estimated_time=5.0)
-            job = engine.submit(ImageRequest(
+            checked = engine.runner.check(ImageRequest(
                 prompt=body.inputs, model=model, negative_prompt=p.negative_prompt,
                 width=p.width or size.get("width"), height=p.height or size.get("height"),
                 num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale, seed=p.seed,
                 scheduler=p.scheduler, output_format=_output_format(request.headers.get("accept", ""))))
+            loading = checked.spec.name == engine.runner.catalog.resolve(warmup.model).name
+            if loading and not warmup.ready.is_set():
+                if warmup.error:
+                    return hf_error(503, f"Model {model} failed to load: {warmup.error}")
+                return hf_error(503, f"Model {model} is currently loading", estimated_time=5.0)
+            job = engine.submit(checked)
             result = await wait_for_job(engine, job, request)
         except EaselError as exc:
             extra = {"param": exc.param} if isinstance(exc, InvalidRequestError) and exc.param else {}

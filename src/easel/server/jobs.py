@@ -49,7 +49,7 @@ def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
     @router.post("/jobs", status_code=202)
     def create_job(body: GenerationRequest) -> JSONResponse:
         """Queue a generation (same body as /v1/images/generations) and return its id at once."""
-        job = engine.submit(service.prepare(body).request)
+        job = engine.submit(service.prepare(body).checked)
         return JSONResponse(job.snapshot(), status_code=202)
 
     @router.get("/jobs")

@@ -97,9 +97,9 @@ def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
 
     async def complete(prepared, request: Request, stream: bool, partial_images: int | None):
         if stream:
-            job = engine.submit(prepared.request, previews=partial_images or 0, listen=True)
+            job = engine.submit(prepared.checked, previews=partial_images or 0, listen=True)
             return _sse(service.stream(prepared, job, partial_images or 0))
-        job = engine.submit(prepared.request)
+        job = engine.submit(prepared.checked)
         result = await wait_for_job(engine, job, request)
         return await run_in_threadpool(service.response, prepared, result, _base_url(request))
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ...checks import CheckedRequest
 from ...errors import InvalidRequestError, UnsupportedError
 from ...metadata import prompt_of
 from ...openai_models import check_openai_rules, rules_for
@@ -47,13 +48,17 @@ def usage_for(prompt: str, inputs: list[PIL.Image.Image], outputs: list) -> Usag
 class Prepared:
     """An OpenAI request turned into Easel's, with what the response must echo."""
 
-    request: ImageRequest
+    checked: CheckedRequest
     response_format: str
     quality: str
     styled_prompt: str | None
     inputs: list[Any]
     output_compression: int | None
     event_prefix: str
+
+    @property
+    def request(self) -> ImageRequest:
+        return self.checked.request
 
 
 class ImagesService:
@@ -70,21 +75,10 @@ class ImagesService:
         openai = rules_for(req.model)
         if openai is not None:
             check_openai_rules(*openai, req)
-        model = self.local_model() if openai is not None else req.model
-        catalog = self.runner.catalog
-        spec = (catalog.resolve(model, allow_paths=self.runner.allow_paths) if model
-                else catalog.resolve(self.runner.settings.default_model))
         quality = getattr(req, "quality", None) or "auto"
-        steps = req.num_inference_steps
-        if steps is None and spec.default_steps and QUALITY_STEPS.get(quality, 1.0) != 1.0:
-            steps = max(1, round(spec.default_steps * QUALITY_STEPS[quality]))
         prompt = getattr(req, "prompt", None)
         style = getattr(req, "style", None)
         styled = f"{prompt.rstrip()}, {STYLE_WORDS[style]}" if style and prompt else None
-        background = getattr(req, "background", None)
-        if background == "transparent":
-            raise UnsupportedError(f"{spec.name} cannot make transparent backgrounds; use opaque or auto.",
-                                   param="background")
         output_format = getattr(req, "output_format", None) or "png"
         compression = getattr(req, "output_compression", None)
         if compression is not None:
@@ -101,15 +95,24 @@ class ImagesService:
         # no size (or auto): the model's default, or for edits and variations the input image's size
         size = None if req.size in (None, "auto") else req.size
         request = ImageRequest(
-            prompt=styled or prompt or "", model=spec.name, num_images=1 if req.n is None else req.n, size=size,
-            num_inference_steps=steps, guidance_scale=req.guidance_scale, seed=req.seed,
-            negative_prompt=req.negative_prompt, output_format=output_format, mode=mode,
-            image=images[0] if images else None, mask=mask, moderation=getattr(req, "moderation", None) or "auto",
+            prompt=styled or prompt or "", model=self.local_model() if openai is not None else req.model,
+            num_images=1 if req.n is None else req.n, size=size, num_inference_steps=req.num_inference_steps,
+            guidance_scale=req.guidance_scale, seed=req.seed, negative_prompt=req.negative_prompt,
+            output_format=output_format, mode=mode, image=images[0] if images else None, mask=mask,
+            moderation=getattr(req, "moderation", None) or "auto",
         )
         if mode == "vary" and not request.prompt:
             request.prompt = prompt_of(images[0])
-        self.runner.check(request)  # every client mistake is a 400 before any work (or any stream) starts
-        return Prepared(request=request, response_format=req.response_format or "b64_json", quality=quality,
+        # the one check: every client mistake is a 400 before any work (or any stream) starts
+        checked = self.runner.check(request)
+        spec = checked.spec
+        if getattr(req, "background", None) == "transparent":
+            raise UnsupportedError(f"{spec.name} cannot make transparent backgrounds; use opaque or auto.",
+                                   param="background")
+        factor = QUALITY_STEPS.get(quality, 1.0)
+        if req.num_inference_steps is None and spec.default_steps and factor != 1.0:
+            checked.request.num_inference_steps = max(1, round(spec.default_steps * factor))
+        return Prepared(checked=checked, response_format=req.response_format or "b64_json", quality=quality,
                         styled_prompt=styled, inputs=list(images or []), output_compression=compression,
                         event_prefix="image_edit" if mode == "edit" else "image_generation")
 
