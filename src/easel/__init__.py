@@ -5,10 +5,9 @@
     print(result[0].path)
 """
 
-__version__ = "0.1.0"
-
-from .api import edit, generate, vary  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .api import edit, generate, vary
+from .errors import (
     AuthenticationError,
     ContentPolicyError,
     EaselError,
@@ -26,7 +25,7 @@ from .errors import (  # noqa: E402
     ServiceUnavailableError,
     UnsupportedError,
 )
-from .types import GeneratedImage, ImageRequest, ImageResult  # noqa: E402
+from .types import GeneratedImage, ImageRequest, ImageResult
 
 __all__ = [
     "AuthenticationError",

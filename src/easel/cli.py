@@ -510,14 +510,14 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
 
 
 Host = Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
-Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
-                                              "dall-e-*/gpt-image-*).")]
+ServedModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
+                                                    "dall-e-*/gpt-image-*): a name, or a folder of yours.")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback host without API keys.")]
 
 
 @app.command()
 def serve(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-          model: Model = None, insecure: Insecure = False) -> None:
+          model: ServedModel = None, insecure: Insecure = False) -> None:
     """Serve the OpenAI Images API (/v1/images/...), the HF and A1111 routes, jobs, /health and the web UI (/ui).
 
     Example: EASEL_API_KEYS=sk-local-1 easel serve --port 8000
@@ -527,7 +527,7 @@ def serve(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", 
 
 @app.command()
 def ui(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
-       model: Model = None, insecure: Insecure = False) -> None:
+       model: ServedModel = None, insecure: Insecure = False) -> None:
     """Open the web UI (generate, compare, edit, history) at http://127.0.0.1:7860/ui/, with the whole API beside it.
 
     Example: easel ui

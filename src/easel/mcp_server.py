@@ -50,8 +50,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
     """The MCP server and the engine behind it (started here; stop it with `engine.stop()`)."""
     settings = settings or get_settings()
     runner = Runner(settings, allow_paths=allow_paths)
-    engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
-                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s).start()
+    engine = Engine.from_settings(runner).start()
     server = MCPServer(name="easel", instructions="Make images from text with Easel: generate_image, edit_image "
                        "(inpainting) and list_models. Images are saved in Easel's workspace; every result names the "
                        "saved file and its id.")

@@ -52,6 +52,9 @@ MIGRATIONS = [
     );
     CREATE INDEX jobs_state ON jobs(state);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 _SLUG = re.compile(r"[^a-z0-9]+")

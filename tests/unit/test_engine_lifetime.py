@@ -138,3 +138,21 @@ def test_a_request_is_checked_once_on_its_way_down(tmp_path, monkeypatch):
     import json
 
     assert json.loads(record["request"])["seed"] is not None  # drawn at the check, known from the start
+
+
+def test_a_job_has_one_json_shape_live_or_recorded(tmp_path):
+    from easel.engine.jobs import JobStore
+
+    engine = fake_engine(tmp_path, keep_finished_s=0.2)
+    try:
+        job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, num_images=2))
+        engine.wait(job, 30)
+        live = job.snapshot()
+        deadline = time.time() + 5
+        while job.id in engine.jobs and time.time() < deadline:
+            time.sleep(0.05)
+        recorded = engine.get(job.id)
+        assert isinstance(recorded, dict) and JobStore.describe(recorded) == live
+        assert len(live["image_ids"]) == 2 and live["status"] == "succeeded"
+    finally:
+        engine.stop()

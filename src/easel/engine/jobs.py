@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import queue
 import threading
@@ -15,6 +16,10 @@ from ..types import ImageRequest, ImageResult
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def request_to_json(r: ImageRequest) -> str:
@@ -73,14 +78,23 @@ class Job:
         return q
 
     def snapshot(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "object": "job", "status": self.state, "step": self.step,
-                                "total_steps": self.total_steps, "created": int(self.created)}
-        if self.result is not None:
-            body["image_ids"] = [im.id for im in self.result.images]
-            body["warnings"] = self.result.warnings
-        if self.error is not None:
-            body["error"] = self.error.to_dict() if hasattr(self.error, "to_dict") else {"message": str(self.error)}
-        return body
+        """The job's JSON; the same shape as `JobStore.describe` gives for its record once it left memory."""
+        error = self.error.to_dict() if hasattr(self.error, "to_dict") else (
+            {"message": str(self.error)} if self.error is not None else None)
+        return job_json(self.id, self.state, self.step, self.total_steps, int(self.created),
+                        [im.id for im in self.result.images] if self.result else [],
+                        list(self.result.warnings) if self.result else [], error)
+
+
+def job_json(job_id: str, state: str, step: int, total_steps: int, created: int, image_ids: list[str],
+             warnings: list[str], error: dict | None) -> dict[str, Any]:
+    """One job as the jobs API shows it, live or recorded."""
+    body: dict[str, Any] = {"id": job_id, "object": "job", "status": state, "step": step,
+                            "total_steps": total_steps, "created": created, "image_ids": image_ids,
+                            "warnings": warnings}
+    if error is not None:
+        body["error"] = error
+    return body
 
 
 class JobStore:
@@ -92,16 +106,24 @@ class JobStore:
     def insert(self, job: Job) -> None:
         self.history.connect().execute(
             "INSERT INTO jobs (id, created, updated, state, step, total_steps, request) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job.id, now_iso(), now_iso(), job.state, job.step, job.total_steps, request_to_json(job.request)))
+            (job.id, _iso(job.created), now_iso(), job.state, job.step, job.total_steps,
+             request_to_json(job.request)))
 
     def update(self, job: Job) -> None:
-        image_ids = [im.id for im in job.result.images] if job.result else []
-        error = job.error.to_dict() if hasattr(job.error, "to_dict") else (str(job.error) if job.error else None)
+        body = job.snapshot()
         self.history.connect().execute(
-            "UPDATE jobs SET updated = ?, state = ?, step = ?, total_steps = ?, image_ids = ?, error = ? "
-            "WHERE id = ?",
-            (now_iso(), job.state, job.step, job.total_steps, json.dumps(image_ids),
-             json.dumps(error) if error else None, job.id))
+            "UPDATE jobs SET updated = ?, state = ?, step = ?, total_steps = ?, image_ids = ?, warnings = ?, "
+            "error = ? WHERE id = ?",
+            (now_iso(), job.state, job.step, job.total_steps, json.dumps(body["image_ids"]),
+             json.dumps(body["warnings"]), json.dumps(body["error"]) if "error" in body else None, job.id))
+
+    @staticmethod
+    def describe(row: dict[str, Any]) -> dict[str, Any]:
+        """A recorded job in the shape of `Job.snapshot`."""
+        created = int(dt.datetime.fromisoformat(row["created"]).timestamp())
+        return job_json(row["id"], row["state"], row["step"], row["total_steps"], created,
+                        json.loads(row["image_ids"] or "[]"), json.loads(row.get("warnings") or "[]"),
+                        json.loads(row["error"]) if row["error"] else None)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self.history.connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

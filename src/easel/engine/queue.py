@@ -58,6 +58,14 @@ class Engine:
         self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
         self._thread = threading.Thread(target=self._work, name="easel-engine-worker", daemon=True)
 
+    @classmethod
+    def from_settings(cls, runner: Runner) -> Engine:
+        """The engine as the runner's settings configure it: the one factory of the server, the UI and MCP."""
+        s = runner.settings
+        return cls(runner, max_queue=s.max_queue, max_batch_images=s.max_batch_images,
+                   batch_wait_s=s.batch_wait_ms / 1000, job_timeout_s=s.job_timeout_s,
+                   keep_finished_s=s.keep_finished_s, min_free_bytes=int(s.min_free_disk_mb * 2**20))
+
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> Engine:
         self._thread.start()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import CheckedRequest, check_request, quality_words_for
 from ..config import Settings, get_settings

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..config import Settings, get_settings
 from ..engine.queue import Engine
 from ..engine.runner import Runner
@@ -69,10 +69,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     local_model = lambda: settings.openai_model or settings.default_model  # noqa: E731
     service = ImagesService(runner, signer, local_model)
     warmup = ModelWarmup(runner, local_model())
-    engine = Engine(runner, max_queue=settings.max_queue, max_batch_images=settings.max_batch_images,
-                    batch_wait_s=settings.batch_wait_ms / 1000, job_timeout_s=settings.job_timeout_s,
-                    keep_finished_s=settings.keep_finished_s,
-                    min_free_bytes=int(settings.min_free_disk_mb * 2**20))
+    engine = Engine.from_settings(runner)
 
     app = FastAPI(title="Easel", version=__version__,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")

@@ -9,7 +9,7 @@ import json
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..engine.jobs import FINAL, Job
+from ..engine.jobs import FINAL, Job, JobStore
 from ..engine.queue import Engine
 from ..metadata import encode_image
 from .openai.protocol import GenerationRequest
@@ -17,14 +17,7 @@ from .openai.serving import ImagesService
 
 
 def _body(job_or_row) -> dict:
-    if isinstance(job_or_row, Job):
-        return job_or_row.snapshot()
-    row = job_or_row
-    body = {"id": row["id"], "object": "job", "status": row["state"], "step": row["step"],
-            "total_steps": row["total_steps"], "image_ids": json.loads(row["image_ids"] or "[]")}
-    if row["error"]:
-        body["error"] = json.loads(row["error"])
-    return body
+    return job_or_row.snapshot() if isinstance(job_or_row, Job) else JobStore.describe(job_or_row)
 
 
 async def wait_for_job(engine, job, request: Request):
