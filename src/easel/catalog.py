@@ -59,6 +59,8 @@ class ModelFamily:
     cfg_param: str = "guidance_scale"
     default_negative_prompt: str | None = None
     offload: str | None = None
+    keeps_native_size: bool = False  # the pipeline draws at its own size and takes no width/height
+    latent_space: str | None = None  # what step previews decode: "pixels", "vae", "vae-packed", None (no previews)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)

@@ -305,7 +305,7 @@ class DiffusersProvider(Provider):
             "output_type": "pil",
             **extra,
         }
-        native = spec.family.name == "builtin"
+        native = spec.family.keeps_native_size
         if not native:
             kwargs.update(width=first.width, height=first.height)
         if any(r.negative_prompt for r in requests):
@@ -381,14 +381,14 @@ def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents) -> list | No
     import torch
     from PIL import Image
 
-    family = spec.family.name
+    space = spec.family.latent_space
     with torch.no_grad():
-        if family == "builtin":
+        if space == "pixels":
             x = latents
-        elif family in ("sd15", "sd-turbo", "sdxl", "sdxl-turbo", "sd3", "flux"):
+        elif space in ("vae", "vae-packed"):
             vae = pipe.vae
             lat = latents
-            if family == "flux":
+            if space == "vae-packed":
                 lat = pipe._unpack_latents(lat, request.height, request.width, pipe.vae_scale_factor)
             lat = lat / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0)
             x = vae.decode(lat.to(vae.dtype)).sample
