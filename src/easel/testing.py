@@ -56,11 +56,15 @@ class FakeProvider(Provider):
             raise RuntimeError("FakeProvider failed on purpose")
         first = requests[0]
         total = min(first.num_inference_steps or 1, self.max_steps)
+        size = (first.width or 64, first.height or 64)
+
+        def paint() -> list:
+            return [Image.new("RGB", size, seed_colour(s)) for group in seeds for s in group]
+
         for step in range(1, total + 1):
             time.sleep(self.step_s)
             if on_step is not None:
-                on_step(step, total, None)
+                on_step(step, total, paint)  # previews: the final colours, at every step
             if should_stop is not None and should_stop():
                 break
-        size = (first.width or 64, first.height or 64)
         return [ProviderOutput(images=[Image.new("RGB", size, seed_colour(s)) for s in group]) for group in seeds]

@@ -68,7 +68,15 @@ class Job:
             for q in self.listeners:
                 q.put(event)
 
+    def unsubscribe(self, q: queue.Queue) -> None:
+        """Stop sending events to `q` (its reader went away)."""
+        with self.lock:
+            if q in self.listeners:
+                self.listeners.remove(q)
+
     def subscribe(self) -> queue.Queue:
+        """A queue of this job's events: its snapshot now, one event per step, its final snapshot, then None.
+        Events are shared between listeners: read them, never change them."""
         q: queue.Queue = queue.Queue()
         with self.lock:
             self.listeners.append(q)

@@ -76,18 +76,19 @@ def build_jobs_router(service: ImagesService, engine: Engine) -> APIRouter:
         events = job.subscribe()
 
         def lines():
-            while True:
-                event = events.get()
-                if event is None:
-                    return
-                state = event.get("status")
-                if state in FINAL:
-                    yield f"event: {state}\ndata: {json.dumps(event)}\n\n"
-                    continue
-                previews = event.pop("preview", None)
-                if previews:
-                    event["preview"] = base64.b64encode(encode_image(previews[0], "png", {})).decode()
-                yield f"event: progress\ndata: {json.dumps(event)}\n\n"
+            try:
+                while (event := events.get()) is not None:
+                    state = event.get("status")
+                    if state in FINAL:
+                        yield f"event: {state}\ndata: {json.dumps(event)}\n\n"
+                        continue
+                    event = dict(event)  # shared with the job's other listeners
+                    previews = event.pop("preview", None)
+                    if previews:
+                        event["preview"] = base64.b64encode(encode_image(previews[0], "png", {})).decode()
+                    yield f"event: progress\ndata: {json.dumps(event)}\n\n"
+            finally:  # the stream ended, or its client went away
+                job.unsubscribe(events)
 
         return StreamingResponse(lines(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
