@@ -22,43 +22,40 @@ from easel.server.middleware import MAX_JSON_BYTES
 SECRET = "top-secret-server-file"
 
 
-def url_image(base: str) -> tuple[str, str]:
-    r = httpx.post(f"{base}/v1/images/generations", json={"prompt": "a red circle", "size": "64x64",
-                                                           "response_format": "url"}, timeout=30)
-    assert r.status_code == 200, r.text
-    url = r.json()["data"][0]["url"]
-    return url, url.split("/files/")[1].split("/")[0]
-
-
-def test_a_symlink_planted_at_an_image_path_is_not_followed(tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text(SECRET)
-    home = tmp_path / "home"
-    with fake_server(home) as (base, _):
-        url, image_id = url_image(base)
-        assert httpx.get(url).status_code == 200
-        path = sqlite3.connect(home / "history.db").execute("SELECT path FROM generations WHERE id = ?",
-                                                            (image_id,)).fetchone()[0]
-        os.unlink(path)
-        os.symlink(secret, path)
-        r = httpx.get(url)
-        assert r.status_code == 404 and SECRET not in r.text
-
-
-def test_a_history_row_pointing_outside_the_images_folder_is_not_served(tmp_path):
+@pytest.fixture
+def served_image(tmp_path):
+    """A server with one saved image behind a signed link: (home, link, the image's recorded path, a secret file
+    beside the workspace)."""
     secret = tmp_path / "secret.png"
     secret.write_text(SECRET)
     home = tmp_path / "home"
     with fake_server(home) as (base, _):
-        url, image_id = url_image(base)
+        r = httpx.post(f"{base}/v1/images/generations", json={"prompt": "a red circle", "size": "64x64",
+                                                               "response_format": "url"}, timeout=30)
+        assert r.status_code == 200, r.text
+        url = r.json()["data"][0]["url"]
+        assert httpx.get(url).status_code == 200
+        image_id = url.split("/files/")[1].split("/")[0]
         with sqlite3.connect(home / "history.db") as db:
-            db.execute("UPDATE generations SET path = ? WHERE id = ?", (str(secret), image_id))
+            path = db.execute("SELECT path FROM generations WHERE id = ?", (image_id,)).fetchone()[0]
+        yield home, url, image_id, path, secret
+
+
+def test_a_symlink_planted_at_an_image_path_is_not_followed(served_image):
+    _, url, _, path, secret = served_image
+    os.unlink(path)
+    os.symlink(secret, path)
+    r = httpx.get(url)
+    assert r.status_code == 404 and SECRET not in r.text
+
+
+def test_a_history_row_pointing_outside_the_images_folder_is_not_served(served_image):
+    home, url, image_id, _, secret = served_image
+    for elsewhere in (secret, home / "images" / ".." / ".." / "secret.png"):  # outside, and a climb out
+        with sqlite3.connect(home / "history.db") as db:
+            db.execute("UPDATE generations SET path = ? WHERE id = ?", (str(elsewhere), image_id))
         r = httpx.get(url)
         assert r.status_code == 404 and SECRET not in r.text
-        with sqlite3.connect(home / "history.db") as db:  # a relative climb out of the images folder
-            db.execute("UPDATE generations SET path = ? WHERE id = ?",
-                       (str(home / "images" / ".." / ".." / "secret.png"), image_id))
-        assert httpx.get(url).status_code == 404
 
 
 @pytest.fixture
