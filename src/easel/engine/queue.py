@@ -93,15 +93,18 @@ class Engine:
         except OSError:
             return None
 
+    def _space_problem(self, free: int | None) -> str | None:
+        if free is None or free >= self.min_free_bytes:
+            return None
+        return (f"the workspace {self.workspace.home} has {free // 2**20} MiB free, under the "
+                f"{self.min_free_bytes // 2**20} MiB needed to save images")
+
     def health(self) -> dict[str, Any]:
         """The engine's real state: whether it can work now, and if not, why."""
         free = self.free_bytes()
-        problems = []
-        if not self.worker_alive:
-            problems.append("the engine's worker is not running")
-        if free is not None and free < self.min_free_bytes:
-            problems.append(f"the workspace has {free // 2**20} MiB free, under the {self.min_free_bytes // 2**20}"
-                            " MiB needed to save images")
+        problems = [] if self.worker_alive else ["the engine's worker is not running"]
+        if self._space_problem(free):
+            problems.append(self._space_problem(free))
         return {"can_work": not problems, "problems": problems, "worker_alive": self.worker_alive,
                 "queue_depth": self.queue_depth, "queue_limit": self.max_queue,
                 "free_disk_bytes": free, "min_free_disk_bytes": self.min_free_bytes,
@@ -123,11 +126,9 @@ class Engine:
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if listen:
             job.events = job.subscribe()
-        free = self.free_bytes()
-        if free is not None and free < self.min_free_bytes:
-            raise InsufficientStorageError(
-                f"The workspace {self.workspace.home} has {free // 2**20} MiB free, under the "
-                f"{self.min_free_bytes // 2**20} MiB needed to save images: free some space and send it again.")
+        problem = self._space_problem(self.free_bytes())
+        if problem:
+            raise InsufficientStorageError(f"{problem[0].upper()}{problem[1:]}: free some space and send it again.")
         with self._cond:
             self._release_finished()
             if len(self._pending) >= self.max_queue:
