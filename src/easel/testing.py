@@ -29,17 +29,25 @@ class FakeProvider(Provider):
     """Paints one colour per seed at the requested size, calling `on_step` for each step.
 
     `fail_rate` makes that share of calls raise RuntimeError (drawn from `rng_seed`, so a run is repeatable);
-    `step_s` is how long each step takes; `calls` records (model name, number of requests, images) per call."""
+    `step_s` is how long each step takes; `hold_at` stops every call at that step until `release()` (so a test
+    can line jobs up behind a running one); `calls` records (model name, number of requests, images) per call."""
 
     def __init__(self, name: str = "diffusers", fail_rate: float = 0.0, rng_seed: int = 0, max_steps: int = 4,
-                 step_s: float = 0.0):
+                 step_s: float = 0.0, hold_at: int | None = None):
         self.name = name
         self.fail_rate = fail_rate
         self.max_steps = max_steps
         self.step_s = step_s
+        self.hold_at = hold_at
+        self.held = threading.Event()  # set while a call waits at `hold_at`
+        self._release = threading.Event()
         self.calls: list[dict[str, Any]] = []
         self._rng = random.Random(rng_seed)
         self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Let held calls (and every later one) go on."""
+        self._release.set()
 
     def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
             on_step: StepCallback | None = None) -> ProviderOutput:
@@ -63,6 +71,9 @@ class FakeProvider(Provider):
 
         for step in range(1, total + 1):
             time.sleep(self.step_s)
+            if step == self.hold_at and not self._release.is_set():
+                self.held.set()
+                self._release.wait(60)
             if on_step is not None:
                 on_step(step, total, paint)  # previews: the final colours, at every step
             if should_stop is not None and should_stop():

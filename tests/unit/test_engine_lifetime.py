@@ -156,3 +156,71 @@ def test_a_job_has_one_json_shape_live_or_recorded(tmp_path):
         assert len(live["image_ids"]) == 2 and live["status"] == "succeeded"
     finally:
         engine.stop()
+
+
+def small(seed: int = 0, **fields) -> ImageRequest:
+    return ImageRequest(**{"prompt": "a red circle", "width": 32, "height": 32, "seed": seed, **fields})
+
+
+def test_compatible_jobs_queued_together_share_one_call(tmp_path):
+    provider = FakeProvider(hold_at=1)
+    engine = fake_engine(tmp_path, provider, batch_wait_s=0.2)
+    try:
+        first = engine.submit(small(0))
+        assert provider.held.wait(10)
+        queued = [engine.submit(small(s)) for s in (1, 2, 3)]
+        odd = engine.submit(small(4, width=40))  # another size: never in their batch
+        provider.release()
+        for job in [first, *queued, odd]:
+            engine.wait(job, 30)
+        assert [c["requests"] for c in provider.calls] == [1, 3, 1]
+        assert all(job.state == "succeeded" for job in [first, *queued, odd])
+    finally:
+        engine.stop()
+
+
+def test_cancelling_one_batch_mate_drops_only_its_images(tmp_path):
+    provider = FakeProvider(hold_at=2)
+    engine = fake_engine(tmp_path, provider, batch_wait_s=0.3)
+    try:
+        jobs = [engine.submit(small(s)) for s in (10, 20, 30)]
+        assert provider.held.wait(10) and len(provider.calls) == 1 and provider.calls[0]["requests"] == 3
+        engine.cancel(jobs[1].id)
+        provider.release()
+        for job in jobs:
+            engine.wait(job, 30)
+        assert [job.state for job in jobs] == ["succeeded", "cancelled", "succeeded"]
+        assert jobs[1].result is None and jobs[1].error.code == "job_cancelled"
+        assert [job.result.images[0].image.getpixel((0, 0)) for job in (jobs[0], jobs[2])] == [
+            seed_colour(10), seed_colour(30)]
+    finally:
+        engine.stop()
+
+
+def test_a_full_queue_is_a_429_before_any_work(tmp_path):
+    from easel.errors import RateLimitError
+
+    provider = FakeProvider(hold_at=1)
+    engine = fake_engine(tmp_path, provider, max_queue=2)
+    try:
+        engine.submit(small(0))
+        assert provider.held.wait(10)
+        engine.submit(small(1, width=40))
+        engine.submit(small(2, width=48))
+        with pytest.raises(RateLimitError) as info:
+            engine.submit(small(3, width=56))
+        assert info.value.retry_after >= 1 and len(provider.calls) == 1
+    finally:
+        provider.release()
+        engine.stop()
+
+
+def test_a_job_over_its_time_limit_fails_and_says_so(tmp_path):
+    engine = fake_engine(tmp_path, FakeProvider(step_s=0.1, max_steps=30), job_timeout_s=0.3)
+    try:
+        job = engine.submit(small(0, num_inference_steps=30))
+        engine.wait(job, 30)
+        assert job.state == "failed" and "ran over its" in job.error.message
+        assert engine.worker_alive
+    finally:
+        engine.stop()
