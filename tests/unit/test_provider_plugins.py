@@ -23,8 +23,7 @@ from easel.types import ImageRequest
 PLUGIN = '''
 from PIL import Image
 
-from easel.catalog import ModelFamily, ModelSpec
-from easel.providers.base import Provider, ProviderOutput
+from easel.plugins import ModelFamily, ModelSpec, Provider, ProviderOutput
 
 
 class SolidProvider(Provider):

@@ -20,3 +20,12 @@ def test_every_error_knows_its_status_and_openai_shape():
             assert 400 <= err.status < 600
             assert err.to_dict() == {"message": "boom", "type": err.type, "param": "x", "code": err.code}
             assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
+
+
+def test_the_plugin_api_is_pinned():
+    import easel.plugins
+
+    assert sorted(easel.plugins.__all__) == ["ModelFamily", "ModelSpec", "OptionSpec", "Provider", "ProviderOutput",
+                                             "ProviderRegistry", "StepCallback"]
+    for name in easel.plugins.__all__:
+        assert hasattr(easel.plugins, name), name

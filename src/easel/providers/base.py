@@ -52,6 +52,9 @@ class Provider(abc.ABC):
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
         """Refuse early what the model would refuse (after the common checks); raise InvalidRequestError."""
 
+    def warm(self, spec: ModelSpec) -> None:
+        """Get `spec` ready before its first request (a server calls this at start); nothing by default."""
+
     def describe(self) -> str:
         """One line for `easel providers`: what it runs and how it is configured."""
         return self.__doc__.strip().splitlines()[0] if self.__doc__ else ""

@@ -212,6 +212,9 @@ class DiffusersProvider(Provider):
                                      f"With network access, run `easel models pull {spec.name}`.", param="model")
 
     # -- loading ---------------------------------------------------------------------------------------------------
+    def warm(self, spec: ModelSpec) -> None:
+        self.load(spec)
+
     def memory_options(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
         offload = extra.get("offload", spec.family.offload or "none")
         if offload not in OFFLOAD_MODES:

@@ -48,9 +48,7 @@ class ModelWarmup:
         started = time.perf_counter()
         try:
             spec = self.runner.catalog.resolve(self.model)
-            provider = self.runner.registry.get(spec.provider)
-            if hasattr(provider, "load"):
-                provider.load(spec)
+            self.runner.registry.get(spec.provider).warm(spec)
             self.load_s = time.perf_counter() - started
             self.ready.set()
         except EaselError as exc:
