@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -165,7 +164,7 @@ class ModelCatalog:
         Without `allow_paths` (a server's clients) a name never touches the server's disk: a hub id is loaded from
         the hub cache or the hub, never from a folder of the same name."""
         if name is None or name == "":
-            name = os.environ.get("EASEL_DEFAULT_MODEL") or DEFAULT_MODEL
+            name = DEFAULT_MODEL  # callers with settings pass `settings.default_model` (EASEL_DEFAULT_MODEL)
         if not isinstance(name, str):
             raise InvalidRequestError(f"`model` must be a string but is {name!r}.", param="model")
         key = name.strip()
@@ -272,7 +271,7 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
     if root.is_dir():
         folders.update({p.name: p for p in sorted(root.iterdir()) if (p / "model_index.json").is_file()})
     aliases: dict[str, str] = {}
-    for configured in (settings.default_model, settings.openai_model, os.environ.get("EASEL_DEFAULT_MODEL")):
+    for configured in (settings.default_model, settings.openai_model):
         if not configured or configured.strip().lower() in base._aliases:
             continue
         path = Path(configured.strip()).expanduser()

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .catalog import DEFAULT_MODEL
+
 
 def _default_home() -> Path:
     import platformdirs
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EASEL_", env_file=".env", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Workspace: images, history, keys.")
-    default_model: str = Field("builtin", description="Model used when a request names none.")
+    default_model: str = Field(DEFAULT_MODEL, description="Model used when a request names none.")
     device: str | None = Field(None, description="cuda, mps or cpu; chosen automatically when unset.")
     dtype: str | None = Field(None, description="float32, float16 or bfloat16; per family when unset.")
     max_cached_pipelines: int = Field(2, ge=1, description="Pipelines kept loaded (least recently used go).")
