@@ -74,7 +74,7 @@ def test_cancel_one_job_of_a_running_batch(server):
         if all(s["status"] in ("succeeded", "failed", "cancelled") for s in states.values()):
             break
         time.sleep(0.2)
-    assert states[victim]["status"] == "cancelled" and "image_ids" not in states[victim]
+    assert states[victim]["status"] == "cancelled" and states[victim]["image_ids"] == []
     others = [i for i in ids if i != victim]
     assert all(states[i]["status"] == "succeeded" and len(states[i]["image_ids"]) == 1 for i in others), states
 
