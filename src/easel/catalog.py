@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from .errors import InvalidRequestError, ModelNotFoundError
 
+log = logging.getLogger("easel.catalog")
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "builtin"
 
@@ -236,7 +238,12 @@ class ModelCatalog:
             raise ModelNotFoundError(
                 f"{str(path)!r} is not a diffusers pipeline folder (it has no model_index.json).", param="model"
             )
-        class_name = json.loads(index.read_text()).get("_class_name", "")
+        try:
+            info = json.loads(index.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise ModelNotFoundError(f"{str(path)!r} has a model_index.json that cannot be read.",
+                                     param="model") from None
+        class_name = info.get("_class_name", "") if isinstance(info, dict) else ""
         return self.families[_CLASS_FAMILIES.get(class_name, "generic")]
 
     def _family_of_hub_id(self, repo_id: str) -> ModelFamily:
@@ -269,7 +276,14 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
     folders: dict[str, Path] = {}
     root = settings.models_folder
     if root.is_dir():
-        folders.update({p.name: p for p in sorted(root.iterdir()) if (p / "model_index.json").is_file()})
+        for path in sorted(root.iterdir()):
+            try:
+                base.family_of_folder(path)
+            except ModelNotFoundError as exc:  # one broken folder must not take every model down
+                if (path / "model_index.json").exists():
+                    log.warning("models folder: skipped %s: %s", path.name, exc.message)
+                continue
+            folders[path.name] = path
     aliases: dict[str, str] = {}
     for configured in (settings.default_model, settings.openai_model):
         if not configured or configured.strip().lower() in base._aliases:

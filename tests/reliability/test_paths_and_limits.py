@@ -172,3 +172,15 @@ def test_openapi_references_only_what_it_defines(fast_server):
     for route in ("/v1/images/edits", "/v1/images/variations"):
         schema = spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert "image" in schema["properties"] and "image" in schema["required"]
+
+
+def test_a_broken_folder_in_the_models_folder_is_skipped(tmp_path):
+    from easel.engine.runner import Runner
+
+    home = tmp_path / "home"
+    copy_builtin(home / "models" / "good")
+    (home / "models" / "broken").mkdir()
+    (home / "models" / "broken" / "model_index.json").write_text("{not json")
+    (home / "models" / "notes").mkdir()
+    runner = Runner(Settings(home=home), allow_paths=False)
+    assert "good" in runner.catalog.models and "broken" not in runner.catalog.models
