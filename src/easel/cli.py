@@ -27,12 +27,18 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+# Easel's parameter names -> the options that set them, so that an error names what the user typed
+OPTIONS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "n": "-n", "negative_prompt": "--negative",
+           "output_format": "--format", "model": "--model", "seed": "--seed", "size": "--size", "aspect": "--aspect",
+           "scheduler": "--scheduler", "strength": "--strength", "mask": "--mask"}
+
+
 def _fail(exc: Exception) -> None:
     """The CLI's one place that turns Easel errors into a message and an exit code, never a traceback."""
     from .errors import EaselError, InvalidRequestError
 
     if isinstance(exc, EaselError):
-        _err(f"Error: {exc.message}")
+        _err(f"Error: {exc.renamed(OPTIONS).message}")
         raise typer.Exit(2 if isinstance(exc, InvalidRequestError) else 1)
     raise exc
 

@@ -41,6 +41,17 @@ class EaselError(Exception):
         """The OpenAI error object: `{"message", "type", "param", "code"}`."""
         return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
+    def renamed(self, names: dict[str, str]) -> EaselError:
+        """This error in a front's own terms: `param`, and the name in the message, as `names` maps them
+        (`{"num_inference_steps": "steps"}` for the A1111 API, `{"n": "-n"}` for the CLI)."""
+        if self.param not in names:
+            return self
+        new = names[self.param]
+        self.message = self.message.replace(f"`{self.param}`", f"`{new}`")
+        self.args = (self.message,)
+        self.param = new
+        return self
+
 
 class InvalidRequestError(EaselError, ValueError):
     """Raised when a request parameter is missing, malformed or out of range; `param` names the parameter."""

@@ -59,7 +59,7 @@ def test_unknown_words_are_reported_on_stderr():
 
 def test_bad_input_is_one_clear_line_and_exit_code_2():
     result = runner.invoke(app, ["generate", "a red circle", "-n", "11"])
-    assert result.exit_code == 2 and "`n` must be between 1 and 10 but is 11" in result.output
+    assert result.exit_code == 2 and "`-n` must be between 1 and 10 but is 11" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["generate", "a red circle", "-o", "true_cfg_scale=4"])
     assert result.exit_code == 2 and "Unknown option 'true_cfg_scale'" in result.output

@@ -115,3 +115,11 @@ def test_moderation_low_allows_mild_categories_but_never_the_worst():
     with pytest.raises(ContentPolicyError):
         check(prompt="a naked child", model="sdxl", moderation="low")
     check(prompt="a red circle on the left on a blue background")  # ordinary prompts pass
+
+
+def test_an_error_is_renamed_into_a_fronts_own_terms():
+    with pytest.raises(InvalidRequestError) as info:
+        check(num_inference_steps=0)
+    renamed = info.value.renamed({"num_inference_steps": "steps"})
+    assert renamed.param == "steps" and "`steps`" in renamed.message and "num_inference_steps" not in str(renamed)
+    assert renamed.renamed({"n": "-n"}).param == "steps"  # other names leave it as it is

@@ -17,7 +17,16 @@ def test_console_script_help_and_bad_input_exit_codes(tmp_path):
     assert subprocess.run([*exe, "--help"], capture_output=True).returncode == 0
     bad = subprocess.run([*exe, "generate", "a red circle", "--size", "100x100"], capture_output=True, text=True)
     assert bad.returncode == 2
-    assert "`size` has to be divisible by 8 for builtin but its width is 100" in bad.stderr
+    assert "`--size` has to be divisible by 8 for builtin but its width is 100" in bad.stderr
     assert "Traceback" not in bad.stderr
     unknown = subprocess.run([*exe, "generate", "x", "-m", "nope"], capture_output=True, text=True)
     assert unknown.returncode == 1 and "Unknown model 'nope'" in unknown.stderr
+
+
+def test_errors_name_the_option_the_user_typed(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "easel.cli", "generate", "a red circle", "--steps", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "`--steps` must be between 1 and 500 but is 0." in done.stderr

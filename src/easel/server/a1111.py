@@ -21,12 +21,16 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.jobs import FINAL
-from ..errors import InvalidRequestError, JobCancelledError, NotFoundError
+from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
 from ..types import ImageRequest, image_from_bytes, mask_from_alpha
 from .jobs import wait_for_job
 
 PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
+# Easel's parameter names -> the A1111 API's, so that an error names the field the client sent
+PARAMS = {"num_inference_steps": "steps", "guidance_scale": "cfg_scale", "n": "batch_size", "image": "init_images",
+          "strength": "denoising_strength", "scheduler": "sampler_name",
+          "model": "override_settings.sd_model_checkpoint"}
 # A1111 sampler names -> Easel scheduler names
 SAMPLERS = {"Euler a": "euler_a", "Euler": "euler", "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++_karras",
             "DDIM": "ddim", "UniPC": "unipc", "PLMS": "pndm", "PNDM": "pndm", "LMS": "lms", "Heun": "heun"}
@@ -178,11 +182,20 @@ def build_a1111_router(engine, default_model) -> APIRouter:
     @router.post("/txt2img")
     async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
         """Text to image; answers `{"images": [base64 PNG], "parameters", "info"}` like A1111."""
-        return await run(body, request)
+        try:
+            return await run(body, request)
+        except EaselError as exc:
+            raise exc.renamed(PARAMS) from None
 
     @router.post("/img2img")
     async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
         """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting."""
+        try:
+            return await image_to_image(body, request)
+        except EaselError as exc:
+            raise exc.renamed(PARAMS) from None
+
+    async def image_to_image(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
         if not body.init_images:
             raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
         image = _decode(body.init_images[0], "init_images")
@@ -267,8 +280,11 @@ def build_a1111_router(engine, default_model) -> APIRouter:
             if not isinstance(name, str):
                 raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
                                           param="sd_model_checkpoint")
-            spec = catalog.resolve(name, allow_paths=False)
-            engine.runner.registry.get(spec.provider).check(spec, ImageRequest(prompt="-"))  # loadable here?
+            try:
+                spec = catalog.resolve(name, allow_paths=False)
+                engine.runner.registry.get(spec.provider).check(spec, ImageRequest(prompt="-"))  # loadable here?
+            except EaselError as exc:
+                raise exc.renamed({"model": "sd_model_checkpoint"}) from None
             state.model = spec.name
         return None
 
