@@ -103,8 +103,7 @@ class Engine:
         """The engine's real state: whether it can work now, and if not, why."""
         free = self.free_bytes()
         problems = [] if self.worker_alive else ["the engine's worker is not running"]
-        if self._space_problem(free):
-            problems.append(self._space_problem(free))
+        problems += [p for p in [self._space_problem(free)] if p]
         return {"can_work": not problems, "problems": problems, "worker_alive": self.worker_alive,
                 "queue_depth": self.queue_depth, "queue_limit": self.max_queue,
                 "free_disk_bytes": free, "min_free_disk_bytes": self.min_free_bytes,

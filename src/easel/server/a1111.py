@@ -280,12 +280,10 @@ def build_a1111_router(engine, default_model) -> APIRouter:
             if not isinstance(name, str):
                 raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
                                           param="sd_model_checkpoint")
-            try:
-                spec = catalog.resolve(name, allow_paths=False)
-                engine.runner.registry.get(spec.provider).check(spec, ImageRequest(prompt="-"))  # loadable here?
+            try:  # the same check as a request's, so that a name that cannot run here never sticks
+                state.model = engine.runner.check(ImageRequest(prompt="-", model=name)).spec.name
             except EaselError as exc:
                 raise exc.renamed({"model": "sd_model_checkpoint"}) from None
-            state.model = spec.name
         return None
 
     return router
