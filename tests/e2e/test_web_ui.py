@@ -82,16 +82,16 @@ def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, 
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#width input").fill("64")
     page.locator("#height input").fill("64")
-    page.locator("#steps input[type=number]").fill("60")
+    page.locator("#steps input[type=number]").fill("100")  # the slider's most: time to see the bar
     page.locator("#seed input").fill("7")
     page.locator("#generate").click()
-    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 60")).wait_for()  # live progress,
-    page.locator("#metadata .progress-text").get_by_text(re.compile(r"\d+/60 steps")).wait_for()  # with a bar
+    page.locator("#status").get_by_text(re.compile(r"Step \d+ of 100")).wait_for()  # live progress,
+    page.locator("#metadata .progress-text").get_by_text(re.compile(r"\d+/100 steps")).wait_for()  # with a bar
     page.locator("#gallery img").first.wait_for()  # previews appear while it denoises
     page.locator("#status").get_by_text("Done").wait_for()
     page.locator("#gallery img").first.click()
     meta = json.loads(page.locator("#metadata").inner_text().split("\n", 1)[1].replace("\n", ""))
-    assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 60
+    assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 100
     row = history(ui_server)[0]
     assert row["id"] == meta["id"] and row["width"] == 64 and row["seed"] == 7
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
