@@ -101,17 +101,17 @@ def overhead_per_job(jobs: int = 200) -> float:
     class Instant(Provider):
         name = "diffusers"
 
-        def run(self, spec, request, seeds, on_step=None, should_stop=None):
-            return ProviderOutput([Image.new("RGB", (request.width, request.height)) for _ in seeds])
+        def run_batch(self, batch, progress):
+            return [ProviderOutput([Image.new("RGB", (request.width, request.height)) for _ in seeds])
+                    for request, seeds in batch]
 
     registry = ProviderRegistry()
-    registry._loaded = True
     registry.add(Instant())
     runner = Runner(Settings(home=Path(tempfile.mkdtemp())), registry=registry)
     engine = Engine(runner, batch_wait_s=0).start()
     started = time.perf_counter()
     for i in range(jobs):
-        engine.wait(engine.submit(ImageRequest(prompt="a red circle", size="32x32", seed=i)))
+        engine.submit(ImageRequest(prompt="a red circle", size="32x32", seed=i)).wait()
     per_job = (time.perf_counter() - started) / jobs
     engine.stop()
     return per_job

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metadata import prompt_of
-from .types import ImageRequest, ImageResult, image_from_bytes, mask_from_alpha
+from . import masks
+from .types import ImageRequest, ImageResult, image_from_bytes
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -61,8 +62,9 @@ def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
                               param=param)
 
 
-def _build(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed, negative_prompt,
-           scheduler, output_format, options, **fields) -> ImageRequest:
+def to_image_request(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed,
+                     negative_prompt, scheduler, output_format, options, **fields) -> ImageRequest:
+    """The library's arguments as a request (its one mapping; the check comes after, in the runner)."""
     return ImageRequest(
         prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
@@ -84,39 +86,50 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
     `size` ("1024x768") or `aspect` ("16:9") set the shape; other keyword arguments are options of the model's
     family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"` for big models on small GPUs).
     """
-    request = _build(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height, steps=steps,
-                     guidance=guidance, seed=seed, negative_prompt=negative_prompt, scheduler=scheduler,
-                     output_format=output_format, options=options)
+    request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height,
+                               steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                               scheduler=scheduler, output_format=output_format, options=options)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 
 def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None, n: int = 1,
          size: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-         negative_prompt: str | None = None, strength: float | None = None, output_format: str = "png",
+         negative_prompt: str | None = None, strength: float | None = None, mask_blur: int | None = None,
+         inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32, output_format: str = "png",
          save: bool = True, out_dir: str | Path | None = None, on_step: StepCallback | None = None,
          **options: Any) -> ImageResult:
     """Repaint the white part of `mask` in `image` to match `prompt`, keeping the rest (inpainting).
 
-    Without a mask, the image's fully transparent pixels are the area to repaint.
+    Without a mask, the image's fully transparent pixels are the area to repaint; with neither, the whole picture
+    changes as the prompt says (image-to-image). The edit blends in over `mask_blur` pixels (4); with
+    `inpaint_full_res` the model sees only the painted area (plus `inpaint_full_res_padding`), at full resolution.
     """
     picture = load_image(image, "image")
-    mask_image = load_image(mask, "mask") if mask is not None else mask_from_alpha(picture)
-    request = _build(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None, steps=steps,
-                     guidance=guidance, seed=seed, negative_prompt=negative_prompt, scheduler=None,
-                     output_format=output_format, options=options, mode="edit", image=picture, mask=mask_image,
-                     strength=strength)
+    mode = masks.edit_mode(picture, mask, model)
+    mask_image = None if mode == "vary" else load_image(mask, "mask") if mask is not None else masks.from_alpha(picture)
+    request = to_image_request(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None,
+                               steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                               scheduler=None, output_format=output_format, options=options, mode=mode,
+                               image=picture, mask=mask_image, strength=strength)
+    if mode == "edit":
+        request = request.replace(mask_blur=mask_blur, inpaint_full_res=inpaint_full_res,
+                                  inpaint_full_res_padding=inpaint_full_res_padding)
+    elif strength is None:
+        request = request.replace(strength=masks.WHOLE_PICTURE_STRENGTH)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 
 def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, size: str | None = None,
          strength: float | None = None, steps: int | None = None, guidance: float | None = None,
-         seed: int | None = None, output_format: str = "png", save: bool = True,
+         seed: int | None = None, negative_prompt: str | None = None, output_format: str = "png", save: bool = True,
          out_dir: str | Path | None = None, on_step: StepCallback | None = None, **options: Any) -> ImageResult:
     """Variations of `image` (image-to-image): `strength` near 0 keeps it, 1 redraws it; `prompt` steers them."""
     picture = load_image(image, "image")
-    request = _build(prompt or prompt_of(picture), model=model, n=n, size=size, aspect=None, width=None,
-                     height=None, steps=steps, guidance=guidance, seed=seed, negative_prompt=None, scheduler=None,
-                     output_format=output_format, options=options, mode="vary", image=picture, strength=strength)
+    request = to_image_request(prompt or prompt_of(picture), model=model, n=n, size=size, aspect=None,
+                               width=None, height=None, steps=steps, guidance=guidance, seed=seed,
+                               negative_prompt=negative_prompt, scheduler=None, output_format=output_format,
+                               options=options,
+                               mode="vary", image=picture, strength=strength)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 

@@ -58,6 +58,9 @@ class ModelFamily:
     dtype: str = "float32"
     takes: tuple[str, ...] = ("steps", "guidance", "seed")  # request fields the model honours
     cfg_param: str = "guidance_scale"
+    # the pipeline argument that must be above 1 for a negative prompt to count (classifier-free guidance is off
+    # at 1 or below); None where that is not known (a remote service)
+    negative_prompt_needs: str | None = None
     default_negative_prompt: str | None = None
     offload: str | None = None
     keeps_native_size: bool = False  # the pipeline draws at its own size and takes no width/height
@@ -121,8 +124,11 @@ MEMORY_OPTIONS = {
 def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
     raw = dict(raw)
     options = {k: OptionSpec(name=k, **v) for k, v in raw.pop("options", {}).items()}
-    if name != "builtin" and raw.get("provider", "diffusers") == "diffusers":
+    local = raw.get("provider", "diffusers") == "diffusers"
+    if name != "builtin" and local:
         options = {**MEMORY_OPTIONS, **options}
+    if local and raw.get("negative_prompt"):
+        raw.setdefault("negative_prompt_needs", raw.get("cfg_param", "guidance_scale"))
     return ModelFamily(
         name=name,
         size=tuple(raw.pop("size")),

@@ -10,13 +10,14 @@ from typing import NamedTuple
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
 from .errors import InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
+from .prompts import revise_prompt
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
 
 MAX_IMAGES = 10
 MAX_STEPS = 500
 MAX_SEED = 2**63 - 1
+DEFAULT_MASK_BLUR = 4
 _ASPECT = re.compile(r"^\s*([0-9]{1,5}(?:\.[0-9]{1,5})?)\s*:\s*([0-9]{1,5}(?:\.[0-9]{1,5})?)\s*$")
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 def _require_int(name: str, value, lo: int, hi: int) -> int:
@@ -76,13 +77,6 @@ def aspect_size(spec: ModelSpec, aspect: str) -> tuple[int, int]:
     width = round(math.sqrt(area * ratio) / step) * step
     height = round(math.sqrt(area / ratio) / step) * step
     return width, height
-
-
-def quality_words_for(spec: ModelSpec, prompt: str) -> str | None:
-    words = spec.family.quality_words
-    if not words:
-        return None
-    return words.get("zh") if _CJK.search(prompt) and "zh" in words else words.get("en")
 
 
 class CheckedRequest(NamedTuple):
@@ -150,6 +144,12 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
         r.strength = _require_number("strength", r.strength, 0.01, 1.0)
     elif r.mode == "vary":
         r.strength = 0.6
+    if r.mode == "edit":
+        r.mask_blur = _require_int("mask_blur", DEFAULT_MASK_BLUR if r.mask_blur is None else r.mask_blur, 0, 64)
+        if not isinstance(r.inpaint_full_res, bool):
+            raise InvalidRequestError(f"`inpaint_full_res` must be true or false but is {r.inpaint_full_res!r}.",
+                                      param="inpaint_full_res")
+        r.inpaint_full_res_padding = _require_int("inpaint_full_res_padding", r.inpaint_full_res_padding, 0, 512)
 
     # 3. count, size, steps, guidance, seed
     r.num_images = _require_int("n", r.num_images, 1, MAX_IMAGES)
@@ -206,7 +206,25 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
             known = ", ".join(family.options) or "none"
             raise InvalidRequestError(f"Unknown option {key!r} for {spec.name} (its options: {known}).", param=key)
         r.extra[key] = _check_option(option, value)
+
+    # 5. the prompt the model receives, and what it will ignore
+    r.revised_prompt = revise_prompt(spec, r.prompt)
+    r.warnings = _ignored(spec, r)
     return CheckedRequest(spec, r)
+
+
+def _ignored(spec: ModelSpec, r: ImageRequest) -> list[str]:
+    """What the model will receive but not use, said in the result rather than dropped silently."""
+    family, warnings = spec.family, []
+    needs = family.negative_prompt_needs
+    negative = (r.negative_prompt or "").strip() and r.negative_prompt != family.default_negative_prompt
+    if needs and negative:
+        name = "guidance_scale" if needs == family.cfg_param else needs
+        value = r.guidance_scale if needs == family.cfg_param else r.extra.get(needs)
+        if value is None or value <= 1:
+            warnings.append(f"{spec.name} ignores the negative prompt unless `{name}` is above 1 "
+                            f"(it is {value if value is not None else 'not set'})")
+    return warnings
 
 
 def _snap(value: int, step: int) -> int:

@@ -30,17 +30,32 @@ def _err(message: str) -> None:
 # Easel's parameter names -> the options that set them, so that an error names what the user typed
 OPTIONS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "n": "-n", "negative_prompt": "--negative",
            "output_format": "--format", "model": "--model", "seed": "--seed", "size": "--size", "aspect": "--aspect",
-           "scheduler": "--scheduler", "strength": "--strength", "mask": "--mask"}
+           "scheduler": "--scheduler", "strength": "--strength", "mask": "--mask", "mask_blur": "--mask-blur",
+           "inpaint_full_res_padding": "--padding"}
+
+
+_debug = False  # `easel --debug ...`: a failure that is not Easel's own shows its traceback
+
+
+@app.callback()
+def global_options(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected failure.")]
+         = False) -> None:
+    global _debug
+    _debug = debug
 
 
 def _fail(exc: Exception) -> None:
-    """The CLI's one place that turns Easel errors into a message and an exit code, never a traceback."""
+    """The CLI's one place that turns errors into a message and an exit code: Easel's own in the CLI's terms, any
+    other as one line naming it (its traceback only with --debug)."""
     from .errors import EaselError, InvalidRequestError
 
     if isinstance(exc, EaselError):
         _err(f"Error: {exc.renamed(OPTIONS).message}")
         raise typer.Exit(2 if isinstance(exc, InvalidRequestError) else 1)
-    raise exc
+    if _debug or isinstance(exc, (typer.Exit, KeyboardInterrupt)):
+        raise exc
+    _err(f"Error: {type(exc).__name__}: {exc} (run `easel --debug ...` to see where it came from)")
+    raise typer.Exit(1)
 
 
 def _settings(**overrides):
@@ -124,6 +139,8 @@ Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative pr
 Format = Annotated[str, typer.Option("--format", help="png, jpeg or webp.")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the images (default: the workspace).")]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+ListJson = Annotated[bool, typer.Option("--json", help="The list as one JSON array on stdout.")]
+RowsJson = Annotated[bool, typer.Option("--json", help="One JSON object per row on stdout.")]
 Options = Annotated[Optional[list[str]], typer.Option(
     "--option", "-o", help="A model-family option as KEY=VALUE, e.g. -o true_cfg_scale=4 -o offload=model.")]
 
@@ -145,6 +162,8 @@ def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     model: Model = None,
     n: Count = 1,
+    batches: Annotated[int, typer.Option("--batches", min=1, max=100, help="Run that many batches of -n images "
+                                         "one after another (A1111's batch count), seeds following on.")] = 1,
     size: Size = None,
     aspect: Annotated[Optional[str], typer.Option("--aspect", help="Aspect preset, e.g. 16:9.")] = None,
     steps: Steps = None,
@@ -163,20 +182,11 @@ def generate(
 
     Example: easel generate "a small yellow square at the top on a black background" -n 4 --seed 1
     """
-    from .types import ImageRequest
-
     try:
-        if from_file is not None:
-            base = _request_from_file(from_file)
-        else:
-            base = ImageRequest(prompt="")
-        overrides = {k: v for k, v in dict(
-            model=model, size=size, aspect=aspect, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-            negative_prompt=negative, scheduler=scheduler).items() if v is not None}
-        if size is not None or aspect is not None:
-            base = base.replace(width=None, height=None)
-        base = base.replace(**overrides, num_images=n, output_format=output_format,
-                            extra={**base.extra, **_options(option)})
+        base = to_image_request(_request_from_file(from_file) if from_file is not None else None, model=model,
+                                size=size, aspect=aspect, steps=steps, guidance=guidance, seed=seed,
+                                negative=negative, scheduler=scheduler, n=n, output_format=output_format,
+                                options=_options(option))
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:
@@ -186,13 +196,29 @@ def generate(
         else:
             _err("Error: give a PROMPT, --prompts-file or --from.")
             raise typer.Exit(2)
-        requests = [base.replace(prompt=p) for p in prompts]
+        requests = [base.replace(prompt=p, seed=None if base.seed is None else base.seed + b * n)
+                    for p in prompts for b in range(batches)]
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             results = _runner().run_many(requests, out_dir=out, on_step=bar.on_step)
-    except Exception as exc:  # noqa: BLE001 - _fail re-raises what is not Easel's
+    except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's
         _fail(exc)
     for result in results:
         _print_result(result, as_json)
+
+
+def to_image_request(base, *, model, size, aspect, steps, guidance, seed, negative, scheduler, n, output_format,
+                     options: dict):
+    """The command line's options as a request (its one mapping), over `base` (the request of `--from`) where
+    given; the prompt is filled in per line of `--prompts-file`."""
+    from .types import ImageRequest
+
+    base = base or ImageRequest(prompt="")
+    overrides = {k: v for k, v in dict(
+        model=model, size=size, aspect=aspect, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+        negative_prompt=negative, scheduler=scheduler).items() if v is not None}
+    if size is not None or aspect is not None:
+        base = base.replace(width=None, height=None)
+    return base.replace(**overrides, num_images=n, output_format=output_format, extra={**base.extra, **options})
 
 
 def _request_from_file(path: Path):
@@ -221,8 +247,14 @@ def _request_from_file(path: Path):
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to change.")],
     prompt: Annotated[str, typer.Argument(help="What the masked area should show.")],
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="White = repaint. Default: the transparent part.")]
-    = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="White = repaint. Default: the transparent part "
+                                                 "(or, with none, the whole picture as the prompt says).")] = None,
+    mask_blur: Annotated[Optional[int], typer.Option("--mask-blur", help="Pixels over which the edit blends in "
+                                                     "(default 4).")] = None,
+    only_masked: Annotated[bool, typer.Option("--only-masked", help="The model sees only the masked area (plus "
+                                              "--padding), at full resolution: for small areas.")] = False,
+    padding: Annotated[int, typer.Option("--padding", help="Pixels around the masked area with --only-masked.")]
+    = 32,
     model: Model = None,
     n: Count = 1,
     steps: Steps = None,
@@ -243,7 +275,8 @@ def edit(
     try:
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
-                              negative_prompt=negative, output_format=output_format, out_dir=out,
+                              negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
+                              inpaint_full_res_padding=padding, output_format=output_format, out_dir=out,
                               on_step=bar.on_step, **_options(option))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
@@ -259,10 +292,15 @@ def vary(
     = None,
     model: Model = None,
     n: Count = 1,
+    size: Size = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
     seed: Seed = None,
+    negative: Negative = None,
     output_format: Format = "png",
     out: Out = None,
     as_json: AsJson = False,
+    option: Options = None,
 ) -> None:
     """Make variations of an image (image-to-image).
 
@@ -272,15 +310,16 @@ def vary(
 
     try:
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
-            result = api.vary(image, prompt or "", strength=strength, model=model, n=n, seed=seed,
-                              output_format=output_format, out_dir=out, on_step=bar.on_step)
+            result = api.vary(image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps,
+                              guidance=guidance, seed=seed, negative_prompt=negative, output_format=output_format,
+                              out_dir=out, on_step=bar.on_step, **_options(option))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     _print_result(result, as_json)
 
 
 @models_app.callback()
-def models(ctx: typer.Context, as_json: AsJson = False) -> None:
+def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     """List known models and whether each is on this machine.
 
     Example: easel models
@@ -332,6 +371,8 @@ def keys_set(
     from .config import get_settings
     from .keys import set_key
 
+    if value is None and not sys.stdin.isatty():  # `echo KEY | easel keys set openai`: no prompt, no warning
+        value = sys.stdin.readline()
     secret = value or typer.prompt(f"Key for {name}", hide_input=True)
     set_key(get_settings().keys_path, name, secret.strip())
     typer.echo(f"Saved the {name} key to {get_settings().keys_path}")
@@ -359,7 +400,7 @@ def keys_path() -> None:
 def history(
     limit: Annotated[int, typer.Option("-n", "--limit", help="How many rows.")] = 20,
     search: Annotated[Optional[str], typer.Option("--search", "-s", help="Only prompts containing this.")] = None,
-    as_json: AsJson = False,
+    as_json: RowsJson = False,
 ) -> None:
     """List recent generations, newest first.
 
@@ -377,7 +418,8 @@ def history(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("created", "model", "seed", "size", "prompt", "path")
+    table = Table("created", "model", "seed", "size", "prompt")
+    table.add_column("path", overflow="fold")  # a path is whole or useless: wrapped, never cut
     for r in rows:
         table.add_row(r["created"][:19], r["model"], str(r["seed"]), f"{r['width']}x{r['height']}", r["prompt"],
                       r["path"] or "")
@@ -387,7 +429,7 @@ def history(
 @app.command()
 def jobs(
     limit: Annotated[int, typer.Option("-n", "--limit", help="How many rows.")] = 20,
-    as_json: AsJson = False,
+    as_json: RowsJson = False,
 ) -> None:
     """List the server's recent jobs and their states, newest first.
 
@@ -415,7 +457,7 @@ def jobs(
 @app.command()
 def show(
     file: Annotated[Path, typer.Argument(help="An image Easel saved.")],
-    as_json: AsJson = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The parameters as JSON on stdout.")] = False,
 ) -> None:
     """Print the parameters an image was made with.
 
@@ -441,7 +483,7 @@ def show(
 
 
 @app.command()
-def providers(as_json: AsJson = False) -> None:
+def providers(as_json: ListJson = False) -> None:
     """List the installed providers (entry points of the `easel.providers` group).
 
     Example: easel providers

@@ -18,12 +18,37 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 from mcp.types import ImageContent, TextContent
 
+from ._version import __version__
 from .config import Settings, get_settings
 from .engine.queue import Engine
 from .engine.runner import Runner
 from .errors import EaselError, InvalidRequestError, NotFoundError
 from .tools import describe
-from .types import ImageRequest, image_from_bytes, mask_from_alpha
+from . import masks
+from .types import ImageRequest, image_from_bytes
+
+
+# Easel's parameter names -> the tools' arguments, so that an error names the argument the agent sent
+TOOL_PARAMS = {"num_inference_steps": "steps"}
+
+
+def to_image_request(prompt: str, *, model: str | None = None, n: int = 1, size: str | None = None,
+                     aspect: str | None = None, seed: int | None = None, negative_prompt: str | None = None,
+                     steps: int | None = None, guidance_scale: float | None = None, strength: float | None = None,
+                     image=None, mask=None, mask_blur: int | None = None, only_masked: bool = False) -> ImageRequest:
+    """The tools' arguments as a request: the front's one mapping. An image makes it an edit, repainting the
+    mask's white area, or with no mask the image's transparent area, or with neither the whole picture."""
+    if image is None:
+        return ImageRequest(prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, seed=seed,
+                            negative_prompt=negative_prompt, num_inference_steps=steps,
+                            guidance_scale=guidance_scale)
+    mode = masks.edit_mode(image, mask, model)
+    request = ImageRequest(prompt=prompt, model=model, num_images=n, seed=seed, strength=strength, mode=mode,
+                           image=image.convert("RGB"))
+    if mode == "vary":
+        return request.replace(strength=masks.WHOLE_PICTURE_STRENGTH if strength is None else strength)
+    return request.replace(mask=masks.binary(mask) if mask else masks.from_alpha(image), mask_blur=mask_blur,
+                           inpaint_full_res=only_masked)
 
 
 def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
@@ -51,22 +76,20 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
     settings = settings or get_settings()
     runner = Runner(settings, allow_paths=allow_paths)
     engine = Engine.from_settings(runner).start()
-    server = MCPServer(name="easel", instructions="Make images from text with Easel: generate_image, edit_image "
+    server = MCPServer(name="easel", version=__version__,
+                       instructions="Make images from text with Easel: generate_image, edit_image "
                        "(inpainting) and list_models. Images are saved in Easel's workspace; every result names the "
                        "saved file and its id.")
 
     async def run(request: ImageRequest, ctx: Context | None) -> list[TextContent | ImageContent]:
+        async def report(job) -> None:
+            if ctx is not None and job.total_steps and job.step:
+                await ctx.report_progress(job.step, job.total_steps)
+
         try:
-            job = engine.submit(request)
-            while not job.done.is_set():
-                await anyio.to_thread.run_sync(job.done.wait, 0.5)
-                if ctx is not None and job.total_steps and job.step:
-                    await ctx.report_progress(job.step, job.total_steps)
+            result = await engine.submit(request).wait_async(report)
         except EaselError as exc:
-            raise ToolError(exc.message) from None
-        if job.state != "succeeded":
-            raise ToolError(job.error.message if job.error else "The job was cancelled.")
-        result = job.result
+            raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
         ids = ", ".join(im.id for im in result.images if im.id)
         contents: list[TextContent | ImageContent] = [
             TextContent(type="text", text=f"{describe(result)} Image id: {ids}.")]
@@ -81,27 +104,27 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
         """Generate images from a text prompt. Returns a line with the saved file's path and id, and the images.
 
         model: a name from list_models (default: the configured model); size: WIDTHxHEIGHT; aspect: e.g. 16:9."""
-        return await run(ImageRequest(prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, seed=seed,
-                                      negative_prompt=negative_prompt, num_inference_steps=steps,
-                                      guidance_scale=guidance_scale), ctx)
+        return await run(to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, seed=seed,
+                                          negative_prompt=negative_prompt, steps=steps,
+                                          guidance_scale=guidance_scale), ctx)
 
     @server.tool()
     async def edit_image(image: str, prompt: str, mask: str | None = None, model: str | None = None,
-                         seed: int | None = None, strength: float | None = None,
-                         ctx: Context | None = None) -> list[TextContent | ImageContent]:
+                         seed: int | None = None, strength: float | None = None, mask_blur: int | None = None,
+                         only_masked: bool = False, ctx: Context | None = None) -> list[TextContent | ImageContent]:
         """Repaint part of an image to match `prompt` (inpainting). `image` and `mask`: an image id returned by
         generate_image or base64 PNG data (or a file path, over stdio). The mask's white area is repainted; without
-        a mask, the image's transparent area."""
+        a mask, the image's transparent area; with neither, the whole picture changes as the prompt says.
+        mask_blur: pixels over which the edit blends in (default 4); only_masked: the model sees only the masked
+        area, at full resolution (for small areas)."""
         try:
             picture = _load_image(image, "image", runner, allow_paths)
             mask_image = _load_image(mask, "mask", runner, allow_paths) if mask else None
+            request = to_image_request(prompt, model=model, seed=seed, strength=strength, image=picture,
+                                       mask=mask_image, mask_blur=mask_blur, only_masked=only_masked)
         except EaselError as exc:
-            raise ToolError(exc.message) from None
-        if mask_image is None and "A" not in picture.getbands():
-            raise ToolError("Give a `mask`, or an image with a transparent area to repaint.")
-        return await run(ImageRequest(prompt=prompt, model=model, seed=seed, strength=strength, mode="edit",
-                                      image=picture.convert("RGB"),
-                                      mask=mask_image.convert("L") if mask_image else mask_from_alpha(picture)), ctx)
+            raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
+        return await run(request, ctx)
 
     @server.tool()
     def list_models() -> str:
@@ -132,11 +155,10 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
         else:
             import uvicorn
 
-            from .server.middleware import FrameMiddleware
+            from .server.middleware import frame
 
-            app = FrameMiddleware(server.streamable_http_app(host=host), settings.server_keys,
-                                  public=lambda path: False, max_json_bytes=MAX_MCP_BODY_BYTES,
-                                  max_multipart_bytes=MAX_MCP_BODY_BYTES)
+            app = frame(server.streamable_http_app(host=host), settings.server_keys, public=lambda path: False,
+                        max_json_bytes=MAX_MCP_BODY_BYTES, max_multipart_bytes=MAX_MCP_BODY_BYTES)
             uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.stop()

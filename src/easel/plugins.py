@@ -1,5 +1,11 @@
 """What a plugin package builds on: the provider interface, model families and specs, and the registry.
 
+    class MyProvider(Provider):
+        name = "mine"
+
+        def run_batch(self, batch, progress):   # one ProviderOutput per request, one image per seed
+            return [ProviderOutput(images=[paint(request, seed) for seed in seeds]) for request, seeds in batch]
+
     def register(add, settings):       # named by an entry point in the group `easel.providers`
         add(MyProvider(settings))      # a Provider: runs the models whose spec names it
         add(MY_FAMILY)                 # a ModelFamily: sizes, defaults, what requests may ask of it
@@ -9,7 +15,7 @@
 """
 
 from .catalog import ModelFamily, ModelSpec, OptionSpec
-from .providers.base import Provider, ProviderOutput, ProviderRegistry, StepCallback
+from .providers.base import Batch, Progress, Provider, ProviderOutput, ProviderRegistry, StepCallback
 
-__all__ = ["ModelFamily", "ModelSpec", "OptionSpec", "Provider", "ProviderOutput", "ProviderRegistry",
-           "StepCallback"]
+__all__ = ["Batch", "ModelFamily", "ModelSpec", "OptionSpec", "Progress", "Provider", "ProviderOutput",
+           "ProviderRegistry", "StepCallback"]

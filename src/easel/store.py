@@ -201,7 +201,8 @@ class Workspace:
         when = dt.datetime.now(dt.timezone.utc)
         image.id = image.id or uuid.uuid4().hex
         ext = "jpg" if image.output_format == "jpeg" else image.output_format
-        name = f"{when:%Y%m%d-%H%M%S}-{slugify(image.parameters.get('prompt', ''))}-{image.seed}-{image.id[:8]}.{ext}"
+        seed = "" if image.seed is None else image.seed
+        name = f"{when:%Y%m%d-%H%M%S}-{slugify(image.parameters.get('prompt', ''))}-{seed}-{image.id[:8]}.{ext}"
         path = self.folder_for(when) / name
         write_atomically(path, image.to_bytes())
         image.path = str(path)

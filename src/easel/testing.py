@@ -10,13 +10,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .providers.base import Provider, ProviderOutput, StepCallback
-
-if TYPE_CHECKING:
-    from .catalog import ModelSpec
-    from .types import ImageRequest
+from .providers.base import Batch, Progress, Provider, ProviderOutput
 
 
 def seed_colour(seed: int) -> tuple[int, int, int]:
@@ -26,7 +22,7 @@ def seed_colour(seed: int) -> tuple[int, int, int]:
 
 
 class FakeProvider(Provider):
-    """Paints one colour per seed at the requested size, calling `on_step` for each step.
+    """Paints one colour per seed at the requested size, reporting each step to `progress`.
 
     `fail_rate` makes that share of calls raise RuntimeError (drawn from `rng_seed`, so a run is repeatable);
     `step_s` is how long each step takes; `hold_at` stops every call at that step until `release()` (so a test
@@ -49,33 +45,27 @@ class FakeProvider(Provider):
         """Let held calls (and every later one) go on."""
         self._release.set()
 
-    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
-            on_step: StepCallback | None = None) -> ProviderOutput:
-        return self.run_batch(spec, [request], [seeds], on_step)[0]
-
-    def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
-                  on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         from PIL import Image
 
         with self._lock:
-            self.calls.append({"model": spec.name, "requests": len(requests), "images": sum(map(len, seeds))})
+            self.calls.append({"model": batch.spec.name, "requests": len(batch), "images": len(batch.all_seeds)})
             fail = self._rng.random() < self.fail_rate
         if fail:
             raise RuntimeError("FakeProvider failed on purpose")
-        first = requests[0]
+        first = batch.first
         total = min(first.num_inference_steps or 1, self.max_steps)
         size = (first.width or 64, first.height or 64)
 
         def paint() -> list:
-            return [Image.new("RGB", size, seed_colour(s)) for group in seeds for s in group]
+            return [Image.new("RGB", size, seed_colour(s)) for s in batch.all_seeds]
 
         for step in range(1, total + 1):
             time.sleep(self.step_s)
             if step == self.hold_at and not self._release.is_set():
                 self.held.set()
                 self._release.wait(60)
-            if on_step is not None:
-                on_step(step, total, paint)  # previews: the final colours, at every step
-            if should_stop is not None and should_stop():
+            progress.step(step, total, paint)  # previews: the final colours, at every step
+            if progress.stopped:
                 break
-        return [ProviderOutput(images=[Image.new("RGB", size, seed_colour(s)) for s in group]) for group in seeds]
+        return [ProviderOutput(images=[Image.new("RGB", size, seed_colour(s)) for s in seeds]) for _, seeds in batch]

@@ -32,7 +32,8 @@ class ImageRequest:
 
     `size` ("1024x1792") or `aspect` ("16:9", one of the model family's presets) may stand in for `width` and
     `height`; `extra` holds options of one model family (e.g. Qwen-Image's `true_cfg_scale`). `image`, `mask`
-    and `strength` are for edits (inpainting) and variations (image-to-image).
+    and `strength` are for edits (inpainting) and variations (image-to-image); `mask_blur`, `inpaint_full_res` and
+    `inpaint_full_res_padding` shape an edit as A1111's fields of those names do.
     """
 
     prompt: str
@@ -53,7 +54,12 @@ class ImageRequest:
     image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
     mask: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
     strength: float | None = None
+    mask_blur: int | None = None  # pixels over which an edit blends into the picture (default 4, as in A1111)
+    inpaint_full_res: bool = False  # the model sees only the painted area (plus the padding), at full resolution
+    inpaint_full_res_padding: int = 32
     moderation: str = "auto"
+    revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
+    warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore
 
     def replace(self, **changes: Any) -> ImageRequest:
         return dataclasses.replace(self, **changes)
@@ -64,11 +70,12 @@ class GeneratedImage:
     """One image, the seed that made it and every parameter needed to make it again."""
 
     image: PIL.Image.Image = dataclasses.field(repr=False)
-    seed: int
+    seed: int | None  # None: the model takes no seed, and the image cannot be made again
     parameters: dict[str, Any]
     output_format: str = "png"
     path: str | None = None
     id: str | None = None
+    _encoded: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def width(self) -> int:
@@ -79,10 +86,17 @@ class GeneratedImage:
         return self.image.height
 
     def to_bytes(self, output_format: str | None = None, quality: int | None = None) -> bytes:
-        """The image encoded (with its metadata) as PNG, JPEG or WebP."""
+        """The image encoded (with its metadata) as PNG, JPEG or WebP; in its own format, encoded once, so that the
+        bytes saved are the bytes served."""
         from .metadata import encode_image
 
-        return encode_image(self.image, output_format or self.output_format, self.parameters, quality=quality)
+        own = output_format in (None, self.output_format) and quality is None
+        if own and self._encoded is not None:
+            return self._encoded
+        data = encode_image(self.image, output_format or self.output_format, self.parameters, quality=quality)
+        if own:
+            self._encoded = data
+        return data
 
     def save(self, path: str) -> str:
         with open(path, "wb") as f:
@@ -141,12 +155,3 @@ def image_from_bytes(data: bytes, param: str = "image") -> PIL.Image.Image:
     except Exception:
         raise InvalidRequestError(f"`{param}` is a damaged or truncated image.", param=param) from None
     return im
-
-
-def mask_from_alpha(image: PIL.Image.Image, param: str = "mask") -> PIL.Image.Image:
-    """White (repaint) where `image` is fully transparent, black elsewhere: OpenAI's mask convention."""
-    if "A" not in image.getbands():
-        raise InvalidRequestError(
-            f"`{param}` needs transparent pixels to mark the area to repaint, but the image has no alpha channel.",
-            param=param)
-    return image.getchannel("A").point(lambda a: 255 if a == 0 else 0)

@@ -66,17 +66,29 @@ def test_inpainting_repaints_the_mask_and_keeps_the_rest():
     mask.paste(255, (0, 0, 64, 128))  # repaint the left half
     out = easel.edit(source, "a large white circle on the left on a green background", mask=mask, seed=2)
     arr = pixels(out[0].image)
-    assert np.array_equal(arr[:, 64:], pixels(source)[:, 64:])  # right half untouched
+    # the edit blends in over mask_blur (4) pixels, the band twice that wide; beyond it, every pixel is kept
+    assert np.array_equal(arr[:, 64 + 8:], pixels(source)[:, 64 + 8:])
     assert np.abs(arr[:, :64] - pixels(source)[:, :64]).mean() > 5  # left half repainted
     assert out[0].parameters["mode"] == "edit"
+    hard = easel.edit(source, "a large white circle on the left on a green background", mask=mask, seed=2,
+                      mask_blur=0, save=False)
+    assert np.array_equal(pixels(hard[0].image)[:, 64:], pixels(source)[:, 64:])  # no blur: the mask's edge
 
 
 def test_edit_without_mask_repaints_the_transparent_part():
     source = Image.new("RGBA", (64, 64), shapes.PALETTE["blue"] + (255,))
     source.paste((0, 0, 0, 0), (32, 0, 64, 64))
     out = easel.edit(source, "a red square on a blue background", seed=1, save=False)
-    left = pixels(out[0].image)[:, :32]
-    assert np.array_equal(left, pixels(source)[:, :32])
+    left = pixels(out[0].image)[:, :24]  # the edit blends in over the 8 pixels next to the transparent half
+    assert np.array_equal(left, pixels(source)[:, :24])
+    assert out[0].parameters["mode"] == "edit"
+
+
+def test_edit_with_no_mask_and_no_transparency_changes_the_whole_picture():
+    source = Image.new("RGB", (64, 64), shapes.PALETTE["blue"])
+    out = easel.edit(source, "a large red circle in the center on a blue background", seed=1, save=False)
+    assert out[0].parameters["mode"] == "vary"
+    assert np.abs(pixels(out[0].image) - pixels(source)).mean() > 5
 
 
 def test_edit_with_a_wrong_size_mask_is_refused():

@@ -107,6 +107,22 @@ def test_edit_and_variation_on_a_diffusers_model(tiny_models):
     mask.paste(255, (16, 16, 48, 48))
     edited = easel.edit(picture, "a cat", mask=mask, model=folder, steps=2, seed=1)[0].image
     arr = np.asarray(edited)
-    assert arr[:16].tolist() == np.asarray(picture)[:16].tolist()  # outside the mask: unchanged
+    assert arr[:8].tolist() == np.asarray(picture)[:8].tolist()  # beyond the mask's blended band: unchanged
     varied = easel.vary(picture, "a cat", model=folder, steps=4, strength=0.5, seed=1)
     assert varied[0].image.size == (64, 64) and varied[0].parameters["strength"] == 0.5
+
+
+@pytest.mark.parametrize("family, counts, ignored", [
+    ("sd15", {}, {"guidance": 1.0}), ("sdxl", {}, {"guidance": 1.0}), ("sd3", {}, {"guidance": 1.0}),
+    ("flux", {"true_cfg_scale": 2.0}, {}),
+])
+def test_a_negative_prompt_that_the_pipeline_ignores_is_said_so(tiny_models, family, counts, ignored):
+    """Whether a negative prompt changes the pixels of the family's real pipeline, and whether the result warns
+    that it was ignored, always agree."""
+    kw = dict(model=str(tiny_models[family]), size=SIZES[family], steps=2, seed=5, save=False)
+    for options, used in ((counts, True), (ignored, False)):
+        plain = easel.generate("a red circle", **kw, **options)
+        negative = easel.generate("a red circle", negative_prompt="blue", **kw, **options)
+        changed = not np.array_equal(np.asarray(plain[0].image), np.asarray(negative[0].image))
+        warned = any("ignores the negative prompt" in w for w in negative.warnings)
+        assert changed == used and warned == (not used), (family, options, changed, warned)

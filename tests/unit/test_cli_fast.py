@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_help_does_not_import_torch():
@@ -30,3 +31,57 @@ def test_errors_name_the_option_the_user_typed(tmp_path):
     done = subprocess.run([sys.executable, "-m", "easel.cli", "generate", "a red circle", "--steps", "0"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "`--steps` must be between 1 and 500 but is 0." in done.stderr
+
+
+def cli(*args, stdin=None, env=None, timeout=120):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "easel.cli", *args], capture_output=True, text=True, input=stdin,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_a_failure_that_is_not_easels_is_one_line_and_a_traceback_only_with_debug(tmp_path):
+    missing = str(tmp_path / "missing.txt")  # reading it fails with FileNotFoundError, not an Easel error
+    plain = cli("generate", "--prompts-file", missing)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "Error: FileNotFoundError" in plain.stderr and "easel --debug" in plain.stderr
+    debug = cli("--debug", "generate", "--prompts-file", missing)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_batches_run_one_after_another_with_seeds_following_on():
+    import json
+
+    done = cli("generate", "a red circle", "--size", "64x64", "--steps", "2", "-n", "2", "--batches", "3",
+               "--seed", "10", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["seed"] for line in done.stdout.splitlines()] == [10, 11, 12, 13, 14, 15]
+
+
+def test_a_key_piped_in_is_stored_without_a_prompt_or_a_warning(tmp_path):
+    import json
+    import os
+
+    done = cli("keys", "set", "openai", stdin="sk-piped\n")
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    stored = json.loads((Path(os.environ["EASEL_HOME"]) / "keys.json").read_text())
+    assert stored["openai"] == "sk-piped"
+
+
+def test_each_commands_help_describes_its_own_options():
+    gen, serve, vary = cli("generate", "--help"), cli("serve", "--help"), cli("vary", "--help")
+    assert "Model name, alias, hub id or local folder" in gen.stdout
+    assert "Model name, alias" not in serve.stdout
+    for option in ("--steps", "--guidance", "--negative", "--size", "--option"):
+        assert option in vary.stdout, option
+    assert "per image" not in cli("models", "--help").stdout and "per image" not in cli("history", "--help").stdout
+
+
+def test_the_history_shows_whole_paths():
+    made = cli("generate", "a red circle", "--size", "64x64", "--steps", "2", "--json")
+    import json
+
+    path = json.loads(made.stdout.splitlines()[0])["path"]
+    shown = cli("history", "-n", "1", env={"COLUMNS": "100"})
+    assert path.replace("/", "").replace("-", "") in shown.stdout.replace("\n", "").replace(" ", "").replace(
+        "│", "").replace("/", "").replace("-", "")

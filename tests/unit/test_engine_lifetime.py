@@ -25,7 +25,7 @@ def test_finished_jobs_leave_memory_after_the_grace(tmp_path):
     try:
         jobs = [engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, seed=i)) for i in range(500)]
         for job in jobs:
-            engine.wait(job, 30)
+            job.done.wait(30)
         assert all(job.state == "succeeded" for job in jobs)
         deadline = time.time() + 5
         while engine.jobs and time.time() < deadline:
@@ -41,7 +41,7 @@ def test_a_job_is_painted_from_its_own_seed(tmp_path):
     engine = fake_engine(tmp_path)
     try:
         job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, seed=11, num_images=2))
-        engine.wait(job, 30)
+        job.done.wait(30)
         assert [im.image.getpixel((0, 0)) for im in job.result.images] == [seed_colour(11), seed_colour(12)]
     finally:
         engine.stop()
@@ -52,7 +52,7 @@ def test_the_worker_outlives_a_provider_that_always_fails(tmp_path):
     try:
         jobs = [engine.submit(ImageRequest(prompt="a red circle", width=32, height=32)) for _ in range(5)]
         for job in jobs:
-            engine.wait(job, 30)
+            job.done.wait(30)
         assert all(job.state == "failed" and "failed on purpose" in job.error.message for job in jobs)
         assert engine.worker_alive and engine.health()["last_error"]
     finally:
@@ -62,8 +62,8 @@ def test_the_worker_outlives_a_provider_that_always_fails(tmp_path):
 class ShortProvider(FakeProvider):
     """Breaks the contract: one image fewer than the seeds it was given."""
 
-    def run_batch(self, spec, requests, seeds, on_step=None, should_stop=None):
-        outputs = super().run_batch(spec, requests, seeds, on_step, should_stop)
+    def run_batch(self, batch, progress):
+        outputs = super().run_batch(batch, progress)
         outputs[0].images.pop()
         return outputs
 
@@ -72,7 +72,7 @@ def test_a_short_provider_answer_is_a_provider_error_naming_it(tmp_path):
     engine = fake_engine(tmp_path, ShortProvider())
     try:
         job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, num_images=2))
-        engine.wait(job, 30)
+        job.done.wait(30)
         assert job.state == "failed" and job.error.code == "provider_error"
         assert "'diffusers' answered 1 images for 2 seeds" in job.error.message
         assert engine.worker_alive
@@ -146,7 +146,7 @@ def test_a_job_has_one_json_shape_live_or_recorded(tmp_path):
     engine = fake_engine(tmp_path, keep_finished_s=0.2)
     try:
         job = engine.submit(ImageRequest(prompt="a red circle", width=32, height=32, num_images=2))
-        engine.wait(job, 30)
+        job.done.wait(30)
         live = job.snapshot()
         deadline = time.time() + 5
         while job.id in engine.jobs and time.time() < deadline:
@@ -172,7 +172,7 @@ def test_compatible_jobs_queued_together_share_one_call(tmp_path):
         odd = engine.submit(small(4, width=40))  # another size: never in their batch
         provider.release()
         for job in [first, *queued, odd]:
-            engine.wait(job, 30)
+            job.done.wait(30)
         assert [c["requests"] for c in provider.calls] == [1, 3, 1]
         assert all(job.state == "succeeded" for job in [first, *queued, odd])
     finally:
@@ -188,7 +188,7 @@ def test_cancelling_one_batch_mate_drops_only_its_images(tmp_path):
         engine.cancel(jobs[1].id)
         provider.release()
         for job in jobs:
-            engine.wait(job, 30)
+            job.done.wait(30)
         assert [job.state for job in jobs] == ["succeeded", "cancelled", "succeeded"]
         assert jobs[1].result is None and jobs[1].error.code == "job_cancelled"
         assert [job.result.images[0].image.getpixel((0, 0)) for job in (jobs[0], jobs[2])] == [
@@ -219,7 +219,7 @@ def test_a_job_over_its_time_limit_fails_and_says_so(tmp_path):
     engine = fake_engine(tmp_path, FakeProvider(step_s=0.1, max_steps=30), job_timeout_s=0.3)
     try:
         job = engine.submit(small(0, num_inference_steps=30))
-        engine.wait(job, 30)
+        job.done.wait(30)
         assert job.state == "failed" and "ran over its" in job.error.message
         assert engine.worker_alive
     finally:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from easel.catalog import default_catalog
 from easel.config import Settings
-from easel.providers.base import ProviderRegistry
+from easel.providers.base import Batch, Progress, ProviderRegistry
 from easel.server.app import create_app
 from easel.types import ImageRequest
 
@@ -34,9 +34,9 @@ class SolidProvider(Provider):
     def __init__(self, settings):
         self.home = settings.home
 
-    def run(self, spec, request, seeds, on_step=None):
-        return ProviderOutput(images=[Image.new("RGB", (request.width, request.height), (seed % 256, 0, 0))
-                                      for seed in seeds])
+    def run_batch(self, batch, progress):
+        return [ProviderOutput(images=[Image.new("RGB", (request.width, request.height), (seed % 256, 0, 0))
+                                       for seed in seeds]) for request, seeds in batch]
 
 
 FAMILY = ModelFamily(name="solid", size=(64, 64), size_step=8, max_side=1024, negative_prompt=False,
@@ -76,7 +76,8 @@ def test_a_third_party_provider_loads_through_the_entry_point_group(tmp_path, in
     provider = registry.get("solid")
     assert provider.home == tmp_path / "home" and provider.describe().startswith("Paints every image")
     spec = default_catalog().resolve("builtin")
-    out = provider.run(spec, ImageRequest(prompt="x", width=8, height=8, num_images=2), [3, 4])
+    batch = Batch(spec, [ImageRequest(prompt="x", width=8, height=8, num_images=2)], [[3, 4]])
+    [out] = provider.run_batch(batch, Progress())
     assert [im.getpixel((0, 0)) for im in out.images] == [(3, 0, 0), (4, 0, 0)]
 
 

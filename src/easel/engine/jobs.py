@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -9,8 +11,10 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from ..errors import GenerationError
 from ..store import History, now_iso
 from ..types import ImageRequest, ImageResult
 
@@ -28,9 +32,35 @@ def request_to_json(r: ImageRequest) -> str:
     return json.dumps(fields)  # ASCII: text that is not valid Unicode can never fail the write
 
 
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
+    """One moment of a job: its JSON then (the shape of `Job.snapshot`), and at the steps a listener asked for, this
+    job's images at that step. The last event of every job is `final`. Events are shared by a job's listeners."""
+
+    body: dict[str, Any]
+    previews: tuple = ()
+
+    @property
+    def status(self) -> str:
+        return self.body["status"]
+
+    @property
+    def step(self) -> int:
+        return self.body["step"]
+
+    @property
+    def total_steps(self) -> int:
+        return self.body["total_steps"]
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
 @dataclasses.dataclass
 class Job:
-    """One request on its way through the engine."""
+    """One request on its way through the engine: followed with `follow()`, awaited with `wait()` or
+    `wait_async()`, and released from memory a while after it finished (its record stays)."""
 
     request: ImageRequest  # checked: concrete values only
     spec: Any = None  # the request's model (ModelSpec)
@@ -46,12 +76,54 @@ class Job:
     cancel_requested: threading.Event = dataclasses.field(default_factory=threading.Event)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     listeners: list[queue.Queue] = dataclasses.field(default_factory=list)
-    preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images a listener wants
-    events: queue.Queue | None = None  # the submitter's own listener, when it asked for one
+    preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images someone wants
+    preview: list | None = None  # the latest preview images, while the job runs
     done_callbacks: list = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _reserved: queue.Queue | None = None  # the submitter's listener, subscribed before the job could start
 
-    def add_done_callback(self, fn) -> None:
+    # -- following -------------------------------------------------------------------------------------------------
+    def preview_every(self, k: int) -> None:
+        """Ask for a preview image at every k-th step (the final step brings the image itself)."""
+        self.preview_steps |= set(range(k, max(self.total_steps, 1), k))
+
+    def reserve_listener(self) -> None:
+        """Subscribe now, for the first `follow()` (the engine calls this before queueing, so nothing is missed)."""
+        self._reserved = self._subscribe()
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[Iterator[JobEvent]]:
+        """The job's events, from its state now to its final event; the listener goes when the block is left
+        (its reader finished, failed or went away).
+
+        >>> with job.follow() as events:
+        ...     for event in events:
+        ...         print(event.step, event.total_steps)
+        """
+        with self.lock:
+            q, self._reserved = self._reserved, None
+        q = q or self._subscribe()
+        try:
+            yield _until_final(q)
+        finally:
+            with self.lock:
+                if q in self.listeners:
+                    self.listeners.remove(q)
+
+    def _subscribe(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue()
+        with self.lock:
+            self.listeners.append(q)
+            q.put(JobEvent(self.snapshot()))
+        return q
+
+    def publish(self, event: JobEvent) -> None:
+        with self.lock:
+            for q in self.listeners:
+                q.put(event)
+
+    # -- waiting ---------------------------------------------------------------------------------------------------
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
         """Call `fn()` once the job is final (at once if it already is)."""
         with self.lock:
             if not self.done.is_set():
@@ -59,31 +131,32 @@ class Job:
                 return
         fn()
 
-    def preview_every(self, k: int) -> None:
-        """Ask for a preview image at every k-th step (the final step brings the image itself)."""
-        self.preview_steps |= set(range(k, max(self.total_steps, 1), k))
+    def outcome(self) -> ImageResult:
+        """The finished job's result, or its error raised (`JobCancelledError` when it was cancelled)."""
+        if self.state == "succeeded" and self.result is not None:
+            return self.result
+        raise self.error if self.error is not None else GenerationError(f"Job {self.id} is {self.state}.")
 
-    def publish(self, event: dict[str, Any]) -> None:
-        with self.lock:
-            for q in self.listeners:
-                q.put(event)
+    def wait(self, timeout: float | None = None) -> ImageResult:
+        """Block until the job is final; its result, or its error raised. Past `timeout`, a TimeoutError."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"Job {self.id} is still {self.state} after {timeout} s.")
+        return self.outcome()
 
-    def unsubscribe(self, q: queue.Queue) -> None:
-        """Stop sending events to `q` (its reader went away)."""
-        with self.lock:
-            if q in self.listeners:
-                self.listeners.remove(q)
-
-    def subscribe(self) -> queue.Queue:
-        """A queue of this job's events: its snapshot now, one event per step, its final snapshot, then None.
-        Events are shared between listeners: read them, never change them."""
-        q: queue.Queue = queue.Queue()
-        with self.lock:
-            self.listeners.append(q)
-            q.put(self.snapshot())
-            if self.state in FINAL:
-                q.put(None)
-        return q
+    async def wait_async(self, on_poll: Callable[[Job], Awaitable[None]] | None = None,
+                         poll_s: float = 0.5) -> ImageResult:
+        """`wait` without holding a thread; `on_poll(job)` runs every `poll_s` while it waits (to report progress,
+        or to cancel the job when its client went away)."""
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        self.add_done_callback(lambda: loop.call_soon_threadsafe(finished.set))
+        while not finished.is_set():
+            try:
+                await asyncio.wait_for(finished.wait(), poll_s)
+            except asyncio.TimeoutError:
+                if on_poll is not None:
+                    await on_poll(self)
+        return self.outcome()
 
     def snapshot(self) -> dict[str, Any]:
         """The job's JSON; the same shape as `JobStore.describe` gives for its record once it left memory."""
@@ -92,6 +165,14 @@ class Job:
         return job_json(self.id, self.state, self.step, self.total_steps, int(self.created),
                         [im.id for im in self.result.images] if self.result else [],
                         list(self.result.warnings) if self.result else [], error)
+
+
+def _until_final(q: queue.Queue) -> Iterator[JobEvent]:
+    while True:
+        event = q.get()
+        yield event
+        if event.final:
+            return
 
 
 def job_json(job_id: str, state: str, step: int, total_steps: int, created: int, image_ids: list[str],

@@ -14,7 +14,7 @@ from ..errors import (EaselError, GenerationError, InsufficientStorageError, Job
                       RateLimitError)
 from ..store import is_disk_full, out_of_space, storage_errors
 from ..types import ImageRequest
-from .jobs import FINAL, Job, JobStore
+from .jobs import FINAL, Job, JobEvent, JobStore
 from .metrics import EngineMetrics
 from .runner import Runner, batch_key
 
@@ -115,8 +115,8 @@ class Engine:
         """Check the request now, unless a front already did (a bad one never queues), then queue it; a full
         queue is a RateLimitError.
 
-        With `listen`, the job's events queue (`job.events`) exists before the job can start, so that no event is
-        missed; `previews` spreads that many preview images over the run."""
+        With `listen`, the job's first `follow()` starts before the job can, so that no event is missed;
+        `previews` spreads that many preview images over the run."""
         spec, checked = self.runner.check(request)
         total = checked.num_inference_steps or 1  # remote services report no steps
         if checked.mode == "vary" and checked.strength is not None:
@@ -124,7 +124,7 @@ class Engine:
         job = Job(request=checked, spec=spec, total_steps=total)
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if listen:
-            job.events = job.subscribe()
+            job.reserve_listener()
         problem = self._space_problem(self.free_bytes())
         if problem:
             raise InsufficientStorageError(f"{problem[0].upper()}{problem[1:]}: free some space and send it again.")
@@ -165,10 +165,6 @@ class Engine:
             job.cancel_requested.set()
         return job
 
-    def wait(self, job: Job, timeout: float | None = None) -> Job:
-        job.done.wait(timeout)
-        return job
-
     # -- the worker's side -----------------------------------------------------------------------------------------
     def _take_batch(self) -> list[Job]:
         with self._cond:
@@ -205,8 +201,8 @@ class Engine:
         self.metrics.jobs_finished.labels(state).inc()
         if job.started is not None:
             self.metrics.job_seconds.observe(job.finished - job.created)
-        job.publish(job.snapshot())
-        job.publish(None)
+        job.preview = None
+        job.publish(JobEvent(job.snapshot()))
         with job.lock:
             job.done.set()
             callbacks, job.done_callbacks = job.done_callbacks, []
@@ -272,7 +268,7 @@ class Engine:
         for job in batch:
             job.state, job.started = "running", now
             self._record(job)
-            job.publish(job.snapshot())
+            job.publish(JobEvent(job.snapshot()))
         self.metrics.batch_images.observe(sum(j.request.num_images for j in batch))
         last_step = [time.perf_counter()]
 
@@ -280,10 +276,8 @@ class Engine:
             now_step = time.perf_counter()
             self.metrics.step_seconds.observe(now_step - last_step[0])
             last_step[0] = now_step
-            images = None
-            wanted = preview is not None and any(step in j.preview_steps for j in batch if j.listeners)
-            if wanted:
-                images = preview()
+            wanted = preview is not None and any(step in j.preview_steps for j in batch if j.state == "running")
+            images = preview() if wanted else None
             at = 0
             for job in batch:
                 if job.state != "running":
@@ -295,11 +289,11 @@ class Engine:
                     at += job.request.num_images
                     continue
                 job.step, job.total_steps = step, total
-                event: dict[str, Any] = {"id": job.id, "status": "running", "step": step, "total_steps": total}
-                if images:
-                    event["preview"] = images[at:at + job.request.num_images]
+                previews = tuple(images[at:at + job.request.num_images]) if images else ()
+                if previews:
+                    job.preview = list(previews)
                 at += job.request.num_images
-                job.publish(event)
+                job.publish(JobEvent(job.snapshot(), previews))
                 if step == total or step % 5 == 0:
                     self._record(job)
 
@@ -307,8 +301,9 @@ class Engine:
             return all(j.cancel_requested.is_set() or self._timed_out(j) for j in batch)
 
         try:
-            results = self.runner.run_many([CheckedRequest(j.spec, j.request) for j in batch], save=False, on_step=on_step,
-                                           should_stop=should_stop, max_batch_images=self.max_batch_images)
+            results = self.runner.run_many([CheckedRequest(j.spec, j.request) for j in batch], save=False,
+                                           on_step=on_step, should_stop=should_stop,
+                                           max_batch_images=self.max_batch_images)
         except Exception as exc:  # noqa: BLE001 - a model failure fails its jobs, never the worker
             error = self._as_error(exc, "The model failed")
             if error.status >= 500:

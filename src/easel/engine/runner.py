@@ -8,28 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
+
+from .. import masks
 from .._version import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
-from ..checks import CheckedRequest, check_request, quality_words_for
+from ..checks import CheckedRequest, check_request
 from ..config import Settings, get_settings
 from ..errors import ProviderError
-from ..providers.base import ProviderRegistry, StepCallback
+from ..providers.base import Batch, Progress, ProviderOutput, ProviderRegistry, StepCallback
 from ..store import Workspace, now_iso
 from ..types import GeneratedImage, ImageRequest, ImageResult
 
 
-def revise_prompt(spec: ModelSpec, prompt: str) -> str | None:
-    """The prompt with the family's recommended quality words appended, where the family's authors do so."""
-    if not spec.family.append_quality_words:
-        return None
-    words = quality_words_for(spec, prompt)
-    if not words or prompt.rstrip().endswith(words):
-        return None
-    return f"{prompt.rstrip()} {words}"
-
-
-def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int, revised: str | None,
-                     details: dict[str, Any]) -> dict[str, Any]:
+def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
+                     output: ProviderOutput) -> dict[str, Any]:
     """Everything needed to make an image again, as recorded in its file and in the history."""
     params: dict[str, Any] = {
         "prompt": request.prompt,
@@ -50,9 +43,10 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int, revised:
         params["strength"] = request.strength
     if request.extra:
         params["extra"] = dict(request.extra)
+    revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised
-    params.update(details)
+    params.update(output.details)
     return params
 
 
@@ -98,31 +92,45 @@ class Runner:
         All requests are checked before any runs, so a bad one fails the whole call early."""
         checked = [self.check(r) for r in requests]
         results: list[ImageResult | None] = [None] * len(requests)
+        progress = Progress(on_step, should_stop)
         for group in _batches(checked, max_batch_images):
             started = time.perf_counter()
-            spec = checked[group[0]][0]
-            todo = [checked[i][1] for i in group]
-            seeds = [_seeds(r) for r in todo]
-            revised = [revise_prompt(spec, r.prompt) for r in todo]
-            to_run = [r.replace(prompt=rev) if rev else r for r, rev in zip(todo, revised)]
-            provider = self.registry.get(spec.provider)
-            kwargs = {"should_stop": should_stop} if should_stop is not None else {}
-            outputs = provider.run_batch(spec, to_run, seeds, on_step, **kwargs)
-            _check_contract(provider, outputs, seeds)
+            spec = checked[group[0]].spec
+            todo = [checked[i].request for i in group]
+            outputs = self._run_batch(spec, todo, progress)
             elapsed = (time.perf_counter() - started) / len(group)
-            for i, request, group_seeds, rev, output in zip(group, todo, seeds, revised, outputs):
-                images = [
-                    GeneratedImage(image=im, seed=seed, output_format=request.output_format,
-                                   parameters=image_parameters(spec, request, seed, rev, output.details))
-                    for im, seed in zip(output.images, group_seeds)
-                ]
+            for i, request, (seeds, output) in zip(group, todo, outputs):
+                images = [GeneratedImage(image=im, seed=seed, output_format=request.output_format,
+                                         parameters=image_parameters(spec, request, seed, output))
+                          for im, seed in zip(output.images, seeds)]
                 if save:
-                    workspace = self.workspace(out_dir)
-                    images = [workspace.save(im) for im in images]
+                    images = self.workspace(out_dir).save_all(images)
                 results[i] = ImageResult(images=images, model=spec.name, prompt=request.prompt,
-                                         revised_prompt=rev or output.revised_prompt, warnings=output.warnings,
-                                         elapsed_s=elapsed)
+                                         revised_prompt=request.revised_prompt or output.revised_prompt,
+                                         warnings=[*request.warnings, *output.warnings], elapsed_s=elapsed)
         return results
+
+    def _run_batch(self, spec: ModelSpec, requests: list[ImageRequest],
+                   progress: Progress) -> list[tuple[list[int | None], ProviderOutput]]:
+        """One provider call: the model receives the revised prompt and, for an edit, its frame (the whole picture
+        or the painted area); its answer is checked against the contract and edits are pasted back."""
+        frames = [masks.InpaintFrame(r.image, r.mask, (r.width, r.height), r.mask_blur or 0, r.inpaint_full_res,
+                                     r.inpaint_full_res_padding) if r.mode == "edit" and r.mask is not None else None
+                  for r in requests]
+        sent = []
+        for r, frame in zip(requests, frames):
+            changes: dict[str, Any] = {"prompt": r.revised_prompt} if r.revised_prompt else {}
+            if frame is not None:
+                changes["image"], changes["mask"] = frame.model_inputs()
+            sent.append(r.replace(**changes) if changes else r)
+        batch = Batch(spec, sent, [_seeds(spec, r) for r in requests])
+        provider = self.registry.get(spec.provider)
+        outputs = provider.run_batch(batch, progress)
+        _check_contract(provider, outputs, batch.seeds)
+        for frame, output in zip(frames, outputs):
+            if frame is not None:
+                output.images = [frame.paste(im) for im in output.images]
+        return list(zip(batch.seeds, outputs))
 
 
 def _check_contract(provider, outputs, seeds: list[list[int]]) -> None:
@@ -131,13 +139,21 @@ def _check_contract(provider, outputs, seeds: list[list[int]]) -> None:
         count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
         raise ProviderError(f"The provider {provider.name!r} answered {count} outputs for {len(seeds)} requests.")
     for output, group in zip(outputs, seeds):
-        if len(output.images) != len(group):
-            raise ProviderError(f"The provider {provider.name!r} answered {len(output.images)} images for "
-                                f"{len(group)} seeds.")
+        images = getattr(output, "images", None)
+        if not isinstance(images, list) or len(images) != len(group):
+            count = len(images) if isinstance(images, list) else type(output).__name__
+            raise ProviderError(f"The provider {provider.name!r} answered {count} images for {len(group)} seeds.")
+        wrong = next((im for im in images if not isinstance(im, PIL.Image.Image)), None)
+        if wrong is not None:
+            raise ProviderError(f"The provider {provider.name!r} answered a {type(wrong).__name__} where a PIL "
+                                f"image belongs.")
 
 
-def _seeds(request: ImageRequest) -> list[int]:
-    """One seed per image: the request's seed and the ones after it, or a random start when none is given."""
+def _seeds(spec: ModelSpec, request: ImageRequest) -> list[int | None]:
+    """One seed per image: the request's seed (drawn by the check when none was given) and the ones after it; None
+    for a model that takes no seed (a remote service), whose images cannot be made again."""
+    if "seed" not in spec.family.takes:
+        return [None] * request.num_images
     base = request.seed if request.seed is not None else secrets.randbelow(2**32)
     return [base + i for i in range(request.num_images)]
 

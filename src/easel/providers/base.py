@@ -1,17 +1,17 @@
 """The provider interface, and the registry that loads plugins through the `easel.providers` entry points.
 
-A provider is one class with one method to implement, `run`. A package makes itself known with an entry point in
-the group `easel.providers` that names a function `register(add, settings)`, which calls `add` with what it
-brings: provider instances (configured from Easel's `Settings`), and the model families (`ModelFamily`) and
-models (`ModelSpec`, whose `provider` names the provider that runs it) that clients may then name. Easel's own
-providers register the same way.
+A provider is one class with one method to implement, `run_batch(batch, progress)`. A package makes itself known
+with an entry point in the group `easel.providers` that names a function `register(add, settings)`, which calls
+`add` with what it brings: provider instances (configured from Easel's `Settings`), and the model families
+(`ModelFamily`) and models (`ModelSpec`, whose `provider` names the provider that runs it) that clients may then
+name. Easel's own providers register the same way.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,57 @@ if TYPE_CHECKING:
 # on_step(step, total_steps, preview) with step counted from 1; `preview`, when not None, is a function that
 # renders the current step's images (a list of PIL images, or None) and costs time only when called
 StepCallback = Callable[[int, int, Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Checked requests that one provider call runs: one model, and for local models the same mode, size, steps,
+    guidance, scheduler and options. Iterating gives (request, seeds) pairs, one seed per image to make."""
+
+    spec: ModelSpec
+    requests: list[ImageRequest]
+    seeds: list[list[int]]
+
+    def __iter__(self) -> Iterator[tuple[ImageRequest, list[int]]]:
+        return iter(zip(self.requests, self.seeds))
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @property
+    def first(self) -> ImageRequest:
+        """The batch's first request: what the requests share (mode, size, steps, ...) is read from it."""
+        return self.requests[0]
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """Every image's seed, in the order of the requests."""
+        return [s for group in self.seeds for s in group]
+
+    def split(self, items: list) -> list[list]:
+        """One list per request from one list per image (a pipeline's images, back in their requests)."""
+        out, at = [], 0
+        for group in self.seeds:
+            out.append(items[at:at + len(group)])
+            at += len(group)
+        return out
+
+
+class Progress:
+    """What a running provider reports to (`step`) and asks whether its callers still want the images (`stopped`)."""
+
+    def __init__(self, on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None):
+        self._on_step, self._should_stop = on_step, should_stop
+
+    def step(self, step: int, total: int, preview: Callable[[], list | None] | None = None) -> None:
+        """Step `step` of `total` is done (counted from 1); `preview` renders its images, if anyone asks."""
+        if self._on_step is not None:
+            self._on_step(step, total, preview)
+
+    @property
+    def stopped(self) -> bool:
+        """True when every caller of the batch cancelled or ran out of time: stop at the next step."""
+        return self._should_stop is not None and self._should_stop()
 
 
 @dataclasses.dataclass
@@ -45,12 +96,14 @@ class Provider(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
-            on_step: StepCallback | None = None) -> ProviderOutput:
-        """Make `request.num_images` images, the i-th from `seeds[i]`. `request` is already checked."""
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
+        """Make the batch's images: one `ProviderOutput` per request, with one image per seed, in order. The
+        requests are checked (concrete values only); report each step to `progress` and stop early when
+        `progress.stopped`. A provider that makes one request at a time loops over `batch`."""
 
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
-        """Refuse early what the model would refuse (after the common checks); raise InvalidRequestError."""
+        """Refuse before queueing what the model would refuse (after the common checks): raise
+        InvalidRequestError naming the parameter."""
 
     def warm(self, spec: ModelSpec) -> None:
         """Get `spec` ready before its first request (a server calls this at start); nothing by default."""
@@ -58,11 +111,6 @@ class Provider(abc.ABC):
     def describe(self) -> str:
         """One line for `easel providers`: what it runs and how it is configured."""
         return self.__doc__.strip().splitlines()[0] if self.__doc__ else ""
-
-    def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
-                  on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
-        """Run several compatible requests; providers that can batch them in one call override this."""
-        return [self.run(spec, r, s, on_step) for r, s in zip(requests, seeds)]
 
 
 class ProviderRegistry:

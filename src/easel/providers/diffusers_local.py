@@ -4,16 +4,18 @@ pipelines, and one call per request with per-image seeds."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import importlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import (AuthenticationError, ContentPolicyError, GenerationError, InvalidRequestError,
+from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
                       ModelNotFoundError)
-from .base import Provider, ProviderOutput, StepCallback
+from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
@@ -35,6 +37,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 # memory options any diffusers model accepts in `extra`; they are load-time settings, part of the cache key
 MEMORY_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling")
 OFFLOAD_MODES = ("none", "model", "sequential")
+OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making variations"}
 
 
 def quiet_libraries() -> None:
@@ -44,8 +47,11 @@ def quiet_libraries() -> None:
     import diffusers.utils.logging
     import transformers.utils.logging
 
+    import huggingface_hub.utils
+
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()  # "Fetching N files" of the hub cache
 
 
 def pick_device(preferred: str | None = None) -> str:
@@ -87,6 +93,16 @@ def _pipeline_class(path: str):
     return getattr(diffusers, path)
 
 
+def _reach_hub_hint() -> str:
+    """What to check when the hub cannot be reached, in the order that fixes it most often."""
+    from huggingface_hub import constants
+
+    if _offline():
+        return "HF_HUB_OFFLINE is set: unset it to download."
+    return (f"Check the network connection to {constants.ENDPOINT}, a proxy (HTTPS_PROXY) if this machine needs one, "
+            f"and HF_ENDPOINT if you use a mirror; then run the command again.")
+
+
 def make_scheduler(name: str, base_config: dict[str, Any]):
     import diffusers
 
@@ -112,8 +128,8 @@ def pull_model(spec: ModelSpec, token: str | None = None) -> str:
         raise ModelNotFoundError(f"{spec.source!r} does not exist on the hub (or is private).", param="model") from None
     except Exception as exc:  # network failures come in many types (httpx, OSError, offline mode)
         raise ModelNotFoundError(
-            f"{spec.name} is not on this machine and could not be downloaded ({type(exc).__name__}). "
-            f"With network access, run `easel models pull {spec.name}`.", param="model",
+            f"{spec.name} is not on this machine and the hub could not be reached to download it "
+            f"({type(exc).__name__}). {_reach_hub_hint()}", param="model",
         ) from None
 
 
@@ -139,6 +155,7 @@ class LoadedPipeline:
             auto = AutoPipelineForInpainting if mode == "edit" else AutoPipelineForImage2Image
             try:
                 self.derived[mode] = auto.from_pipe(self.pipe)
+                self.derived[mode].set_progress_bar_config(disable=True)
             except ValueError as exc:
                 from ..errors import UnsupportedError
 
@@ -238,16 +255,12 @@ class DiffusersProvider(Provider):
     def _load(self, spec: ModelSpec, device: str, dtype, memory: dict[str, Any]) -> LoadedPipeline:
         quiet_libraries()
         started = time.perf_counter()
-        cls = _pipeline_class(spec.family.pipeline)
-        try:
+        with pipeline_errors(spec, "loading"):
+            cls = _pipeline_class(spec.family.pipeline)
             if spec.local_path is not None:
                 pipe = cls.from_pretrained(spec.local_path, dtype=dtype)
             else:
                 pipe = self._load_from_hub(cls, spec, dtype)
-        except (ModelNotFoundError, AuthenticationError):
-            raise
-        except Exception as exc:
-            raise GenerationError(f"{spec.name} could not be loaded: {type(exc).__name__}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         # accelerators: offload where asked (it manages the device itself), else move everything
         if device != "cpu" and memory["offload"] == "model":
@@ -284,99 +297,120 @@ class DiffusersProvider(Provider):
         return cls.from_pretrained(folder, dtype=dtype)
 
     # -- running ---------------------------------------------------------------------------------------------------
-    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
-            on_step: StepCallback | None = None, should_stop=None) -> ProviderOutput:
-        return self.run_batch(spec, [request], [seeds], on_step, should_stop)[0]
-
-    def run_batch(self, spec: ModelSpec, requests: list[ImageRequest], seeds: list[list[int]],
-                  on_step: StepCallback | None = None, should_stop=None) -> list[ProviderOutput]:
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
         call, each image from its own seeded generator, and split the images back per request."""
-        import torch
+        spec, first = batch.spec, batch.first
+        if first.mode != "generate" and len(batch) > 1:
+            raise ValueError("edits and variations run one request per call")
 
-        first = requests[0]
+        # 1. the pipeline: memory options are load-time settings, part of the cache key
         extra = dict(first.extra)
         memory = self.memory_options(spec, {k: extra.pop(k) for k in MEMORY_OPTIONS if k in extra})
         loaded = self.load(spec, memory)
-        all_seeds = [s for group in seeds for s in group]
-        prompts = [r.prompt for r, group in zip(requests, seeds) for _ in group]
-        kwargs: dict[str, Any] = {
-            "prompt": prompts,
-            "num_inference_steps": first.num_inference_steps,
-            spec.family.cfg_param: first.guidance_scale,
-            "generator": [torch.Generator("cpu").manual_seed(s) for s in all_seeds],
-            "output_type": "pil",
-            **extra,
-        }
-        native = spec.family.keeps_native_size
-        if not native:
-            kwargs.update(width=first.width, height=first.height)
-        if any(r.negative_prompt for r in requests):
-            kwargs["negative_prompt"] = [r.negative_prompt or "" for r, group in zip(requests, seeds) for _ in group]
-        if first.mode in ("edit", "vary"):
-            if len(requests) > 1:
-                raise ValueError("edits and variations run one request per call")
-            kwargs["image"] = first.image.convert("RGB")
-            kwargs["strength"] = first.strength if first.strength is not None else 1.0
-            if not native:
-                kwargs["image"] = kwargs["image"].resize((first.width, first.height))
-        if first.mode == "edit" and first.mask is not None:
-            kwargs["mask_image"] = first.mask.convert("L").resize(kwargs["image"].size)
+
+        # 2. prompts, one generator per image, size, guidance and the family's own options
+        kwargs = _text_inputs(batch, extra)
+
+        # 3. the input image (and mask) of an edit or a variation
+        kwargs.update(_image_inputs(spec, first))
+
+        # 4. progress, previews and interruption at the end of every step
         total = first.num_inference_steps
-        if first.mode in ("edit", "vary") and "mask_image" not in kwargs:
+        if "strength" in kwargs and "mask_image" not in kwargs:  # image-to-image runs the last strength share
             total = max(1, int(round(total * kwargs["strength"])))
 
-        def callback(pipe, i, t, tensors):
-            if on_step is not None:
-                latents = tensors.get("latents")
-                on_step(i + 1, total, (lambda: _preview(pipe, spec, first, latents)) if latents is not None else None)
-            if should_stop is not None and should_stop():
+        def on_step_end(pipe, i, t, tensors):
+            latents = tensors.get("latents")
+            progress.step(i + 1, total, (lambda: _preview(pipe, spec, first, latents)) if latents is not None
+                          else None)
+            if progress.stopped:
                 pipe._interrupt = True
             return {}
 
-        kwargs["callback_on_step_end"] = callback
-        with loaded.lock:
+        kwargs["callback_on_step_end"] = on_step_end
+
+        # 5. denoise, with a fresh scheduler for every call (timesteps and step state never leak between calls)
+        with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]):
             pipe = loaded.for_mode(first.mode)
-            # a fresh scheduler for every call: timesteps and step state never leak between requests
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
-            try:
-                out = pipe(**kwargs)
-            except (ValueError, TypeError) as exc:
-                raise InvalidRequestError(f"{spec.name} rejected the request: {exc}") from exc
-            except torch.cuda.OutOfMemoryError as exc:
-                raise GenerationError(
-                    f"Out of GPU memory running {spec.name}: try offload=model, vae_tiling or a smaller size."
-                ) from exc
+            out = pipe(**kwargs)
+
+        # 6. the safety checker's verdict, the requested size, the unmasked pixels, and the images per request
         flagged = getattr(out, "nsfw_content_detected", None)
         if flagged and any(flagged):
             raise ContentPolicyError(
                 f"{spec.name}'s safety checker flagged the image (category: sexual content).", param="prompt"
             )
-        images, details = self._postprocess(first, list(out.images), kwargs)
+        images, details = _to_requested_size(first, list(out.images))
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
-        outputs, at = [], 0
-        for group in seeds:
-            outputs.append(_output(images[at:at + len(group)], ignored[at:at + len(group)], details))
-            at += len(group)
-        return outputs
+        return [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
 
-    @staticmethod
-    def _postprocess(request: ImageRequest, images: list, kwargs: dict[str, Any]) -> tuple[list, dict[str, Any]]:
-        """Resize native-size output to the requested size; keep unmasked pixels of an edit exact."""
-        from PIL import Image
 
-        size = (request.width, request.height)
-        details: dict[str, Any] = {}
-        if images and images[0].size != size:
-            details["resized_from"] = f"{images[0].width}x{images[0].height}"
-            images = [im.resize(size, Image.LANCZOS) for im in images]
-        if "mask_image" in kwargs:
-            # keep every pixel outside the mask exactly as it was (decoders and resizing blur them otherwise)
-            original = request.image.convert("RGB").resize(size)
-            mask = request.mask.convert("L").resize(size, Image.NEAREST).point(lambda v: 255 if v else 0)
-            images = [Image.composite(im, original, mask) for im in images]
-        return images, details
+def _to_requested_size(request: ImageRequest, images: list) -> tuple[list, dict[str, Any]]:
+    """Resize what a model that keeps its native size made to the requested size, and say so in the details (an
+    edit is pasted back into its picture by the runner, which keeps every pixel outside its mask exact)."""
+    from PIL import Image
+
+    size = (request.width, request.height)
+    if not images or images[0].size == size:
+        return images, {}
+    return [im.resize(size, Image.LANCZOS) for im in images], {"resized_from": f"{images[0].width}x{images[0].height}"}
+
+
+def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline arguments every mode takes: prompts and seeded generators per image, steps, guidance, size."""
+    import torch
+
+    spec, first = batch.spec, batch.first
+    kwargs: dict[str, Any] = {
+        "prompt": [r.prompt for r, seeds in batch for _ in seeds],
+        "num_inference_steps": first.num_inference_steps,
+        spec.family.cfg_param: first.guidance_scale,
+        "generator": [torch.Generator("cpu").manual_seed(s) for s in batch.all_seeds],
+        "output_type": "pil",
+        **extra,
+    }
+    if not spec.family.keeps_native_size:
+        kwargs.update(width=first.width, height=first.height)
+    if any(r.negative_prompt for r in batch.requests):
+        kwargs["negative_prompt"] = [r.negative_prompt or "" for r, seeds in batch for _ in seeds]
+    return kwargs
+
+
+def _image_inputs(spec: ModelSpec, request: ImageRequest) -> dict[str, Any]:
+    """`image`, `strength` and (for an edit) `mask_image`, at the requested size unless the model keeps its own."""
+    if request.mode not in ("edit", "vary"):
+        return {}
+    image = request.image.convert("RGB")
+    if not spec.family.keeps_native_size:
+        image = image.resize((request.width, request.height))
+    kwargs = {"image": image, "strength": request.strength if request.strength is not None else 1.0}
+    if request.mode == "edit" and request.mask is not None:
+        kwargs["mask_image"] = request.mask.convert("L").resize(image.size)
+    return kwargs
+
+
+@contextlib.contextmanager
+def pipeline_errors(spec: ModelSpec, doing: str) -> Iterator[None]:
+    """The one place where what diffusers, transformers and torch raise becomes an Easel error naming the model and
+    what it was doing ("loading", "generating", "inpainting", "making variations")."""
+    import torch
+
+    try:
+        yield
+    except EaselError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise GenerationError(f"Out of GPU memory {doing} {spec.name}: try offload=model, vae_tiling or a "
+                              f"smaller size.") from exc
+    except Exception as exc:
+        if doing == "loading":
+            raise GenerationError(f"{spec.name} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, (ValueError, TypeError)):  # the pipeline's own check_inputs refused an argument
+            raise InvalidRequestError(f"{spec.name} rejected the request while {doing}: {exc}") from exc
+        raise GenerationError(f"{spec.name} failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
 
 def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents) -> list | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError, ProviderError,
                       RateLimitError, ServiceUnavailableError)
-from .base import Provider, ProviderOutput, StepCallback
+from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
@@ -62,18 +62,21 @@ class HFInferenceProvider(Provider):
         return InferenceClient(model=spec.source, provider=self.settings.hf_provider, token=token,
                                timeout=self.settings.remote_timeout_s)
 
-    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
-            on_step: StepCallback | None = None) -> ProviderOutput:
-        client = self.client(spec)
-        warnings: list[str] = []
-        images = []
-        for i, seed in enumerate(seeds):
-            images.append(self._one(client, spec, request, seed, warnings))
-            if on_step is not None:
-                on_step(i + 1, len(seeds), None)
-        return ProviderOutput(images=images, warnings=warnings,
-                              details={"provider": "hf", "inference_provider": self.settings.hf_provider
-                                       if not self.settings.hf_base_url else self.settings.hf_base_url})
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
+        """One call per image; each image is one step of the batch's progress."""
+        client = self.client(batch.spec)
+        where = self.settings.hf_base_url or self.settings.hf_provider
+        total, done, outputs = len(batch.all_seeds), 0, []
+        for request, seeds in batch:
+            warnings: list[str] = []
+            images = []
+            for seed in seeds:
+                images.append(self._one(client, batch.spec, request, seed, warnings))
+                done += 1
+                progress.step(done, total)
+            outputs.append(ProviderOutput(images=images, warnings=warnings,
+                                          details={"provider": "hf", "inference_provider": where}))
+        return outputs
 
     def _one(self, client, spec: ModelSpec, request: ImageRequest, seed: int, warnings: list[str]):
         """One image; while the model loads (503 with `estimated_time`) wait and try again, up to hf_max_wait_s."""

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, InvalidRequestError, ProviderError,
                       RateLimitError, ServiceUnavailableError)
+from .. import masks
 from ..openai_models import check_openai_rules, rules_for
 from ..types import image_from_bytes
-from .base import Provider, ProviderOutput, StepCallback
+from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
@@ -39,15 +40,6 @@ def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def openai_mask(image, mask) -> bytes:
-    """Easel's mask (white = repaint) -> OpenAI's (the image with alpha 0 where it is to be repainted)."""
-    from PIL import ImageOps
-
-    rgba = image.convert("RGBA")
-    rgba.putalpha(ImageOps.invert(mask.convert("L")).resize(rgba.size))
-    return _png(rgba)
 
 
 def translate_error(exc: Exception, model: str) -> EaselError:
@@ -139,8 +131,15 @@ class OpenAIProvider(Provider):
             args["extra_body"] = {k: v for k, v in extra.items() if v is not None}
         return args
 
-    def run(self, spec: ModelSpec, request: ImageRequest, seeds: list[int],
-            on_step: StepCallback | None = None) -> ProviderOutput:
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
+        """One API call per request (the service makes all of a request's images); each call is one step."""
+        outputs = []
+        for i, (request, seeds) in enumerate(batch):
+            outputs.append(self._run_one(batch.spec, request, seeds))
+            progress.step(i + 1, len(batch))
+        return outputs
+
+    def _run_one(self, spec: ModelSpec, request: ImageRequest, seeds: list[int]) -> ProviderOutput:
         args = self._arguments(spec, request, seeds[0])
         client = self.client()
         try:
@@ -149,7 +148,7 @@ class OpenAIProvider(Provider):
             elif request.mode == "edit":
                 files = {"image": ("image.png", _png(request.image), "image/png")}
                 if request.mask is not None:
-                    files["mask"] = ("mask.png", openai_mask(request.image, request.mask), "image/png")
+                    files["mask"] = ("mask.png", _png(masks.to_openai(request.image, request.mask)), "image/png")
                 response = client.images.edit(prompt=request.prompt, image=files["image"], mask=files.get("mask"),
                                               **_without(args, "style", "moderation", "extra_body"),
                                               extra_body=args.get("extra_body"))
@@ -164,8 +163,6 @@ class OpenAIProvider(Provider):
         images = [self._image(spec, item) for item in response.data or []]
         if len(images) != request.num_images:
             raise ProviderError(f"{spec.name}: asked for {request.num_images} images but got {len(images)}.")
-        if on_step is not None:
-            on_step(1, 1, None)
         revised = next((d.revised_prompt for d in response.data if getattr(d, "revised_prompt", None)), None)
         details: dict[str, Any] = {"provider": "openai"}
         if spec.family.name != "openai-compatible":

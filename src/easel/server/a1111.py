@@ -11,7 +11,6 @@ import base64
 import binascii
 import collections
 import json
-import queue
 import time
 import uuid
 from typing import Any
@@ -20,10 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import masks
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
-from ..types import ImageRequest, image_from_bytes, mask_from_alpha
+
+from ..types import ImageRequest, image_from_bytes
 from .jobs import wait_for_job
 
 PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
@@ -62,6 +63,19 @@ class Img2ImgRequest(Txt2ImgRequest):
     mask: str | None = None
     denoising_strength: float = 0.75
     inpainting_mask_invert: int = 0
+    mask_blur: int = 4
+    inpaint_full_res: bool = False  # A1111's "Only masked" (clients send 0/1 or true/false)
+    inpaint_full_res_padding: int = 32
+
+
+def to_image_request(body: Txt2ImgRequest, model: str, scheduler: str | None, mode: str = "generate",
+                     **fields) -> ImageRequest:
+    """An A1111 request as Easel's (one of its `n_iter` batches): the front's one mapping. Its model (the
+    override or the API's current checkpoint) and scheduler (from its sampler) are worked out by the caller."""
+    return ImageRequest(prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=model,
+                        num_images=body.batch_size, width=body.width, height=body.height,
+                        num_inference_steps=body.steps, guidance_scale=body.cfg_scale,
+                        seed=None if body.seed < 0 else body.seed, scheduler=scheduler, mode=mode, **fields)
 
 
 def _decode(value: str, param: str):
@@ -84,24 +98,11 @@ class A1111State:
         self.model = default_model
         self.tasks: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.latest: str | None = None
-        self.previews: dict[str, Any] = {}  # job id -> its latest preview image, while the job runs
-
-    def latest_preview(self, job):
-        """Drain the job's events (they hold a preview every PREVIEW_EVERY steps) and keep the newest image."""
-        while job.events is not None:
-            try:
-                event = job.events.get_nowait()
-            except queue.Empty:
-                break
-            if event and event.get("preview"):
-                self.previews[job.id] = event["preview"][0]
-        return self.previews.get(job.id)
 
     def add(self, task_id: str, job) -> None:
         self.tasks[task_id] = job.id
         self.tasks.move_to_end(task_id)
         self.latest = task_id
-        job.add_done_callback(lambda: self.previews.pop(job.id, None))
         while len(self.tasks) > MAX_TASKS:
             self.tasks.popitem(last=False)
 
@@ -112,178 +113,190 @@ def _task_id(value, param: str = "id_task") -> str | None:
     return value
 
 
-def build_a1111_router(engine, default_model) -> APIRouter:
-    router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
-    state = A1111State(default_model())
-    catalog = engine.runner.catalog
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
-    def model_for(body: Txt2ImgRequest) -> str:
-        name = body.override_settings.get("sd_model_checkpoint")
-        if name is not None and not isinstance(name, str):
-            raise InvalidRequestError(f"`override_settings.sd_model_checkpoint` must be a string but is {name!r}.",
-                                      param="override_settings.sd_model_checkpoint")
-        return name or state.model
 
-    def scheduler_for(body: Txt2ImgRequest, model: str) -> tuple[str | None, list[str]]:
-        """A1111 sampler -> Easel scheduler; one the model lacks falls back to the model's own, with a warning."""
-        name = body.sampler_name or body.sampler_index
-        if not name:
-            return None, []
-        if name not in SAMPLERS:
-            raise InvalidRequestError(f"`sampler_name` must be one of {', '.join(SAMPLERS)} but is {name!r}.",
-                                      param="sampler_name")
-        spec = catalog.resolve(model, allow_paths=False)
-        if SAMPLERS[name] not in spec.family.schedulers:
-            return None, [f"sampler {name!r} is not available for {spec.name}; used its default scheduler"]
-        return SAMPLERS[name], []
+def _state(request: Request) -> A1111State:
+    return request.app.state.a1111
 
-    async def run(body: Txt2ImgRequest, request: Request, mode: str = "generate", **fields) -> dict[str, Any]:
-        model = model_for(body)
-        scheduler, warnings = scheduler_for(body, model)
-        seed = None if body.seed < 0 else body.seed
-        base = ImageRequest(prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=model,
-                            num_images=body.batch_size, width=body.width, height=body.height,
-                            num_inference_steps=body.steps, guidance_scale=body.cfg_scale, seed=seed,
-                            scheduler=scheduler, mode=mode, **fields)
-        task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
-        images, seeds, texts, first = [], [], [], {}
-        interrupted = False
-        for i in range(body.n_iter):  # A1111 runs n_iter batches one after another, seeds following on
-            start = None if seed is None else seed + i * body.batch_size
-            job = engine.submit(base.replace(seed=start), listen=True)
-            job.preview_every(PREVIEW_EVERY)
-            state.add(task_id, job)
-            try:
-                result = await wait_for_job(engine, job, request)
-            except JobCancelledError:
-                interrupted = True  # as in A1111: an interrupted task answers with the images made before it
-                break
-            warnings += result.warnings
-            for im in result.images:
-                first = first or im.parameters
-                seeds.append(im.seed)
-                texts.append(a1111_parameters(im.parameters))
-                if body.send_images:
-                    images.append(base64.b64encode(await run_in_threadpool(im.to_bytes, "png")).decode())
-        info = {"prompt": body.prompt, "all_prompts": [body.prompt] * len(seeds),
-                "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(seeds),
-                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "subseed": -1,
-                "all_subseeds": [-1] * len(seeds), "width": first.get("width", body.width),
-                "height": first.get("height", body.height), "steps": first.get("num_inference_steps", body.steps),
-                "cfg_scale": first.get("guidance_scale", body.cfg_scale),
-                "sampler_name": body.sampler_name or body.sampler_index, "batch_size": body.batch_size,
-                "sd_model_name": first.get("model", model), "sd_model_hash": None,
-                "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "infotexts": texts, "task_id": task_id,
-                "interrupted": interrupted, "warnings": warnings}
-        if mode != "generate":
-            info["denoising_strength"] = fields.get("strength")
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
-    @router.post("/txt2img")
-    async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
-        """Text to image; answers `{"images": [base64 PNG], "parameters", "info"}` like A1111."""
+def model_for(body: Txt2ImgRequest, state: A1111State) -> str:
+    name = body.override_settings.get("sd_model_checkpoint")
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequestError(f"`override_settings.sd_model_checkpoint` must be a string but is {name!r}.",
+                                  param="override_settings.sd_model_checkpoint")
+    return name or state.model
+
+
+def scheduler_for(body: Txt2ImgRequest, spec) -> tuple[str | None, list[str]]:
+    """A1111 sampler -> Easel scheduler; one the model lacks falls back to the model's own, with a warning."""
+    name = body.sampler_name or body.sampler_index
+    if not name:
+        return None, []
+    if name not in SAMPLERS:
+        raise InvalidRequestError(f"`sampler_name` must be one of {', '.join(SAMPLERS)} but is {name!r}.",
+                                  param="sampler_name")
+    if SAMPLERS[name] not in spec.family.schedulers:
+        return None, [f"sampler {name!r} is not available for {spec.name}; used its default scheduler"]
+    return SAMPLERS[name], []
+
+
+def _info(body: Txt2ImgRequest, first: dict[str, Any], seeds: list[int], texts: list[str], task_id: str,
+          interrupted: bool, warnings: list[str], model: str, seed: int | None) -> dict[str, Any]:
+    """A1111's `info` (a JSON string in the answer): what was made, with the values the model really used."""
+    return {"prompt": body.prompt, "all_prompts": [body.prompt] * len(seeds),
+            "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(seeds),
+            "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "subseed": -1,
+            "all_subseeds": [-1] * len(seeds), "width": first.get("width", body.width),
+            "height": first.get("height", body.height), "steps": first.get("num_inference_steps", body.steps),
+            "cfg_scale": first.get("guidance_scale", body.cfg_scale),
+            "sampler_name": body.sampler_name or body.sampler_index, "batch_size": body.batch_size,
+            "sd_model_name": first.get("model", model), "sd_model_hash": None,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "infotexts": texts, "task_id": task_id,
+            "interrupted": interrupted, "warnings": warnings}
+
+
+async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", **fields) -> dict[str, Any]:
+    """Run the request's `n_iter` batches one after another (seeds following on, as in A1111) as one task."""
+    engine, state = request.app.state.engine, _state(request)
+    model = model_for(body, state)
+    scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
+    base = to_image_request(body, model, scheduler, mode, **fields)
+    task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
+    images, seeds, texts, first = [], [], [], {}
+    interrupted = False
+    for i in range(body.n_iter):
+        start = None if base.seed is None else base.seed + i * body.batch_size
+        job = engine.submit(base.replace(seed=start))
+        job.preview_every(PREVIEW_EVERY)
+        state.add(task_id, job)
         try:
-            return await run(body, request)
-        except EaselError as exc:
-            raise exc.renamed(PARAMS) from None
+            result = await wait_for_job(engine, job, request)
+        except JobCancelledError:
+            interrupted = True  # as in A1111: an interrupted task answers with the images made before it
+            break
+        warnings += result.warnings
+        for im in result.images:
+            first = first or im.parameters
+            seeds.append(-1 if im.seed is None else im.seed)
+            texts.append(a1111_parameters(im.parameters))
+            if body.send_images:
+                images.append(base64.b64encode(await run_in_threadpool(im.to_bytes, "png")).decode())
+    info = _info(body, first, seeds, texts, task_id, interrupted, warnings, model, base.seed)
+    if mode != "generate":
+        info["denoising_strength"] = fields.get("strength")
+    return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
-    @router.post("/img2img")
-    async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
-        """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting."""
-        try:
-            return await image_to_image(body, request)
-        except EaselError as exc:
-            raise exc.renamed(PARAMS) from None
 
-    async def image_to_image(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+    """Text to image; answers `{"images": [base64 PNG], "parameters", "info"}` like A1111."""
+    try:
+        return await _run(body, request)
+    except EaselError as exc:
+        raise exc.renamed(PARAMS) from None
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
+    """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting."""
+    try:
         if not body.init_images:
             raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
-        image = _decode(body.init_images[0], "init_images")
+        image = _decode(body.init_images[0], "init_images").convert("RGB")
         if body.mask:
-            mask = _decode(body.mask, "mask")
-            mask = mask_from_alpha(mask) if "A" in mask.getbands() else mask.convert("L")
-            if body.inpainting_mask_invert:
-                mask = mask.point(lambda v: 255 - v)
-            return await run(body, request, "edit", image=image.convert("RGB"), mask=mask,
-                             strength=body.denoising_strength)
-        return await run(body, request, "vary", image=image.convert("RGB"), strength=body.denoising_strength)
+            mask = masks.from_a1111(_decode(body.mask, "mask"), bool(body.inpainting_mask_invert))
+            return await _run(body, request, "edit", image=image, mask=mask, strength=body.denoising_strength,
+                              mask_blur=body.mask_blur, inpaint_full_res=body.inpaint_full_res,
+                              inpaint_full_res_padding=body.inpaint_full_res_padding)
+        return await _run(body, request, "vary", image=image, strength=body.denoising_strength)
+    except EaselError as exc:
+        raise exc.renamed(PARAMS) from None
 
-    def progress_of(job_id: str, with_image: bool) -> dict[str, Any]:
-        job = engine.get(job_id)
-        if isinstance(job, dict):  # finished and released: its record
-            job_state, step, total, elapsed = job["state"], job["step"], job["total_steps"] or 1, 0.0
-            preview = None
-        else:
-            job_state, step, total, elapsed = job.state, job.step, job.total_steps or 1, time.time() - job.created
-            preview = state.latest_preview(job) if job_state not in FINAL else None
-        image = None
-        if with_image and preview is not None:
-            image = base64.b64encode(encode_image(preview, "png", {})).decode()
-        done = 1.0 if job_state in FINAL else step / total
-        return {"progress": round(done, 4),
-                "eta_relative": round(elapsed / done - elapsed, 2) if 0 < done < 1 else 0.0,
-                "state": {"skipped": False, "interrupted": job_state == "cancelled", "job": job_id,
-                          "job_count": 0 if job_state in FINAL else 1, "job_timestamp": "", "job_no": 0,
-                          "sampling_step": step, "sampling_steps": total, "status": job_state},
-                "current_image": image, "textinfo": None}
 
-    @router.get("/progress")
-    def progress(id_task: str | None = None, skip_current_image: bool = False) -> dict[str, Any]:
-        """Progress of the task `id_task` (or of the latest task started through this API)."""
-        task = id_task or state.latest
-        if task is None:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "sampling_step": 0,
-                                                                     "sampling_steps": 0, "interrupted": False,
-                                                                     "skipped": False, "job": ""},
-                    "current_image": None, "textinfo": None}
-        if task not in state.tasks:
-            raise NotFoundError(f"No task {task!r}.", param="id_task")
-        return progress_of(state.tasks[task], not skip_current_image)
+def progress_of(engine, job_id: str, with_image: bool) -> dict[str, Any]:
+    """A1111's progress answer for one job: live while it is in memory, from its record after."""
+    job = engine.get(job_id)
+    if isinstance(job, dict):  # finished and released: its record
+        job_state, step, total, elapsed, preview = job["state"], job["step"], job["total_steps"] or 1, 0.0, None
+    else:
+        job_state, step, total, elapsed = job.state, job.step, job.total_steps or 1, time.time() - job.created
+        preview = job.preview[0] if job.preview else None
+    image = None
+    if with_image and preview is not None:
+        image = base64.b64encode(encode_image(preview, "png", {})).decode()
+    done = 1.0 if job_state in FINAL else step / total
+    return {"progress": round(done, 4),
+            "eta_relative": round(elapsed / done - elapsed, 2) if 0 < done < 1 else 0.0,
+            "state": {"skipped": False, "interrupted": job_state == "cancelled", "job": job_id,
+                      "job_count": 0 if job_state in FINAL else 1, "job_timestamp": "", "job_no": 0,
+                      "sampling_step": step, "sampling_steps": total, "status": job_state},
+            "current_image": image, "textinfo": None}
 
-    @router.post("/interrupt")
-    async def interrupt(request: Request) -> dict[str, Any]:
-        """Stop the task named by `id_task` (query or JSON body), or every running task of this API."""
-        task = request.query_params.get("id_task")
-        if task is None and request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                body = await request.json()
-            except ValueError:
-                body = {}
-            task = _task_id(body.get("id_task")) if isinstance(body, dict) else None
-        if task is not None and task not in state.tasks:
-            raise NotFoundError(f"No task {task!r}.", param="id_task")
-        job_ids = [state.tasks[task]] if task else list(state.tasks.values())
-        live = [job_id for job_id in job_ids if job_id in engine.jobs and engine.jobs[job_id].state not in FINAL]
-        return {"interrupted": [engine.cancel(job_id).id for job_id in live]}
 
-    @router.get("/sd-models")
-    def sd_models() -> list[dict[str, Any]]:
-        """The models on this machine, as A1111 checkpoints."""
-        return [{"title": s.name, "model_name": s.name, "hash": None, "sha256": None, "filename": s.name,
-                 "config": None} for s in catalog.models.values() if s.is_available_locally()]
+@router.get("/progress")
+def progress(request: Request, id_task: str | None = None, skip_current_image: bool = False) -> dict[str, Any]:
+    """Progress of the task `id_task` (or of the latest task started through this API)."""
+    state = _state(request)
+    task = id_task or state.latest
+    if task is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "sampling_step": 0,
+                                                                 "sampling_steps": 0, "interrupted": False,
+                                                                 "skipped": False, "job": ""},
+                "current_image": None, "textinfo": None}
+    if task not in state.tasks:
+        raise NotFoundError(f"No task {task!r}.", param="id_task")
+    return progress_of(request.app.state.engine, state.tasks[task], not skip_current_image)
 
-    @router.get("/samplers")
-    def samplers() -> list[dict[str, Any]]:
-        return [{"name": name, "aliases": [easel], "options": {}} for name, easel in SAMPLERS.items()]
 
-    @router.get("/options")
-    def get_options() -> dict[str, Any]:
-        """The current checkpoint and output settings; never keys or paths."""
-        return {"sd_model_checkpoint": state.model, "sd_checkpoint_hash": None, "samples_format": "png",
-                "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+@router.post("/interrupt")
+async def interrupt(request: Request) -> dict[str, Any]:
+    """Stop the task named by `id_task` (query or JSON body), or every running task of this API."""
+    state, engine = _state(request), request.app.state.engine
+    task = request.query_params.get("id_task")
+    if task is None and request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        task = _task_id(body.get("id_task")) if isinstance(body, dict) else None
+    if task is not None and task not in state.tasks:
+        raise NotFoundError(f"No task {task!r}.", param="id_task")
+    job_ids = [state.tasks[task]] if task else list(state.tasks.values())
+    live = [job_id for job_id in job_ids if job_id in engine.jobs and engine.jobs[job_id].state not in FINAL]
+    return {"interrupted": [engine.cancel(job_id).id for job_id in live]}
 
-    @router.post("/options")
-    def set_options(options: dict[str, Any]) -> None:
-        """Only `sd_model_checkpoint` is honoured (the model later requests use); other options are ignored."""
-        name = options.get("sd_model_checkpoint")
-        if name is not None:
-            if not isinstance(name, str):
-                raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
-                                          param="sd_model_checkpoint")
-            try:  # the same check as a request's, so that a name that cannot run here never sticks
-                state.model = engine.runner.check(ImageRequest(prompt="-", model=name)).spec.name
-            except EaselError as exc:
-                raise exc.renamed({"model": "sd_model_checkpoint"}) from None
-        return None
 
-    return router
+@router.get("/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    """The models on this machine, as A1111 checkpoints."""
+    catalog = request.app.state.runner.catalog
+    return [{"title": s.name, "model_name": s.name, "hash": None, "sha256": None, "filename": s.name,
+             "config": None} for s in catalog.models.values() if s.is_available_locally()]
+
+
+@router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": name, "aliases": [easel], "options": {}} for name, easel in SAMPLERS.items()]
+
+
+@router.get("/options")
+def get_options(request: Request) -> dict[str, Any]:
+    """The current checkpoint and output settings; never keys or paths."""
+    return {"sd_model_checkpoint": _state(request).model, "sd_checkpoint_hash": None, "samples_format": "png",
+            "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+
+
+@router.post("/options")
+def set_options(options: dict[str, Any], request: Request) -> None:
+    """Only `sd_model_checkpoint` is honoured (the model later requests use); other options are ignored."""
+    name = options.get("sd_model_checkpoint")
+    if name is not None:
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
+                                      param="sd_model_checkpoint")
+        try:  # the same check as a request's, so that a name that cannot run here never sticks
+            spec = request.app.state.engine.runner.check(ImageRequest(prompt="-", model=name)).spec
+        except EaselError as exc:
+            raise exc.renamed({"model": "sd_model_checkpoint"}) from None
+        _state(request).model = spec.name

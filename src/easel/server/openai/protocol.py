@@ -42,9 +42,15 @@ class GenerationRequest(ImageParams):
 
 
 class EditRequest(GenerationRequest):
-    """POST /v1/images/edits (multipart): the images and the mask arrive as files beside these fields."""
+    """POST /v1/images/edits (multipart): the images and the mask arrive as files beside these fields. With no mask
+    and no transparent pixel, the whole image changes as the prompt says (but for dall-e-2, which needs one)."""
 
     input_fidelity: Literal["high", "low"] | None = None
+    # --- Easel extensions (A1111's names) ---------------------------------------------------------------------
+    mask_blur: int | None = Field(None, description="Easel: pixels over which the edit blends in (0-64, default 4).")
+    inpaint_full_res: bool | None = Field(None, description="Easel: the model sees only the masked area, at full "
+                                          "resolution.")
+    inpaint_full_res_padding: int | None = Field(None, description="Easel: pixels around the masked area (32).")
 
 
 class VariationRequest(ImageParams):

@@ -10,13 +10,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import InvalidRequestError, PayloadTooLargeError
+from ... import masks
+from ...errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError
 from ...openai_models import OPENAI_MODEL_NAMES
-from ...types import image_from_bytes, mask_from_alpha
+from ...types import image_from_bytes
 from ..jobs import wait_for_job
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
                        VariationRequest)
-from .serving import ImagesService, max_file_bytes
+from .serving import ImagesService, Prepared, max_file_bytes
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 507)}
 _FILE = {"type": "string", "format": "binary"}
@@ -29,10 +30,6 @@ def multipart_body(model_cls, files: dict[str, dict], required: list[str]) -> di
     schema["properties"] = {**files, **schema["properties"]}
     schema["required"] = sorted(set(schema.get("required", [])) | set(required))
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url)
 
 
 def _sse(events) -> StreamingResponse:
@@ -84,73 +81,68 @@ async def _read_form(request: Request, model_cls):
     return params, decoded, mask_image
 
 
-def repaint_mask(mask, image):
-    """OpenAI's mask (alpha = 0 marks the area to repaint) -> white-means-repaint; no mask: the image's alpha.
-    A mask without alpha is read the diffusers way (white = repaint)."""
-    if mask is None or "A" in mask.getbands():
-        return mask_from_alpha(mask if mask is not None else image)
-    return mask.convert("L").point(lambda v: 255 if v > 127 else 0)
+router = APIRouter(tags=["openai"])
 
 
-def build_router(service: ImagesService, engine, model_ids) -> APIRouter:
-    router = APIRouter()
-
-    async def complete(prepared, request: Request, stream: bool, partial_images: int | None):
-        if stream:
-            job = engine.submit(prepared.checked, previews=partial_images or 0, listen=True)
-            return _sse(service.stream(prepared, job, partial_images or 0))
-        job = engine.submit(prepared.checked)
-        result = await wait_for_job(engine, job, request)
-        return await run_in_threadpool(service.response, prepared, result, _base_url(request))
-
-    @router.get("/models", response_model=ModelList, responses=ERRORS, tags=["openai"])
-    def list_models() -> ModelList:
-        """The models this server runs, and the OpenAI names it maps to its local model."""
-        now = int(time.time())
-        return ModelList(data=[ModelCard(id=m, created=now, owned_by="easel") for m in model_ids()])
-
-    @router.get("/models/{model_id:path}", response_model=ModelCard, responses=ERRORS, tags=["openai"])
-    def get_model(model_id: str) -> ModelCard:
-        if model_id not in model_ids():
-            from ...errors import ModelNotFoundError
-
-            raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
-        return ModelCard(id=model_id, created=int(time.time()), owned_by="easel")
-
-    @router.post("/images/generations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
-                 response_model_exclude_none=True)
-    async def generations(body: GenerationRequest, request: Request):
-        """Create images from a prompt. With `stream: true`, answers Server-Sent Events."""
-        return await complete(service.prepare(body), request, bool(body.stream), body.partial_images)
-
-    @router.post("/images/edits", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
-                 response_model_exclude_none=True,
-                 openapi_extra=multipart_body(EditRequest, {
-                     "image": {"anyOf": [_FILE, {"type": "array", "items": _FILE, "maxItems": 16}],
-                               "description": "The image to edit (also sent as `image[]`, up to 16)."},
-                     "mask": {**_FILE, "description": "Transparent where the image should change."}}, ["image"]))
-    async def edits(request: Request):
-        """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`)."""
-        params, images, mask = await _read_form(request, EditRequest)
-        if mask is not None and mask.size != images[0].size:
-            raise InvalidRequestError(
-                f"`mask` must be the same size as the first image ({images[0].width}x{images[0].height}) "
-                f"but is {mask.width}x{mask.height}.", param="mask")
-        prepared = service.prepare(params, "edit", images, repaint_mask(mask, images[0]))
-        return await complete(prepared, request, bool(params.stream), params.partial_images)
-
-    @router.post("/images/variations", response_model=ImagesResponse, responses=ERRORS, tags=["openai"],
-                 response_model_exclude_none=True,
-                 openapi_extra=multipart_body(VariationRequest, {"image": {**_FILE, "description": "The image."}},
-                                              ["image"]))
-    async def variations(request: Request):
-        """Variations of one image (multipart)."""
-        params, images, _ = await _read_form(request, VariationRequest)
-        return await complete(service.prepare(params, "vary", images[:1]), request, False, None)
-
-    return router
+async def _complete(prepared: Prepared, request: Request, stream: bool, partial_images: int | None):
+    images: ImagesService = request.app.state.images
+    engine = request.app.state.engine
+    if stream:
+        job = engine.submit(prepared.checked, previews=partial_images or 0, listen=True)
+        return _sse(images.stream(prepared, job, partial_images or 0))
+    result = await wait_for_job(engine, engine.submit(prepared.checked), request)
+    return await run_in_threadpool(images.response, prepared, result, str(request.base_url))
 
 
-def openai_model_ids(catalog) -> list[str]:
-    return sorted(catalog.models) + OPENAI_MODEL_NAMES
+def model_ids(request: Request) -> list[str]:
+    """The server's models, and the OpenAI names it maps to its local model."""
+    return sorted(request.app.state.runner.catalog.models) + OPENAI_MODEL_NAMES
 
+
+@router.get("/models", response_model=ModelList, responses=ERRORS)
+def list_models(request: Request) -> ModelList:
+    """The models this server runs, and the OpenAI names it maps to its local model."""
+    now = int(time.time())
+    return ModelList(data=[ModelCard(id=m, created=now, owned_by="easel") for m in model_ids(request)])
+
+
+@router.get("/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
+def get_model(model_id: str, request: Request) -> ModelCard:
+    if model_id not in model_ids(request):
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
+    return ModelCard(id=model_id, created=int(time.time()), owned_by="easel")
+
+
+@router.post("/images/generations", response_model=ImagesResponse, responses=ERRORS, response_model_exclude_none=True)
+async def generations(body: GenerationRequest, request: Request):
+    """Create images from a prompt. With `stream: true`, answers Server-Sent Events."""
+    prepared = request.app.state.images.prepare(body)
+    return await _complete(prepared, request, bool(body.stream), body.partial_images)
+
+
+@router.post("/images/edits", response_model=ImagesResponse, responses=ERRORS, response_model_exclude_none=True,
+             openapi_extra=multipart_body(EditRequest, {
+                 "image": {"anyOf": [_FILE, {"type": "array", "items": _FILE, "maxItems": 16}],
+                           "description": "The image to edit (also sent as `image[]`, up to 16)."},
+                 "mask": {**_FILE, "description": "Transparent where the image should change."}}, ["image"]))
+async def edits(request: Request):
+    """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`)."""
+    params, images, mask = await _read_form(request, EditRequest)
+    if mask is not None and mask.size != images[0].size:
+        raise InvalidRequestError(
+            f"`mask` must be the same size as the first image ({images[0].width}x{images[0].height}) "
+            f"but is {mask.width}x{mask.height}.", param="mask")
+    if masks.edit_mode(images[0], mask, params.model) == "vary":  # no mask, no transparency: the whole picture
+        prepared = request.app.state.images.prepare(params, "vary", images[:1], event_prefix="image_edit")
+    else:
+        prepared = request.app.state.images.prepare(params, "edit", images, masks.from_openai(mask, images[0]))
+    return await _complete(prepared, request, bool(params.stream), params.partial_images)
+
+
+@router.post("/images/variations", response_model=ImagesResponse, responses=ERRORS, response_model_exclude_none=True,
+             openapi_extra=multipart_body(VariationRequest, {"image": {**_FILE, "description": "The image."}},
+                                          ["image"]))
+async def variations(request: Request):
+    """Variations of one image (multipart)."""
+    params, images, _ = await _read_form(request, VariationRequest)
+    return await _complete(request.app.state.images.prepare(params, "vary", images[:1]), request, False, None)

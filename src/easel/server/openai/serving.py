@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...checks import CheckedRequest
 from ...errors import InvalidRequestError, UnsupportedError
-from ...metadata import prompt_of
+from ... import masks
+from ...metadata import encode_image, prompt_of
+from ...prompts import OPENAI_STYLES, with_style
 from ...openai_models import check_openai_rules, rules_for
 from ...types import ImageRequest, ImageResult
 from .protocol import (EditRequest, GenerationRequest, ImageData, ImagesResponse, InputTokensDetails, Usage,
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
 
 
 QUALITY_STEPS = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
-STYLE_WORDS = {"vivid": "vivid colors, dramatic lighting", "natural": "natural colors, realistic lighting"}
 MAX_FILE_BYTES = {"dall-e-2": 4 * 1024 * 1024}
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 
@@ -42,6 +43,34 @@ def usage_for(prompt: str, inputs: list[PIL.Image.Image], outputs: list) -> Usag
     out = sum(math.ceil(im.width * im.height / 1024) for im in outputs)
     return Usage(input_tokens=text + image_in, input_tokens_details=InputTokensDetails(
         text_tokens=text, image_tokens=image_in), output_tokens=out, total_tokens=text + image_in + out)
+
+
+def styled_prompt(req) -> str | None:
+    """The prompt with the words of DALL-E 3's `style` (vivid or natural) appended, when one is asked for."""
+    prompt, style = getattr(req, "prompt", None), getattr(req, "style", None)
+    return with_style(prompt, OPENAI_STYLES[style]) if style and prompt else None
+
+
+def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mode: str,
+                     images: list[PIL.Image.Image] | None, mask: PIL.Image.Image | None,
+                     local_model: str) -> ImageRequest:
+    """An OpenAI request (JSON, or multipart fields and their images) as Easel's: the front's one mapping. OpenAI's
+    own model names run on the server's local model; no size (or auto) is the model's default, or for edits and
+    variations the input image's size."""
+    prompt = styled_prompt(req) or getattr(req, "prompt", None) or ""
+    if mode == "vary" and not prompt:
+        prompt = prompt_of(images[0])
+    return ImageRequest(
+        prompt=prompt, model=local_model if rules_for(req.model) is not None else req.model,
+        num_images=1 if req.n is None else req.n, size=None if req.size in (None, "auto") else req.size,
+        num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale, seed=req.seed,
+        negative_prompt=req.negative_prompt, output_format=getattr(req, "output_format", None) or "png",
+        mode=mode, image=images[0] if images else None, mask=mask,
+        moderation=getattr(req, "moderation", None) or "auto",
+        mask_blur=getattr(req, "mask_blur", None), inpaint_full_res=bool(getattr(req, "inpaint_full_res", False)),
+        inpaint_full_res_padding=getattr(req, "inpaint_full_res_padding", None) or 32,
+        strength=masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None,
+    )
 
 
 @dataclass
@@ -64,21 +93,19 @@ class Prepared:
 class ImagesService:
     """Generations, edits and variations on top of a Runner; signs URLs for `response_format=url`."""
 
-    def __init__(self, runner: Runner, signer: UrlSigner, local_model: Callable[[], str]):
+    def __init__(self, runner: Runner, signer: UrlSigner, local_model: str):
         self.runner = runner
         self.signer = signer
         self.local_model = local_model
 
     # -- request mapping -------------------------------------------------------------------------------------------
     def prepare(self, req: GenerationRequest | EditRequest | VariationRequest, mode: str = "generate",
-                images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None) -> Prepared:
+                images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None,
+                event_prefix: str | None = None) -> Prepared:
         openai = rules_for(req.model)
         if openai is not None:
             check_openai_rules(*openai, req)
         quality = getattr(req, "quality", None) or "auto"
-        prompt = getattr(req, "prompt", None)
-        style = getattr(req, "style", None)
-        styled = f"{prompt.rstrip()}, {STYLE_WORDS[style]}" if style and prompt else None
         output_format = getattr(req, "output_format", None) or "png"
         compression = getattr(req, "output_compression", None)
         if compression is not None:
@@ -92,17 +119,7 @@ class ImagesService:
         if partial is not None and not 0 <= partial <= 3:
             raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
                                       param="partial_images")
-        # no size (or auto): the model's default, or for edits and variations the input image's size
-        size = None if req.size in (None, "auto") else req.size
-        request = ImageRequest(
-            prompt=styled or prompt or "", model=self.local_model() if openai is not None else req.model,
-            num_images=1 if req.n is None else req.n, size=size, num_inference_steps=req.num_inference_steps,
-            guidance_scale=req.guidance_scale, seed=req.seed, negative_prompt=req.negative_prompt,
-            output_format=output_format, mode=mode, image=images[0] if images else None, mask=mask,
-            moderation=getattr(req, "moderation", None) or "auto",
-        )
-        if mode == "vary" and not request.prompt:
-            request.prompt = prompt_of(images[0])
+        request = to_image_request(req, mode, images, mask, self.local_model)
         # the one check: every client mistake is a 400 before any work (or any stream) starts
         checked = self.runner.check(request)
         spec = checked.spec
@@ -113,8 +130,8 @@ class ImagesService:
         if req.num_inference_steps is None and spec.default_steps and factor != 1.0:
             checked.request.num_inference_steps = max(1, round(spec.default_steps * factor))
         return Prepared(checked=checked, response_format=req.response_format or "b64_json", quality=quality,
-                        styled_prompt=styled, inputs=list(images or []), output_compression=compression,
-                        event_prefix="image_edit" if mode == "edit" else "image_generation")
+                        styled_prompt=styled_prompt(req), inputs=list(images or []), output_compression=compression,
+                        event_prefix=event_prefix or ("image_edit" if mode == "edit" else "image_generation"))
 
     # -- responses -------------------------------------------------------------------------------------------------
     def encode(self, prepared: Prepared, image) -> bytes:
@@ -145,23 +162,18 @@ class ImagesService:
         """Events of a streamed job (submitted with `listen=True`): `partial_images` previews from intermediate
         steps, then one completed event per image; a failure after the stream began becomes an error event."""
         request = prepared.request
-        events = job.events
         common = {"background": "opaque", "output_format": request.output_format, "quality": prepared.quality}
         prefix = prepared.event_prefix
         sent = 0
-        from ...metadata import encode_image
-
-        while True:
-            event = events.get()
-            if event is None:
-                break
-            for im in (event.get("preview") or [])[:1]:
-                if sent < partial_images:
-                    im = im.resize((request.width or im.width, request.height or im.height))
-                    yield {"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(
-                        encode_image(im, request.output_format, {})).decode(), "partial_image_index": sent,
-                        "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
-                    sent += 1
+        with job.follow() as events:
+            for event in events:
+                for im in event.previews[:1]:
+                    if sent < partial_images:
+                        im = im.resize((request.width, request.height))
+                        yield {"type": f"{prefix}.partial_image", "b64_json": base64.b64encode(
+                            encode_image(im, request.output_format, {})).decode(), "partial_image_index": sent,
+                            "created_at": int(time.time()), "size": f"{im.width}x{im.height}", **common}
+                        sent += 1
         if job.state != "succeeded":
             error = job.error
             yield {"type": "error", "error": {"message": error.message, "type": error.type, "code": error.code,

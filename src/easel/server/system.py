@@ -1,0 +1,90 @@
+"""The server's own routes: /health, /metrics and saved images by signed link."""
+
+from __future__ import annotations
+
+import mimetypes
+import resource
+import threading
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .._version import __version__
+from ..errors import EaselError, NotFoundError
+
+router = APIRouter()
+
+
+class ModelWarmup:
+    """Loads the default model in the background so that /health can say 503 until it is ready."""
+
+    def __init__(self, runner, model: str):
+        self.runner, self.model = runner, model
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.load_s: float | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="easel-warmup", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            spec = self.runner.catalog.resolve(self.model)
+            self.runner.registry.get(spec.provider).warm(spec)
+            self.load_s = time.perf_counter() - started
+            self.ready.set()
+        except EaselError as exc:
+            self.error = exc.message
+        except Exception as exc:  # noqa: BLE001 - reported by /health, never raised into the server
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+@router.get("/health", tags=["server"])
+def health(request: Request) -> JSONResponse:
+    """200 when the server can make images now: the default model is loaded, the engine's worker runs and the
+    workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`).
+    `engine` holds the queue depth, free disk space and the last error the engine met."""
+    warmup, engine = request.app.state.warmup, request.app.state.engine
+    engine_state = engine.health()
+    body = {"status": "ok", "model": warmup.model, "version": __version__, "engine": engine_state}
+    if not warmup.ready.is_set():
+        body["status"] = "error" if warmup.error else "loading"
+        if warmup.error:
+            body["error"] = warmup.error
+    elif not engine_state["can_work"]:
+        body["status"] = "unavailable"
+        body["error"] = "; ".join(engine_state["problems"])
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+@router.get("/metrics", tags=["server"])
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: queue depth, jobs by state, batch sizes, step and job latency, load time, memory."""
+    warmup, engine = request.app.state.warmup, request.app.state.engine
+    m = engine.metrics
+    m.queue_depth.set(engine.queue_depth)
+    for state, count in engine.counts().items():
+        m.jobs_active.labels(state).set(count)
+    if warmup.load_s is not None:
+        m.model_load_seconds.set(warmup.load_s)
+    m.memory_bytes.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def file_content(image_id: str, request: Request, expires: str | None = None,
+                 signature: str | None = None) -> Response:
+    """A saved image by opaque id, through a signed link valid for 60 minutes."""
+    if not request.app.state.signer.verify(image_id, expires, signature):
+        raise NotFoundError("This link does not exist or has expired.")
+    found = request.app.state.runner.workspace().read_image(image_id)
+    if found is None:
+        raise NotFoundError("This image does not exist.")
+    name, data = found
+    return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+
+
+router.add_api_route("/v1/files/{image_id}/content", file_content, methods=["GET"], tags=["files"])
+router.add_api_route("/files/{image_id}/content", file_content, methods=["GET"], include_in_schema=False)
