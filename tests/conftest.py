@@ -25,6 +25,8 @@ def easel_home(tmp_path, monkeypatch):
     monkeypatch.delenv("EASEL_DEFAULT_MODEL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    # the CLI hands its jobs to a server at 127.0.0.1:8000 when one answers: tests name theirs, never a stray one
+    monkeypatch.setenv("EASEL_HOST", "off")
     easel.api.reset_default_runner()
     yield home
     easel.api.reset_default_runner()

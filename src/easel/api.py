@@ -32,6 +32,13 @@ def default_runner() -> Runner:
         return _runner
 
 
+def use_runner(runner) -> None:
+    """Make `runner` the process-wide one (the CLI's, when it hands its jobs to a running server)."""
+    global _runner
+    with _runner_lock:
+        _runner = runner
+
+
 def reset_default_runner() -> None:
     """Forget the process-wide runner, so that changed settings (EASEL_HOME, ...) take effect."""
     global _runner

@@ -100,10 +100,20 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     # a model named by a caller may be a folder only where the caller is the machine's user (not a server client)
     spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
             else catalog.resolve(default_model))
-    family = spec.family
     r = request.replace(model=spec.name, extra=dict(request.extra))
+    _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt
+    _check_mode(r, spec)  # 2. what to do, and with which images
+    _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed
+    _check_choices(r, spec)  # 4. scheduler, output format, family options
+    # 5. the prompt the model receives, and what it will ignore
+    r.revised_prompt = revise_prompt(spec, r.prompt)
+    r.warnings = _ignored(spec, r)
+    return CheckedRequest(spec, r)
 
-    # 1. prompt
+
+def _check_prompts(r: ImageRequest, spec: ModelSpec, moderate: bool) -> None:
+    """The prompt and the negative prompt: text the model takes, within its length, past moderation."""
+    family = spec.family
     if not isinstance(r.prompt, str) or (not r.prompt.strip() and r.mode != "vary"):
         raise InvalidRequestError("`prompt` must be a non-empty string.", param="prompt")
     _require_unicode("prompt", r.prompt)
@@ -127,7 +137,10 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     elif family.default_negative_prompt is not None:
         r.negative_prompt = family.default_negative_prompt
 
-    # 2. what to do, and with which images
+
+def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
+    """What to do (generate, edit, vary), with which images, and how an edit is shaped."""
+    family = spec.family
     if r.mode not in MODES:
         raise InvalidRequestError(f"`mode` must be one of {', '.join(MODES)} but is {r.mode!r}.", param="mode")
     if r.mode not in family.supports:
@@ -151,7 +164,10 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
                                       param="inpaint_full_res")
         r.inpaint_full_res_padding = _require_int("inpaint_full_res_padding", r.inpaint_full_res_padding, 0, 512)
 
-    # 3. count, size, steps, guidance, seed
+
+def _check_numbers(r: ImageRequest, spec: ModelSpec, request: ImageRequest) -> None:
+    """Count, size (from size, aspect, the input image or the family), steps, guidance and the seed."""
+    family = spec.family
     r.num_images = _require_int("n", r.num_images, 1, MAX_IMAGES)
     if r.size is not None and r.size != "auto":
         r.width, r.height = parse_size(r.size)
@@ -190,7 +206,10 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     elif "seed" in family.takes:
         r.seed = secrets.randbelow(2**32)  # drawn here, so that the job's record knows it from the start
 
-    # 4. scheduler, output format, family options
+
+def _check_choices(r: ImageRequest, spec: ModelSpec) -> None:
+    """Scheduler, output format and the family's own options."""
+    family = spec.family
     if r.scheduler is not None and r.scheduler not in family.schedulers:
         allowed = ", ".join(family.schedulers) or "none (the model's own)"
         raise InvalidRequestError(f"`scheduler` for {spec.name} must be one of {allowed} but is {r.scheduler!r}.",
@@ -206,11 +225,6 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
             known = ", ".join(family.options) or "none"
             raise InvalidRequestError(f"Unknown option {key!r} for {spec.name} (its options: {known}).", param=key)
         r.extra[key] = _check_option(option, value)
-
-    # 5. the prompt the model receives, and what it will ignore
-    r.revised_prompt = revise_prompt(spec, r.prompt)
-    r.warnings = _ignored(spec, r)
-    return CheckedRequest(spec, r)
 
 
 def _ignored(spec: ModelSpec, r: ImageRequest) -> list[str]:

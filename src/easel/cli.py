@@ -86,6 +86,20 @@ def _runner():
     return default_runner()
 
 
+def _runner_for_jobs(local: bool):
+    """The runner of generate, edit and vary: a running Easel server when one answers at EASEL_HOST (default
+    127.0.0.1:8000), so that a call pays neither the imports nor the model load; else this process."""
+    if not local:
+        from .api import use_runner
+        from .client import ServerClient, ServerRunner
+
+        settings = _settings()
+        client = ServerClient.find(settings)
+        if client is not None:
+            use_runner(ServerRunner(client, settings))
+    return _runner()
+
+
 class _StepProgress:
     """A rich progress bar over denoising steps, fed by the pipeline's step callback."""
 
@@ -139,6 +153,8 @@ Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative pr
 Format = Annotated[str, typer.Option("--format", help="png, jpeg or webp.")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Folder for the images (default: the workspace).")]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")]
+Local = Annotated[bool, typer.Option("--local", help="Run in this process even when an Easel server answers at "
+                                     "EASEL_HOST (default 127.0.0.1:8000; EASEL_HOST=off never asks one).")]
 ListJson = Annotated[bool, typer.Option("--json", help="The list as one JSON array on stdout.")]
 RowsJson = Annotated[bool, typer.Option("--json", help="One JSON object per row on stdout.")]
 Options = Annotated[Optional[list[str]], typer.Option(
@@ -174,6 +190,7 @@ def generate(
     output_format: Format = "png",
     out: Out = None,
     as_json: AsJson = False,
+    local: Local = False,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt a line.")] = None,
     from_file: Annotated[Optional[Path], typer.Option("--from", help="Reproduce the image in this file.")] = None,
     option: Options = None,
@@ -199,7 +216,7 @@ def generate(
         requests = [base.replace(prompt=p, seed=None if base.seed is None else base.seed + b * n)
                     for p in prompts for b in range(batches)]
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
-            results = _runner().run_many(requests, out_dir=out, on_step=bar.on_step)
+            results = _runner_for_jobs(local).run_many(requests, out_dir=out, on_step=bar.on_step)
     except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's
         _fail(exc)
     for result in results:
@@ -264,6 +281,7 @@ def edit(
     output_format: Format = "png",
     out: Out = None,
     as_json: AsJson = False,
+    local: Local = False,
     option: Options = None,
 ) -> None:
     """Repaint part of an image (inpainting).
@@ -273,6 +291,7 @@ def edit(
     from . import api
 
     try:
+        _runner_for_jobs(local)
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
                               negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
@@ -300,6 +319,7 @@ def vary(
     output_format: Format = "png",
     out: Out = None,
     as_json: AsJson = False,
+    local: Local = False,
     option: Options = None,
 ) -> None:
     """Make variations of an image (image-to-image).
@@ -309,6 +329,7 @@ def vary(
     from . import api
 
     try:
+        _runner_for_jobs(local)
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             result = api.vary(image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps,
                               guidance=guidance, seed=seed, negative_prompt=negative, output_format=output_format,

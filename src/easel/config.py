@@ -70,9 +70,6 @@ class Settings(BaseSettings):
     def models_folder(self) -> Path:
         return self.models_dir or self.home / "models"
 
-    @property
-    def images_dir(self) -> Path:
-        return self.home / "images"
 
     @property
     def history_path(self) -> Path:

@@ -167,3 +167,16 @@ class GenerationError(EaselError):
     status = 500
     type = "server_error"
     code = "generation_failed"
+
+
+def error_from(status: int, error: dict) -> EaselError:
+    """An error that an Easel server answered (`{"message", "type", "param", "code"}` and its status) as the same
+    Easel error again: what a client of the server (the CLI handing its jobs to one) raises."""
+    by_code = {"content_policy_violation": ContentPolicyError, "unsupported": UnsupportedError,
+               "model_not_found": ModelNotFoundError, "missing_api_key": MissingKeyError}
+    by_status = {400: InvalidRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+                 409: JobCancelledError, 413: PayloadTooLargeError, 429: RateLimitError, 502: ProviderError,
+                 503: ServiceUnavailableError, 507: InsufficientStorageError}
+    cls = by_code.get(error.get("code") or "") or by_status.get(status, GenerationError)
+    return cls(str(error.get("message") or f"The server answered {status}."), param=error.get("param"),
+               code=error.get("code"))

@@ -71,6 +71,24 @@ def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
                         param=param)
 
 
+async def run_tool(engine: Engine, request: ImageRequest, ctx: Context | None) -> list[TextContent | ImageContent]:
+    """Run a tool's request as an engine job, reporting its steps as MCP progress; a line naming the saved images
+    and their ids, then the images. Errors are tool errors in the tools' own terms."""
+
+    async def report(job) -> None:
+        if ctx is not None and job.total_steps and job.step:
+            await ctx.report_progress(job.step, job.total_steps)
+
+    try:
+        result = await engine.submit(request).wait_async(report)
+    except EaselError as exc:
+        raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
+    ids = ", ".join(im.id for im in result.images if im.id)
+    contents: list[TextContent | ImageContent] = [TextContent(type="text", text=f"{describe(result)} Image id: {ids}.")]
+    contents += [Image(data=im.to_bytes("png"), format="png").to_image_content() for im in result.images]
+    return contents
+
+
 def build_server(settings: Settings | None = None, allow_paths: bool = True):
     """The MCP server and the engine behind it (started here; stop it with `engine.stop()`)."""
     settings = settings or get_settings()
@@ -81,21 +99,6 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
                        "(inpainting) and list_models. Images are saved in Easel's workspace; every result names the "
                        "saved file and its id.")
 
-    async def run(request: ImageRequest, ctx: Context | None) -> list[TextContent | ImageContent]:
-        async def report(job) -> None:
-            if ctx is not None and job.total_steps and job.step:
-                await ctx.report_progress(job.step, job.total_steps)
-
-        try:
-            result = await engine.submit(request).wait_async(report)
-        except EaselError as exc:
-            raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
-        ids = ", ".join(im.id for im in result.images if im.id)
-        contents: list[TextContent | ImageContent] = [
-            TextContent(type="text", text=f"{describe(result)} Image id: {ids}.")]
-        contents += [Image(data=im.to_bytes("png"), format="png").to_image_content() for im in result.images]
-        return contents
-
     @server.tool()
     async def generate_image(prompt: str, model: str | None = None, n: int = 1, size: str | None = None,
                              aspect: str | None = None, seed: int | None = None, negative_prompt: str | None = None,
@@ -104,9 +107,9 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
         """Generate images from a text prompt. Returns a line with the saved file's path and id, and the images.
 
         model: a name from list_models (default: the configured model); size: WIDTHxHEIGHT; aspect: e.g. 16:9."""
-        return await run(to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, seed=seed,
-                                          negative_prompt=negative_prompt, steps=steps,
-                                          guidance_scale=guidance_scale), ctx)
+        request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, seed=seed,
+                                   negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale)
+        return await run_tool(engine, request, ctx)
 
     @server.tool()
     async def edit_image(image: str, prompt: str, mask: str | None = None, model: str | None = None,
@@ -124,7 +127,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
                                        mask=mask_image, mask_blur=mask_blur, only_masked=only_masked)
         except EaselError as exc:
             raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
-        return await run(request, ctx)
+        return await run_tool(engine, request, ctx)
 
     @server.tool()
     def list_models() -> str:

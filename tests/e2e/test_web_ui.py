@@ -117,9 +117,18 @@ def test_a_bad_value_is_a_message_not_a_traceback(page):
     page.locator("#width input").fill("33")
     page.locator("#generate").click()
     text = toast(page)
-    assert "divisible by 8" in text and "Traceback" not in text
+    assert "divisible by 8" in text and "`Width`" in text and "Traceback" not in text
+    # the status line says so too: never an old "Done" beside a refusal
+    page.locator("#status").get_by_text(re.compile(r"Error: .*divisible by 8")).wait_for()
     close_toasts(page)
     page.locator("#width input").fill("64")
+
+
+def test_results_sit_beside_the_controls_on_a_wide_screen(page):
+    page.get_by_role("tab", name="Generate").click()
+    prompt, gallery = page.locator("#prompt").bounding_box(), page.locator("#gallery").bounding_box()
+    assert gallery["x"] > prompt["x"] + prompt["width"] - 1, "the gallery is in the column beside the controls"
+    assert gallery["y"] < 900, "and above the fold at 1280x960"
 
 
 def test_a_long_run_can_be_cancelled_from_the_ui(page, ui_server):
@@ -152,6 +161,36 @@ def test_compare_grid_across_seeds(page, shots):
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
 
+def test_compare_offers_each_axis_own_values_and_refuses_unknown_ones(page):
+    page.get_by_role("tab", name="Compare").click()
+    values = page.locator("#compare-values textarea, #compare-values input").first
+    page.locator("#compare-axis").get_by_text("styles").click()
+    page.wait_for_function("document.querySelector('#compare-values textarea, #compare-values input').value"
+                           ".startsWith('photo')")
+    page.locator("#compare-axis").get_by_text("models").click()
+    page.wait_for_function("document.querySelector('#compare-values textarea, #compare-values input').value"
+                           ".includes('builtin')")
+    page.locator("#compare-axis").get_by_text("styles").click()
+    page.wait_for_function("document.querySelector('#compare-values textarea, #compare-values input').value"
+                           ".startsWith('photo')")
+    values.fill("photo, 2")
+    page.locator("#compare-go").click()
+    assert "Unknown style '2'" in toast(page)
+    page.locator("#compare-status").get_by_text(re.compile("Error: Unknown style")).wait_for()
+    close_toasts(page)
+    page.locator("#compare-axis").get_by_text("seeds").click()
+    page.wait_for_function("document.querySelector('#compare-values textarea, #compare-values input').value"
+                           " === '1, 2, 3, 4'")
+
+
+def test_inpainting_and_variations_have_their_own_strength(page):
+    page.get_by_role("tab", name="Edit").click()
+    inpaint = page.locator("#inpaint-strength input[type=number]").input_value()
+    vary = page.locator("#variation-strength input[type=number]").input_value()
+    assert float(inpaint) == 1.0 and 0.5 <= float(vary) <= 0.6
+    assert page.locator("#mask-blur input[type=number]").input_value() == "4"
+
+
 def test_inpainting_edit_repaints_only_the_painted_part(page, ui_server, shots, tmp_path):
     source = Image.new("RGB", (64, 64), (20, 20, 200))
     source.save(tmp_path / "in.png")
@@ -178,6 +217,7 @@ def test_inpainting_edit_repaints_only_the_painted_part(page, ui_server, shots, 
     result = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=np.int16)
     kept = np.abs(result[:, 48:] - np.asarray(source, dtype=np.int16)[:, 48:]).mean()
     assert kept < 4, "the unpainted right side is kept"
+    assert np.abs(result[:, 16:30] - np.asarray(source, dtype=np.int16)[:, 16:30]).mean() > 4, "the stroke is not"
 
 
 def test_history_search_reopen_and_edit(page, shots):
@@ -187,6 +227,7 @@ def test_history_search_reopen_and_edit(page, shots):
     page.locator("#history-gallery img").first.wait_for()
     page.locator("#history-gallery img").first.click()
     page.locator("#history-metadata").get_by_text("red circle on the left").first.wait_for()
+    assert page.locator("#history-gallery .preview").count() == 0, "no enlarged copy drawn over the grid"
     page.screenshot(path=str(shots / "history.png"), full_page=True)
     page.locator("#history-reopen").click()
     page.wait_for_function("document.querySelector('#prompt textarea').value.includes('red circle on the left')")
@@ -201,6 +242,10 @@ def test_the_ui_api_through_gradio_client(ui_server):
         prompt="a small white triangle in the center on a black background", negative="", model="builtin",
         aspect="custom", width=64, height=64, steps=10, guidance=4, seed=3, n=2, api_name="/generate")
     assert len(images) == 2 and status.startswith("Done") and meta["seed"] == 3
+    images, status, meta = client.predict(
+        prompt="a small white triangle in the center on a black background", negative="", model="builtin",
+        aspect="custom", width=64, height=64, steps=4, guidance=4, seed=20, n=2, batches=3, api_name="/generate")
+    assert [im["caption"] for im in images] == [f"seed {s} · 64x64" for s in range(20, 26)]
     assert Image.open(images[0]["image"]).size == (64, 64)
     grid, note = client.predict(prompt="a red circle", axis="seeds", values="5, 6", model="builtin", seed=0,
                                 width=64, height=64, api_name="/compare")

@@ -18,7 +18,6 @@ from ..errors import GenerationError
 from ..store import History, now_iso
 from ..types import ImageRequest, ImageResult
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 
 

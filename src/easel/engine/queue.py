@@ -108,6 +108,7 @@ class Engine:
                 "queue_depth": self.queue_depth, "queue_limit": self.max_queue,
                 "free_disk_bytes": free, "min_free_disk_bytes": self.min_free_bytes,
                 "jobs_in_memory": len(self.jobs), "unsynced_records": len(self._unsynced),
+                "failed_at_start": self.recovered,
                 "last_error": self.last_error}
 
     # -- the callers' side -----------------------------------------------------------------------------------------

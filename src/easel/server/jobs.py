@@ -15,8 +15,17 @@ from ..types import ImageResult
 from .openai.protocol import GenerationRequest
 
 
-def _body(job_or_row) -> dict:
-    return job_or_row.snapshot() if isinstance(job_or_row, Job) else JobStore.describe(job_or_row)
+def _body(job_or_row, request: Request) -> dict:
+    """A job's JSON (the same live or recorded), with a signed link to each of its images once it succeeded."""
+    body = job_or_row.snapshot() if isinstance(job_or_row, Job) else JobStore.describe(job_or_row)
+    return with_urls(body, request)
+
+
+def with_urls(body: dict, request: Request) -> dict:
+    if body["image_ids"]:
+        signer, base = request.app.state.signer, str(request.base_url)
+        body = {**body, "urls": [signer.url(base, image_id) for image_id in body["image_ids"]]}
+    return body
 
 
 async def wait_for_job(engine: Engine, job: Job, request: Request) -> ImageResult:
@@ -49,13 +58,13 @@ def list_jobs(request: Request, limit: int = Query(20, ge=1, le=500)) -> JSONRes
     """The most recent jobs, newest first (live state for jobs still in memory)."""
     engine = request.app.state.engine
     rows = engine.store.recent(limit)
-    return JSONResponse({"object": "list", "data": [_body(engine.jobs.get(r["id"]) or r) for r in rows]})
+    return JSONResponse({"object": "list", "data": [_body(engine.jobs.get(r["id"]) or r, request) for r in rows]})
 
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, request: Request) -> JSONResponse:
     """A job's state: queued, running (step i of n), succeeded (image ids), failed (error) or cancelled."""
-    return JSONResponse(_body(request.app.state.engine.get(job_id)))
+    return JSONResponse(_body(request.app.state.engine.get(job_id), request))
 
 
 @router.delete("/jobs/{job_id}")
@@ -65,19 +74,21 @@ def cancel_job(job_id: str, request: Request) -> JSONResponse:
 
 
 @router.get("/jobs/{job_id}/events")
-def job_events(job_id: str, request: Request) -> StreamingResponse:
-    """Server-Sent Events: `progress` per step (with a `preview` PNG every 5 steps), then the final state."""
+def job_events(job_id: str, request: Request, previews: bool = True) -> StreamingResponse:
+    """Server-Sent Events: `progress` per step (with a `preview` PNG every 5 steps unless `previews=false`), then
+    the final state (with `urls` once it succeeded)."""
     job = request.app.state.engine.get(job_id)
     if not isinstance(job, Job):
-        body = _body(job)
+        body = _body(job, request)
         return StreamingResponse(iter([sse(body["status"], body)]), media_type="text/event-stream")
-    job.preview_every(5)
+    if previews:
+        job.preview_every(5)
 
     def lines():
         with job.follow() as events:  # its listener goes when the stream ends or its client goes
             for event in events:
                 if event.final:
-                    yield sse(event.status, event.body)
+                    yield sse(event.status, with_urls(event.body, request))
                     continue
                 body = dict(event.body)
                 if event.previews:

@@ -3,7 +3,7 @@ then Easel's extensions."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,9 @@ class ImageParams(BaseModel):
     seed: int | None = Field(None, description="Easel: seed of the first image.")
     num_inference_steps: int | None = Field(None, description="Easel: denoising steps (overrides quality).")
     guidance_scale: float | None = Field(None, description="Easel: guidance scale.")
+    scheduler: str | None = Field(None, description="Easel: the sampler, e.g. dpm++, euler_a (the model's own).")
+    options: dict[str, Any] | None = Field(None, description="Easel: options of the model's family, e.g. "
+                                           "{\"true_cfg_scale\": 4} or {\"offload\": \"model\"}.")
 
 
 class GenerationRequest(ImageParams):
@@ -39,6 +42,8 @@ class GenerationRequest(ImageParams):
     moderation: Literal["low", "auto"] | None = None
     stream: bool | None = None
     partial_images: int | None = Field(None, description="0-3 previews while streaming.")
+    # --- Easel extensions -------------------------------------------------------------------------------------
+    aspect: str | None = Field(None, description="Easel: an aspect preset of the model (16:9) or any W:H.")
 
 
 class EditRequest(GenerationRequest):
@@ -46,6 +51,8 @@ class EditRequest(GenerationRequest):
     and no transparent pixel, the whole image changes as the prompt says (but for dall-e-2, which needs one)."""
 
     input_fidelity: Literal["high", "low"] | None = None
+    strength: float | None = Field(None, description="Easel: how much of the masked area changes (0.01-1); "
+                                   "with no mask, of the whole picture (default 0.8).")
     # --- Easel extensions (A1111's names) ---------------------------------------------------------------------
     mask_blur: int | None = Field(None, description="Easel: pixels over which the edit blends in (0-64, default 4).")
     inpaint_full_res: bool | None = Field(None, description="Easel: the model sees only the masked area, at full "
@@ -55,6 +62,10 @@ class EditRequest(GenerationRequest):
 
 class VariationRequest(ImageParams):
     """POST /v1/images/variations (multipart)."""
+
+    # --- Easel extensions -------------------------------------------------------------------------------------
+    prompt: str | None = Field(None, description="Easel: steers the variations (default: the image's own prompt).")
+    strength: float | None = Field(None, description="Easel: 0 keeps the image, 1 redraws it (default 0.6).")
 
 
 class ImageData(BaseModel):

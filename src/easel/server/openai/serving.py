@@ -69,7 +69,9 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         moderation=getattr(req, "moderation", None) or "auto",
         mask_blur=getattr(req, "mask_blur", None), inpaint_full_res=bool(getattr(req, "inpaint_full_res", False)),
         inpaint_full_res_padding=getattr(req, "inpaint_full_res_padding", None) or 32,
-        strength=masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None,
+        strength=getattr(req, "strength", None) or (
+            masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
+        aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
     )
 
 
