@@ -57,8 +57,8 @@ class FakeProvider(Provider):
         total = min(first.num_inference_steps or 1, self.max_steps)
         size = (first.width or 64, first.height or 64)
 
-        def paint() -> list:
-            return [Image.new("RGB", size, seed_colour(s)) for s in batch.all_seeds]
+        def paint(indices: list[int]) -> list:
+            return [Image.new("RGB", size, seed_colour(batch.all_seeds[i])) for i in indices]
 
         for step in range(1, total + 1):
             time.sleep(self.step_s)

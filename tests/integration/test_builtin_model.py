@@ -95,3 +95,27 @@ def test_edit_with_a_wrong_size_mask_is_refused():
     with pytest.raises(easel.InvalidRequestError) as info:
         easel.edit(Image.new("RGB", (64, 64)), "a red circle", mask=Image.new("L", (32, 32)))
     assert info.value.param == "mask"
+
+
+def test_noise_is_drawn_on_the_generators_device_as_cuda_requires(monkeypatch):
+    """CUDA refuses a CPU generator for a tensor drawn on the GPU (the provider passes CPU generators, so that a
+    seed gives the same image on any device). Here torch.randn is held to that rule on the CPU."""
+    import torch
+
+    from easel.builtin.pipeline import _randn
+
+    real = torch.randn
+
+    def strict(*args, generator=None, device=None, **kwargs):
+        if generator is not None and device is not None and torch.device(device).type != generator.device.type:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found "
+                               f"'{generator.device.type}'")
+        return real(*args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", strict)
+    gens = [torch.Generator("cpu").manual_seed(s) for s in (1, 2)]
+    noise = _randn((2, 3, 4, 4), gens, torch.device("meta"), torch.float32)
+    assert noise.device.type == "meta" and noise.shape == (2, 3, 4, 4)
+    on_cpu = _randn((2, 3, 4, 4), [torch.Generator("cpu").manual_seed(s) for s in (1, 2)], torch.device("cpu"),
+                    torch.float32)
+    assert torch.equal(on_cpu[1:], real((1, 3, 4, 4), generator=torch.Generator("cpu").manual_seed(2)))

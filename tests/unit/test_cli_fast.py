@@ -85,3 +85,17 @@ def test_the_history_shows_whole_paths():
     shown = cli("history", "-n", "1", env={"COLUMNS": "100"})
     assert path.replace("/", "").replace("-", "") in shown.stdout.replace("\n", "").replace(" ", "").replace(
         "│", "").replace("/", "").replace("-", "")
+
+
+def test_pull_without_the_hub_says_it_could_not_be_reached_and_what_to_check():
+    from servers import free_port
+
+    # a hub address on loopback where nothing listens: the connection is refused at once, nothing leaves
+    done = cli("models", "pull", "nobody/not-here", env={"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                                                         "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "2",
+                                                         "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "the hub could not be reached" in done.stderr and "HTTPS_PROXY" in done.stderr
+    assert "HF_ENDPOINT" in done.stderr
+    offline = cli("models", "pull", "nobody/not-here", env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and "HF_HUB_OFFLINE is set" in offline.stderr

@@ -265,9 +265,11 @@ class ShapesPipeline(DiffusionPipeline):
 
 
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
-    """Noise drawn per image when given one generator per image, so a batch member equals its solo run."""
+    """Noise drawn per image when given one generator per image, so a batch member equals its solo run; each draw
+    on its generator's device (a CPU generator on a CUDA model: drawn on the CPU, then moved), as diffusers does."""
     if isinstance(generator, list):
         if len(generator) != shape[0]:
             raise ValueError(f"`generator` has {len(generator)} entries but the batch has {shape[0]} images.")
-        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return torch.cat([_randn((1, *shape[1:]), g, device, dtype) for g in generator])
+    draw_on = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)

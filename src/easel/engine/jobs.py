@@ -76,15 +76,18 @@ class Job:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     listeners: list[queue.Queue] = dataclasses.field(default_factory=list)
     preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images someone wants
+    preview_all: bool = False  # previews of every image of the job, not only its first
     preview: list | None = None  # the latest preview images, while the job runs
     done_callbacks: list = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _reserved: queue.Queue | None = None  # the submitter's listener, subscribed before the job could start
 
     # -- following -------------------------------------------------------------------------------------------------
-    def preview_every(self, k: int) -> None:
-        """Ask for a preview image at every k-th step (the final step brings the image itself)."""
+    def preview_every(self, k: int, every_image: bool = False) -> None:
+        """Ask for a preview at every k-th step (the final step brings the image itself): of the job's first image,
+        or with `every_image` of each of them."""
         self.preview_steps |= set(range(k, max(self.total_steps, 1), k))
+        self.preview_all = self.preview_all or every_image
 
     def reserve_listener(self) -> None:
         """Subscribe now, for the first `follow()` (the engine calls this before queueing, so nothing is missed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import shutil
 import threading
@@ -57,6 +58,9 @@ class Engine:
         self._stop = False
         self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
         self._thread = threading.Thread(target=self._work, name="easel-engine-worker", daemon=True)
+        # encoding and saving run beside the worker, so that it takes the next batch while the last one is saved
+        self._savers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="easel-save")
+        self._record_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, runner: Runner) -> Engine:
@@ -77,6 +81,7 @@ class Engine:
             self._cond.notify_all()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=10)
+        self._savers.shutdown(wait=True)
 
     @property
     def queue_depth(self) -> int:
@@ -231,15 +236,16 @@ class Engine:
     def _record(self, job: Job) -> None:
         """Write a job's state to the history; never raises. A write that fails (a full disk) is kept and
         retried with the next write that works, so that every record ends up telling the truth."""
-        try:
-            with storage_errors(self.workspace.home):
-                self.store.update(job)
-                for other in list(self._unsynced.values()):
-                    self.store.update(other)
-                    self._unsynced.pop(other.id, None)
-        except Exception as exc:  # noqa: BLE001 - the job goes on in memory
-            self._unsynced[job.id] = job
-            self._note_error(exc, f"recording job {job.id}")
+        with self._record_lock:  # the worker and the savers both write
+            try:
+                with storage_errors(self.workspace.home):
+                    self.store.update(job)
+                    for other in list(self._unsynced.values()):
+                        self.store.update(other)
+                        self._unsynced.pop(other.id, None)
+            except Exception as exc:  # noqa: BLE001 - the job goes on in memory
+                self._unsynced[job.id] = job
+                self._note_error(exc, f"recording job {job.id}")
 
     def _note_error(self, exc: BaseException, doing: str) -> None:
         message = exc.message if isinstance(exc, EaselError) else f"{type(exc).__name__}: {exc}"
@@ -277,8 +283,7 @@ class Engine:
             now_step = time.perf_counter()
             self.metrics.step_seconds.observe(now_step - last_step[0])
             last_step[0] = now_step
-            wanted = preview is not None and any(step in j.preview_steps for j in batch if j.state == "running")
-            images = preview() if wanted else None
+            shown = _render_previews(batch, step, preview) if preview is not None else {}
             at = 0
             for job in batch:
                 if job.state != "running":
@@ -290,7 +295,7 @@ class Engine:
                     at += job.request.num_images
                     continue
                 job.step, job.total_steps = step, total
-                previews = tuple(images[at:at + job.request.num_images]) if images else ()
+                previews = shown.get(job.id, ())
                 if previews:
                     job.preview = list(previews)
                 at += job.request.num_images
@@ -322,10 +327,11 @@ class Engine:
                 self._finish(job, "failed", GenerationError(
                     f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
             else:
-                self._save(job, result)
+                self._savers.submit(self._save, job, result)
 
     def _save(self, job: Job, result) -> None:
-        """Save a job's images (all or none) and finish it; a save that fails fails this job only."""
+        """Encode and save a job's images (all or none; on a saver thread) and finish it; a save that fails fails
+        this job only. Each image is encoded once: the bytes saved are the bytes every front serves."""
         try:
             result.images = self.workspace.save_all(result.images)
         except Exception as exc:  # noqa: BLE001 - a full disk or a broken folder fails the job, not the worker
@@ -350,3 +356,22 @@ class Engine:
             if job.state not in FINAL:
                 counts[job.state] += 1
         return counts
+
+
+def _render_previews(batch: list[Job], step: int, preview) -> dict[str, tuple]:
+    """The step's images of the jobs watched at this step, and only those: each job's first image, or all of them
+    for a job that shows every one (decoding costs most of a step)."""
+    at, wanted = 0, {}
+    for job in batch:
+        n = job.request.num_images
+        if job.state == "running" and step in job.preview_steps:
+            wanted[job.id] = list(range(at, at + (n if job.preview_all else 1)))
+        at += n
+    if not wanted:
+        return {}
+    indices = [i for ids in wanted.values() for i in ids]
+    images = preview(indices) or []
+    if len(images) != len(indices):
+        return {}
+    by_index = dict(zip(indices, images))
+    return {job_id: tuple(by_index[i] for i in ids) for job_id, ids in wanted.items()}

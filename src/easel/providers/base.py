@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ..types import ImageRequest
 
 # on_step(step, total_steps, preview) with step counted from 1; `preview`, when not None, is a function that
-# renders the current step's images (a list of PIL images, or None) and costs time only when called
+# renders the current step's images at the given batch indices (a list of PIL images, or None) and costs time only
+# when called
 StepCallback = Callable[[int, int, Any], None]
 
 
@@ -69,8 +70,9 @@ class Progress:
     def __init__(self, on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None):
         self._on_step, self._should_stop = on_step, should_stop
 
-    def step(self, step: int, total: int, preview: Callable[[], list | None] | None = None) -> None:
-        """Step `step` of `total` is done (counted from 1); `preview` renders its images, if anyone asks."""
+    def step(self, step: int, total: int, preview: Callable[[list[int]], list | None] | None = None) -> None:
+        """Step `step` of `total` is done (counted from 1); `preview(indices)` renders the images at those indices of
+        the batch (counted over every request's images), if anyone asks."""
         if self._on_step is not None:
             self._on_step(step, total, preview)
 

@@ -41,16 +41,19 @@ OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making va
 
 
 def quiet_libraries() -> None:
-    """Keep transformers' and diffusers' notices about optional backends out of the user's terminal."""
+    """Keep transformers' and diffusers' notices about optional backends, and their progress bars, out of the
+    user's terminal (transformers' first, before diffusers' import reaches into it)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import diffusers.utils.logging
     import transformers.utils.logging
 
+    transformers.utils.logging.set_verbosity_error()  # the variables above count only before the first import
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers.utils.logging
     import huggingface_hub.utils
 
+    diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()  # "Fetching N files" of the hub cache
 
 
@@ -313,7 +316,7 @@ class DiffusersProvider(Provider):
         kwargs = _text_inputs(batch, extra)
 
         # 3. the input image (and mask) of an edit or a variation
-        kwargs.update(_image_inputs(spec, first))
+        kwargs.update(_image_inputs(spec, first, len(batch.all_seeds)))
 
         # 4. progress, previews and interruption at the end of every step
         total = first.num_inference_steps
@@ -322,8 +325,8 @@ class DiffusersProvider(Provider):
 
         def on_step_end(pipe, i, t, tensors):
             latents = tensors.get("latents")
-            progress.step(i + 1, total, (lambda: _preview(pipe, spec, first, latents)) if latents is not None
-                          else None)
+            progress.step(i + 1, total, (lambda indices: _preview(pipe, spec, first, latents, indices))
+                          if latents is not None else None)
             if progress.stopped:
                 pipe._interrupt = True
             return {}
@@ -379,14 +382,18 @@ def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _image_inputs(spec: ModelSpec, request: ImageRequest) -> dict[str, Any]:
-    """`image`, `strength` and (for an edit) `mask_image`, at the requested size unless the model keeps its own."""
+def _image_inputs(spec: ModelSpec, request: ImageRequest, count: int) -> dict[str, Any]:
+    """`image`, `strength` and (for an edit) `mask_image`, at the requested size unless the model keeps its own.
+
+    Several images get one copy of the input each: the image-to-image pipelines encode `image[i]` with
+    `generator[i]`, and SD3's encodes an empty batch (and fails) when there is one image for several generators."""
     if request.mode not in ("edit", "vary"):
         return {}
     image = request.image.convert("RGB")
     if not spec.family.keeps_native_size:
         image = image.resize((request.width, request.height))
-    kwargs = {"image": image, "strength": request.strength if request.strength is not None else 1.0}
+    kwargs = {"image": [image] * count if count > 1 else image,
+              "strength": request.strength if request.strength is not None else 1.0}
     if request.mode == "edit" and request.mask is not None:
         kwargs["mask_image"] = request.mask.convert("L").resize(image.size)
     return kwargs
@@ -413,12 +420,14 @@ def pipeline_errors(spec: ModelSpec, doing: str) -> Iterator[None]:
         raise GenerationError(f"{spec.name} failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
 
-def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents) -> list | None:
-    """Images of the current step's latents (decoded with the pipeline's VAE), for streamed previews."""
+def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: list[int]) -> list | None:
+    """Images of the current step's latents at `indices` (decoded with the pipeline's VAE), for streamed previews:
+    only the images someone watches are decoded."""
     import torch
     from PIL import Image
 
     space = spec.family.latent_space
+    latents = latents[indices]
     with torch.no_grad():
         if space == "pixels":
             x = latents

@@ -120,7 +120,7 @@ class Handlers:
         except Exception as exc:  # noqa: BLE001 - shown in the UI
             raise ui_error(exc) from None
         if previews:
-            job.preview_every(PREVIEW_EVERY)
+            job.preview_every(PREVIEW_EVERY, every_image=True)  # the gallery shows each image as it forms
         return job
 
     def follow(self, job, progress=None, previews: bool = True, label: str = "") -> Iterator[tuple[list | None, str]]:
