@@ -112,12 +112,16 @@ class ModelSpec:
         return isinstance(try_to_load_from_cache(self.source, "model_index.json"), str)
 
 
-# memory options every diffusers family accepts (the built-in model is too small to need them)
+# load options every diffusers family accepts, for memory and for speed (the built-in model needs none of them)
 MEMORY_OPTIONS = {
     "offload": OptionSpec("offload", "str", "none, model or sequential CPU offload (accelerators only)."),
     "attention_slicing": OptionSpec("attention_slicing", "bool", "Compute attention in slices to save memory."),
     "vae_slicing": OptionSpec("vae_slicing", "bool", "Decode a batch one image at a time."),
     "vae_tiling": OptionSpec("vae_tiling", "bool", "Decode large images in tiles."),
+    "compile": OptionSpec("compile", "str", "torch.compile the denoiser and the VAE decoder: none, default, "
+                          "reduce-overhead (CUDA graphs) or max-autotune; the first call of each shape compiles."),
+    "channels_last": OptionSpec("channels_last", "bool", "The convolutional models in channels-last memory layout."),
+    "fuse_qkv": OptionSpec("fuse_qkv", "bool", "Fuse the attention's query, key and value projections."),
 }
 
 

@@ -572,7 +572,10 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
 
     from .server.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except Exception as exc:  # noqa: BLE001 - a start-up error (a clashing model folder) is a message, not a trace
+        _fail(exc)
     if settings.ui:
         _err(f"Web UI: http://{host}:{port}/ui/" + (" (sign in with an API key)" if settings.server_keys else ""))
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

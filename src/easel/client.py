@@ -28,14 +28,13 @@ if TYPE_CHECKING:
     from .store import Workspace
     from .types import ImageRequest, ImageResult
 
-DEFAULT_HOST = "127.0.0.1:8000"
 OFF = ("", "0", "off", "none", "no")
 _FILE_URL = re.compile(r"/v1/files/([A-Za-z0-9]+)/content")
 
 
-def server_url(host: str | None) -> str | None:
+def server_url(host: str) -> str | None:
     """`EASEL_HOST` ("127.0.0.1:8000", "http://gpu-box:8000") as a base URL; None when it says off."""
-    host = DEFAULT_HOST if host is None else host.strip()
+    host = host.strip()
     if host.lower() in OFF:
         return None
     return (host if "://" in host else f"http://{host}").rstrip("/")
@@ -64,7 +63,7 @@ class ServerClient:
     @classmethod
     def find(cls, settings: Settings) -> ServerClient | None:
         """The server at `EASEL_HOST` if it answers /health as an Easel server that can work now, else None."""
-        url = server_url(os.environ.get("EASEL_HOST"))
+        url = server_url(settings.host)
         if url is None:
             return None
         keys = settings.server_keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(64.0, ge=0, description="Below this much free space in the workspace, new "
                                     "jobs are refused (507) and /health says 503.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile local models' denoiser and VAE decoder (a request's `compile` option "
+        "overrides it); reduce-overhead suits a GPU server.")
+    channels_last: bool = Field(False, description="Channels-last memory layout for local models' convolutions.")
+    fuse_qkv: bool = Field(False, description="Fused QKV attention projections for local models.")
+    host: str = Field("127.0.0.1:8000", description="The Easel server that `easel generate/edit/vary` hand their "
+                      "jobs to when it answers (host:port or a URL); off: always run in-process.")
+    warm_sizes: str = Field("", description="Comma-separated sizes (512x512,1024x768) the server runs once at start, "
+                            "so that no client's request pays for compiling them.")
     ui: bool = Field(True, description="Mount the web UI at /ui on `easel serve` (off: EASEL_UI=0).")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server for `openai:` models "
                                         "(default: OPENAI_BASE_URL, else api.openai.com).")

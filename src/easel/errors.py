@@ -15,6 +15,7 @@
      ├── ProviderError              502  a remote provider failed
      ├── ServiceUnavailableError    503  the model is still loading, or the server is overloaded
      ├── InsufficientStorageError   507  the workspace's disk is full: nothing was saved
+     │    └── OutOfMemoryError      507  the device ran out of memory for this request (the server goes on)
      └── GenerationError            500  the model failed while running
 
 Foreign exceptions (diffusers, torch, the openai client, ...) are translated in exactly one place per front.
@@ -159,6 +160,13 @@ class InsufficientStorageError(EaselError):
     status = 507
     type = "server_error"
     code = "insufficient_storage"
+
+
+class OutOfMemoryError(InsufficientStorageError):
+    """Raised when the device (a GPU) runs out of memory running a request: its memory is released and the server
+    goes on; a smaller size or batch, `offload=model` or `vae_tiling` fits."""
+
+    code = "insufficient_memory"
 
 
 class GenerationError(EaselError):

@@ -109,23 +109,29 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class History:
-    """The SQLite history (WAL mode), shared by every front; safe to use from several threads."""
+    """The SQLite history (WAL mode), shared by every front: one connection for every thread (SQLite's serialized
+    mode makes that safe, each statement in autocommit), so that a server's open files stay fixed however many
+    threads its web server starts."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._local = threading.local()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         self._migrate()
 
     def connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    if sqlite3.threadsafety != 3:  # not serialized: one connection may not be shared
+                        raise RuntimeError("Easel needs SQLite built thread-safe (serialized mode).")
+                    conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                    conn.row_factory = sqlite3.Row
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    self._conn = conn
+        return self._conn
 
     def _migrate(self) -> None:
         conn = self.connect()

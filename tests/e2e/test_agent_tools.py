@@ -19,6 +19,7 @@ from PIL import Image
 
 from servers import free_port
 
+from easel import __version__ as easel_version
 from easel.tools import generate_image
 
 PROMPT = "a large red circle on the left on a white background"
@@ -74,6 +75,10 @@ async def _session_calls(session: ClientSession, tmp_path: Path, paths_allowed: 
 
     bad = await session.call_tool("generate_image", {"prompt": PROMPT, "size": "33x32"})
     assert bad.is_error and "`size`" in bad.content[0].text and "Traceback" not in bad.content[0].text
+    steps = await session.call_tool("generate_image", {"prompt": PROMPT, "steps": 0})
+    assert steps.is_error and "`steps` must be between 1 and 500" in steps.content[0].text  # the tool's name
+    whole = await session.call_tool("edit_image", {"image": image_id, "prompt": "a blue square", "seed": 2})
+    assert not whole.is_error, "no mask and no transparency: the whole picture, as the prompt says"
 
 
 def test_mcp_server_over_stdio(tmp_path):
@@ -82,7 +87,8 @@ def test_mcp_server_over_stdio(tmp_path):
                                        env={**os.environ, "EASEL_HOME": str(tmp_path / "mcp-home")})
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
-                await session.initialize()
+                info = await session.initialize()
+                assert info.server_info.name == "easel" and info.server_info.version == easel_version
                 await _session_calls(session, tmp_path, paths_allowed=True)
 
     anyio.run(main)

@@ -96,3 +96,18 @@ def test_models_lists_availability():
     builtin = next(r for r in rows if r["name"] == "builtin")
     assert builtin["local"] is True
     assert any(r["name"] == "flux-dev" and r["gated"] for r in rows)
+
+
+def test_a_local_pipeline_run_prints_only_its_result(tmp_path, tiny_models):
+    """No progress bars of the libraries (the derived image-to-image pipeline's included), no notices about their
+    optional backends: stdout has the image, stderr nothing."""
+    import subprocess
+    import sys
+
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(picture)
+    done = subprocess.run([sys.executable, "-m", "easel.cli", "vary", str(picture), "a cat", "-m",
+                           str(tiny_models["sd15"]), "-n", "2", "--steps", "2", "--local"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 2
+    assert done.stderr == "", done.stderr

@@ -141,3 +141,25 @@ def test_several_variations_at_once_each_follow_their_own_seed(tiny_models, fami
     alone = easel.vary(picture, "a cat", n=1, seed=2, **kw)
     assert len(both) == 2 and [im.seed for im in both] == [1, 2]
     assert np.abs(np.asarray(both[1].image, dtype=int) - np.asarray(alone[0].image, dtype=int)).max() <= 2
+
+
+def test_speed_options_keep_the_pixels(tiny_models):
+    kw = dict(model=str(tiny_models["sd15"]), size="64x64", steps=2, seed=3, save=False)
+    plain = np.asarray(easel.generate("a cat", **kw)[0].image, dtype=int)
+    fast = easel.generate("a cat", channels_last=True, fuse_qkv=True, **kw)
+    assert np.abs(np.asarray(fast[0].image, dtype=int) - plain).max() <= 2
+    assert fast[0].parameters["extra"] == {"channels_last": True, "fuse_qkv": True}
+
+
+def test_compile_gives_the_same_pixels_and_only_the_first_call_pays(tiny_models):
+    """`compile` (torch.compile of the denoiser and the VAE decoder) on the CPU: slow to compile (about a minute
+    here), then fast, with the pixels of the eager run."""
+    import time
+
+    kw = dict(model=str(tiny_models["sd15"]), size="64x64", steps=2, seed=3, save=False)
+    eager = np.asarray(easel.generate("a cat", **kw)[0].image, dtype=int)
+    compiled = np.asarray(easel.generate("a cat", compile="default", **kw)[0].image, dtype=int)
+    started = time.perf_counter()
+    again = np.asarray(easel.generate("a cat", compile="default", **kw)[0].image, dtype=int)
+    assert time.perf_counter() - started < 10, "the second call reuses the compiled graphs"
+    assert np.abs(compiled - eager).max() <= 2 and np.array_equal(compiled, again)

@@ -99,3 +99,12 @@ def test_pull_without_the_hub_says_it_could_not_be_reached_and_what_to_check():
     assert "HF_ENDPOINT" in done.stderr
     offline = cli("models", "pull", "nobody/not-here", env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 1 and "HF_HUB_OFFLINE is set" in offline.stderr
+
+
+def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path):
+    folder = tmp_path / "sd15"  # named like a catalog model: the operator must rename it
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    done = cli("serve", "--port", "1", "--model", str(folder), timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "like a model Easel already knows: rename the folder" in done.stderr

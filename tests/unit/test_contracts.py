@@ -260,3 +260,54 @@ def test_an_openai_edit_with_no_mask_on_an_opaque_image_changes_the_whole_pictur
         refused = client.post("/v1/images/edits", files={"image": ("a.png", buf.getvalue())},
                               data={"prompt": "make it red", "model": "dall-e-2"})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "mask"
+
+
+def test_out_of_device_memory_is_a_507_that_frees_the_memory(monkeypatch):
+    import torch
+
+    from easel.errors import OutOfMemoryError
+    from easel.providers.diffusers_local import pipeline_errors
+
+    freed = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+    spec = ModelSpec(name="sdxl", family=REMOTE, source="x", provider="diffusers")
+    with pytest.raises(OutOfMemoryError) as info, pipeline_errors(spec, "generating"):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert info.value.status == 507 and info.value.code == "insufficient_memory" and freed == [1]
+    assert "Out of GPU memory generating sdxl" in info.value.message
+
+
+def test_speed_options_are_checked_before_anything_queues(tmp_path):
+    from easel.providers.diffusers_local import DiffusersProvider
+
+    spec = ModelSpec(name="tiny", family=REMOTE, source="x", provider="diffusers")
+    provider = DiffusersProvider(defaults={"compile": "reduce-overhead"})
+    assert provider.memory_options(spec, {})["compile"] == "reduce-overhead"
+    assert provider.memory_options(spec, {"compile": "none", "channels_last": True}) == {
+        "offload": "none", "compile": "none", "attention_slicing": False, "vae_slicing": False, "vae_tiling": False,
+        "channels_last": True, "fuse_qkv": False}
+    with pytest.raises(InvalidRequestError) as info:
+        provider.memory_options(spec, {"compile": "fast"})
+    assert info.value.param == "compile" and "'fast'" in info.value.message
+
+
+@pytest.mark.parametrize("sizes, status", [("64x64, 32x32", "ok"), ("64x64,33x33", "error")])
+def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, sizes, status):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from easel.server.app import create_app
+
+    provider = FakeProvider()
+    settings = Settings(home=tmp_path, ui=False, warm_sizes=sizes)
+    app = create_app(settings, runner=runner_with(tmp_path, provider))
+    with TestClient(app) as client:
+        deadline = time.time() + 30
+        while (body := client.get("/health").json())["status"] == "loading" and time.time() < deadline:
+            time.sleep(0.05)
+    assert body["status"] == status
+    if status == "ok":
+        assert [c["images"] for c in provider.calls] == [1, 1] and not app.state.engine.jobs
+    else:
+        assert "divisible by 8" in body["error"]

@@ -58,8 +58,9 @@ class Engine:
         self._stop = False
         self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
         self._thread = threading.Thread(target=self._work, name="easel-engine-worker", daemon=True)
-        # encoding and saving run beside the worker, so that it takes the next batch while the last one is saved
-        self._savers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="easel-save")
+        # encoding and saving run beside the worker, so that it takes the next batch while the last one is saved;
+        # one saver keeps the jobs' order and its resources fixed (a PNG encodes in a fraction of a batch's time)
+        self._savers = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-save")
         self._record_lock = threading.Lock()
 
     @classmethod

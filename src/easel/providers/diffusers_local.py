@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
-                      ModelNotFoundError)
+                      ModelNotFoundError, OutOfMemoryError)
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -34,9 +34,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
 }
-# memory options any diffusers model accepts in `extra`; they are load-time settings, part of the cache key
-MEMORY_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling")
+# load options any diffusers model accepts in `extra` (memory, then speed); part of the pipeline cache's key
+MEMORY_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv")
 OFFLOAD_MODES = ("none", "model", "sequential")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making variations"}
 
 
@@ -218,7 +219,9 @@ class DiffusersProvider(Provider):
     name = "diffusers"
 
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
-                 max_cache_bytes: int = 0, hf_token: str | None = None):
+                 max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None):
+        """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own."""
+        self.defaults = dict(defaults or {})
         self.device_preference = device
         self.dtype_preference = dtype
         self.cache = PipelineCache(max_cached, max_cache_bytes)
@@ -236,16 +239,18 @@ class DiffusersProvider(Provider):
         self.load(spec)
 
     def memory_options(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
+        """The load options of a request: its own, else the server's (`EASEL_COMPILE`, ...), else the family's."""
         offload = extra.get("offload", spec.family.offload or "none")
         if offload not in OFFLOAD_MODES:
             raise InvalidRequestError(f"`offload` must be one of {', '.join(OFFLOAD_MODES)} but is {offload!r}.",
                                       param="offload")
-        return {
-            "offload": offload,
-            "attention_slicing": bool(extra.get("attention_slicing", False)),
-            "vae_slicing": bool(extra.get("vae_slicing", False)),
-            "vae_tiling": bool(extra.get("vae_tiling", False)),
-        }
+        compile_mode = extra.get("compile", self.defaults.get("compile", "none"))
+        if compile_mode not in COMPILE_MODES:
+            raise InvalidRequestError(f"`compile` must be one of {', '.join(COMPILE_MODES)} but is "
+                                      f"{compile_mode!r}.", param="compile")
+        flags = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
+        return {"offload": offload, "compile": compile_mode,
+                **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in flags}}
 
     def load(self, spec: ModelSpec, memory: dict[str, Any] | None = None) -> LoadedPipeline:
         """The pipeline for `spec`, from the cache or loaded now."""
@@ -279,6 +284,8 @@ class DiffusersProvider(Provider):
             vae.enable_slicing()
         if vae is not None and memory["vae_tiling"]:
             vae.enable_tiling()
+        with pipeline_errors(spec, "loading"):
+            _speed_up(pipe, device, memory)
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
                               time.perf_counter() - started)
 
@@ -362,6 +369,30 @@ def _to_requested_size(request: ImageRequest, images: list) -> tuple[list, dict[
     return [im.resize(size, Image.LANCZOS) for im in images], {"resized_from": f"{images[0].width}x{images[0].height}"}
 
 
+def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
+    """The speed options: TF32 matmuls on CUDA, fused QKV projections, channels-last convolutions, and
+    `torch.compile` of the denoiser and the VAE decoder (compiled on the first call of each shape)."""
+    import torch
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if options["fuse_qkv"] and hasattr(pipe, "fuse_qkv_projections"):
+        pipe.fuse_qkv_projections()
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    vae = getattr(pipe, "vae", None)
+    if options["channels_last"]:
+        for module in (getattr(pipe, "unet", None), vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if options["compile"] != "none":
+        mode = options["compile"]
+        if denoiser is not None:
+            denoiser.compile(mode=mode, fullgraph=False, dynamic=False)
+        if vae is not None:
+            vae.decoder.compile(mode=mode, fullgraph=False, dynamic=False)
+
+
 def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
     """The pipeline arguments every mode takes: prompts and seeded generators per image, steps, guidance, size."""
     import torch
@@ -410,8 +441,9 @@ def pipeline_errors(spec: ModelSpec, doing: str) -> Iterator[None]:
     except EaselError:
         raise
     except torch.cuda.OutOfMemoryError as exc:
-        raise GenerationError(f"Out of GPU memory {doing} {spec.name}: try offload=model, vae_tiling or a "
-                              f"smaller size.") from exc
+        torch.cuda.empty_cache()  # what the failed call held goes back, so that the next request fits
+        raise OutOfMemoryError(f"Out of GPU memory {doing} {spec.name}: try a smaller size or batch, offload=model "
+                               f"or vae_tiling.") from exc
     except Exception as exc:
         if doing == "loading":
             raise GenerationError(f"{spec.name} could not be loaded: {type(exc).__name__}: {exc}") from exc
@@ -459,5 +491,7 @@ def register(add, settings) -> None:
     from ..keys import get_key
 
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
-                          int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf")))
+                          int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
+                          defaults={"compile": settings.compile, "channels_last": settings.channels_last,
+                                    "fuse_qkv": settings.fuse_qkv}))
 

@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     runner = runner or Runner(settings, allow_paths=False)
     engine = Engine.from_settings(runner)
     local_model = settings.openai_model or settings.default_model  # what OpenAI's model names run on
-    warmup = system.ModelWarmup(runner, local_model)
+    warmup = system.ModelWarmup(runner, local_model, settings.warm_sizes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .._version import __version__
 from ..errors import EaselError, NotFoundError
+from ..types import ImageRequest
 
 router = APIRouter()
 
@@ -20,8 +21,10 @@ router = APIRouter()
 class ModelWarmup:
     """Loads the default model in the background so that /health can say 503 until it is ready."""
 
-    def __init__(self, runner, model: str):
+    def __init__(self, runner, model: str, sizes: str = ""):
+        """`sizes`: comma-separated sizes run once after loading (EASEL_WARM_SIZES)."""
         self.runner, self.model = runner, model
+        self.sizes = [s.strip() for s in sizes.split(",") if s.strip()]
         self.ready = threading.Event()
         self.error: str | None = None
         self.load_s: float | None = None
@@ -34,6 +37,10 @@ class ModelWarmup:
         try:
             spec = self.runner.catalog.resolve(self.model)
             self.runner.registry.get(spec.provider).warm(spec)
+            for size in self.sizes:
+                # one short run per configured size: what compiles for a shape compiles now, not in a request
+                self.runner.run(ImageRequest(prompt="warm-up", model=spec.name, size=size, num_inference_steps=2),
+                                save=False)
             self.load_s = time.perf_counter() - started
             self.ready.set()
         except EaselError as exc:
