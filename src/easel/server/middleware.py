@@ -24,8 +24,8 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-class RequestId:
-    """An `x-request-id` on every answer: the client's own when it is a sane token, else a new one."""
+class _HttpMiddleware:
+    """Plain ASGI around `app`: HTTP requests go through `handle`, anything else (lifespan, websockets) past it."""
 
     def __init__(self, app):
         self.app = app
@@ -34,6 +34,16 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send) -> None:
+        raise NotImplementedError
+
+
+class RequestId(_HttpMiddleware):
+    """An `x-request-id` on every answer: the client's own when it is a sane token, else a new one."""
+
+    async def handle(self, scope, receive, send) -> None:
         given = _headers(scope).get("x-request-id", "")
         tag = (b"x-request-id", (given if _REQUEST_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}").encode())
 
@@ -45,16 +55,10 @@ class RequestId:
         await self.app(scope, receive, send_tagged)
 
 
-class CatchErrors:
+class CatchErrors(_HttpMiddleware):
     """The one catch for what nothing else answered: an error envelope, never a traceback."""
 
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope, receive, send) -> None:
         started = False
 
         async def send_watched(message) -> None:
@@ -71,14 +75,15 @@ class CatchErrors:
             await server_errors.error_response(exc)(scope, receive, send)
 
 
-class ApiKeys:
+class ApiKeys(_HttpMiddleware):
     """With keys configured, a valid `Authorization: Bearer` key on every route that `public` does not open."""
 
     def __init__(self, app, keys: list[str], public: Callable[[str], bool] = is_public):
-        self.app, self.keys, self.public = app, keys, public
+        super().__init__(app)
+        self.keys, self.public = keys, public
 
-    async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] == "http" and self.keys and scope["method"] != "OPTIONS" and not self.public(scope["path"])
+    async def handle(self, scope, receive, send) -> None:
+        if (self.keys and scope["method"] != "OPTIONS" and not self.public(scope["path"])
                 and not key_is_valid(_headers(scope).get("authorization"), self.keys)):
             refusal = server_errors.envelope(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
                                              "invalid_request_error", None, "invalid_api_key")
@@ -87,17 +92,15 @@ class ApiKeys:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
+class BodyLimit(_HttpMiddleware):
     """Request bodies up to a limit (multipart bodies carry images, so theirs is larger): a declared length over it
     is refused at once, a chunked body is counted as it arrives and cut off there (413)."""
 
     def __init__(self, app, max_json_bytes: int = MAX_JSON_BYTES, max_multipart_bytes: int = MAX_MULTIPART_BYTES):
-        self.app, self.max_json_bytes, self.max_multipart_bytes = app, max_json_bytes, max_multipart_bytes
+        super().__init__(app)
+        self.max_json_bytes, self.max_multipart_bytes = max_json_bytes, max_multipart_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope, receive, send) -> None:
         headers = _headers(scope)
         multipart = headers.get("content-type", "").startswith("multipart/")
         limit = self.max_multipart_bytes if multipart else self.max_json_bytes
