@@ -54,7 +54,7 @@ class ServerClient:
 
     def __init__(self, base_url: str, key: str | None, timeout_s: float):
         url = urllib.parse.urlsplit(base_url)
-        self.base_url, self.https, self.netloc = base_url, url.scheme == "https", url.netloc
+        self.https, self.netloc = url.scheme == "https", url.netloc
         self.prefix = url.path.rstrip("/")
         self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.timeout_s = timeout_s

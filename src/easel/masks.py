@@ -4,6 +4,10 @@
     A1111       white = repaint (or its alpha), `inpainting_mask_invert`          from_a1111
     web UI      the editor's brush layers: painted = repaint                      from_layers
     diffusers   white = repaint, the image's size                                  (Easel's own)
+
+`edit_mode` tells an edit from a whole-picture change (no mask, no transparency); `InpaintFrame` is what every
+provider's edit goes through: the mask feathered over `mask_blur` pixels, optionally only the masked area shown to
+the model at full resolution, and the answer pasted back with every pixel beyond the band kept exactly.
 """
 
 from __future__ import annotations
