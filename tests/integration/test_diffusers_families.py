@@ -163,3 +163,53 @@ def test_compile_gives_the_same_pixels_and_only_the_first_call_pays(tiny_models)
     again = np.asarray(easel.generate("a cat", compile="default", **kw)[0].image, dtype=int)
     assert time.perf_counter() - started < 10, "the second call reuses the compiled graphs"
     assert np.abs(compiled - eager).max() <= 2 and np.array_equal(compiled, again)
+
+
+def test_previews_use_the_familys_tiny_vae_when_it_is_cached(tiny_models, hub_cache, monkeypatch, tmp_path):
+    """Previews decode with `AutoencoderTiny` (TAESD) when its repo is in the hub cache, never fetching it; the
+    final image still comes from the pipeline's own VAE."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from easel.engine.queue import Engine
+    from easel.engine.runner import Runner
+    from easel.types import ImageRequest
+    from tiny_pipelines import install_in_hub_cache
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(4, 4), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(tmp_path / "taesd")
+    calls = {"tiny": 0, "full": 0}
+    for cls, name in ((AutoencoderTiny, "tiny"), (AutoencoderKL, "full")):
+        real = cls.decode
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "decode", counted)
+    folder = str(tiny_models["sd15"])
+
+    def run_with_previews() -> None:
+        engine = Engine(Runner()).start()
+        try:
+            job = engine.submit(ImageRequest(prompt="a cat", model=folder, size="64x64", num_inference_steps=4,
+                                             seed=1), previews=2, listen=True)
+            with job.follow() as events:
+                shown = [e for e in events if e.previews]
+            assert shown and shown[0].previews[0].size == (64, 64)
+            job.wait(60)
+        finally:
+            engine.stop()
+
+    run_with_previews()  # not cached: the full VAE decodes the previews too
+    assert calls == {"tiny": 0, "full": 3}
+    install_in_hub_cache(tmp_path / "taesd", hub_cache, "madebyollin/taesd")
+    try:
+        calls.update(tiny=0, full=0)
+        run_with_previews()
+        assert calls == {"tiny": 2, "full": 1}
+    finally:  # the hub cache is the session's: later tests see it as it was
+        shutil.rmtree(hub_cache / "models--madebyollin--taesd")

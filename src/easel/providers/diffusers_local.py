@@ -148,6 +148,14 @@ class LoadedPipeline:
     load_s: float
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
+
+    def preview_decoder(self, spec: ModelSpec):
+        """The family's tiny VAE for previews (a tenth of a step to decode, where the full VAE takes most of one),
+        when it is in the hub cache; never downloaded for a preview. None: previews use the pipeline's VAE."""
+        if self._tiny_decoder is False:
+            self._tiny_decoder = _load_tiny_decoder(spec.family.preview_decoder, self.pipe)
+        return self._tiny_decoder
 
     def for_mode(self, mode: str):
         """The pipeline for a mode; edit and variation pipelines share the loaded weights (`from_pipe`)."""
@@ -332,7 +340,8 @@ class DiffusersProvider(Provider):
 
         def on_step_end(pipe, i, t, tensors):
             latents = tensors.get("latents")
-            progress.step(i + 1, total, (lambda indices: _preview(pipe, spec, first, latents, indices))
+            progress.step(i + 1, total,
+                          (lambda indices: _preview(pipe, spec, first, latents, indices, loaded.preview_decoder(spec)))
                           if latents is not None else None)
             if progress.stopped:
                 pipe._interrupt = True
@@ -452,9 +461,26 @@ def pipeline_errors(spec: ModelSpec, doing: str) -> Iterator[None]:
         raise GenerationError(f"{spec.name} failed while {doing}: {type(exc).__name__}: {exc}") from exc
 
 
-def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: list[int]) -> list | None:
-    """Images of the current step's latents at `indices` (decoded with the pipeline's VAE), for streamed previews:
-    only the images someone watches are decoded."""
+def _load_tiny_decoder(repo_id: str | None, pipe):
+    """An `AutoencoderTiny` from the hub cache, on the pipeline's device and dtype; None when it is not there."""
+    if repo_id is None or getattr(pipe, "vae", None) is None:
+        return None
+    from diffusers import AutoencoderTiny
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+        tiny = AutoencoderTiny.from_pretrained(folder, dtype=pipe.vae.dtype)
+    except Exception:  # noqa: BLE001 - not cached, or not a tiny VAE: previews fall back to the full one
+        return None
+    if tiny.config.latent_channels != pipe.vae.config.latent_channels:
+        return None
+    return tiny.to(pipe.vae.device)
+
+
+def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: list[int], tiny=None) -> list | None:
+    """Images of the current step's latents at `indices`, for streamed previews: only the images someone watches
+    are decoded, with the family's tiny VAE when it is at hand, else with the pipeline's own."""
     import torch
     from PIL import Image
 
@@ -464,7 +490,7 @@ def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: lis
         if space == "pixels":
             x = latents
         elif space in ("vae", "vae-packed"):
-            vae = pipe.vae
+            vae = tiny or pipe.vae  # a tiny VAE's config carries the scaling its family's latents need
             lat = latents
             if space == "vae-packed":
                 lat = pipe._unpack_latents(lat, request.height, request.width, pipe.vae_scale_factor)
