@@ -6,6 +6,7 @@ pieces of plain ASGI (so that a route still sees its client disconnect), put tog
 
 from __future__ import annotations
 
+import abc
 import re
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,7 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-class _HttpMiddleware:
+class _HttpMiddleware(abc.ABC):
     """Plain ASGI around `app`: HTTP requests go through `handle`, anything else (lifespan, websockets) past it."""
 
     def __init__(self, app):
@@ -36,8 +37,9 @@ class _HttpMiddleware:
             return
         await self.handle(scope, receive, send)
 
+    @abc.abstractmethod
     async def handle(self, scope, receive, send) -> None:
-        raise NotImplementedError
+        """Answer, or pass to `self.app`, one HTTP request."""
 
 
 class RequestId(_HttpMiddleware):
