@@ -311,3 +311,16 @@ def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, siz
         assert [c["images"] for c in provider.calls] == [1, 1] and not app.state.engine.jobs
     else:
         assert "divisible by 8" in body["error"]
+
+
+def test_an_openai_edit_with_zero_padding_or_a_bad_strength_is_taken_as_sent(tmp_path):
+    from easel.server.openai.protocol import EditRequest
+    from easel.server.openai.serving import to_image_request
+
+    picture, mask = Image.new("RGB", (64, 64)), small_mask()
+    request = to_image_request(EditRequest(prompt="x", inpaint_full_res_padding=0, strength=0), "edit", [picture],
+                               mask, "builtin")
+    assert request.inpaint_full_res_padding == 0 and request.strength == 0  # the check then refuses the strength
+    with pytest.raises(InvalidRequestError) as info:
+        runner_with(tmp_path, FakeProvider()).check(request)
+    assert info.value.param == "strength"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,8 +153,7 @@ def _seeds(spec: ModelSpec, request: ImageRequest) -> list[int | None]:
     for a model that takes no seed (a remote service), whose images cannot be made again."""
     if "seed" not in spec.family.takes:
         return [None] * request.num_images
-    base = request.seed if request.seed is not None else secrets.randbelow(2**32)
-    return [base + i for i in range(request.num_images)]
+    return [request.seed + i for i in range(request.num_images)]
 
 
 def batch_key(spec: ModelSpec, r: ImageRequest) -> tuple:

@@ -167,7 +167,9 @@ class Handlers:
                                        height=height, steps=steps if "steps" in takes else None,
                                        guidance=guidance if "guidance" in takes else None,
                                        seed=seed if "seed" in takes else None, n=n)
-            count = max(1, _number(batches, "Batches") or 1)
+            count = 1 if batches in (None, "") else _number(batches, "Batches")
+            if not 1 <= count <= 100:
+                raise gr.Error(f"Batches must be between 1 and 100 but is {count}.", print_exception=False)
             first = self.runner.check(request)  # draws the seed, so that the batches' seeds follow on from it
             seed0 = first.request.seed
             jobs = [self.submit(first)] + [

@@ -51,6 +51,11 @@ def styled_prompt(req) -> str | None:
     return with_style(prompt, OPENAI_STYLES[style]) if style and prompt else None
 
 
+def _given(value, default):
+    """A field's value, or `default` when the client left it out (0 is a value, never a default)."""
+    return default if value is None else value
+
+
 def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mode: str,
                      images: list[PIL.Image.Image] | None, mask: PIL.Image.Image | None,
                      local_model: str) -> ImageRequest:
@@ -68,9 +73,9 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         mode=mode, image=images[0] if images else None, mask=mask,
         moderation=getattr(req, "moderation", None) or "auto",
         mask_blur=getattr(req, "mask_blur", None), inpaint_full_res=bool(getattr(req, "inpaint_full_res", False)),
-        inpaint_full_res_padding=getattr(req, "inpaint_full_res_padding", None) or 32,
-        strength=getattr(req, "strength", None) or (
-            masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
+        inpaint_full_res_padding=_given(getattr(req, "inpaint_full_res_padding", None), 32),
+        strength=_given(getattr(req, "strength", None),
+                        masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
     )
 
