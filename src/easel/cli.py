@@ -430,7 +430,7 @@ def history(
     from .config import get_settings
     from .store import History
 
-    rows = History(get_settings().history_path).recent(limit, search)
+    rows = History(get_settings().history_location).recent(limit, search)
     if as_json:
         for r in rows:
             r["parameters"] = json.loads(r["parameters"])
@@ -460,7 +460,7 @@ def jobs(
     from .engine.jobs import JobStore
     from .store import History
 
-    rows = JobStore(History(get_settings().history_path)).recent(limit)
+    rows = JobStore(History(get_settings().history_location)).recent(limit)
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r))

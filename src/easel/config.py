@@ -59,6 +59,10 @@ class Settings(BaseSettings):
                                     "models (POST {base}/models/{id}); default: Hugging Face's router.")
     hf_provider: str = Field("auto", description="Hugging Face inference provider for `hf:` models.")
     remote_timeout_s: float = Field(300.0, gt=0, description="Timeout of one call to a remote service.")
+    database_url: str | None = Field(None, description="PostgreSQL (postgresql://user@host/db) for the history and "
+                                     "the job records, shared by a cluster's replicas; unset: SQLite in the home.")
+    server_secret: str | None = Field(None, description="Hex key that signs image links; a cluster's replicas share "
+                                      "it (unset: one created in HOME/server_secret).")
     hf_max_wait_s: float = Field(300.0, ge=0, description="How long to wait for a remote model to load.")
 
     @field_validator("api_keys")
@@ -80,10 +84,11 @@ class Settings(BaseSettings):
     def models_folder(self) -> Path:
         return self.models_dir or self.home / "models"
 
-
     @property
-    def history_path(self) -> Path:
-        return self.home / "history.db"
+    def history_location(self) -> Path | str:
+        """Where the history and the job records live: the PostgreSQL database when one is set, else SQLite in
+        the workspace."""
+        return self.database_url or self.home / "history.db"
 
     @property
     def keys_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""The workspace: image files under unique names, and the SQLite history of every generation."""
+"""The workspace: image files under unique names, and the history of every generation (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,52 +10,14 @@ import os
 import re
 import sqlite3
 import stat
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .db import open_database
 from .errors import InsufficientStorageError
 from .types import GeneratedImage
-
-# Numbered migrations: each runs once, in order, in one transaction with the bump of user_version.
-MIGRATIONS = [
-    """
-    CREATE TABLE generations (
-        id TEXT PRIMARY KEY,
-        created TEXT NOT NULL,
-        model TEXT NOT NULL,
-        prompt TEXT NOT NULL,
-        negative_prompt TEXT,
-        seed INTEGER,
-        width INTEGER,
-        height INTEGER,
-        steps INTEGER,
-        guidance REAL,
-        path TEXT,
-        parameters TEXT NOT NULL
-    );
-    CREATE INDEX generations_created ON generations(created);
-    """,
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        created TEXT NOT NULL,
-        updated TEXT NOT NULL,
-        state TEXT NOT NULL,
-        step INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL DEFAULT 0,
-        request TEXT NOT NULL,
-        image_ids TEXT NOT NULL DEFAULT '[]',
-        error TEXT
-    );
-    CREATE INDEX jobs_state ON jobs(state);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
-    """,
-]
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -72,8 +34,11 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space: ENOSPC or a quota from the OS, SQLITE_FULL from SQLite."""
+    """A write failed for want of space: ENOSPC or a quota from the OS, SQLITE_FULL from SQLite, disk_full (53100)
+    from PostgreSQL."""
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if getattr(exc, "sqlstate", None) == "53100":
         return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
@@ -83,7 +48,7 @@ def storage_errors(home: Path) -> Iterator[None]:
     """Turn a full disk under `home` into InsufficientStorageError; every other error passes unchanged."""
     try:
         yield
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a full disk
         if not is_disk_full(exc):
             raise
         raise out_of_space(home) from exc
@@ -109,39 +74,15 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 class History:
-    """The SQLite history (WAL mode), shared by every front: one connection for every thread (SQLite's serialized
-    mode makes that safe, each statement in autocommit), so that a server's open files stay fixed however many
-    threads its web server starts."""
+    """The history of every generation and the job records, shared by every front: SQLite in the workspace, or the
+    PostgreSQL database that `target` names (`postgresql://...`), shared by every replica of a cluster."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._migrate()
-
-    def connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            with self._lock:
-                if self._conn is None:
-                    if sqlite3.threadsafety != 3:  # not serialized: one connection may not be shared
-                        raise RuntimeError("Easel needs SQLite built thread-safe (serialized mode).")
-                    conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                    conn.row_factory = sqlite3.Row
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                    self._conn = conn
-        return self._conn
-
-    def _migrate(self) -> None:
-        conn = self.connect()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+    def __init__(self, target: Path | str):
+        self.db = open_database(target)
 
     def record(self, image: GeneratedImage) -> None:
         p = image.parameters
-        self.connect().execute(
+        self.db.execute(
             "INSERT INTO generations (id, created, model, prompt, negative_prompt, seed, width, height, steps,"
             " guidance, path, parameters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (image.id, p.get("created") or now_iso(), p.get("model", ""), p.get("prompt", ""),
@@ -153,27 +94,26 @@ class History:
         sql = "SELECT * FROM generations"
         args: list[Any] = []
         if search:
-            sql += " WHERE prompt LIKE ?"
+            sql += " WHERE lower(prompt) LIKE lower(?)"
             args.append(f"%{search}%")
-        sql += " ORDER BY created DESC, rowid DESC LIMIT ?"
+        sql += f" ORDER BY {self.db.newest_first} LIMIT ?"
         args.append(limit)
-        return [dict(r) for r in self.connect().execute(sql, args)]
+        return self.db.query(sql, args)
 
     def get(self, image_id: str) -> dict[str, Any] | None:
-        row = self.connect().execute("SELECT * FROM generations WHERE id = ?", (image_id,)).fetchone()
-        return dict(row) if row else None
+        return self.db.query_one("SELECT * FROM generations WHERE id = ?", (image_id,))
 
     def delete(self, image_id: str) -> None:
-        self.connect().execute("DELETE FROM generations WHERE id = ?", (image_id,))
+        self.db.execute("DELETE FROM generations WHERE id = ?", (image_id,))
 
 
 class Workspace:
     """Where images are saved and recorded. `out_dir` overrides the image folder (the history stays in home)."""
 
-    def __init__(self, home: Path, out_dir: Path | None = None):
+    def __init__(self, home: Path, out_dir: Path | None = None, database_url: str | None = None):
         self.home = Path(home)
         self.out_dir = Path(out_dir) if out_dir else None
-        self.history = History(self.home / "history.db")
+        self.history = History(database_url or self.home / "history.db")
 
     def folder_for(self, when: dt.datetime) -> Path:
         folder = self.out_dir or self.home / "images" / when.strftime("%Y-%m-%d")
@@ -221,7 +161,7 @@ class Workspace:
 
     def _remove(self, image: GeneratedImage) -> None:
         """Undo a save, as far as it went; failures to undo are left for `easel history` to show as missing."""
-        with contextlib.suppress(OSError, sqlite3.Error):
+        with contextlib.suppress(OSError, *self.history.db.errors):
             self.history.delete(image.id)
         with contextlib.suppress(OSError):
             Path(image.path).unlink(missing_ok=True)

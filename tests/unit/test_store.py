@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from easel.metadata import read_a1111_text, read_parameters
-from easel.store import MIGRATIONS, History, Workspace, write_atomically
+from easel.db import SQLITE_MIGRATIONS
+from easel.store import History, Workspace, write_atomically
 from easel.types import GeneratedImage
 
 PARAMS = {"prompt": "a red circle", "negative_prompt": "blue", "model": "builtin", "seed": 42,
@@ -61,5 +62,5 @@ def test_history_is_migrated_once_and_uses_wal(tmp_path):
     History(tmp_path / "h.db")
     History(tmp_path / "h.db")  # a second open runs no migration again
     conn = sqlite3.connect(tmp_path / "h.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,4 +1,4 @@
-"""Jobs: every request the server runs, with its state recorded in SQLite so that it survives a crash."""
+"""Jobs: every request the server runs, with its state recorded in the database so that it survives a crash."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -189,20 +191,27 @@ def job_json(job_id: str, state: str, step: int, total_steps: int, created: int,
 
 
 class JobStore:
-    """The `jobs` table of the history database."""
+    """The `jobs` table, and the `engines` that own its unfinished jobs. Several engines (a cluster's ingress
+    replicas) may share one database: each keeps a lease by touching its `engines` row, takes cancellations asked
+    for through another, and fails the unfinished jobs of an engine whose lease ran out (or, on the same host, whose
+    process is gone): their inputs went with it."""
 
-    def __init__(self, history: History):
-        self.history = history
+    def __init__(self, history: History, lease_s: float = 15.0):
+        self.db = history.db
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
 
     def insert(self, job: Job) -> None:
-        self.history.connect().execute(
-            "INSERT INTO jobs (id, created, updated, state, step, total_steps, request) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute(
+            "INSERT INTO jobs (id, created, updated, state, step, total_steps, request, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (job.id, _iso(job.created), now_iso(), job.state, job.step, job.total_steps,
-             request_to_json(job.request)))
+             request_to_json(job.request), self.owner))
 
     def update(self, job: Job) -> None:
         body = job.snapshot()
-        self.history.connect().execute(
+        self.db.execute(
             "UPDATE jobs SET updated = ?, state = ?, step = ?, total_steps = ?, image_ids = ?, warnings = ?, "
             "error = ? WHERE id = ?",
             (now_iso(), job.state, job.step, job.total_steps, json.dumps(body["image_ids"]),
@@ -217,18 +226,62 @@ class JobStore:
                         json.loads(row["error"]) if row["error"] else None)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        row = self.history.connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return dict(row) if row else None
+        return self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self.history.connect().execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
-        return [dict(r) for r in rows]
+        return self.db.query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
 
-    def fail_unfinished(self, reason: str) -> int:
-        """Jobs left queued or running by a crash: their request's inputs are gone with the process, so they are
-        marked failed (not re-run) and their callers, who waited on the lost connection, are told why."""
+    def follow(self, job_id: str, poll_s: float = 0.25, timeout_s: float = 3600.0) -> Iterator[dict[str, Any]]:
+        """A job that another engine runs, as its record changes: its JSON at each new state or step, until final
+        (or gone, or past `timeout_s`)."""
+        last, deadline = None, time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            row = self.get(job_id)
+            if row is None:
+                return
+            body = self.describe(row)
+            if (body["status"], body["step"]) != last:
+                last = (body["status"], body["step"])
+                yield body
+            if body["status"] in FINAL:
+                return
+            time.sleep(poll_s)
+
+    # -- several engines on one database ---------------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask the engine running an unfinished job to cancel it; False if the job is final (or unknown)."""
+        return self.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state IN ('queued', 'running')",
+                               (job_id,)) > 0
+
+    def cancel_requests(self) -> list[str]:
+        """This engine's unfinished jobs that a client asked another engine to cancel."""
+        rows = self.db.query("SELECT id FROM jobs WHERE owner = ? AND cancel_requested = 1 AND state IN "
+                             "('queued', 'running')", (self.owner,))
+        return [r["id"] for r in rows]
+
+    def renew_lease(self) -> None:
+        self.db.execute("INSERT INTO engines (id, host, pid, seen) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                        "SET seen = excluded.seen", (self.owner, self.host, os.getpid(), time.time()))
+
+    def fail_orphaned(self, reason: str) -> int:
+        """Fail the unfinished jobs whose engine is gone (this engine's own stay); the number failed."""
+        now = time.time()
+        live = {self.owner} | {r["id"] for r in self.db.query("SELECT id, host, pid FROM engines WHERE seen >= ?",
+                                                              (now - self.lease_s,))
+                               if r["host"] != self.host or _process_alive(r["pid"])}
+        self.db.execute("DELETE FROM engines WHERE seen < ?", (now - 24 * 3600,))
         error = json.dumps({"message": reason, "type": "server_error", "param": None, "code": "server_restarted"})
-        cur = self.history.connect().execute(
-            "UPDATE jobs SET state = 'failed', error = ?, updated = ? WHERE state IN ('queued', 'running')",
-            (error, now_iso()))
-        return cur.rowcount
+        marks = ", ".join("?" for _ in live)
+        return self.db.execute(
+            "UPDATE jobs SET state = 'failed', error = ?, updated = ? WHERE state IN ('queued', 'running') AND "
+            f"(owner IS NULL OR owner NOT IN ({marks}))", (error, now_iso(), *live))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True

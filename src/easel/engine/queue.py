@@ -20,6 +20,7 @@ from .metrics import EngineMetrics
 from .runner import Runner, batch_key
 
 log = logging.getLogger("easel.engine")
+ORPHANED = "The server stopped before this job finished; send it again."
 
 
 class Engine:
@@ -56,8 +57,10 @@ class Engine:
         self._unsynced: dict[str, Job] = {}  # finished jobs whose record could not be written yet
         self._cond = threading.Condition()
         self._stop = False
-        self.recovered = self.store.fail_unfinished("The server stopped before this job finished; send it again.")
+        self.store.renew_lease()
+        self.recovered = self.store.fail_orphaned(ORPHANED)
         self._thread = threading.Thread(target=self._work, name="easel-engine-worker", daemon=True)
+        self._lease = threading.Thread(target=self._keep_lease, name="easel-engine-lease", daemon=True)
         # encoding and saving run beside the worker, so that it takes the next batch while the last one is saved;
         # one saver keeps the jobs' order and its resources fixed (a PNG encodes in a fraction of a batch's time)
         self._savers = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-save")
@@ -74,6 +77,7 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> Engine:
         self._thread.start()
+        self._lease.start()
         return self
 
     def stop(self) -> None:
@@ -82,6 +86,7 @@ class Engine:
             self._cond.notify_all()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=10)
+            self._lease.join(timeout=5)
         self._savers.shutdown(wait=True)
 
     @property
@@ -159,9 +164,13 @@ class Engine:
             raise NotFoundError(f"No job {job_id!r}.", param="job_id")
         return row
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str) -> Job | dict[str, Any]:
+        """Cancel a job of this engine, or ask the engine that runs it (another replica on the same database): then
+        its record, as it is now, is the answer."""
         job = self.jobs.get(job_id)
         if job is None:
+            if self.store.request_cancel(job_id):
+                return self.store.get(job_id)
             raise NotFoundError(f"No running or queued job {job_id!r}.", param="job_id")
         with self._cond:
             if job.state == "queued" and job in self._pending:
@@ -171,6 +180,28 @@ class Engine:
         if job.state == "running":
             job.cancel_requested.set()
         return job
+
+    def _keep_lease(self) -> None:
+        """Beside the worker: take cancellations asked for through other engines on the same database (every
+        `poll_s`), renew this engine's lease and fail the jobs of engines that are gone (every few seconds)."""
+        poll_s, renew_every = 0.5, max(1, int(self.store.lease_s / 3 / 0.5))
+        ticks = 0
+        while not self._stop:
+            try:
+                for job_id in self.store.cancel_requests():
+                    if job_id in self.jobs:
+                        self.cancel(job_id)
+                ticks += 1
+                if ticks % renew_every == 0:
+                    self.store.renew_lease()
+                    failed = self.store.fail_orphaned(ORPHANED)
+                    if failed:
+                        log.warning("engine: failed %d jobs of a server that stopped", failed)
+            except Exception as exc:  # noqa: BLE001 - a database that is away for a while: tried again next time
+                log.debug("engine: the lease could not be kept: %s", exc)
+            with self._cond:
+                if not self._stop:
+                    self._cond.wait(poll_s)
 
     # -- the worker's side -----------------------------------------------------------------------------------------
     def _take_batch(self) -> list[Job]:

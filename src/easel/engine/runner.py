@@ -66,7 +66,7 @@ class Runner:
     def workspace(self, out_dir: Path | None = None) -> Workspace:
         key = Path(out_dir).resolve() if out_dir else None
         if key not in self._workspaces:
-            self._workspaces[key] = Workspace(self.settings.home, key)
+            self._workspaces[key] = Workspace(self.settings.home, key, self.settings.database_url)
         return self._workspaces[key]
 
     def check(self, request: ImageRequest | CheckedRequest) -> CheckedRequest:

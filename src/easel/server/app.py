@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
 
     app = FastAPI(title="Easel", version=__version__, lifespan=lifespan,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")
-    signer = UrlSigner(load_secret(settings.home / "server_secret"), clock=clock)
+    signer = UrlSigner(load_secret(settings.home / "server_secret", settings.server_secret), clock=clock)
     app.state.settings, app.state.runner, app.state.engine, app.state.warmup = settings, runner, engine, warmup
     app.state.signer, app.state.local_model = signer, local_model
     app.state.images = ImagesService(runner, signer, local_model)

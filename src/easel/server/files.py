@@ -15,17 +15,36 @@ URL_TTL_S = 60 * 60
 _EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits: "²".isdigit() is True, int("²") raises
 
 
-def load_secret(path: Path) -> bytes:
-    """The server's signing secret, created once (0600) so that links survive a restart."""
+def load_secret(path: Path, configured: str | None = None) -> bytes:
+    """The server's signing secret: the configured one (hex; every replica of a cluster shares it), else the one in
+    `path`, created once (0600) so that links survive a restart. Replicas starting together on a shared home agree:
+    the first file linked into place wins and every replica reads it."""
+    if configured:
+        try:
+            return bytes.fromhex(configured.strip())
+        except ValueError:
+            raise ValueError("EASEL_SERVER_SECRET must be hexadecimal (e.g. from `openssl rand -hex 32`).") from None
     try:
         return bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(value.hex())
-        return value
+    except FileNotFoundError:
+        unreadable = False
+    except ValueError:
+        unreadable = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_bytes(32).hex())
+    try:
+        if unreadable:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another process linked its secret first: that one is read below
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
 
 
 class UrlSigner:

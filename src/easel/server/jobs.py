@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..engine.jobs import Job, JobStore
+from ..engine.jobs import FINAL, Job, JobStore
 from ..engine.queue import Engine
 from ..metadata import encode_image
 from ..types import ImageResult
@@ -70,17 +70,22 @@ def get_job(job_id: str, request: Request) -> JSONResponse:
 @router.delete("/jobs/{job_id}")
 def cancel_job(job_id: str, request: Request) -> JSONResponse:
     """Cancel this job only: queued, it leaves the queue; running, it stops at the next step."""
-    return JSONResponse(request.app.state.engine.cancel(job_id).snapshot())
+    return JSONResponse(_body(request.app.state.engine.cancel(job_id), request))
 
 
 @router.get("/jobs/{job_id}/events")
 def job_events(job_id: str, request: Request, previews: bool = True) -> StreamingResponse:
     """Server-Sent Events: `progress` per step (with a `preview` PNG every 5 steps unless `previews=false`), then
     the final state (with `urls` once it succeeded)."""
-    job = request.app.state.engine.get(job_id)
-    if not isinstance(job, Job):
-        body = _body(job, request)
-        return StreamingResponse(iter([sse(body["status"], body)]), media_type="text/event-stream")
+    engine = request.app.state.engine
+    job = engine.get(job_id)
+    if not isinstance(job, Job):  # finished long ago, or run by another replica on the same database
+        def recorded():
+            for body in engine.store.follow(job_id):
+                final = body["status"] in FINAL
+                yield sse(body["status"] if final else "progress", with_urls(body, request) if final else body)
+
+        return StreamingResponse(recorded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
     if previews:
         job.preview_every(5)
 
