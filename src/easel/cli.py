@@ -551,7 +551,8 @@ def mcp(
         _fail(exc)
 
 
-def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | None = None) -> None:
+def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | None = None,
+           cluster: dict | None = None) -> None:
     import os
 
     from .server.auth import check_bind
@@ -559,7 +560,7 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
     overrides: dict = {"default_model": model} if model else {}
     if ui is not None:
         overrides["ui"] = ui
-    settings = _settings(**overrides)
+    settings = _settings(**overrides, **{k: v for k, v in (cluster or {}).items() if v is not None and k != "address"})
     try:
         warning = check_bind(host, settings.server_keys, insecure)
     except ValueError as exc:
@@ -568,6 +569,9 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
     if warning:
         _err(warning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if cluster is not None:
+        _serve_cluster(settings, host, port, cluster.get("address"))
+        return
     import uvicorn
 
     from .server.app import create_app
@@ -581,6 +585,21 @@ def _serve(host: str, port: int, model: str | None, insecure: bool, ui: bool | N
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
+def _serve_cluster(settings, host: str, port: int, address: str | None) -> None:
+    try:
+        from .serving.ray import run_cluster
+    except ImportError:
+        _err("Error: --ray needs Ray Serve: pip install 'easel[ray]'")
+        raise typer.Exit(2) from None
+    _err("Note: Ray listens on every network interface of this machine, whatever --host says; run the cluster "
+         "behind a firewall or in a private network.")
+    _err(f"Easel on Ray Serve: http://{host}:{port}/ (Ctrl+C stops the cluster it started)")
+    try:
+        run_cluster(settings, host, port, address)
+    except Exception as exc:  # noqa: BLE001 - a start-up error is a message, not a trace
+        _fail(exc)
+
+
 Host = Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 unless told otherwise.")]
 ServedModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (and the one behind "
                                                     "dall-e-*/gpt-image-*): a name, or a folder of yours.")]
@@ -589,12 +608,33 @@ Insecure = Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback
 
 @app.command()
 def serve(host: Host = "127.0.0.1", port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-          model: ServedModel = None, insecure: Insecure = False) -> None:
+          model: ServedModel = None, insecure: Insecure = False,
+          ray: Annotated[bool, typer.Option("--ray", help="Serve on a Ray Serve cluster: an ingress and one "
+                                            "model deployment per model (needs easel[ray]).")] = False,
+          address: Annotated[Optional[str], typer.Option("--address", help="With --ray: join this Ray cluster "
+                                                         "(ray://host:10001 or auto) instead of starting one.")]
+          = None,
+          replicas: Annotated[Optional[int], typer.Option("--replicas", min=1, help="With --ray: replicas per "
+                                                          "model.")] = None,
+          autoscale: Annotated[Optional[str], typer.Option("--autoscale", help="With --ray: MIN:MAX replicas per "
+                                                           "model, scaled on ongoing requests.")] = None,
+          gpus_per_replica: Annotated[Optional[float], typer.Option("--gpus-per-replica", min=0, help="With --ray: "
+                                                                    "GPUs per model replica (0.5 shares one).")]
+          = None,
+          ingress_replicas: Annotated[Optional[int], typer.Option("--ingress-replicas", min=1, help="With --ray: "
+                                                                  "HTTP ingress replicas (more than one needs "
+                                                                  "EASEL_DATABASE_URL).")] = None) -> None:
     """Serve the OpenAI Images API (/v1/images/...), the HF and A1111 routes, jobs, /health and the web UI (/ui).
 
     Example: EASEL_API_KEYS=sk-local-1 easel serve --port 8000
+    Example: easel serve --ray --replicas 2 --gpus-per-replica 1
     """
-    _serve(host, port, model, insecure)
+    cluster = {"address": address, "ray_replicas": replicas, "ray_autoscale": autoscale,
+               "ray_gpus_per_replica": gpus_per_replica, "ray_ingress_replicas": ingress_replicas}
+    if not ray and any(v is not None for v in cluster.values()):
+        _err("Error: --address, --replicas, --autoscale, --gpus-per-replica and --ingress-replicas go with --ray.")
+        raise typer.Exit(2)
+    _serve(host, port, model, insecure, cluster=cluster if ray else None)
 
 
 @app.command()

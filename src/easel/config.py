@@ -63,6 +63,20 @@ class Settings(BaseSettings):
                                      "the job records, shared by a cluster's replicas; unset: SQLite in the home.")
     server_secret: str | None = Field(None, description="Hex key that signs image links; a cluster's replicas share "
                                       "it (unset: one created in HOME/server_secret).")
+    ray_models: str = Field("", description="`easel serve --ray`: comma-separated models with a model deployment "
+                            "each (default: the server's model).")
+    ray_replicas: int = Field(1, ge=1, description="Replicas per model deployment (without ray_autoscale).")
+    ray_autoscale: str = Field("", description="MIN:MAX replicas per model, scaled by Ray Serve on ongoing requests.")
+    ray_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs per model replica, fractions allowed "
+                                               "(default: 1 where the cluster has GPUs, else 0: the CPU).")
+    ray_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs per model replica.")
+    ray_ingress_replicas: int = Field(1, ge=1, description="Replicas of the HTTP ingress (more than one needs "
+                                      "EASEL_DATABASE_URL and a shared EASEL_HOME).")
+    ray_retries: int = Field(3, ge=0, description="Times a job is sent again when its model replica dies.")
+    ray_num_gpus: float | None = Field(None, ge=0, description="GPUs of the local Ray cluster that `easel serve "
+                                       "--ray` starts (default: those Ray detects).")
+    ray_upscale_delay_s: float = Field(30.0, ge=0, description="Load that lasts this long adds a replica.")
+    ray_downscale_delay_s: float = Field(600.0, ge=0, description="Idleness that lasts this long removes one.")
     hf_max_wait_s: float = Field(300.0, ge=0, description="How long to wait for a remote model to load.")
 
     @field_validator("api_keys")
@@ -72,6 +86,25 @@ class Settings(BaseSettings):
 
         parse_keys(raw)  # a malformed list fails here, at start-up, not later as "no auth"
         return raw
+
+    @field_validator("ray_autoscale")
+    @classmethod
+    def _autoscale_parse(cls, raw: str) -> str:
+        if raw:
+            low, sep, high = raw.partition(":")
+            if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+                raise ValueError(f"must be MIN:MAX (two whole numbers, e.g. 1:4), not {raw!r}")
+            if int(low) > int(high) or int(high) < 1:
+                raise ValueError(f"must have MIN <= MAX and MAX >= 1, not {raw!r}")
+        return raw
+
+    @property
+    def autoscale_range(self) -> tuple[int, int] | None:
+        """EASEL_RAY_AUTOSCALE as (MIN, MAX), or None for a fixed number of replicas."""
+        if not self.ray_autoscale:
+            return None
+        low, _, high = self.ray_autoscale.partition(":")
+        return int(low), int(high)
 
     @property
     def server_keys(self) -> list[str]:

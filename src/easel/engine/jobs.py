@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from ..errors import GenerationError
@@ -104,15 +104,43 @@ class Job:
         ...     for event in events:
         ...         print(event.step, event.total_steps)
         """
-        with self.lock:
-            q, self._reserved = self._reserved, None
-        q = q or self._subscribe()
+        q = self._listener()
         try:
             yield _until_final(q)
         finally:
-            with self.lock:
-                if q in self.listeners:
-                    self.listeners.remove(q)
+            self._unsubscribe(q)
+
+    @contextlib.asynccontextmanager
+    async def follow_async(self, poll_s: float = 0.01) -> AsyncIterator[AsyncIterator[JobEvent]]:
+        """`follow()` for a coroutine: the job's events, awaited without holding a thread."""
+        q = self._listener()
+
+        async def events() -> AsyncIterator[JobEvent]:
+            while True:
+                try:
+                    event = q.get_nowait()
+                except queue.Empty:
+                    await asyncio.sleep(poll_s)
+                    continue
+                yield event
+                if event.final:
+                    return
+
+        try:
+            yield events()
+        finally:
+            self._unsubscribe(q)
+
+    def _listener(self) -> queue.Queue:
+        """The reserved listener, or a new one."""
+        with self.lock:
+            q, self._reserved = self._reserved, None
+        return q or self._subscribe()
+
+    def _unsubscribe(self, q: queue.Queue) -> None:
+        with self.lock:
+            if q in self.listeners:
+                self.listeners.remove(q)
 
     def _subscribe(self) -> queue.Queue:
         q: queue.Queue = queue.Queue()

@@ -67,12 +67,13 @@ class Engine:
         self._record_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, runner: Runner) -> Engine:
-        """The engine as the runner's settings configure it: the one factory of the server, the UI and MCP."""
+    def from_settings(cls, runner: Runner, **options: Any) -> Engine:
+        """The engine as the runner's settings configure it: the one factory of the server, the UI and MCP
+        (`options` go to a subclass's own parameters)."""
         s = runner.settings
         return cls(runner, max_queue=s.max_queue, max_batch_images=s.max_batch_images,
                    batch_wait_s=s.batch_wait_ms / 1000, job_timeout_s=s.job_timeout_s,
-                   keep_finished_s=s.keep_finished_s, min_free_bytes=int(s.min_free_disk_mb * 2**20))
+                   keep_finished_s=s.keep_finished_s, min_free_bytes=int(s.min_free_disk_mb * 2**20), **options)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -92,7 +93,7 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._pending)
+            return self._waiting()
 
     @property
     def worker_alive(self) -> bool:
@@ -123,36 +124,53 @@ class Engine:
                 "last_error": self.last_error}
 
     # -- the callers' side -----------------------------------------------------------------------------------------
-    def submit(self, request: ImageRequest | CheckedRequest, previews: int = 0, listen: bool = False) -> Job:
+    def submit(self, request: ImageRequest | CheckedRequest, previews: int = 0, listen: bool = False,
+               preview_every: int = 0) -> Job:
         """Check the request now, unless a front already did (a bad one never queues), then queue it; a full
         queue is a RateLimitError.
 
         With `listen`, the job's first `follow()` starts before the job can, so that no event is missed;
-        `previews` spreads that many preview images over the run."""
+        `previews` spreads that many preview images over the run; `preview_every` asks for one every that many
+        steps (for a client that will follow the job)."""
         spec, checked = self.runner.check(request)
         total = checked.num_inference_steps or 1  # remote services report no steps
         if checked.mode == "vary" and checked.strength is not None:
             total = max(1, round(total * checked.strength))
         job = Job(request=checked, spec=spec, total_steps=total)
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
+        if preview_every:
+            job.preview_every(preview_every)
         if listen:
             job.reserve_listener()
+        return self.add(job)
+
+    def add(self, job: Job) -> Job:
+        """Queue a job made from a checked request; a full queue or a full disk refuses it."""
         problem = self._space_problem(self.free_bytes())
         if problem:
             raise InsufficientStorageError(f"{problem[0].upper()}{problem[1:]}: free some space and send it again.")
         with self._cond:
             self._release_finished()
-            if len(self._pending) >= self.max_queue:
+            waiting = self._waiting()
+            if waiting >= self.max_queue:
                 self.metrics.rejected.inc()
-                raise RateLimitError(f"The queue is full ({len(self._pending)} jobs waiting); try again shortly.",
-                                     retry_after=max(1.0, len(self._pending) * 0.5))
+                raise RateLimitError(f"The queue is full ({waiting} jobs waiting); try again shortly.",
+                                     retry_after=max(1.0, waiting * 0.5))
             with storage_errors(self.workspace.home):
                 self.store.insert(job)
             self.jobs[job.id] = job
-            self._keys[job.id] = batch_key(spec, checked)
-            self._pending.append(job)
-            self._cond.notify_all()
+            self._keys[job.id] = batch_key(job.spec, job.request)
+            self._enqueue(job)
         return job
+
+    def _waiting(self) -> int:
+        """Jobs not started yet (called with the lock held)."""
+        return len(self._pending)
+
+    def _enqueue(self, job: Job) -> None:
+        """Hand a new job to the worker (called with the lock held)."""
+        self._pending.append(job)
+        self._cond.notify_all()
 
     def get(self, job_id: str) -> Job | dict[str, Any]:
         """The live job, or the record of one from before this process."""

@@ -27,11 +27,13 @@ from .openai.serving import ImagesService
 
 
 def create_app(settings: Settings | None = None, runner: Runner | None = None,
-               clock: Callable[[], float] = time.time, warm: bool = True) -> FastAPI:
-    """Build the server. `clock` drives link expiry (tests inject one); `warm` loads the model at start."""
+               clock: Callable[[], float] = time.time, warm: bool = True, engine: Engine | None = None) -> FastAPI:
+    """Build the server. `clock` drives link expiry (tests inject one); `warm` loads the model at start; `engine`
+    replaces the one built from the settings (a cluster's ingress passes the engine that sends jobs to its model
+    replicas)."""
     settings = settings or get_settings()
-    runner = runner or Runner(settings, allow_paths=False)
-    engine = Engine.from_settings(runner)
+    runner = engine.runner if engine is not None else runner or Runner(settings, allow_paths=False)
+    engine = engine or Engine.from_settings(runner)
     local_model = settings.openai_model or settings.default_model  # what OpenAI's model names run on
     warmup = system.ModelWarmup(runner, local_model, settings.warm_sizes)
 

@@ -49,7 +49,8 @@ router = APIRouter(tags=["jobs"])
 @router.post("/jobs", status_code=202)
 def create_job(body: GenerationRequest, request: Request) -> JSONResponse:
     """Queue a generation (same body as /v1/images/generations) and return its id at once."""
-    job = request.app.state.engine.submit(request.app.state.images.prepare(body).checked)
+    # previews every 5 steps, asked for now: the client follows the job next, maybe on another replica
+    job = request.app.state.engine.submit(request.app.state.images.prepare(body).checked, preview_every=5)
     return JSONResponse(job.snapshot(), status_code=202)
 
 

@@ -1,0 +1,1 @@
+"""Ways to run the Easel server beyond one process: `ray` puts it on a Ray Serve cluster."""

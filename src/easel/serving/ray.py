@@ -1,0 +1,387 @@
+"""Easel on a Ray Serve cluster: the server of `easel serve` (every route, unchanged for its clients) as an ingress
+deployment, and one model deployment per model whose replicas batch jobs by the engine's own rules.
+
+    from ray import serve
+    from easel.config import Settings
+    from easel.serving.ray import build_app
+
+    serve.run(build_app(Settings()), name="easel", route_prefix="/")
+
+The ingress checks, queues, records, saves and serves, as `easel serve` does; only running the model moves to the
+model replicas. A job whose replica dies is sent again to another (the seed was drawn at the check, so the
+image is the same) up to `EASEL_RAY_RETRIES` times: its client sees a slower answer, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
+
+from ..checks import CheckedRequest
+from ..config import Settings, get_settings
+from ..engine.jobs import FINAL, Job, JobEvent
+from ..engine.queue import Engine
+from ..engine.runner import Runner
+from ..errors import GenerationError, error_from
+
+log = logging.getLogger("easel.ray")
+APP_NAME = "easel"
+# what a replica that died (or a node that went) raises into the calls it had
+REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ReplicaUnavailableError,
+                DeploymentUnavailableError)
+
+
+# -- the model replicas ------------------------------------------------------------------------------------------------
+class ReplicaEngine(Engine):
+    """A model replica's engine: the queue, batching, previews and cancellation of `easel serve`; it neither saves
+    nor records (the ingress that sent the job does both)."""
+
+    def __init__(self, runner: Runner, **options: Any):
+        super().__init__(runner, **options)
+        self.batch_images: dict[str, int] = {}  # job id -> images in the model call it ran in
+
+    def _record(self, job: Job) -> None:
+        pass
+
+    def _run(self, batch: list[Job]) -> None:
+        images = sum(j.request.num_images for j in batch)
+        for job in batch:
+            self.batch_images[job.id] = images
+        super()._run(batch)
+
+    def _save(self, job: Job, result) -> None:
+        job.result = result
+        self._finish(job, "succeeded")
+
+
+def replica_settings(settings: Settings) -> Settings:
+    """A replica's own settings: a private scratch home (nothing is saved there), the operator's models folder,
+    no database, and a queue deep enough for every call Ray sends it."""
+    scratch = Path(tempfile.mkdtemp(prefix="easel-replica-"))
+    if settings.keys_path.is_file():  # the operator's keys (a token for gated models), readable by it alone
+        shutil.copy2(settings.keys_path, scratch / settings.keys_path.name)
+    return settings.model_copy(update={"home": scratch, "models_dir": settings.models_folder, "database_url": None,
+                                       "min_free_disk_mb": 0, "max_queue": _replica_queue(settings)})
+
+
+def _replica_queue(settings: Settings) -> int:
+    return max(2 * settings.max_batch_images, settings.max_queue)
+
+
+class ModelReplica:
+    """One model on one device: jobs from every ingress replica, batched by the engine's rules (same model, size,
+    steps, ...). `run` streams a job's progress and ends with its result."""
+
+    def __init__(self, settings: dict[str, Any], model: str):
+        settings = replica_settings(Settings(**settings))
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+        if not gpus:
+            import torch
+
+            cpus = max(1, int(settings.ray_cpus_per_replica))
+            torch.set_num_threads(cpus)  # the CPUs it was given, not every core of the node
+            settings = settings.model_copy(update={"device": settings.device or "cpu"})
+        runner = Runner(settings, allow_paths=False)
+        spec = runner.catalog.resolve(model)
+        runner.registry.get(spec.provider).warm(spec)
+        self.model = spec.name
+        self.engine = ReplicaEngine.from_settings(runner).start()
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (a test calling the class directly)
+            self.replica = "local"
+
+    async def run(self, checked: CheckedRequest, preview_steps: list[int], preview_all: bool):
+        """Queue the job here and stream `("progress", status, step, total, previews)` events, then one
+        `("final", status, result, error, error_status, info)`. A call cancelled by its ingress cancels the job."""
+        total = checked.request.num_inference_steps or 1
+        if checked.request.mode == "vary" and checked.request.strength is not None:
+            total = max(1, round(total * checked.request.strength))
+        job = Job(request=checked.request, spec=checked.spec, total_steps=total, preview_steps=set(preview_steps),
+                  preview_all=preview_all)
+        job.reserve_listener()
+        self.engine.add(job)
+        try:
+            async with job.follow_async() as events:
+                async for event in events:
+                    if not event.final:
+                        yield ("progress", event.status, event.step, event.total_steps, event.previews)
+                        continue
+                    error = job.error
+                    info = {"replica": self.replica, "batch_images": self.engine.batch_images.pop(job.id, 0)}
+                    yield ("final", event.status, job.result, error.to_dict() if error is not None else None,
+                           getattr(error, "status", 500), info)
+        finally:
+            if job.state not in FINAL:  # its ingress went away or cancelled it
+                self.engine.cancel(job.id)
+
+    def check_health(self) -> None:
+        if not self.engine.worker_alive:
+            raise RuntimeError("the engine's worker is not running")
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop()
+
+
+# -- the ingress -------------------------------------------------------------------------------------------------------
+class ClusterEngine(Engine):
+    """The engine of an ingress replica: a job whose model has a model deployment runs there (its replicas batch);
+    any other (a remote service's model) runs on this replica's own worker. Everything else (checks, the queue
+    bound, records, saving, events, cancelling) is the engine's own."""
+
+    def __init__(self, runner: Runner, *, models: dict[str, Any], retries: int = 3, **options: Any):
+        super().__init__(runner, **options)
+        self.models = models  # model name -> its deployment's handle
+        self.retries = retries
+        self.remote: dict[str, Job] = {}
+        self.replicas: dict[str, dict[str, float]] = collections.defaultdict(
+            lambda: {"jobs": 0, "images": 0, "batch_images_sum": 0})
+        self.retried = 0
+        self._loop = asyncio.new_event_loop()
+        self._dispatcher = threading.Thread(target=self._loop.run_forever, name="easel-dispatch", daemon=True)
+        self._status: tuple[float, dict[str, Any]] = (0.0, {})
+
+    def start(self) -> ClusterEngine:
+        self._dispatcher.start()
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _waiting(self) -> int:
+        return len(self._pending) + sum(1 for j in list(self.remote.values()) if j.state == "queued")
+
+    def _enqueue(self, job: Job) -> None:
+        if job.spec.name not in self.models:
+            super()._enqueue(job)
+            return
+        self.remote[job.id] = job
+        asyncio.run_coroutine_threadsafe(self._dispatch(job), self._loop)
+
+    def cancel(self, job_id: str) -> Job | dict[str, Any]:
+        job = self.remote.get(job_id)
+        if job is None:
+            return super().cancel(job_id)
+        job.cancel_requested.set()  # its call to the replica is cancelled; the replica drops the job
+        return job
+
+    async def _dispatch(self, job: Job) -> None:
+        try:
+            for attempt in range(self.retries + 1):
+                try:
+                    await self._call_replica(job)
+                    return
+                except REPLICA_GONE as exc:
+                    if attempt == self.retries:
+                        raise
+                    self.retried += 1
+                    log.warning("job %s: its model replica went (%s); sending it again (%d of %d)", job.id,
+                                type(exc).__name__, attempt + 1, self.retries)
+                    job.step = 0
+        except Exception as exc:  # noqa: BLE001 - a job fails alone; the dispatcher goes on
+            if job.state not in FINAL:
+                self._note_error(exc, f"running job {job.id} on a model replica")
+                self._finish(job, "failed", self._as_error(exc, "The model replica failed"))
+        finally:
+            self.remote.pop(job.id, None)
+
+    async def _call_replica(self, job: Job) -> None:
+        handle = self.models[job.spec.name].options(stream=True)
+        stream = handle.run.remote(CheckedRequest(job.spec, job.request), sorted(job.preview_steps), job.preview_all)
+        watcher = asyncio.ensure_future(self._stop_when_asked(job, stream))
+        try:
+            async for kind, status, *rest in stream:
+                if kind == "progress":
+                    self._progress(job, status, *rest)
+                else:
+                    self._final(job, status, *rest)
+        except (RequestCancelledError, asyncio.CancelledError):
+            if job.cancel_requested.is_set():
+                self._finish(job, "cancelled")
+            else:
+                self._finish(job, "failed", GenerationError(
+                    f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
+        finally:
+            watcher.cancel()
+
+    async def _stop_when_asked(self, job: Job, stream) -> None:
+        """Cancel the call once the job is cancelled or over its time limit."""
+        while not (job.cancel_requested.is_set() or self._timed_out(job)):
+            await asyncio.sleep(0.1)
+        stream.cancel()
+
+    def _progress(self, job: Job, status: str, step: int, total: int, previews: tuple) -> None:
+        if status != "running" or job.state in FINAL:
+            return
+        if job.state == "queued":
+            job.state, job.started = "running", time.time()
+            self._record(job)
+        job.step, job.total_steps = step, total
+        if previews:
+            job.preview = list(previews)
+        job.publish(JobEvent(job.snapshot(), tuple(previews or ())))
+        if step == total or step % 5 == 0:
+            self._record(job)
+
+    def _final(self, job: Job, status: str, result, error: dict | None, error_status: int,
+               info: dict[str, Any]) -> None:
+        stats = self.replicas[info["replica"]]
+        stats["jobs"] += 1
+        stats["images"] += job.request.num_images
+        stats["batch_images_sum"] += info["batch_images"]
+        self.metrics.batch_images.observe(info["batch_images"])
+        if job.state in FINAL:
+            return
+        if status == "succeeded":
+            self._savers.submit(self._save, job, result)
+        elif status == "cancelled":
+            self._finish(job, "cancelled")
+        else:
+            self._finish(job, "failed", error_from(error_status, error or {}))
+
+    def cluster(self) -> dict[str, Any]:
+        """The cluster as this ingress sees it: each model deployment's replicas (from Ray Serve), the jobs in
+        flight on them, and per replica the jobs, images and mean batch it ran for this ingress."""
+        at, status = self._status
+        if time.monotonic() - at > 2:
+            try:
+                app = serve.status().applications.get(APP_NAME)
+                deployments = {name: {"status": str(d.status.value if hasattr(d.status, "value") else d.status),
+                                      "replicas": {str(k.value if hasattr(k, "value") else k): v
+                                                   for k, v in d.replica_states.items()}}
+                               for name, d in (app.deployments.items() if app else [])}
+            except Exception as exc:  # noqa: BLE001 - the controller is away: said, not raised
+                deployments = {"error": f"{type(exc).__name__}: {exc}"}
+            status = {"deployments": deployments}
+            self._status = (time.monotonic(), status)
+        replicas = {rid: {"jobs": int(s["jobs"]), "images": int(s["images"]),
+                          "mean_batch_images": round(s["batch_images_sum"] / s["jobs"], 2) if s["jobs"] else 0}
+                    for rid, s in list(self.replicas.items())}
+        in_flight = collections.Counter(j.spec.name for j in list(self.remote.values()))
+        return {**status, "models": sorted(self.models), "in_flight": dict(in_flight), "replicas": replicas,
+                "retried": self.retried}
+
+    def health(self) -> dict[str, Any]:
+        body = super().health()
+        cluster = self.cluster()
+        for model, deployment in _model_deployments(cluster).items():
+            if not deployment.get("replicas", {}).get("RUNNING"):
+                body["problems"].append(f"the model {model} has no running replica")
+        body["can_work"] = not body["problems"]
+        body["cluster"] = cluster
+        return body
+
+
+def _model_deployments(cluster: dict[str, Any]) -> dict[str, dict]:
+    deployments = cluster.get("deployments", {})
+    if "error" in deployments:
+        return {}
+    names = {_deployment_name(m): m for m in cluster["models"]}
+    return {names[name]: d for name, d in deployments.items() if name in names}
+
+
+class Ingress:
+    """The HTTP ingress: `create_app` (every route of `easel serve`) over a ClusterEngine."""
+
+    def __init__(self, settings: dict[str, Any], models: dict[str, Any]):
+        self.settings = Settings(**settings)
+        self.models = models
+
+    def __serve_build_asgi_app__(self):
+        from ..server.app import create_app
+
+        runner = Runner(self.settings, allow_paths=False)
+        engine = ClusterEngine.from_settings(runner, models=self.models, retries=self.settings.ray_retries)
+        return create_app(self.settings, engine=engine, warm=False)
+
+
+# -- building the application ------------------------------------------------------------------------------------------
+def deployed_models(settings: Settings) -> list[str]:
+    """The models that get a model deployment: EASEL_RAY_MODELS, else the server's model."""
+    names = [m.strip() for m in settings.ray_models.split(",") if m.strip()]
+    return names or [settings.openai_model or settings.default_model]
+
+
+def _deployment_name(model: str) -> str:
+    return "model-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
+
+
+def _scaling(settings: Settings) -> dict[str, Any]:
+    if settings.autoscale_range is None:
+        return {"num_replicas": settings.ray_replicas}
+    low, high = settings.autoscale_range
+    return {"autoscaling_config": {
+        "min_replicas": low, "initial_replicas": max(low, 1), "max_replicas": high,
+        # a replica is busy with one batch running and the next forming
+        "target_ongoing_requests": settings.max_batch_images,
+        "upscale_delay_s": settings.ray_upscale_delay_s, "downscale_delay_s": settings.ray_downscale_delay_s,
+        "metrics_interval_s": min(10.0, max(0.5, settings.ray_upscale_delay_s / 4)),
+        "look_back_period_s": min(30.0, max(1.0, settings.ray_upscale_delay_s)),
+    }}
+
+
+def gpus_per_replica(settings: Settings) -> float:
+    if settings.ray_gpus_per_replica is not None:
+        return settings.ray_gpus_per_replica
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def build_app(settings: Settings | None = None):
+    """The Ray Serve application of Easel: an ingress deployment and one model deployment per model, configured by
+    the settings (EASEL_RAY_*). Pass it to `serve.run`, or name this function in a RayService config."""
+    settings = settings or get_settings()
+    runner = Runner(settings, allow_paths=False)
+    payload = settings.model_dump(mode="json")
+    gpus = gpus_per_replica(settings)
+    models = {}
+    for name in deployed_models(settings):
+        spec = runner.catalog.resolve(name)
+        deployment = serve.deployment(ModelReplica).options(
+            name=_deployment_name(spec.name), ray_actor_options={"num_gpus": gpus,
+                                                                 "num_cpus": settings.ray_cpus_per_replica},
+            # enough calls reach a replica for a full batch running and the next one forming
+            max_ongoing_requests=_replica_queue(settings), health_check_period_s=2.0,
+            graceful_shutdown_timeout_s=5.0, **_scaling(settings))
+        models[spec.name] = deployment.bind(payload, spec.name)
+    ingress = serve.deployment(serve.ingress()(Ingress)).options(
+        name="ingress", num_replicas=settings.ray_ingress_replicas, ray_actor_options={"num_cpus": 0},
+        # Ray's default of 5 would starve the replicas' batching: the ingress's own queue bound applies instead
+        max_ongoing_requests=max(256, 4 * settings.max_queue))
+    return ingress.bind(payload, models)
+
+
+def run_cluster(settings: Settings, host: str, port: int, address: str | None = None) -> None:
+    """`easel serve --ray`: start (or join, with `address`) a Ray cluster, deploy Easel and serve on host:port until
+    interrupted. Ray itself listens on every network interface, whatever `host` says: run it where that is safe."""
+    import signal
+
+    if address:
+        ray.init(address=address, namespace=APP_NAME, log_to_driver=False)
+    else:
+        ray.init(num_gpus=settings.ray_num_gpus, include_dashboard=False, namespace=APP_NAME, log_to_driver=False,
+                 _node_ip_address="127.0.0.1" if host in ("127.0.0.1", "localhost") else None)
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": settings.job_timeout_s + 60})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
