@@ -3,6 +3,7 @@ thread of the test process."""
 
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -42,13 +43,15 @@ class ServerProcess:
         home.mkdir(parents=True, exist_ok=True)
         self.log_path = home / "server.log"
         self.log = open(self.log_path, "wb")  # a file, not a pipe: an unread pipe fills and blocks the server
+        # EASEL_TEST_SERVE_ARGS=--ray runs a suite against `easel serve --ray` (tests/cluster/test_ray.py)
+        args = (*args, *shlex.split(os.environ.get("EASEL_TEST_SERVE_ARGS", "")))
         self.proc = subprocess.Popen([sys.executable, "-m", "easel.cli", "serve", "--port", str(self.port), *args],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
 
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(10)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()

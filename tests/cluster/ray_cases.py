@@ -1,0 +1,140 @@
+"""`easel serve --ray` with real Ray, the real `openai` client and real PostgreSQL, inside a loopback-only network
+namespace (run by test_ray.py): a model replica killed mid-batch loses nothing, autoscaling goes up and down, and
+two ingress replicas share their jobs through PostgreSQL."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+from netns import require_loopback_namespace
+from PIL import Image
+from postgres import postgres_server
+from ray_server import RayServer, replica_pids
+
+pytestmark = pytest.mark.ray
+PROMPT = "a large red circle on the left on a blue background"
+
+
+@pytest.fixture(autouse=True)
+def _inside():
+    require_loopback_namespace()
+
+
+def _cluster(server: RayServer) -> dict:
+    return httpx.get(f"{server.base}/health", timeout=10).json()["engine"]["cluster"]
+
+
+def _running(server: RayServer) -> int:
+    deployments = _cluster(server)["deployments"]
+    return deployments.get("model-builtin", {}).get("replicas", {}).get("RUNNING", 0)
+
+
+def _wait(predicate, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
+    """2 replicas on 2 logical GPUs; 40 requests through the openai SDK, 8 at a time; one replica is killed with
+    kill -9 while it runs a batch. Every request gets its image, every job record is final and true, and Ray
+    brings the replica back."""
+    env = {"EASEL_RAY_REPLICAS": "2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1"}
+    with RayServer(tmp_path / "home", env) as server:
+        assert _running(server) == 2
+        client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=300)
+
+        def one(i: int):
+            res = client.images.generate(prompt=PROMPT, size="256x256", extra_body={"seed": 1000 + i})
+            return Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json)))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(one, i) for i in range(40)]
+            _wait(lambda: sum(f.done() for f in futures) >= 4, 120, "the first answers")
+            victim = replica_pids("model-builtin")[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            images = [f.result() for f in futures]  # raises if any request failed
+        assert len(images) == 40 and all(im.size == (256, 256) for im in images)
+        assert _cluster(server)["retried"] >= 1  # the kill hit requests in flight, and they were sent again
+        _wait(lambda: _running(server) == 2 and victim not in replica_pids("model-builtin"), 120,
+              "a new replica in place of the killed one")
+        print(f"replica replaced {time.monotonic() - killed_at:.1f} s after its death")
+        jobs = httpx.get(f"{server.base}/v1/jobs", params={"limit": 100}).json()["data"]
+        assert len(jobs) == 40 and {j["status"] for j in jobs} == {"succeeded"}
+        assert all(len(j["image_ids"]) == 1 for j in jobs)
+        for job in jobs[:5]:
+            png = httpx.get(job["urls"][0])
+            assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (256, 256)
+        # the same seed gives the same image, whichever replica ran it, retried or not
+        again = client.images.generate(prompt=PROMPT, size="256x256", extra_body={"seed": 1000})
+        first = Image.open(io.BytesIO(base64.b64decode(again.data[0].b64_json)))
+        assert first.tobytes() == images[0].tobytes()
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(tmp_path):
+    env = {"EASEL_RAY_AUTOSCALE": "1:2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1",
+           "EASEL_RAY_UPSCALE_DELAY_S": "1", "EASEL_RAY_DOWNSCALE_DELAY_S": "4", "EASEL_MAX_QUEUE": "64"}
+    with RayServer(tmp_path / "home", env) as server:
+        assert _running(server) == 1
+        stop = time.monotonic() + 90
+        scaled = []
+
+        def load():
+            while time.monotonic() < stop and not scaled:
+                httpx.post(f"{server.base}/v1/images/generations", timeout=300,
+                           json={"prompt": PROMPT, "size": "256x256", "num_inference_steps": 30})
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            workers = [pool.submit(load) for _ in range(20)]
+            took = _wait(lambda: _running(server) == 2, 90, "a second replica under load")
+            scaled.append(took)
+            for w in workers:
+                w.result()
+        _wait(lambda: _running(server) == 1, 90, "back to one replica when idle")
+
+
+def test_two_ingress_replicas_share_jobs_through_postgres(tmp_path):
+    """Requests land on either ingress replica: a job created through one is seen, followed (SSE) and cancelled
+    through whichever answers, because both keep their jobs in PostgreSQL and their images in one home."""
+    with postgres_server() as url:
+        env = {"EASEL_RAY_INGRESS_REPLICAS": "2", "EASEL_DATABASE_URL": url}
+        with RayServer(tmp_path / "home", env) as server:
+            assert _cluster(server)["deployments"]["ingress"]["replicas"]["RUNNING"] == 2
+            body = {"prompt": PROMPT, "size": "256x256"}
+            made = [httpx.post(f"{server.base}/v1/jobs", json=body).json() for _ in range(6)]
+            for job in made:
+                for _ in range(4):  # each lookup may land on either replica
+                    seen = httpx.get(f"{server.base}/v1/jobs/{job['id']}")
+                    assert seen.status_code == 200 and seen.json()["id"] == job["id"]
+            for job in made:
+                final = _follow(server.base, job["id"])[-1]
+                assert final[0] == "succeeded" and httpx.get(final[1]["urls"][0]).status_code == 200
+            long = httpx.post(f"{server.base}/v1/jobs", json={**body, "num_inference_steps": 500}).json()
+            _wait(lambda: httpx.get(f"{server.base}/v1/jobs/{long['id']}").json()["status"] == "running", 60,
+                  "the long job running")
+            assert httpx.delete(f"{server.base}/v1/jobs/{long['id']}").status_code == 200
+            assert _follow(server.base, long["id"])[-1][0] == "cancelled"
+            listed = httpx.get(f"{server.base}/v1/jobs", params={"limit": 50}).json()["data"]
+            assert {j["id"] for j in listed} >= {j["id"] for j in made} | {long["id"]}
+
+
+def _follow(base: str, job_id: str) -> list[tuple[str, dict]]:
+    events, name = [], None
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    return events
