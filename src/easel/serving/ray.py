@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import shutil
 import tempfile
@@ -49,15 +50,17 @@ class ReplicaEngine(Engine):
 
     def __init__(self, runner: Runner, **options: Any):
         super().__init__(runner, **options)
-        self.batch_images: dict[str, int] = {}  # job id -> images in the model call it ran in
+        self.batch_of: dict[str, tuple[int, int]] = {}  # job id -> (number, images) of the model call it ran in
+        self._calls = 0
 
     def _record(self, job: Job) -> None:
         pass
 
     def _run(self, batch: list[Job]) -> None:
+        self._calls += 1
         images = sum(j.request.num_images for j in batch)
         for job in batch:
-            self.batch_images[job.id] = images
+            self.batch_of[job.id] = (self._calls, images)
         super()._run(batch)
 
     def _save(self, job: Job, result) -> None:
@@ -119,7 +122,8 @@ class ModelReplica:
                         yield ("progress", event.status, event.step, event.total_steps, event.previews)
                         continue
                     error = job.error
-                    info = {"replica": self.replica, "batch_images": self.engine.batch_images.pop(job.id, 0)}
+                    call, images = self.engine.batch_of.pop(job.id, (0, 0))
+                    info = {"replica": self.replica, "call": call, "batch_images": images}
                     yield ("final", event.status, job.result, error.to_dict() if error is not None else None,
                            getattr(error, "status", 500), info)
         finally:
@@ -150,6 +154,7 @@ class ClusterEngine(Engine):
         self.replicas: dict[str, dict[str, float]] = collections.defaultdict(
             lambda: {"jobs": 0, "images": 0, "batch_images_sum": 0})
         self.retried = 0
+        self._calls_seen: dict[tuple[str, int], None] = {}  # model calls already counted in the batch histogram
         self._loop = asyncio.new_event_loop()
         self._dispatcher = threading.Thread(target=self._loop.run_forever, name="easel-dispatch", daemon=True)
         self._status: tuple[float, dict[str, Any]] = (0.0, {})
@@ -171,7 +176,10 @@ class ClusterEngine(Engine):
             super()._enqueue(job)
             return
         self.remote[job.id] = job
-        asyncio.run_coroutine_threadsafe(self._dispatch(job), self._loop)
+        # in a context of its own: the call to the replica belongs to the job, not to the HTTP request that made
+        # it (Ray Serve cancels the calls a cancelled request made; the engine decides when a job is cancelled)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._dispatch(job)),
+                                        context=contextvars.Context())
 
     def cancel(self, job_id: str) -> Job | dict[str, Any]:
         job = self.remote.get(job_id)
@@ -213,9 +221,11 @@ class ClusterEngine(Engine):
         except (RequestCancelledError, asyncio.CancelledError):
             if job.cancel_requested.is_set():
                 self._finish(job, "cancelled")
-            else:
+            elif self._timed_out(job):
                 self._finish(job, "failed", GenerationError(
                     f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
+            else:
+                raise GenerationError("The call to the model replica was cancelled by Ray.") from None
         finally:
             watcher.cancel()
 
@@ -244,7 +254,12 @@ class ClusterEngine(Engine):
         stats["jobs"] += 1
         stats["images"] += job.request.num_images
         stats["batch_images_sum"] += info["batch_images"]
-        self.metrics.batch_images.observe(info["batch_images"])
+        call = (info["replica"], info["call"])
+        if info["call"] and call not in self._calls_seen:  # once per model call, however many of its jobs came here
+            self._calls_seen[call] = None
+            if len(self._calls_seen) > 4096:
+                self._calls_seen.pop(next(iter(self._calls_seen)))
+            self.metrics.batch_images.observe(info["batch_images"])
         if job.state in FINAL:
             return
         if status == "succeeded":
