@@ -400,6 +400,12 @@ class Engine:
             return out_of_space(self.workspace.home)
         return GenerationError(f"{what}: {type(exc).__name__}: {exc}")
 
+    def update_metrics(self) -> None:
+        """Bring the gauges up to date (before /metrics is read)."""
+        self.metrics.queue_depth.set(self.queue_depth)
+        for state, count in self.counts().items():
+            self.metrics.jobs_active.labels(state).set(count)
+
     def counts(self) -> dict[str, int]:
         counts = {state: 0 for state in ("queued", "running")}
         for job in list(self.jobs.values()):

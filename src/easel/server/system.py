@@ -69,12 +69,11 @@ def health(request: Request) -> JSONResponse:
 
 @router.get("/metrics", tags=["server"])
 def metrics(request: Request) -> Response:
-    """Prometheus metrics: queue depth, jobs by state, batch sizes, step and job latency, load time, memory."""
+    """Prometheus metrics: queue depth, jobs by state, batch sizes, step and job latency, load time, memory; on a
+    cluster also its replicas, the jobs in flight on them and what each replica ran."""
     warmup, engine = request.app.state.warmup, request.app.state.engine
     m = engine.metrics
-    m.queue_depth.set(engine.queue_depth)
-    for state, count in engine.counts().items():
-        m.jobs_active.labels(state).set(count)
+    engine.update_metrics()
     if warmup.load_s is not None:
         m.model_load_seconds.set(warmup.load_s)
     m.memory_bytes.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

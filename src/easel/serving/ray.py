@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from prometheus_client import Gauge
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
 
@@ -88,7 +89,7 @@ class ModelReplica:
 
     def __init__(self, settings: dict[str, Any], model: str):
         settings = replica_settings(Settings(**settings))
-        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+        gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0) if ray.is_initialized() else 0
         if not gpus:
             import torch
 
@@ -158,6 +159,21 @@ class ClusterEngine(Engine):
         self._loop = asyncio.new_event_loop()
         self._dispatcher = threading.Thread(target=self._loop.run_forever, name="easel-dispatch", daemon=True)
         self._status: tuple[float, dict[str, Any]] = (0.0, {})
+        r = self.metrics.registry
+        self._gauges = {
+            "replicas": Gauge("easel_cluster_replicas", "Replicas of each deployment, by state.",
+                              ["deployment", "state"], registry=r),
+            "in_flight": Gauge("easel_cluster_jobs_in_flight", "Jobs sent to a model deployment and not yet back.",
+                               ["model"], registry=r),
+            "jobs": Gauge("easel_replica_jobs", "Jobs each model replica ran for this ingress.", ["replica"],
+                          registry=r),
+            "images": Gauge("easel_replica_images", "Images each model replica made for this ingress.",
+                            ["replica"], registry=r),
+            "batch": Gauge("easel_replica_mean_batch_images", "Mean images per model call, per replica.",
+                           ["replica"], registry=r),
+            "retried": Gauge("easel_cluster_jobs_retried", "Jobs sent again because their replica died.",
+                             registry=r),
+        }
 
     def start(self) -> ClusterEngine:
         self._dispatcher.start()
@@ -291,6 +307,21 @@ class ClusterEngine(Engine):
         return {**status, "models": sorted(self.models), "in_flight": dict(in_flight), "replicas": replicas,
                 "retried": self.retried}
 
+    def update_metrics(self) -> None:
+        super().update_metrics()
+        cluster, g = self.cluster(), self._gauges
+        for name, deployment in cluster["deployments"].items():
+            if isinstance(deployment, dict):
+                for state, count in deployment.get("replicas", {}).items():
+                    g["replicas"].labels(name, state).set(count)
+        for model in self.models:
+            g["in_flight"].labels(model).set(cluster["in_flight"].get(model, 0))
+        for replica, stats in cluster["replicas"].items():
+            g["jobs"].labels(replica).set(stats["jobs"])
+            g["images"].labels(replica).set(stats["images"])
+            g["batch"].labels(replica).set(stats["mean_batch_images"])
+        g["retried"].set(self.retried)
+
     def health(self) -> dict[str, Any]:
         body = super().health()
         cluster = self.cluster()
@@ -356,9 +387,12 @@ def gpus_per_replica(settings: Settings) -> float:
     return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def build_app(settings: Settings | None = None):
+def build_app(settings: Settings | dict[str, Any] | None = None):
     """The Ray Serve application of Easel: an ingress deployment and one model deployment per model, configured by
-    the settings (EASEL_RAY_*). Pass it to `serve.run`, or name this function in a RayService config."""
+    the settings (EASEL_RAY_* and the rest). Pass it to `serve.run`, or name it in a Serve config or RayService
+    (`import_path: easel.serving.ray:build_app`), whose `args` are settings by name (`ray_replicas: 2`)."""
+    if isinstance(settings, dict):
+        settings = Settings(**settings)
     settings = settings or get_settings()
     runner = Runner(settings, allow_paths=False)
     payload = settings.model_dump(mode="json")

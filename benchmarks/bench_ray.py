@@ -1,0 +1,133 @@
+"""Ray Serve's overhead: 16 concurrent clients (the openai SDK's wire format over HTTP, one 256x256 built-in image
+per request) against single-node `easel serve`, `easel serve --ray` with 1 model replica, and with 2 replicas on 2
+logical GPUs; then a replica killed with kill -9 under that load, and the time until a new one serves.
+
+On a 2-core machine two replicas share the same two cores: the 2-replica figure measures overhead, not speed-up.
+Ray listens on every network interface, so this runs itself inside a loopback-only network namespace (as root).
+
+    python benchmarks/bench_ray.py            # writes benchmarks/results/ray.json
+"""
+
+import concurrent.futures
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
+
+OUT = Path(__file__).parent / "results" / "ray.json"
+PROMPT = "a large red circle on the left on a blue background"
+CLIENTS, PER_CLIENT, ROUNDS = 16, 4, 2
+INSIDE = "EASEL_BENCH_NAMESPACE"
+
+
+def load(base: str, seed0: int) -> dict:
+    """CLIENTS clients, each sending PER_CLIENT requests one after another; images/s and latency percentiles."""
+    latencies: list[float] = []
+
+    def client(c: int) -> None:
+        with httpx.Client(timeout=600) as http:
+            for k in range(PER_CLIENT):
+                started = time.perf_counter()
+                r = http.post(f"{base}/v1/images/generations", json={
+                    "prompt": PROMPT, "size": "256x256", "seed": seed0 + c * PER_CLIENT + k})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(client, range(CLIENTS)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"images_per_s": len(latencies) / wall, "p50_s": statistics.median(latencies),
+            "p95_s": latencies[int(0.95 * (len(latencies) - 1))]}
+
+
+def measure(name: str, server) -> dict:
+    with server:
+        load(server.base, 10**6)  # warm: the replicas' first batches
+        rounds = [load(server.base, r * 10**4) for r in range(ROUNDS)]
+        result = {k: round(statistics.median(x[k] for x in rounds), 3) for k in rounds[0]}
+        if name == "ray_2_replicas":
+            result["replacement_s"] = replacement_time(server)
+    print(name, result, flush=True)
+    return result
+
+
+def replacement_time(server) -> float:
+    """kill -9 one replica while 16 clients load the server; seconds until a new replica is RUNNING again."""
+    from ray_server import replica_pids
+
+    def running() -> int:
+        health = httpx.get(f"{server.base}/health", timeout=10).json()
+        return health["engine"]["cluster"]["deployments"]["model-builtin"]["replicas"].get("RUNNING", 0)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(load, server.base, 5 * 10**5)
+        time.sleep(2)
+        victim = replica_pids("model-builtin")[0]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        while not (running() == 2 and victim not in replica_pids("model-builtin")):
+            time.sleep(0.2)
+        took = time.monotonic() - killed
+        busy.result()  # every request of the load still answered
+    return round(took, 1)
+
+
+def main() -> None:
+    from ray_server import RayServer
+    from servers import ServerProcess, wait_healthy
+
+    class Single(ServerProcess):
+        def __enter__(self):
+            wait_healthy(self.base)
+            return self
+
+        def __exit__(self, *exc):
+            self.stop()
+
+    home = Path(tempfile.mkdtemp(prefix="easel-bench-ray-"))
+    gpus = {"EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1"}
+    cpus = str(os.cpu_count())  # the one replica gets every core, as the single-node server does
+    results = {
+        "single": measure("single", Single(home / "single", env={"EASEL_UI": "0"})),
+        "ray_1_replica": measure("ray_1_replica", RayServer(home / "ray1", {
+            **gpus, "EASEL_RAY_REPLICAS": "1", "EASEL_RAY_CPUS_PER_REPLICA": cpus})),
+        "ray_2_replicas": measure("ray_2_replicas", RayServer(home / "ray2", {
+            **gpus, "EASEL_RAY_REPLICAS": "2", "EASEL_RAY_CPUS_PER_REPLICA": str(max(1, os.cpu_count() // 2))})),
+    }
+    single, one = results["single"], results["ray_1_replica"]
+    report = {
+        "workload": f"{CLIENTS} concurrent clients x {PER_CLIENT} requests, one 256x256 built-in image each "
+                    f"(15 steps), median of {ROUNDS} rounds after a warm-up round",
+        "cpus": os.cpu_count(), **results,
+        "ray_1_replica_vs_single_throughput": round(one["images_per_s"] / single["images_per_s"], 3),
+        "ray_1_replica_vs_single_p50": round(one["p50_s"] / single["p50_s"], 3),
+        "note": "2 replicas share this machine's cores with each other and the ingress: overhead, not speed-up",
+    }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    if os.environ.get(INSIDE) != "1":
+        if os.geteuid() != 0:
+            sys.exit("bench_ray.py starts Ray, which listens on every interface: run it as root, so that it can put "
+                     "itself in a loopback-only network namespace (unshare -n).")
+        os.environ[INSIDE] = "1"
+        sys.exit(subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable,
+                                 *sys.argv]).returncode)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("EASEL_HOST", "off")
+    main()

@@ -1,0 +1,127 @@
+"""The ingress's ClusterEngine against model replicas run in this process (no Ray cluster: the deployment handle is
+a stand-in whose calls run the real ModelReplica, and which can die mid-call as a killed replica does)."""
+
+import time
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+import ray.exceptions  # noqa: E402
+from ray.serve.exceptions import RequestCancelledError  # noqa: E402
+
+from easel.config import Settings  # noqa: E402
+from easel.engine.runner import Runner  # noqa: E402
+from easel.serving.ray import ClusterEngine, ModelReplica  # noqa: E402
+from easel.types import ImageRequest  # noqa: E402
+
+PROMPT = "a large red circle on the left on a blue background"
+
+
+class Stream:
+    """A streaming call: the replica's events, unless it dies after `die_after` of them or is cancelled."""
+
+    def __init__(self, events, die_after: int | None):
+        self.events, self.die_after, self.seen, self.cancelled = events, die_after, 0, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.cancelled:
+            await self.events.aclose()
+            raise RequestCancelledError("test")
+        if self.die_after is not None and self.seen >= self.die_after:
+            await self.events.aclose()  # the replica's job goes with it
+            raise ray.exceptions.ActorDiedError()
+        self.seen += 1
+        return await self.events.__anext__()
+
+
+class Handle:
+    """`handle.options(stream=True).run.remote(...)` on an in-process replica; `deaths` are the numbers of events
+    after which the next calls die, one per call."""
+
+    def __init__(self, replica: ModelReplica, deaths: list[int] = ()):
+        self.replica, self.deaths, self.calls = replica, list(deaths), 0
+
+    def options(self, stream: bool = False):
+        return self
+
+    @property
+    def run(self):
+        return self
+
+    def remote(self, *args):
+        self.calls += 1
+        return Stream(self.replica.run(*args), self.deaths.pop(0) if self.deaths else None)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    settings = Settings(home=tmp_path_factory.mktemp("replica-home"), ui=False)
+    replica = ModelReplica(settings.model_dump(mode="json"), "builtin")
+    yield replica
+    replica.engine.stop()
+
+
+def _engine(tmp_path, handle: Handle) -> ClusterEngine:
+    settings = Settings(home=tmp_path / "home", ui=False)
+    return ClusterEngine.from_settings(Runner(settings, allow_paths=False), models={"builtin": handle},
+                                       retries=3).start()
+
+
+def test_a_job_whose_replica_dies_is_sent_again_and_makes_the_same_image(replica, tmp_path):
+    handle = Handle(replica, deaths=[3])
+    engine = _engine(tmp_path, handle)
+    try:
+        job = engine.submit(ImageRequest(prompt=PROMPT, size="64x64", seed=5), listen=True)
+        with job.follow() as events:
+            steps = [e.step for e in events if e.status == "running"]
+        result = job.wait(60)
+        assert job.state == "succeeded" and handle.calls == 2 and engine.retried == 1
+        assert steps[-1] == job.total_steps  # progress went on after the retry
+        saved = result.images[0]
+        assert saved.path and engine.store.get(job.id)["state"] == "succeeded"
+        direct = Runner(Settings(home=tmp_path / "direct")).run(ImageRequest(prompt=PROMPT, size="64x64", seed=5),
+                                                                save=False)
+        assert saved.image.tobytes() == direct.images[0].image.tobytes()
+        assert engine.cluster()["replicas"]["local"]["jobs"] == 1
+    finally:
+        engine.stop()
+
+
+def test_a_replica_that_keeps_dying_fails_the_job_not_the_engine(replica, tmp_path):
+    handle = Handle(replica, deaths=[1, 1, 1, 1])
+    engine = _engine(tmp_path, handle)
+    try:
+        job = engine.submit(ImageRequest(prompt=PROMPT, size="64x64"))
+        with pytest.raises(Exception, match="died"):
+            job.wait(60)
+        assert job.state == "failed" and handle.calls == 4
+        assert engine.store.get(job.id)["state"] == "failed"
+        ok = engine.submit(ImageRequest(prompt=PROMPT, size="64x64"))
+        assert ok.wait(60).images and ok.state == "succeeded"
+    finally:
+        engine.stop()
+
+
+def test_cancelling_a_job_on_a_replica_stops_it_there(replica, tmp_path):
+    engine = _engine(tmp_path, Handle(replica))
+    try:
+        job = engine.submit(ImageRequest(prompt=PROMPT, size="64x64", num_inference_steps=500))
+        deadline = time.time() + 30
+        while job.step < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        engine.cancel(job.id)
+        job.done.wait(30)
+        assert job.state == "cancelled" and job.step < 500
+        deadline = time.time() + 10
+        while replica.engine.counts()["running"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert replica.engine.counts() == {"queued": 0, "running": 0}  # the replica dropped it too
+    finally:
+        engine.stop()
