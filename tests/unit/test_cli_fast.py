@@ -108,3 +108,16 @@ def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path):
     done = cli("serve", "--port", "1", "--model", str(folder), timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "like a model Easel already knows: rename the folder" in done.stderr
+
+
+def test_cluster_options_go_with_ray_and_are_checked_before_anything_starts(tmp_path):
+    exe = [sys.executable, "-m", "easel.cli", "serve"]
+    alone = subprocess.run([*exe, "--replicas", "2"], capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 2 and "go with --ray" in alone.stderr
+    import os
+
+    env = {**os.environ, "EASEL_RAY_AUTOSCALE": "4:1"}
+    bad = subprocess.run([*exe, "--ray"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "EASEL_RAY_AUTOSCALE" in bad.stderr and "MIN <= MAX" in bad.stderr
+    worse = subprocess.run([*exe, "--ray", "--autoscale", "many"], capture_output=True, text=True, timeout=60)
+    assert worse.returncode == 2 and "MIN:MAX" in worse.stderr and "Traceback" not in worse.stderr

@@ -76,7 +76,7 @@ class Job:
     finished: float | None = None
     cancel_requested: threading.Event = dataclasses.field(default_factory=threading.Event)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    listeners: list[queue.Queue] = dataclasses.field(default_factory=list)
+    listeners: list = dataclasses.field(default_factory=list)  # queue.Queue or _LoopListener: has put(event)
     preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images someone wants
     preview_all: bool = False  # previews of every image of the job, not only its first
     preview: list | None = None  # the latest preview images, while the job runs
@@ -111,17 +111,22 @@ class Job:
             self._unsubscribe(q)
 
     @contextlib.asynccontextmanager
-    async def follow_async(self, poll_s: float = 0.01) -> AsyncIterator[AsyncIterator[JobEvent]]:
-        """`follow()` for a coroutine: the job's events, awaited without holding a thread."""
-        q = self._listener()
+    async def follow_async(self) -> AsyncIterator[AsyncIterator[JobEvent]]:
+        """`follow()` for a coroutine: the job's events, awaited on its event loop without holding a thread."""
+        listener = _LoopListener(asyncio.get_running_loop())
+        with self.lock:  # the reserved listener's events first, then the new one's, none lost between
+            reserved, self._reserved = self._reserved, None
+            if reserved is not None:
+                self.listeners.remove(reserved)
+                while not reserved.empty():
+                    listener.events.put_nowait(reserved.get_nowait())
+            else:
+                listener.events.put_nowait(JobEvent(self.snapshot()))
+            self.listeners.append(listener)
 
         async def events() -> AsyncIterator[JobEvent]:
             while True:
-                try:
-                    event = q.get_nowait()
-                except queue.Empty:
-                    await asyncio.sleep(poll_s)
-                    continue
+                event = await listener.events.get()
                 yield event
                 if event.final:
                     return
@@ -129,7 +134,7 @@ class Job:
         try:
             yield events()
         finally:
-            self._unsubscribe(q)
+            self._unsubscribe(listener)
 
     def _listener(self) -> queue.Queue:
         """The reserved listener, or a new one."""
@@ -137,7 +142,7 @@ class Job:
             q, self._reserved = self._reserved, None
         return q or self._subscribe()
 
-    def _unsubscribe(self, q: queue.Queue) -> None:
+    def _unsubscribe(self, q) -> None:
         with self.lock:
             if q in self.listeners:
                 self.listeners.remove(q)
@@ -197,6 +202,20 @@ class Job:
         return job_json(self.id, self.state, self.step, self.total_steps, int(self.created),
                         [im.id for im in self.result.images] if self.result else [],
                         list(self.result.warnings) if self.result else [], error)
+
+
+class _LoopListener:
+    """A listener on an event loop: `publish` (from any thread) hands each event to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.events: asyncio.Queue[JobEvent] = asyncio.Queue()
+
+    def put(self, event: JobEvent) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # its loop is closed: nobody is listening any more
+            pass
 
 
 def _until_final(q: queue.Queue) -> Iterator[JobEvent]:

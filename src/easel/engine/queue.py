@@ -125,13 +125,14 @@ class Engine:
 
     # -- the callers' side -----------------------------------------------------------------------------------------
     def submit(self, request: ImageRequest | CheckedRequest, previews: int = 0, listen: bool = False,
-               preview_every: int = 0) -> Job:
+               preview_every: int = 0, every_image: bool = False) -> Job:
         """Check the request now, unless a front already did (a bad one never queues), then queue it; a full
         queue is a RateLimitError.
 
         With `listen`, the job's first `follow()` starts before the job can, so that no event is missed;
         `previews` spreads that many preview images over the run; `preview_every` asks for one every that many
-        steps (for a client that will follow the job)."""
+        steps (for a client that will follow the job), of each image with `every_image`. Previews are asked for
+        here, not later: on a cluster the job leaves for its replica as soon as it is queued."""
         spec, checked = self.runner.check(request)
         total = checked.num_inference_steps or 1  # remote services report no steps
         if checked.mode == "vary" and checked.strength is not None:
@@ -139,7 +140,7 @@ class Engine:
         job = Job(request=checked, spec=spec, total_steps=total)
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if preview_every:
-            job.preview_every(preview_every)
+            job.preview_every(preview_every, every_image)
         if listen:
             job.reserve_listener()
         return self.add(job)

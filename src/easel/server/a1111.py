@@ -167,8 +167,7 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     interrupted = False
     for i in range(body.n_iter):
         start = None if base.seed is None else base.seed + i * body.batch_size
-        job = engine.submit(base.replace(seed=start))
-        job.preview_every(PREVIEW_EVERY)
+        job = engine.submit(base.replace(seed=start), preview_every=PREVIEW_EVERY)
         state.add(task_id, job)
         try:
             result = await wait_for_job(engine, job, request)

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -39,6 +40,7 @@ from ..errors import GenerationError, error_from
 
 log = logging.getLogger("easel.ray")
 APP_NAME = "easel"
+PROGRESS_EVERY_S = 0.1  # a replica reports a job's steps to its ingress at most this often (a GPU steps every ~30 ms)
 # what a replica that died (or a node that went) raises into the calls it had
 REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ReplicaUnavailableError,
                 DeploymentUnavailableError)
@@ -116,11 +118,18 @@ class ModelReplica:
                   preview_all=preview_all)
         job.reserve_listener()
         self.engine.add(job)
+        sent, last = 0.0, None
         try:
             async with job.follow_async() as events:
                 async for event in events:
                     if not event.final:
-                        yield ("progress", event.status, event.step, event.total_steps, event.previews)
+                        # each event is a message to the ingress: a new state, a preview or the last step always
+                        # go, other steps at most every PROGRESS_EVERY_S
+                        now = time.monotonic()
+                        if (event.status != last or event.previews or event.step == event.total_steps
+                                or now - sent >= PROGRESS_EVERY_S):
+                            sent, last = now, event.status
+                            yield ("progress", event.status, event.step, event.total_steps, event.previews)
                         continue
                     error = job.error
                     call, images = self.engine.batch_of.pop(job.id, (0, 0))
@@ -211,6 +220,9 @@ class ClusterEngine(Engine):
                     await self._call_replica(job)
                     return
                 except REPLICA_GONE as exc:
+                    if job.cancel_requested.is_set():
+                        self._finish(job, "cancelled")
+                        return
                     if attempt == self.retries:
                         raise
                     self.retried += 1
@@ -422,6 +434,13 @@ def run_cluster(settings: Settings, host: str, port: int, address: str | None = 
     if address:
         ray.init(address=address, namespace=APP_NAME, log_to_driver=False)
     else:
+        # Ray runs its workers at nice 15 by default; here the model replicas are the work, so they run at the
+        # priority of the server itself (not behind every other process of the machine)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        # Ray's own metrics cost ~0.1 CPU-s per request on a small machine (bench_ray.py); Easel's /metrics has
+        # the cluster's figures. Set RAY_enable_metrics_collection=1 to have Ray's as well.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
         ray.init(num_gpus=settings.ray_num_gpus, include_dashboard=False, namespace=APP_NAME, log_to_driver=False,
                  _node_ip_address="127.0.0.1" if host in ("127.0.0.1", "localhost") else None)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": settings.job_timeout_s + 60})

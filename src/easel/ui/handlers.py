@@ -116,12 +116,11 @@ class Handlers:
 
     def submit(self, request: ImageRequest, previews: bool = True):
         try:
-            job = self.engine.submit(request, listen=True)
+            # the gallery shows each image as it forms
+            return self.engine.submit(request, listen=True, preview_every=PREVIEW_EVERY if previews else 0,
+                                      every_image=True)
         except Exception as exc:  # noqa: BLE001 - shown in the UI
             raise ui_error(exc) from None
-        if previews:
-            job.preview_every(PREVIEW_EVERY, every_image=True)  # the gallery shows each image as it forms
-        return job
 
     def follow(self, job, progress=None, previews: bool = True, label: str = "") -> Iterator[tuple[list | None, str]]:
         """(gallery items, status line) while the job runs, moving Gradio's progress bar when given one; a job
