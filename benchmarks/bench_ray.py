@@ -1,6 +1,8 @@
 """Ray Serve's overhead: 16 concurrent clients (the openai SDK's wire format over HTTP, one 256x256 built-in image
 per request) against single-node `easel serve`, `easel serve --ray` with 1 model replica, and with 2 replicas on 2
-logical GPUs; then a replica killed with kill -9 under that load, and the time until a new one serves.
+logical GPUs; then a replica killed with kill -9 under that load, and the time until a new one serves. Beside
+throughput and latency, the machine's busy CPU-seconds per image (server, Ray and the load together) and, before
+the load, per second idle: on a machine whose cores the model fills, that is where any overhead shows.
 
 On a 2-core machine two replicas share the same two cores: the 2-replica figure measures overhead, not speed-up.
 Ray listens on every network interface, so this runs itself inside a loopback-only network namespace (as root).
@@ -52,11 +54,26 @@ def load(base: str, seed0: int) -> dict:
             "p95_s": latencies[int(0.95 * (len(latencies) - 1))]}
 
 
+def busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has been busy (every process: server, Ray, and this load)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(name: str, server) -> dict:
     with server:
         load(server.base, 10**6)  # warm: the replicas' first batches
-        rounds = [load(server.base, r * 10**4) for r in range(ROUNDS)]
+        time.sleep(2)
+        before = busy_cpu_s()
+        time.sleep(5)
+        idle = (busy_cpu_s() - before) / 5
+        rounds = []
+        for r in range(ROUNDS):
+            before = busy_cpu_s()
+            rounds.append(load(server.base, r * 10**4))
+            rounds[-1]["cpu_s_per_image"] = (busy_cpu_s() - before) / (CLIENTS * PER_CLIENT)
         result = {k: round(statistics.median(x[k] for x in rounds), 3) for k in rounds[0]}
+        result["idle_cpu_s_per_s"] = round(idle, 3)
         if name == "ray_2_replicas":
             result["replacement_s"] = replacement_time(server)
     print(name, result, flush=True)
@@ -116,6 +133,7 @@ def main() -> None:
         "cpus": os.cpu_count(), **results,
         "ray_1_replica_vs_single_throughput": round(one["images_per_s"] / single["images_per_s"], 3),
         "ray_1_replica_vs_single_p50": round(one["p50_s"] / single["p50_s"], 3),
+        "ray_1_replica_vs_single_cpu_per_image": round(one["cpu_s_per_image"] / single["cpu_s_per_image"], 3),
         "note": "2 replicas share this machine's cores with each other and the ingress: overhead, not speed-up",
     }
     OUT.parent.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ ORPHANED = "The server stopped before this job finished; send it again."
 
 
 class Engine:
-    """Queue -> batches -> the runner. Jobs are recorded in SQLite; each can be followed and cancelled alone.
+    """Queue -> batches -> the runner. Jobs are recorded in the database; each can be followed and cancelled alone.
 
     A queued job that is cancelled leaves the queue. A running job that is cancelled is finished as cancelled at
     the next denoising step: alone (or with every batch-mate cancelled) the pipeline is interrupted there; in a
