@@ -71,11 +71,15 @@ def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
 
 def to_image_request(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed,
                      negative_prompt, scheduler, output_format, options, **fields) -> ImageRequest:
-    """The library's arguments as a request (its one mapping; the check comes after, in the runner)."""
+    """The library's arguments as a request (its one mapping; the check comes after, in the runner). `loras`
+    arrives among the keyword options and leaves them as the request's own field."""
+    options = dict(options)
+    loras = options.pop("loras", None)
     return ImageRequest(
         prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
-        scheduler=scheduler, output_format=output_format, extra=dict(options), **fields,
+        scheduler=scheduler, output_format=output_format, extra=options, loras=loras if loras is not None else {},
+        **fields,
     )
 
 
@@ -90,8 +94,9 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
     >>> result = easel.generate("a large red circle on the left on a blue background", seed=1)
     >>> result[0].path, result[0].seed
 
-    `size` ("1024x768") or `aspect` ("16:9") set the shape; other keyword arguments are options of the model's
-    family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"` for big models on small GPUs).
+    `size` ("1024x768") or `aspect` ("16:9") set the shape; `loras={"watercolor": 0.8}` applies LoRAs (by name from
+    EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); other keyword arguments
+    are options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
     """
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height,
                                steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,

@@ -66,6 +66,7 @@ class ModelFamily:
     keeps_native_size: bool = False  # the pipeline draws at its own size and takes no width/height
     latent_space: str | None = None  # what step previews decode: "pixels", "vae", "vae-packed", None (no previews)
     preview_decoder: str | None = None  # a tiny VAE (AutoencoderTiny, hub id) for previews, used when it is cached
+    loras: bool = False  # its pipeline loads LoRA adapters (diffusers' load_lora_weights, peft)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
 from .errors import InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
-from .prompts import revise_prompt
+from .prompts import lora_tags, revise_prompt
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
 
 MAX_IMAGES = 10
@@ -100,13 +100,14 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     # a model named by a caller may be a folder only where the caller is the machine's user (not a server client)
     spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
             else catalog.resolve(default_model))
-    r = request.replace(model=spec.name, extra=dict(request.extra))
-    _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt
+    r = request.replace(model=spec.name, extra=dict(request.extra), loras=request.loras)
+    _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt, LoRAs (named or tagged in the prompt)
+    model_prompt = _check_loras(r, spec, allow_paths)
     _check_mode(r, spec)  # 2. what to do, and with which images
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed
     _check_choices(r, spec)  # 4. scheduler, output format, family options
     # 5. the prompt the model receives, and what it will ignore
-    r.revised_prompt = revise_prompt(spec, r.prompt)
+    r.revised_prompt = revise_prompt(spec, model_prompt) or (model_prompt if model_prompt != r.prompt else None)
     r.warnings = _ignored(spec, r)
     return CheckedRequest(spec, r)
 
@@ -136,6 +137,37 @@ def _check_prompts(r: ImageRequest, spec: ModelSpec, moderate: bool) -> None:
                                       param="negative_prompt")
     elif family.default_negative_prompt is not None:
         r.negative_prompt = family.default_negative_prompt
+
+
+def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
+    """The request's LoRAs (`loras`, and A1111's `<lora:name:weight>` tags in the prompt, which `loras` overrides)
+    as {name: weight}; the prompt the model receives, without the tags. Names are names; a file path only where
+    the caller is the machine's user. Whether a name exists is its provider's check."""
+    prompt, tags = lora_tags(r.prompt)
+    if not isinstance(r.loras, dict):
+        raise InvalidRequestError(f"`loras` must be an object of name: weight but is {r.loras!r}.", param="loras")
+    loras: dict[str, float] = {}
+    for name, weight in [*((n, w or 1.0) for n, w in tags), *r.loras.items()]:
+        if isinstance(weight, str):
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise InvalidRequestError(f"The LoRA tag <lora:{name}:{weight}> needs a number as its weight.",
+                                          param="prompt") from None
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise InvalidRequestError(f"`loras` names must be non-empty text but one is {name!r}.", param="loras")
+        _require_unicode("loras", name)
+        if not allow_paths and (LORA_PATH_CHARS & set(name) or name.startswith((".", "~"))):
+            raise InvalidRequestError(f"`loras` names a LoRA by its name in the server's loras folder, not a path: "
+                                      f"{name!r}.", param="loras")
+        loras[name] = _require_number(f"loras.{name}", weight, -10.0, 10.0)
+    if loras and not spec.family.loras:
+        raise UnsupportedError(f"{spec.name} does not take LoRAs ({', '.join(loras)}).", param="loras")
+    r.loras = loras
+    return prompt
+
+
+LORA_PATH_CHARS = set("/\\\0:")
 
 
 def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:

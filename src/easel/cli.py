@@ -138,7 +138,8 @@ def _print_result(result, as_json: bool) -> None:
             typer.echo(json.dumps({"path": im.path, "id": im.id, "prompt": p["prompt"], "seed": im.seed,
                                    "model": p["model"], "width": im.width, "height": im.height,
                                    "steps": p["num_inference_steps"], "guidance": p["guidance_scale"],
-                                   "revised_prompt": p.get("revised_prompt"), "warnings": result.warnings}))
+                                   "revised_prompt": p.get("revised_prompt"), "loras": p.get("loras", {}),
+                                   "warnings": result.warnings}))
         else:
             typer.echo(im.path)
 
@@ -159,6 +160,27 @@ ListJson = Annotated[bool, typer.Option("--json", help="The list as one JSON arr
 RowsJson = Annotated[bool, typer.Option("--json", help="One JSON object per row on stdout.")]
 Options = Annotated[Optional[list[str]], typer.Option(
     "--option", "-o", help="A model-family option as KEY=VALUE, e.g. -o true_cfg_scale=4 -o offload=model.")]
+
+
+Loras = Annotated[Optional[list[str]], typer.Option(
+    "--lora", help="A LoRA as NAME[:WEIGHT] (a file of EASEL_HOME/loras, or a .safetensors path), repeatable; "
+    "<lora:name:weight> in the prompt works too.")]
+
+
+def _loras(specs: list[str] | None) -> dict:
+    """`--lora name:0.8` (weight 1 when left out; a path may hold colons, so the weight is the last part)."""
+    from .errors import InvalidRequestError
+
+    out = {}
+    for spec in specs or []:
+        name, sep, weight = spec.rpartition(":")
+        if not sep or not name or "/" in weight or "\\" in weight:
+            name, weight = spec, "1"
+        try:
+            out[name] = float(weight)
+        except ValueError:
+            raise InvalidRequestError(f"`--lora` must be NAME or NAME:WEIGHT but is {spec!r}.", param="lora") from None
+    return out
 
 
 def _options(pairs: list[str] | None) -> dict:
@@ -194,6 +216,7 @@ def generate(
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt a line.")] = None,
     from_file: Annotated[Optional[Path], typer.Option("--from", help="Reproduce the image in this file.")] = None,
     option: Options = None,
+    lora: Loras = None,
 ) -> None:
     """Generate images from a prompt and save them.
 
@@ -203,7 +226,7 @@ def generate(
         base = to_image_request(_request_from_file(from_file) if from_file is not None else None, model=model,
                                 size=size, aspect=aspect, steps=steps, guidance=guidance, seed=seed,
                                 negative=negative, scheduler=scheduler, n=n, output_format=output_format,
-                                options=_options(option))
+                                options=_options(option), loras=_loras(lora))
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:
@@ -224,7 +247,7 @@ def generate(
 
 
 def to_image_request(base, *, model, size, aspect, steps, guidance, seed, negative, scheduler, n, output_format,
-                     options: dict):
+                     options: dict, loras: dict):
     """The command line's options as a request (its one mapping), over `base` (the request of `--from`) where
     given; the prompt is filled in per line of `--prompts-file`."""
     from .types import ImageRequest
@@ -235,7 +258,8 @@ def to_image_request(base, *, model, size, aspect, steps, guidance, seed, negati
         negative_prompt=negative, scheduler=scheduler).items() if v is not None}
     if size is not None or aspect is not None:
         base = base.replace(width=None, height=None)
-    return base.replace(**overrides, num_images=n, output_format=output_format, extra={**base.extra, **options})
+    return base.replace(**overrides, num_images=n, output_format=output_format, extra={**base.extra, **options},
+                        loras={**base.loras, **loras})
 
 
 def _request_from_file(path: Path):
@@ -257,6 +281,7 @@ def _request_from_file(path: Path):
         width=params["width"], height=params["height"], num_inference_steps=params["num_inference_steps"],
         guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
         output_format=params.get("output_format", "png"), extra=params.get("extra", {}),
+        loras=params.get("loras", {}),
     )
 
 
@@ -283,6 +308,7 @@ def edit(
     as_json: AsJson = False,
     local: Local = False,
     option: Options = None,
+    lora: Loras = None,
 ) -> None:
     """Repaint part of an image (inpainting).
 
@@ -296,7 +322,7 @@ def edit(
             result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
                               negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
                               inpaint_full_res_padding=padding, output_format=output_format, out_dir=out,
-                              on_step=bar.on_step, **_options(option))
+                              on_step=bar.on_step, loras=_loras(lora), **_options(option))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     _print_result(result, as_json)
@@ -321,6 +347,7 @@ def vary(
     as_json: AsJson = False,
     local: Local = False,
     option: Options = None,
+    lora: Loras = None,
 ) -> None:
     """Make variations of an image (image-to-image).
 
@@ -333,7 +360,7 @@ def vary(
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             result = api.vary(image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps,
                               guidance=guidance, seed=seed, negative_prompt=negative, output_format=output_format,
-                              out_dir=out, on_step=bar.on_step, **_options(option))
+                              out_dir=out, on_step=bar.on_step, loras=_loras(lora), **_options(option))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     _print_result(result, as_json)

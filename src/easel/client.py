@@ -41,9 +41,12 @@ def server_url(host: str) -> str | None:
 
 
 def can_delegate(request: ImageRequest) -> bool:
-    """A server never opens a folder a client names: a request for a local pipeline folder runs in-process."""
+    """A server never opens a folder or file a client names: a request for a local pipeline folder, or with a LoRA
+    given as a path, runs in-process."""
     model = request.model or ""
-    return not (model.startswith(("/", ".", "~")) or os.sep in model and Path(model).expanduser().exists())
+    if model.startswith(("/", ".", "~")) or os.sep in model and Path(model).expanduser().exists():
+        return False
+    return not any(name.startswith(("/", ".", "~")) or os.sep in name for name in request.loras)
 
 
 class ServerClient:
@@ -150,7 +153,8 @@ class ServerClient:
                   "size": f"{request.width}x{request.height}" if request.width and request.height else request.size,
                   "seed": request.seed, "num_inference_steps": request.num_inference_steps,
                   "guidance_scale": request.guidance_scale, "negative_prompt": request.negative_prompt,
-                  "strength": request.strength, "response_format": "url"}
+                  "strength": request.strength, "response_format": "url",
+                  "loras": json.dumps(request.loras) if request.loras else None}
         if request.mode == "edit":
             fields.update(mask_blur=request.mask_blur, inpaint_full_res=request.inpaint_full_res,
                           inpaint_full_res_padding=request.inpaint_full_res_padding,
@@ -243,7 +247,7 @@ def _job_body(r: ImageRequest) -> dict[str, Any]:
     body = {"prompt": r.prompt, "model": r.model, "n": r.num_images, "size": size, "aspect": r.aspect,
             "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
             "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
-            "options": dict(r.extra) or None}
+            "options": dict(r.extra) or None, "loras": dict(r.loras) or None}
     return {k: v for k, v in body.items() if v is not None}
 
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated keys the server accepts; empty = no auth.")
     models_dir: Path | None = Field(None, description="Folder whose diffusers pipeline folders are served by "
                                     "name (default: HOME/models).")
+    loras_dir: Path | None = Field(None, description="Folder of LoRA files (.safetensors) that requests name "
+                                   "(default: HOME/loras).")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
@@ -116,6 +118,11 @@ class Settings(BaseSettings):
     @property
     def models_folder(self) -> Path:
         return self.models_dir or self.home / "models"
+
+    @property
+    def loras_folder(self) -> Path:
+        """Where LoRAs named by a request are: `<name>.safetensors`."""
+        return self.loras_dir or self.home / "loras"
 
     @property
     def history_location(self) -> Path | str:

@@ -53,3 +53,17 @@ def revise_prompt(spec: ModelSpec, prompt: str) -> str | None:
     if not words or prompt.rstrip().endswith(words):
         return None
     return f"{prompt.rstrip()} {words}"
+
+
+# A1111's LoRA tags: <lora:name>, <lora:name:weight> (and <lora:name:te:unet>, whose first weight counts here)
+_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+
+
+def lora_tags(prompt: str) -> tuple[str, list[tuple[str, str]]]:
+    """The prompt without its LoRA tags, and each tag's (name, weight text: "" for the default weight of 1), in the
+    order written. The model never sees the tags; the recorded prompt keeps them."""
+    tags = [(m.group(1).strip(), (m.group(2) or "").strip()) for m in _LORA_TAG.finditer(prompt)]
+    if not tags:
+        return prompt, []
+    stripped = re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip(" ,")
+    return stripped, tags

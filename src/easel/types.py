@@ -58,6 +58,7 @@ class ImageRequest:
     inpaint_full_res: bool = False  # the model sees only the painted area (plus the padding), at full resolution
     inpaint_full_res_padding: int = 32
     moderation: str = "auto"
+    loras: dict[str, float] = dataclasses.field(default_factory=dict)  # LoRA name (or file, for the library) -> weight
     revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
     warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore
 

@@ -42,6 +42,8 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
         params["strength"] = request.strength
     if request.extra:
         params["extra"] = dict(request.extra)
+    if request.loras:
+        params["loras"] = dict(request.loras)
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised
@@ -161,7 +163,7 @@ def batch_key(spec: ModelSpec, r: ImageRequest) -> tuple:
     if r.mode != "generate":
         return ("solo", id(r))
     return (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale, r.scheduler,
-            tuple(sorted(r.extra.items())))
+            tuple(sorted(r.extra.items())), tuple(sorted(r.loras.items())))
 
 
 def _batches(checked: list[tuple[ModelSpec, ImageRequest]], max_images: int) -> list[list[int]]:

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
@@ -148,6 +149,7 @@ class LoadedPipeline:
     load_s: float
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
+    adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
     _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
 
     def preview_decoder(self, spec: ModelSpec):
@@ -227,9 +229,12 @@ class DiffusersProvider(Provider):
     name = "diffusers"
 
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
-                 max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None):
-        """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own."""
+                 max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
+                 loras_dir: Path | None = None):
+        """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
+        `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`)."""
         self.defaults = dict(defaults or {})
+        self.loras_dir = loras_dir
         self.device_preference = device
         self.dtype_preference = dtype
         self.cache = PipelineCache(max_cached, max_cache_bytes)
@@ -238,9 +243,30 @@ class DiffusersProvider(Provider):
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
         """Refuse before queueing: a bad memory option, or a hub model that is not cached while offline."""
         self.memory_options(spec, {k: v for k, v in request.extra.items() if k in MEMORY_OPTIONS})
+        for name in request.loras:
+            self.lora_file(name)
         if spec.local_path is None and _offline() and not spec.is_available_locally():
             raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                                      f"With network access, run `easel models pull {spec.name}`.", param="model")
+
+    def lora_file(self, name: str) -> Path:
+        """A LoRA's file: `<name>.safetensors` in the loras folder, or a path (which the request check allows only
+        where the caller is the machine's user). Unknown: an error listing the LoRAs there are."""
+        if any(c in name for c in "/\\") or name.startswith((".", "~")):
+            path = Path(name).expanduser()
+        else:
+            folder = self.loras_dir or Path("loras")
+            path = folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
+        if not path.is_file():
+            there = sorted(self.lora_names()) or ["none"]
+            raise InvalidRequestError(f"No LoRA {name!r} (the loras folder has: {', '.join(there)}).", param="loras")
+        return path
+
+    def lora_names(self) -> list[str]:
+        """The LoRAs of the loras folder, by name."""
+        if self.loras_dir is None or not self.loras_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.loras_dir.glob("*.safetensors") if p.is_file())
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def warm(self, spec: ModelSpec) -> None:
@@ -315,6 +341,32 @@ class DiffusersProvider(Provider):
         return cls.from_pretrained(folder, dtype=dtype)
 
     # -- running ---------------------------------------------------------------------------------------------------
+    def _use_loras(self, loaded: LoadedPipeline, loras: dict[str, float]) -> None:
+        """Make `loras` the pipeline's active adapters at their weights, loading each file once per pipeline (and
+        again when the file changed); without LoRAs, every adapter is off and the pipeline runs as if none had
+        ever been loaded. Called with the pipeline's lock held."""
+        pipe = loaded.pipe
+        if not loras:
+            if loaded.adapters:
+                pipe.disable_lora()
+            return
+        active = []
+        for name in loras:
+            path = self.lora_file(name)
+            key = (str(path.resolve()), path.stat().st_mtime_ns)
+            if key not in loaded.adapters:
+                adapter = f"easel_lora_{len(loaded.adapters)}"
+                try:
+                    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+                except Exception as exc:  # noqa: BLE001 - not a LoRA, or one for another architecture
+                    with contextlib.suppress(Exception):
+                        pipe.delete_adapters(adapter)
+                    raise _lora_loading_error(name, exc) from None
+                loaded.adapters[key] = adapter
+            active.append(loaded.adapters[key])
+        pipe.enable_lora()
+        pipe.set_adapters(active, adapter_weights=list(loras.values()))
+
     def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
         call, each image from its own seeded generator, and split the images back per request."""
@@ -351,6 +403,7 @@ class DiffusersProvider(Provider):
 
         # 5. denoise, with a fresh scheduler for every call (timesteps and step state never leak between calls)
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]):
+            self._use_loras(loaded, first.loras)  # the batch's LoRAs on, every other one off
             pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
@@ -365,6 +418,11 @@ class DiffusersProvider(Provider):
         images, details = _to_requested_size(first, list(out.images))
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
         return [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+
+
+def _lora_loading_error(name: str, exc: Exception) -> InvalidRequestError:
+    return InvalidRequestError(f"The LoRA {name!r} does not fit this model: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", param="loras")
 
 
 def _to_requested_size(request: ImageRequest, images: list) -> tuple[list, dict[str, Any]]:
@@ -519,5 +577,5 @@ def register(add, settings) -> None:
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
-                                    "fuse_qkv": settings.fuse_qkv}))
+                                    "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder))
 

@@ -28,6 +28,10 @@ class ImageParams(BaseModel):
     scheduler: str | None = Field(None, description="Easel: the sampler, e.g. dpm++, euler_a (the model's own).")
     options: dict[str, Any] | None = Field(None, description="Easel: options of the model's family, e.g. "
                                            "{\"true_cfg_scale\": 4} or {\"offload\": \"model\"}.")
+    loras: dict[str, Any] | str | None = Field(None, description="Easel: LoRAs of the server's loras folder by name, "
+                                               "with their weights: {\"watercolor\": 0.8} (JSON text in a "
+                                               "multipart form). A1111's <lora:name:weight> tags in the prompt "
+                                               "work too.")
 
 
 class GenerationRequest(ImageParams):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -77,7 +78,21 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         strength=_given(getattr(req, "strength", None),
                         masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
+        loras=_loras(req.loras),
     )
+
+
+def _loras(value) -> dict:
+    """`loras` as an object, or as JSON text (a multipart form's field)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequestError(f"`loras` must be a JSON object of name: weight but is {value!r}.",
+                                      param="loras") from None
+    return value
 
 
 @dataclass
