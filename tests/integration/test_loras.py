@@ -107,7 +107,7 @@ def test_requests_with_different_loras_never_share_a_batch(sd15_with_loras):
     runner = Runner()
     a = runner.check(easel.ImageRequest(prompt=PROMPT, model=sd15_with_loras, size="64x64", loras={"ink": 1}))
     b = runner.check(easel.ImageRequest(prompt=PROMPT, model=sd15_with_loras, size="64x64"))
-    c = runner.check(easel.ImageRequest(prompt=f"x <lora:ink:1>", model=sd15_with_loras, size="64x64"))
+    c = runner.check(easel.ImageRequest(prompt="x <lora:ink:1>", model=sd15_with_loras, size="64x64"))
     assert batch_key(*a) != batch_key(*b) and batch_key(*a) == batch_key(*c)
 
 
