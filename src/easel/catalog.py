@@ -313,3 +313,10 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
 @lru_cache(maxsize=1)
 def default_catalog() -> ModelCatalog:
     return ModelCatalog.load()
+
+
+def lora_files(folder: Path | None) -> dict[str, Path]:
+    """The LoRAs of a loras folder by name (the file's stem): `<lora:name:weight>` and `loras={name: weight}`."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.safetensors")) if p.is_file()}

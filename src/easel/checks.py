@@ -146,21 +146,26 @@ def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
     prompt, tags = lora_tags(r.prompt)
     if not isinstance(r.loras, dict):
         raise InvalidRequestError(f"`loras` must be an object of name: weight but is {r.loras!r}.", param="loras")
+    tagged = []
+    for name, text in tags:
+        try:
+            tagged.append((name, float(text) if text else 1.0))
+        except ValueError:
+            raise InvalidRequestError(f"The LoRA tag <lora:{name}:{text}> needs a number as its weight.",
+                                      param="prompt") from None
     loras: dict[str, float] = {}
-    for name, weight in [*((n, w or 1.0) for n, w in tags), *r.loras.items()]:
-        if isinstance(weight, str):
-            try:
-                weight = float(weight)
-            except ValueError:
-                raise InvalidRequestError(f"The LoRA tag <lora:{name}:{weight}> needs a number as its weight.",
-                                          param="prompt") from None
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            raise InvalidRequestError(f"`loras` names must be non-empty text but one is {name!r}.", param="loras")
+    for name, weight in [*tagged, *r.loras.items()]:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
+            raise InvalidRequestError(f"`loras` names must be text of 1 to 200 characters but one is {name!r}.",
+                                      param="loras")
         _require_unicode("loras", name)
         if not allow_paths and (LORA_PATH_CHARS & set(name) or name.startswith((".", "~"))):
             raise InvalidRequestError(f"`loras` names a LoRA by its name in the server's loras folder, not a path: "
                                       f"{name!r}.", param="loras")
-        loras[name] = _require_number(f"loras.{name}", weight, -10.0, 10.0)
+        try:
+            loras[name] = _require_number(f"loras.{name}", weight, -10.0, 10.0)
+        except InvalidRequestError as exc:  # named by the field the client sent
+            raise InvalidRequestError(exc.message, param="loras") from None
     if loras and not spec.family.loras:
         raise UnsupportedError(f"{spec.name} does not take LoRAs ({', '.join(loras)}).", param="loras")
     r.loras = loras

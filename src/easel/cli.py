@@ -374,10 +374,16 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from .catalog import lora_files
+
+    runner = _runner()
     rows = []
-    for spec in _runner().catalog.models.values():  # the catalog, plugins' models and the operator's folders
-        rows.append({"name": spec.name, "family": spec.family.name, "source": spec.source,
+    for spec in runner.catalog.models.values():  # the catalog, plugins' models and the operator's folders
+        rows.append({"name": spec.name, "kind": "model", "family": spec.family.name, "source": spec.source,
                      "local": spec.is_available_locally(), "gated": spec.gated, "description": spec.description})
+    for name, path in lora_files(runner.settings.loras_folder).items():
+        rows.append({"name": name, "kind": "lora", "family": "lora", "source": str(path), "local": True,
+                     "gated": False, "description": f"LoRA: loras={{'{name}': 0.8}} or <lora:{name}:0.8>"})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -30,6 +30,8 @@ def a1111_parameters(p: dict[str, Any]) -> str:
         ("Seed", p.get("seed")),
         ("Size", f"{p.get('width')}x{p.get('height')}"),
         ("Model", p.get("model")),
+        ("Lora hashes", '"' + ", ".join(f"{n}: {h}" for n, h in p["lora_hashes"].items()) + '"'
+         if p.get("lora_hashes") else None),
         ("Version", f"easel {p.get('version', '')}".strip()),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in settings if v is not None))

@@ -91,7 +91,7 @@ def test_bad_loras_are_clear_errors(sd15_with_loras):
     assert caught.value.param == "loras"
     with pytest.raises(easel.InvalidRequestError, match="does not fit this model") as caught:
         easel.generate(PROMPT, loras={"broken": 1}, **kw)
-    with pytest.raises(easel.InvalidRequestError, match="between -10.0 and 10.0"):
+    with pytest.raises(easel.InvalidRequestError, match="`loras.watercolor` must be between -10.0 and 10.0"):
         easel.generate(PROMPT, loras={"watercolor": 99}, **kw)
     with pytest.raises(easel.InvalidRequestError, match="needs a number"):
         easel.generate(f"{PROMPT} <lora:watercolor:strong>", **kw)
@@ -152,3 +152,15 @@ def test_server_clients_name_loras_never_paths(sd15_with_loras, easel_home):
         unknown = httpx.post(f"{base}/v1/images/generations", json={**body, "loras": {"nope": 1}})
         assert unknown.status_code == 400 and "watercolor" in unknown.json()["error"]["message"]
         assert str(easel_home) not in unknown.text  # the server's folders never appear in an answer
+        for junk in ({"": 1}, {"x" * 300: 1}, {"a\u0000b": 1}, {"watercolor": True}, {"watercolor": "1"}, [1], "{"):
+            answer = httpx.post(f"{base}/v1/images/generations", json={**body, "loras": junk})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "loras", (junk, answer.text)
+        # A1111 clients list them by name
+        listed = httpx.get(f"{base}/sdapi/v1/loras").json()
+        assert [item["name"] for item in listed] == ["broken", "ink", "watercolor"]
+        assert all(str(easel_home) not in item["path"] for item in listed)
+        assert httpx.post(f"{base}/sdapi/v1/refresh-loras").status_code == 200
+        a1111 = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120, json={
+            "prompt": f"{PROMPT} <lora:watercolor:0.8>", "steps": 2, "width": 64, "height": 64, "seed": 4,
+            "override_settings": {"sd_model_checkpoint": sd15_with_loras}}).json()
+        assert 'Lora hashes: "watercolor: ' in json.loads(a1111["info"])["infotexts"][0]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
                       ModelNotFoundError, OutOfMemoryError)
+from ..catalog import lora_files
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -235,6 +236,7 @@ class DiffusersProvider(Provider):
         `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`)."""
         self.defaults = dict(defaults or {})
         self.loras_dir = loras_dir
+        self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
         self.cache = PipelineCache(max_cached, max_cache_bytes)
@@ -258,15 +260,9 @@ class DiffusersProvider(Provider):
             folder = self.loras_dir or Path("loras")
             path = folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
         if not path.is_file():
-            there = sorted(self.lora_names()) or ["none"]
+            there = sorted(lora_files(self.loras_dir)) or ["none"]
             raise InvalidRequestError(f"No LoRA {name!r} (the loras folder has: {', '.join(there)}).", param="loras")
         return path
-
-    def lora_names(self) -> list[str]:
-        """The LoRAs of the loras folder, by name."""
-        if self.loras_dir is None or not self.loras_dir.is_dir():
-            return []
-        return sorted(p.stem for p in self.loras_dir.glob("*.safetensors") if p.is_file())
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def warm(self, spec: ModelSpec) -> None:
@@ -341,16 +337,17 @@ class DiffusersProvider(Provider):
         return cls.from_pretrained(folder, dtype=dtype)
 
     # -- running ---------------------------------------------------------------------------------------------------
-    def _use_loras(self, loaded: LoadedPipeline, loras: dict[str, float]) -> None:
+    def _use_loras(self, loaded: LoadedPipeline, loras: dict[str, float]) -> dict[str, str]:
         """Make `loras` the pipeline's active adapters at their weights, loading each file once per pipeline (and
         again when the file changed); without LoRAs, every adapter is off and the pipeline runs as if none had
-        ever been loaded. Called with the pipeline's lock held."""
+        ever been loaded. Called with the pipeline's lock held. Returns each LoRA's short hash, as A1111 records
+        them."""
         pipe = loaded.pipe
         if not loras:
             if loaded.adapters:
                 pipe.disable_lora()
-            return
-        active = []
+            return {}
+        active, hashes = [], {}
         for name in loras:
             path = self.lora_file(name)
             key = (str(path.resolve()), path.stat().st_mtime_ns)
@@ -364,8 +361,12 @@ class DiffusersProvider(Provider):
                     raise _lora_loading_error(name, exc) from None
                 loaded.adapters[key] = adapter
             active.append(loaded.adapters[key])
+            if key not in self._lora_hashes:
+                self._lora_hashes[key] = _sha256(path)[:12]
+            hashes[Path(name).stem if os.sep in name else name] = self._lora_hashes[key]
         pipe.enable_lora()
         pipe.set_adapters(active, adapter_weights=list(loras.values()))
+        return hashes
 
     def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
@@ -403,7 +404,7 @@ class DiffusersProvider(Provider):
 
         # 5. denoise, with a fresh scheduler for every call (timesteps and step state never leak between calls)
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]):
-            self._use_loras(loaded, first.loras)  # the batch's LoRAs on, every other one off
+            lora_hashes = self._use_loras(loaded, first.loras)  # the batch's LoRAs on, every other one off
             pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
@@ -416,8 +417,20 @@ class DiffusersProvider(Provider):
                 f"{spec.name}'s safety checker flagged the image (category: sexual content).", param="prompt"
             )
         images, details = _to_requested_size(first, list(out.images))
+        if lora_hashes:
+            details["lora_hashes"] = lora_hashes
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
         return [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _lora_loading_error(name: str, exc: Exception) -> InvalidRequestError:

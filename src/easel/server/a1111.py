@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
+from ..catalog import lora_files
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
@@ -272,6 +273,19 @@ def sd_models(request: Request) -> list[dict[str, Any]]:
     catalog = request.app.state.runner.catalog
     return [{"title": s.name, "model_name": s.name, "hash": None, "sha256": None, "filename": s.name,
              "config": None} for s in catalog.models.values() if s.is_available_locally()]
+
+
+@router.get("/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs of the server's loras folder, as A1111 lists them (`<lora:name:weight>` in a prompt uses one); by
+    name only, never the server's paths."""
+    names = lora_files(request.app.state.runner.settings.loras_folder)
+    return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
+
+
+@router.post("/refresh-loras")
+def refresh_loras() -> None:
+    """The folder is read at every request: nothing to refresh."""
 
 
 @router.get("/samplers")

@@ -28,10 +28,12 @@ class ImageParams(BaseModel):
     scheduler: str | None = Field(None, description="Easel: the sampler, e.g. dpm++, euler_a (the model's own).")
     options: dict[str, Any] | None = Field(None, description="Easel: options of the model's family, e.g. "
                                            "{\"true_cfg_scale\": 4} or {\"offload\": \"model\"}.")
-    loras: dict[str, Any] | str | None = Field(None, description="Easel: LoRAs of the server's loras folder by name, "
-                                               "with their weights: {\"watercolor\": 0.8} (JSON text in a "
-                                               "multipart form). A1111's <lora:name:weight> tags in the prompt "
-                                               "work too.")
+    # checked by the request check, which names `loras` in every error (a union here would name its members)
+    loras: Any = Field(None, description="Easel: LoRAs of the server's loras folder by name, with their weights: "
+                       "{\"watercolor\": 0.8} (JSON text in a multipart form). A1111's <lora:name:weight> tags in "
+                       "the prompt work too.", json_schema_extra={"anyOf": [
+                           {"type": "object", "additionalProperties": {"type": "number"}}, {"type": "string"},
+                           {"type": "null"}]})
 
 
 class GenerationRequest(ImageParams):
