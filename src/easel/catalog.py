@@ -67,6 +67,7 @@ class ModelFamily:
     latent_space: str | None = None  # what step previews decode: "pixels", "vae", "vae-packed", None (no previews)
     preview_decoder: str | None = None  # a tiny VAE (AutoencoderTiny, hub id) for previews, used when it is cached
     loras: bool = False  # its pipeline loads LoRA adapters (diffusers' load_lora_weights, peft)
+    embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)
@@ -316,7 +317,8 @@ def default_catalog() -> ModelCatalog:
 
 
 def lora_files(folder: Path | None) -> dict[str, Path]:
-    """The LoRAs of a loras folder by name (the file's stem): `<lora:name:weight>` and `loras={name: weight}`."""
+    """The LoRAs of a loras folder by name (the file's stem): `<lora:name:weight>` and `loras={name: weight}`; the
+    same for a folder of textual-inversion embeddings, whose names are words of a prompt."""
     if folder is None or not folder.is_dir():
         return {}
     return {p.stem: p for p in sorted(folder.glob("*.safetensors")) if p.is_file()}

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
                                     "name (default: HOME/models).")
     loras_dir: Path | None = Field(None, description="Folder of LoRA files (.safetensors) that requests name "
                                    "(default: HOME/loras).")
+    embeddings_dir: Path | None = Field(None, description="Folder of textual-inversion embeddings (.safetensors) "
+                                        "that prompts use by name (default: HOME/embeddings).")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
@@ -123,6 +125,11 @@ class Settings(BaseSettings):
     def loras_folder(self) -> Path:
         """Where LoRAs named by a request are: `<name>.safetensors`."""
         return self.loras_dir or self.home / "loras"
+
+    @property
+    def embeddings_folder(self) -> Path:
+        """Where textual-inversion embeddings are: `<name>.safetensors`, used by writing `name` in a prompt."""
+        return self.embeddings_dir or self.home / "embeddings"
 
     @property
     def history_location(self) -> Path | str:

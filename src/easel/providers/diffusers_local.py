@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import importlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,7 @@ class LoadedPipeline:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
     adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
+    embeddings: set[str] = dataclasses.field(default_factory=set)  # textual-inversion tokens loaded
     _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
 
     def preview_decoder(self, spec: ModelSpec):
@@ -231,11 +233,13 @@ class DiffusersProvider(Provider):
 
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
-                 loras_dir: Path | None = None):
+                 loras_dir: Path | None = None, embeddings_dir: Path | None = None):
         """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
-        `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`)."""
+        `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`); `embeddings_dir`: where the
+        textual-inversion embeddings that prompts use by name are."""
         self.defaults = dict(defaults or {})
         self.loras_dir = loras_dir
+        self.embeddings_dir = embeddings_dir
         self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
@@ -368,6 +372,26 @@ class DiffusersProvider(Provider):
         pipe.set_adapters(active, adapter_weights=list(loras.values()))
         return hashes
 
+    def _use_embeddings(self, loaded: LoadedPipeline, spec: ModelSpec, requests: list[ImageRequest]) -> list[str]:
+        """Load the embeddings of the embeddings folder that the batch's prompts name (as words, any case), once per
+        pipeline, as A1111 does; a prompt that names none runs as before. The names used, for the record."""
+        files = lora_files(self.embeddings_dir) if spec.family.embeddings else {}
+        if not files:
+            return []
+        text = " ".join(f"{r.prompt} {r.negative_prompt or ''}" for r in requests)
+        used = [name for name in files if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE)]
+        for name in used:
+            if name in loaded.embeddings:
+                continue
+            try:
+                _load_embedding(loaded.pipe, files[name], name)
+            except Exception as exc:  # noqa: BLE001 - not an embedding, or one for another text encoder
+                raise InvalidRequestError(f"The embedding {name!r} does not fit {spec.name}: {type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                                          param="prompt") from None
+            loaded.embeddings.add(name)
+        return used
+
     def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
         call, each image from its own seeded generator, and split the images back per request."""
@@ -405,6 +429,7 @@ class DiffusersProvider(Provider):
         # 5. denoise, with a fresh scheduler for every call (timesteps and step state never leak between calls)
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]):
             lora_hashes = self._use_loras(loaded, first.loras)  # the batch's LoRAs on, every other one off
+            used = self._use_embeddings(loaded, spec, batch.requests)
             pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
@@ -419,8 +444,27 @@ class DiffusersProvider(Provider):
         images, details = _to_requested_size(first, list(out.images))
         if lora_hashes:
             details["lora_hashes"] = lora_hashes
+        if used:
+            details["embeddings"] = used
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
         return [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+
+
+def _load_embedding(pipe, path: Path, token: str) -> None:
+    """A textual-inversion embedding as the token `token`: into the one text encoder of SD 1.5, or into both of
+    SDXL's (its files hold `clip_l` and `clip_g`)."""
+    from safetensors.torch import load_file
+
+    if getattr(pipe, "text_encoder_2", None) is None:
+        pipe.load_textual_inversion(str(path), token=token)
+        return
+    tensors = load_file(str(path))
+    if not {"clip_l", "clip_g"} <= set(tensors):
+        raise ValueError("an SDXL embedding holds clip_l and clip_g")
+    pipe.load_textual_inversion(tensors["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
 
 
 def _sha256(path: Path) -> str:
@@ -590,5 +634,6 @@ def register(add, settings) -> None:
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
-                                    "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder))
+                                    "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder,
+                          embeddings_dir=settings.embeddings_folder))
 

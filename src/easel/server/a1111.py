@@ -283,6 +283,26 @@ def loras(request: Request) -> list[dict[str, Any]]:
     return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
 
 
+@router.get("/embeddings")
+def embeddings(request: Request) -> dict[str, Any]:
+    """The textual-inversion embeddings of the server's embeddings folder, as A1111 lists them: a prompt (or negative
+    prompt) that names one uses it. Files that are not embeddings are listed as skipped."""
+    from safetensors import safe_open
+
+    loaded, skipped = {}, {}
+    for name, path in lora_files(request.app.state.runner.settings.embeddings_folder).items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = [f.get_slice(key).get_shape() for key in f.keys()]
+            vectors, width = shapes[0] if len(shapes[0]) == 2 else (1, shapes[0][-1])
+            loaded[name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": width,
+                            "vectors": vectors}
+        except Exception:  # noqa: BLE001 - not a safetensors file of tensors
+            skipped[name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                             "vectors": None}
+    return {"loaded": loaded, "skipped": skipped}
+
+
 @router.post("/refresh-loras")
 def refresh_loras() -> None:
     """The folder is read at every request: nothing to refresh."""

@@ -78,7 +78,8 @@ def replica_settings(settings: Settings) -> Settings:
     if settings.keys_path.is_file():  # the operator's keys (a token for gated models), readable by it alone
         shutil.copy2(settings.keys_path, scratch / settings.keys_path.name)
     return settings.model_copy(update={"home": scratch, "models_dir": settings.models_folder,
-                                       "loras_dir": settings.loras_folder, "database_url": None,
+                                       "loras_dir": settings.loras_folder,
+                                       "embeddings_dir": settings.embeddings_folder, "database_url": None,
                                        "min_free_disk_mb": 0, "max_queue": _replica_queue(settings)})
 
 

@@ -164,3 +164,40 @@ def test_server_clients_name_loras_never_paths(sd15_with_loras, easel_home):
             "prompt": f"{PROMPT} <lora:watercolor:0.8>", "steps": 2, "width": 64, "height": 64, "seed": 4,
             "override_settings": {"sd_model_checkpoint": sd15_with_loras}}).json()
         assert 'Lora hashes: "watercolor: ' in json.loads(a1111["info"])["infotexts"][0]
+
+
+def make_embedding(target: Path, seed: int, vectors: int = 2, width: int = 32) -> Path:
+    """A textual-inversion embedding in A1111's safetensors layout (`emb_params`), for the tiny CLIP (width 32)."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.randn(vectors, width)}, str(target))
+    return target
+
+
+def test_embeddings_are_used_by_name_in_prompts(sd15_with_loras, easel_home):
+    make_embedding(easel_home / "embeddings" / "mystyle.safetensors", seed=3)
+    make_embedding(easel_home / "embeddings" / "badhands.safetensors", seed=4)
+    kw = dict(model=sd15_with_loras, size="64x64", steps=3, seed=9, save=False)
+    plain = pixels(easel.generate(f"{PROMPT}, oil", **kw))
+    styled = easel.generate(f"{PROMPT}, mystyle", **kw)
+    assert styled[0].parameters["embeddings"] == ["mystyle"]
+    assert not np.array_equal(pixels(styled), plain)
+    # loaded now, and a prompt that does not name it runs exactly as before
+    assert np.array_equal(pixels(easel.generate(f"{PROMPT}, oil", **kw)), plain)
+    negative = easel.generate(f"{PROMPT}, oil", negative_prompt="badhands", **kw)
+    assert negative[0].parameters["embeddings"] == ["badhands"]
+    assert not np.array_equal(pixels(negative), pixels(easel.generate(f"{PROMPT}, oil", negative_prompt="x", **kw)))
+    # a word that merely contains the name is not the name
+    assert "embeddings" not in easel.generate(f"{PROMPT}, mystyles", **kw)[0].parameters
+    # A1111 clients list them
+    (easel_home / "embeddings" / "junk.safetensors").write_bytes(b"junk")
+    from easel.config import Settings
+    from easel.server.app import create_app
+
+    with serving(create_app(Settings(home=easel_home, ui=False), warm=False)) as base:
+        listed = httpx.get(f"{base}/sdapi/v1/embeddings").json()
+    assert listed["loaded"]["mystyle"]["vectors"] == 2 and listed["loaded"]["mystyle"]["shape"] == 32
+    assert list(listed["skipped"]) == ["junk"]
