@@ -119,8 +119,8 @@ class Database:
 
 
 class SqliteDatabase(Database):
-    """SQLite in WAL mode, in serialized mode so that one connection serves every thread: a server's open files stay
-    fixed however many threads its web server starts."""
+    """SQLite in WAL mode, one connection for every thread (SQLite's serialized mode, and one statement at a time):
+    a server's open files stay fixed however many threads its web server starts."""
 
     errors = (sqlite3.Error,)
     newest_first = "created DESC, rowid DESC"
@@ -130,6 +130,7 @@ class SqliteDatabase(Database):
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._using = threading.Lock()
         self._migrate()
 
     def connect(self) -> sqlite3.Connection:
@@ -152,10 +153,14 @@ class SqliteDatabase(Database):
             conn.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
 
     def execute(self, sql: str, args: tuple | list = ()) -> int:
-        return self.connect().execute(sql, args).rowcount
+        conn = self.connect()
+        with self._using:  # one statement at a time: Python's sqlite3 objects are not for concurrent use
+            return conn.execute(sql, args).rowcount
 
     def query(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.connect().execute(sql, args)]
+        conn = self.connect()
+        with self._using:
+            return [dict(row) for row in conn.execute(sql, args)]
 
 
 class PostgresDatabase(Database):

@@ -196,7 +196,7 @@ class Engine:
                 self._pending.remove(job)
                 self._finish(job, "cancelled")
                 return job
-        if job.state == "running":
+        if job.state not in FINAL:  # running, or taken into a batch that is forming: it stops at its first step
             job.cancel_requested.set()
         return job
 

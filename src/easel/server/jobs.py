@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -36,7 +37,11 @@ async def wait_for_job(engine: Engine, job: Job, request: Request) -> ImageResul
         if await request.is_disconnected():
             engine.cancel(job.id)
 
-    return await job.wait_async(cancel_if_gone)
+    try:
+        return await job.wait_async(cancel_if_gone)
+    except asyncio.CancelledError:  # the request itself was cancelled (its client went; Ray Serve's proxy says so)
+        engine.cancel(job.id)
+        raise
 
 
 def sse(event: str, body: dict) -> str:
