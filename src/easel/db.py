@@ -52,6 +52,9 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE engines (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, seen REAL NOT NULL);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN preview BLOB;
+    """,
 ]
 
 # PostgreSQL: the same tables (64-bit seeds, a sequence for the newest-first order); the version is in easel_schema.
@@ -97,6 +100,9 @@ POSTGRES_MIGRATIONS = [
     CREATE TABLE engines (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
                           seen DOUBLE PRECISION NOT NULL);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN preview BYTEA;
+    """,
 ]
 
 
@@ -105,6 +111,7 @@ class Database:
 
     errors: tuple[type[BaseException], ...] = ()
     newest_first = ""  # the ORDER BY of the history's newest rows
+    shared = False  # several servers may use it at once (a cluster's replicas)
 
     def execute(self, sql: str, args: tuple | list = ()) -> int:
         """Run a statement; the number of rows it changed."""
@@ -168,6 +175,7 @@ class PostgresDatabase(Database):
     opened again once, on the next statement."""
 
     newest_first = "created DESC, seq DESC"
+    shared = True
     _MIGRATION_LOCK = 0x6561_7365  # pg_advisory_xact_lock key: replicas starting together migrate one at a time
 
     def __init__(self, url: str):

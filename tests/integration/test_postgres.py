@@ -1,6 +1,7 @@
 """The history and the job records on a real PostgreSQL server, and two servers (two engines, as a cluster's two
 ingress replicas) sharing it and one home: a job made through one is seen, followed and cancelled through the other."""
 
+import base64
 import json
 import threading
 import time
@@ -123,6 +124,8 @@ def test_two_servers_on_one_database_share_their_jobs(pg_url, tmp_path):
         assert events[-1][0] == "succeeded" and any(name == "progress" for name, _ in events[:-1])
         steps = [e["step"] for name, e in events if name == "progress"]
         assert steps == sorted(steps) and steps[-1] > 0
+        previews = [e["preview"] for name, e in events if name == "progress" and "preview" in e]
+        assert previews and base64.b64decode(previews[0]).startswith(b"\x89PNG")  # the preview A made, through B
         final = events[-1][1]
         image = httpx.get(final["urls"][0])
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")

@@ -258,9 +258,9 @@ class JobStore:
 
     def update(self, job: Job) -> None:
         body = job.snapshot()
-        self.db.execute(
+        self.db.execute(  # a finished job's preview goes: its images are there
             "UPDATE jobs SET updated = ?, state = ?, step = ?, total_steps = ?, image_ids = ?, warnings = ?, "
-            "error = ? WHERE id = ?",
+            f"error = ?{', preview = NULL' if job.state in FINAL else ''} WHERE id = ?",
             (now_iso(), job.state, job.step, job.total_steps, json.dumps(body["image_ids"]),
              json.dumps(body["warnings"]), json.dumps(body["error"]) if "error" in body else None, job.id))
 
@@ -278,21 +278,32 @@ class JobStore:
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.db.query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
 
-    def follow(self, job_id: str, poll_s: float = 0.25, timeout_s: float = 3600.0) -> Iterator[dict[str, Any]]:
-        """A job that another engine runs, as its record changes: its JSON at each new state or step, until final
-        (or gone, or past `timeout_s`)."""
-        last, deadline = None, time.monotonic() + timeout_s
+    def follow(self, job_id: str, poll_s: float = 0.25,
+               timeout_s: float = 3600.0) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+        """A job that another engine runs, as its record changes: its JSON at each new state or step, with the PNG of
+        its latest preview when that is new (on a shared database), until final (or gone, or past `timeout_s`)."""
+        last, shown, deadline = None, None, time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             row = self.get(job_id)
             if row is None:
                 return
             body = self.describe(row)
-            if (body["status"], body["step"]) != last:
+            preview = bytes(row["preview"]) if row.get("preview") else None
+            if (body["status"], body["step"]) != last or preview != shown:
                 last = (body["status"], body["step"])
-                yield body
+                yield body, preview if preview != shown and body["status"] not in FINAL else None
+                shown = preview
             if body["status"] in FINAL:
                 return
             time.sleep(poll_s)
+
+    def share_preview(self, job: Job, image) -> None:
+        """On a database that several servers share, a running job's latest preview, for clients that follow the
+        job through another server."""
+        if self.db.shared:
+            from ..metadata import encode_image
+
+            self.db.execute("UPDATE jobs SET preview = ? WHERE id = ?", (encode_image(image, "png", {}), job.id))
 
     # -- several engines on one database ---------------------------------------------------------------------------
     def request_cancel(self, job_id: str) -> bool:

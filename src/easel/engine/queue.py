@@ -298,6 +298,13 @@ class Engine:
                 self._unsynced[job.id] = job
                 self._note_error(exc, f"recording job {job.id}")
 
+    def _share_preview(self, job: Job) -> None:
+        """Its latest preview into its record, where other servers share the database; never raises."""
+        try:
+            self.store.share_preview(job, job.preview[0])
+        except Exception as exc:  # noqa: BLE001 - a preview is worth no failure
+            log.debug("engine: the preview of job %s was not shared: %s", job.id, exc)
+
     def _note_error(self, exc: BaseException, doing: str) -> None:
         message = exc.message if isinstance(exc, EaselError) else f"{type(exc).__name__}: {exc}"
         self.last_error = {"message": f"{doing}: {message}", "at": time.time()}
@@ -349,6 +356,7 @@ class Engine:
                 previews = shown.get(job.id, ())
                 if previews:
                     job.preview = list(previews)
+                    self._share_preview(job)
                 at += job.request.num_images
                 job.publish(JobEvent(job.snapshot(), previews))
                 if step == total or step % 5 == 0:

@@ -87,9 +87,13 @@ def job_events(job_id: str, request: Request, previews: bool = True) -> Streamin
     job = engine.get(job_id)
     if not isinstance(job, Job):  # finished long ago, or run by another replica on the same database
         def recorded():
-            for body in engine.store.follow(job_id):
-                final = body["status"] in FINAL
-                yield sse(body["status"] if final else "progress", with_urls(body, request) if final else body)
+            for body, preview in engine.store.follow(job_id):
+                if body["status"] in FINAL:
+                    yield sse(body["status"], with_urls(body, request))
+                    continue
+                if preview and previews:
+                    body = {**body, "preview": base64.b64encode(preview).decode()}
+                yield sse("progress", body)
 
         return StreamingResponse(recorded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
     if previews:

@@ -274,6 +274,7 @@ class ClusterEngine(Engine):
         job.step, job.total_steps = step, total
         if previews:
             job.preview = list(previews)
+            self._share_preview(job)
         job.publish(JobEvent(job.snapshot(), tuple(previews or ())))
         if step == total or step % 5 == 0:
             self._record(job)
