@@ -88,3 +88,18 @@ def serving(app, healthy: bool = True):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def job_events(base: str, job_id: str, timeout: float = 120) -> list[tuple[str, dict]]:
+    """A job's Server-Sent Events from /v1/jobs/{id}/events, to the end: (event name, its JSON data)."""
+    import json
+
+    events, name = [], None
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    return events

@@ -11,6 +11,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# The job records, the same in both (migrations 2 and 3).
+_JOBS = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        state TEXT NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL DEFAULT 0,
+        request TEXT NOT NULL,
+        image_ids TEXT NOT NULL DEFAULT '[]',
+        error TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+    """,
+]
+
 # SQLite: the version is PRAGMA user_version.
 SQLITE_MIGRATIONS = [
     """
@@ -30,23 +51,7 @@ SQLITE_MIGRATIONS = [
     );
     CREATE INDEX generations_created ON generations(created);
     """,
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        created TEXT NOT NULL,
-        updated TEXT NOT NULL,
-        state TEXT NOT NULL,
-        step INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL DEFAULT 0,
-        request TEXT NOT NULL,
-        image_ids TEXT NOT NULL DEFAULT '[]',
-        error TEXT
-    );
-    CREATE INDEX jobs_state ON jobs(state);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
-    """,
+    *_JOBS,
     """
     ALTER TABLE jobs ADD COLUMN owner TEXT;
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
@@ -77,23 +82,7 @@ POSTGRES_MIGRATIONS = [
     );
     CREATE INDEX generations_created ON generations(created);
     """,
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        created TEXT NOT NULL,
-        updated TEXT NOT NULL,
-        state TEXT NOT NULL,
-        step INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL DEFAULT 0,
-        request TEXT NOT NULL,
-        image_ids TEXT NOT NULL DEFAULT '[]',
-        error TEXT
-    );
-    CREATE INDEX jobs_state ON jobs(state);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
-    """,
+    *_JOBS,
     """
     ALTER TABLE jobs ADD COLUMN owner TEXT;
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;

@@ -5,7 +5,6 @@ two ingress replicas share their jobs through PostgreSQL."""
 import base64
 import concurrent.futures
 import io
-import json
 import os
 import signal
 import time
@@ -17,6 +16,7 @@ from netns import require_loopback_namespace
 from PIL import Image
 from postgres import postgres_server
 from ray_server import RayServer, replica_pids
+from servers import job_events
 
 pytestmark = pytest.mark.ray
 PROMPT = "a large red circle on the left on a blue background"
@@ -118,23 +118,12 @@ def test_two_ingress_replicas_share_jobs_through_postgres(tmp_path):
                     seen = httpx.get(f"{server.base}/v1/jobs/{job['id']}")
                     assert seen.status_code == 200 and seen.json()["id"] == job["id"]
             for job in made:
-                final = _follow(server.base, job["id"])[-1]
+                final = job_events(server.base, job["id"])[-1]
                 assert final[0] == "succeeded" and httpx.get(final[1]["urls"][0]).status_code == 200
             long = httpx.post(f"{server.base}/v1/jobs", json={**body, "num_inference_steps": 500}).json()
             _wait(lambda: httpx.get(f"{server.base}/v1/jobs/{long['id']}").json()["status"] == "running", 60,
                   "the long job running")
             assert httpx.delete(f"{server.base}/v1/jobs/{long['id']}").status_code == 200
-            assert _follow(server.base, long["id"])[-1][0] == "cancelled"
+            assert job_events(server.base, long["id"])[-1][0] == "cancelled"
             listed = httpx.get(f"{server.base}/v1/jobs", params={"limit": 50}).json()["data"]
             assert {j["id"] for j in listed} >= {j["id"] for j in made} | {long["id"]}
-
-
-def _follow(base: str, job_id: str) -> list[tuple[str, dict]]:
-    events, name = [], None
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=120) as r:
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-    return events

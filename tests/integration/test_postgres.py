@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 from postgres import postgres_server
-from servers import serving
+from servers import job_events, serving
 
 from easel.config import Settings
 from easel.db import POSTGRES_MIGRATIONS, PostgresDatabase
@@ -97,18 +97,6 @@ def _app(home, url, provider):
     return create_app(config, runner=Runner(config, registry=registry, allow_paths=False))
 
 
-def _events(base: str, job_id: str) -> list[tuple[str, dict]]:
-    events, name = [], None
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=60) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-    return events
-
-
 def test_two_servers_on_one_database_share_their_jobs(pg_url, tmp_path):
     """Server A runs the job; B, on the same database and home, lists it, follows it to the end (SSE) and serves
     its image by the signed link it gives; a job started through A is cancelled through B."""
@@ -120,7 +108,7 @@ def test_two_servers_on_one_database_share_their_jobs(pg_url, tmp_path):
         job = httpx.post(f"{a}/v1/jobs", json=body).json()
         seen = httpx.get(f"{b}/v1/jobs/{job['id']}").json()
         assert seen["id"] == job["id"] and seen["status"] in ("queued", "running")
-        events = _events(b, job["id"])
+        events = job_events(b, job["id"])
         assert events[-1][0] == "succeeded" and any(name == "progress" for name, _ in events[:-1])
         steps = [e["step"] for name, e in events if name == "progress"]
         assert steps == sorted(steps) and steps[-1] > 0
@@ -137,7 +125,7 @@ def test_two_servers_on_one_database_share_their_jobs(pg_url, tmp_path):
             time.sleep(0.05)
         asked = httpx.delete(f"{b}/v1/jobs/{long['id']}")
         assert asked.status_code == 200 and asked.json()["id"] == long["id"]
-        events = _events(b, long["id"])
+        events = job_events(b, long["id"])
         assert events[-1][0] == "cancelled"
         assert httpx.get(f"{a}/v1/jobs/{long['id']}").json()["status"] == "cancelled"
         # a final job cannot be cancelled again, through either

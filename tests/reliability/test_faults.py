@@ -16,7 +16,7 @@ import pytest
 from conftest import fake_server
 from PIL import Image
 
-from servers import ServerProcess, running_server, wait_healthy
+from servers import ServerProcess, job_events, running_server, wait_healthy
 
 import easel.store
 from easel.testing import FakeProvider
@@ -248,24 +248,11 @@ def test_a_cancelled_job_is_a_409_on_a_synchronous_route(tmp_path):
 def test_two_event_streams_of_one_job_each_get_their_previews_and_leave(tmp_path):
     """Events are shared between a job's listeners: one stream must not change what another reads, and a stream
     that ends takes its listener with it."""
-    import json as json_lib
-
     provider = FakeProvider(step_s=0.05, max_steps=20)
     with fake_server(tmp_path / "home", provider) as (base, app):
         job_id = httpx.post(f"{base}/v1/jobs", json={**SMALL, "num_inference_steps": 20}).json()["id"]
-
-        def stream() -> list[tuple[str, dict]]:
-            events, name = [], None
-            with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=60) as r:
-                for line in r.iter_lines():
-                    if line.startswith("event: "):
-                        name = line[7:]
-                    elif line.startswith("data: "):
-                        events.append((name, json_lib.loads(line[6:])))
-            return events
-
         with ThreadPoolExecutor(2) as pool:
-            streams = list(pool.map(lambda _: stream(), range(2)))
+            streams = list(pool.map(lambda _: job_events(base, job_id, timeout=60), range(2)))
         for events in streams:
             assert events[-1][0] == "succeeded"
             previews = [e["preview"] for n, e in events if n == "progress" and "preview" in e]

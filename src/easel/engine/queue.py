@@ -313,6 +313,17 @@ class Engine:
     def _timed_out(self, job: Job) -> bool:
         return job.started is not None and time.time() - job.started > self.job_timeout_s
 
+    def _finish_stopped(self, job: Job) -> bool:
+        """Finish a job that was cancelled (or ran over its time limit) as such; False if it was neither."""
+        if job.cancel_requested.is_set():
+            self._finish(job, "cancelled")
+        elif self._timed_out(job):
+            self._finish(job, "failed", GenerationError(
+                f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
+        else:
+            return False
+        return True
+
     def _work(self) -> None:
         while not self._stop:
             batch: list[Job] = []
@@ -380,12 +391,7 @@ class Engine:
         for job, result in zip(batch, results):
             if job.state != "running":
                 continue  # cancelled during the run
-            if job.cancel_requested.is_set():
-                self._finish(job, "cancelled")
-            elif self._timed_out(job):
-                self._finish(job, "failed", GenerationError(
-                    f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
-            else:
+            if not self._finish_stopped(job):
                 self._savers.submit(self._save, job, result)
 
     def _save(self, job: Job, result) -> None:

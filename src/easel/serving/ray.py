@@ -249,12 +249,7 @@ class ClusterEngine(Engine):
                 else:
                     self._final(job, status, *rest)
         except (RequestCancelledError, asyncio.CancelledError):
-            if job.cancel_requested.is_set():
-                self._finish(job, "cancelled")
-            elif self._timed_out(job):
-                self._finish(job, "failed", GenerationError(
-                    f"The job ran over its {self.job_timeout_s:.0f} s limit and was stopped."))
-            else:
+            if not self._finish_stopped(job):
                 raise GenerationError("The call to the model replica was cancelled by Ray.") from None
         finally:
             watcher.cancel()
