@@ -49,7 +49,7 @@ def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
     """2 replicas on 2 logical GPUs; 40 requests through the openai SDK, 8 at a time; one replica is killed with
     kill -9 while it runs a batch. Every request gets its image, every job record is final and true, and Ray
     brings the replica back."""
-    env = {"EASEL_RAY_REPLICAS": "2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1"}
+    env = {"EASEL_RAY_REPLICAS": "2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1", "EASEL_UI": "1"}
     with RayServer(tmp_path / "home", env) as server:
         assert _running(server) == 2
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=300)
@@ -80,6 +80,13 @@ def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
         again = client.images.generate(prompt=PROMPT, size="256x256", extra_body={"seed": 1000})
         first = Image.open(io.BytesIO(base64.b64decode(again.data[0].b64_json)))
         assert first.tobytes() == images[0].tobytes()
+        # the web UI, served by the ingress, makes images through the replicas too
+        from gradio_client import Client
+
+        ui = Client(f"{server.base}/ui/", verbose=False)
+        made, status, meta = ui.predict(prompt=PROMPT, negative="", model="builtin", aspect="custom", width=64,
+                                        height=64, steps=10, guidance=4, seed=3, n=2, api_name="/generate")
+        assert len(made) == 2 and status.startswith("Done") and meta["seed"] == 3
 
 
 def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(tmp_path):
