@@ -134,10 +134,8 @@ class Engine:
         steps (for a client that will follow the job), of each image with `every_image`. Previews are asked for
         here, not later: on a cluster the job leaves for its replica as soon as it is queued."""
         spec, checked = self.runner.check(request)
-        total = checked.num_inference_steps or 1  # remote services report no steps
-        if checked.mode == "vary" and checked.strength is not None:
-            total = max(1, round(total * checked.strength))
-        job = Job(request=checked, spec=spec, total_steps=total)
+        job = Job(request=checked, spec=spec, total_steps=steps_of(checked))
+        total = job.total_steps
         job.preview_steps = {min(total - 1, max(1, (i + 1) * total // (previews + 1))) for i in range(previews)}
         if preview_every:
             job.preview_every(preview_every, every_image)
@@ -427,6 +425,15 @@ class Engine:
             if job.state not in FINAL:
                 counts[job.state] += 1
         return counts
+
+
+def steps_of(request: ImageRequest) -> int:
+    """The denoising steps a checked request runs: image-to-image runs the last `strength` share of them; remote
+    services report none (1)."""
+    total = request.num_inference_steps or 1
+    if request.mode == "vary" and request.strength is not None:
+        total = max(1, round(total * request.strength))
+    return total
 
 
 def _render_previews(batch: list[Job], step: int, preview) -> dict[str, tuple]:

@@ -34,7 +34,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
 from ..checks import CheckedRequest
 from ..config import Settings, get_settings
 from ..engine.jobs import FINAL, Job, JobEvent
-from ..engine.queue import Engine
+from ..engine.queue import Engine, steps_of
 from ..engine.runner import Runner
 from ..errors import GenerationError, error_from
 
@@ -100,6 +100,7 @@ class ModelReplica:
             cpus = max(1, int(settings.ray_cpus_per_replica))
             torch.set_num_threads(cpus)  # the CPUs it was given, not every core of the node
             settings = settings.model_copy(update={"device": settings.device or "cpu"})
+        self.scratch = settings.home
         runner = Runner(settings, allow_paths=False)
         spec = runner.catalog.resolve(model)
         runner.registry.get(spec.provider).warm(spec)
@@ -113,11 +114,8 @@ class ModelReplica:
     async def run(self, checked: CheckedRequest, preview_steps: list[int], preview_all: bool):
         """Queue the job here and stream `("progress", status, step, total, previews)` events, then one
         `("final", status, result, error, error_status, info)`. A call cancelled by its ingress cancels the job."""
-        total = checked.request.num_inference_steps or 1
-        if checked.request.mode == "vary" and checked.request.strength is not None:
-            total = max(1, round(total * checked.request.strength))
-        job = Job(request=checked.request, spec=checked.spec, total_steps=total, preview_steps=set(preview_steps),
-                  preview_all=preview_all)
+        job = Job(request=checked.request, spec=checked.spec, total_steps=steps_of(checked.request),
+                  preview_steps=set(preview_steps), preview_all=preview_all)
         job.reserve_listener()
         self.engine.add(job)
         sent, last = 0.0, None
@@ -150,6 +148,8 @@ class ModelReplica:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.stop()
+        if hasattr(self, "scratch"):
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 # -- the ingress -------------------------------------------------------------------------------------------------------
