@@ -6,6 +6,7 @@ once, in order, each in one transaction with the bump of its schema version."""
 
 from __future__ import annotations
 
+import abc
 import sqlite3
 import threading
 from pathlib import Path
@@ -95,19 +96,20 @@ POSTGRES_MIGRATIONS = [
 ]
 
 
-class Database:
+class Database(abc.ABC):
     """One connection shared by every thread, each statement in autocommit. `errors` are the driver's errors."""
 
     errors: tuple[type[BaseException], ...] = ()
     newest_first = ""  # the ORDER BY of the history's newest rows
     shared = False  # several servers may use it at once (a cluster's replicas)
 
+    @abc.abstractmethod
     def execute(self, sql: str, args: tuple | list = ()) -> int:
         """Run a statement; the number of rows it changed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def query(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Run a query; its rows."""
 
     def query_one(self, sql: str, args: tuple | list = ()) -> dict[str, Any] | None:
         rows = self.query(sql, args)
