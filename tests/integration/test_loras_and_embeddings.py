@@ -201,3 +201,32 @@ def test_embeddings_are_used_by_name_in_prompts(sd15_with_loras, easel_home):
         listed = httpx.get(f"{base}/sdapi/v1/embeddings").json()
     assert listed["loaded"]["mystyle"]["vectors"] == 2 and listed["loaded"]["mystyle"]["shape"] == 32
     assert list(listed["skipped"]) == ["junk"]
+
+
+def test_sdxl_takes_loras_and_its_two_encoder_embeddings(tiny_models, easel_home):
+    """SDXL: a LoRA on its UNet, and an embedding with a vector for each text encoder (clip_l, clip_g)."""
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    shutil.copytree(tiny_models["sdxl"], easel_home / "models" / "tiny-sdxl")
+    torch.manual_seed(5)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    (easel_home / "loras").mkdir(parents=True)
+    StableDiffusionXLPipeline.save_lora_weights(easel_home / "loras", weight_name="xl.safetensors",
+                                                unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    (easel_home / "embeddings").mkdir(parents=True)
+    save_file({"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 32)},
+              str(easel_home / "embeddings" / "xlstyle.safetensors"))
+    kw = dict(model="tiny-sdxl", size="64x64", steps=2, seed=2, save=False)
+    plain = pixels(easel.generate(PROMPT, **kw))
+    assert not np.array_equal(pixels(easel.generate(f"{PROMPT} <lora:xl:1>", **kw)), plain)
+    styled = easel.generate(f"{PROMPT}, xlstyle", **kw)
+    assert styled[0].parameters["embeddings"] == ["xlstyle"]
+    assert not np.array_equal(pixels(styled), pixels(easel.generate(f"{PROMPT}, other", **kw)))
+    assert np.array_equal(pixels(easel.generate(PROMPT, **kw)), plain)
