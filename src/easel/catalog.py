@@ -316,6 +316,11 @@ def default_catalog() -> ModelCatalog:
     return ModelCatalog.load()
 
 
+def names_a_file(name: str) -> bool:
+    """A LoRA named by a path (`~/x.safetensors`, `./x`, `C:\\x`) rather than by its name in the loras folder."""
+    return any(c in name for c in "/\\:\0") or name.startswith((".", "~"))
+
+
 def lora_files(folder: Path | None) -> dict[str, Path]:
     """The LoRAs of a loras folder by name (the file's stem): `<lora:name:weight>` and `loras={name: weight}`; the
     same for a folder of textual-inversion embeddings, whose names are words of a prompt."""

@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import NamedTuple
 
-from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog
+from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, names_a_file
 from .errors import InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
 from .prompts import lora_tags, revise_prompt
@@ -159,7 +159,7 @@ def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
             raise InvalidRequestError(f"`loras` names must be text of 1 to 200 characters but one is {name!r}.",
                                       param="loras")
         _require_unicode("loras", name)
-        if not allow_paths and (LORA_PATH_CHARS & set(name) or name.startswith((".", "~"))):
+        if not allow_paths and names_a_file(name):
             raise InvalidRequestError(f"`loras` names a LoRA by its name in the server's loras folder, not a path: "
                                       f"{name!r}.", param="loras")
         try:
@@ -170,9 +170,6 @@ def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
         raise UnsupportedError(f"{spec.name} does not take LoRAs ({', '.join(loras)}).", param="loras")
     r.loras = loras
     return prompt
-
-
-LORA_PATH_CHARS = set("/\\\0:")
 
 
 def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:

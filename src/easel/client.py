@@ -43,10 +43,12 @@ def server_url(host: str) -> str | None:
 def can_delegate(request: ImageRequest) -> bool:
     """A server never opens a folder or file a client names: a request for a local pipeline folder, or with a LoRA
     given as a path, runs in-process."""
+    from .catalog import names_a_file
+
     model = request.model or ""
     if model.startswith(("/", ".", "~")) or os.sep in model and Path(model).expanduser().exists():
         return False
-    return not any(name.startswith(("/", ".", "~")) or os.sep in name for name in request.loras)
+    return not any(names_a_file(name) for name in request.loras)
 
 
 class ServerClient:

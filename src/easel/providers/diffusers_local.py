@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
                       ModelNotFoundError, OutOfMemoryError)
-from ..catalog import lora_files
+from ..catalog import lora_files, names_a_file
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -258,12 +258,12 @@ class DiffusersProvider(Provider):
     def lora_file(self, name: str) -> Path:
         """A LoRA's file: `<name>.safetensors` in the loras folder, or a path (which the request check allows only
         where the caller is the machine's user). Unknown: an error listing the LoRAs there are."""
-        if any(c in name for c in "/\\") or name.startswith((".", "~")):
+        if names_a_file(name):
             path = Path(name).expanduser()
-        else:
-            folder = self.loras_dir or Path("loras")
-            path = folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
-        if not path.is_file():
+        else:  # in the loras folder only (none configured: no LoRA by name)
+            file = name if name.endswith(".safetensors") else f"{name}.safetensors"
+            path = self.loras_dir / file if self.loras_dir is not None else None
+        if path is None or not path.is_file():
             there = sorted(lora_files(self.loras_dir)) or ["none"]
             raise InvalidRequestError(f"No LoRA {name!r} (the loras folder has: {', '.join(there)}).", param="loras")
         return path
@@ -362,7 +362,7 @@ class DiffusersProvider(Provider):
                 except Exception as exc:  # noqa: BLE001 - not a LoRA, or one for another architecture
                     with contextlib.suppress(Exception):
                         pipe.delete_adapters(adapter)
-                    raise _lora_loading_error(name, exc) from None
+                    raise _does_not_fit(f"The LoRA {name!r}", exc, "loras") from None
                 loaded.adapters[key] = adapter
             active.append(loaded.adapters[key])
             if key not in self._lora_hashes:
@@ -386,9 +386,7 @@ class DiffusersProvider(Provider):
             try:
                 _load_embedding(loaded.pipe, files[name], name)
             except Exception as exc:  # noqa: BLE001 - not an embedding, or one for another text encoder
-                raise InvalidRequestError(f"The embedding {name!r} does not fit {spec.name}: {type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                                          param="prompt") from None
+                raise _does_not_fit(f"The embedding {name!r}", exc, "prompt") from None
             loaded.embeddings.add(name)
         return used
 
@@ -477,9 +475,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _lora_loading_error(name: str, exc: Exception) -> InvalidRequestError:
-    return InvalidRequestError(f"The LoRA {name!r} does not fit this model: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", param="loras")
+def _does_not_fit(what: str, exc: Exception, param: str) -> InvalidRequestError:
+    """A LoRA or embedding file that the pipeline refused (not one, or one for another architecture)."""
+    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return InvalidRequestError(f"{what} does not fit this model: {type(exc).__name__}: {detail}", param=param)
 
 
 def _to_requested_size(request: ImageRequest, images: list) -> tuple[list, dict[str, Any]]:
