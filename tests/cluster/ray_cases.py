@@ -51,7 +51,8 @@ def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
     brings the replica back."""
     env = {"EASEL_RAY_REPLICAS": "2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1", "EASEL_UI": "1"}
     with RayServer(tmp_path / "home", env) as server:
-        assert _running(server) == 2
+        # /health is 200 once one replica runs; the second may still be starting on a loaded machine
+        _wait(lambda: _running(server) == 2, 120, "both replicas running")
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=300)
 
         def one(i: int):
@@ -93,7 +94,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(tmp_path
     env = {"EASEL_RAY_AUTOSCALE": "1:2", "EASEL_RAY_NUM_GPUS": "2", "EASEL_RAY_GPUS_PER_REPLICA": "1",
            "EASEL_RAY_UPSCALE_DELAY_S": "1", "EASEL_RAY_DOWNSCALE_DELAY_S": "4", "EASEL_MAX_QUEUE": "64"}
     with RayServer(tmp_path / "home", env) as server:
-        assert _running(server) == 1
+        _wait(lambda: _running(server) == 1, 120, "the first replica running")
         stop = time.monotonic() + 90
         scaled = []
 
