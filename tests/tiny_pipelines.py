@@ -75,14 +75,16 @@ def build_sdxl():
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
                                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
-                                projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1)
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=72, norm_num_groups=1)
     vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         latent_channels=4, norm_num_groups=2)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(_clip_config()), text_encoder_2=CLIPTextModelWithProjection(_clip_config()),
+        vae=vae, text_encoder=CLIPTextModel(_clip_config()), # the second encoder is wider than the first, as in SDXL (768 and 1280), which is how single-file loading
+        # tells them apart
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(hidden_size=40)),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler,
         image_encoder=None, feature_extractor=None,
     )

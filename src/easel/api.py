@@ -146,10 +146,12 @@ def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, 
 
 
 def pull_model(name: str) -> str:
-    """Download a model's weights into the hub cache; returns the folder."""
+    """Download a model's weights into the hub cache, or a checkpoint file's configuration into the configs folder;
+    returns the folder."""
     from .config import get_settings
     from .keys import get_key
     from .providers.diffusers_local import pull_model as pull
 
+    settings = get_settings()
     spec = default_runner().catalog.resolve(name)
-    return pull(spec, token=get_key(get_settings().keys_path, "hf"))
+    return pull(spec, token=get_key(settings.keys_path, "hf"), configs_dir=settings.configs_folder)

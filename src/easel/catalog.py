@@ -10,7 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRequestError, ModelNotFoundError
+from .checkpoints import CHECKPOINT_SUFFIXES, checkpoint_family, is_checkpoint_name
+from .errors import EaselError, InvalidRequestError, ModelNotFoundError
 
 log = logging.getLogger("easel.catalog")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -97,15 +98,24 @@ class ModelSpec:
 
     @property
     def local_path(self) -> Path | None:
-        """The folder holding the weights when they come from a folder (Easel's package, or an absolute path that
-        `resolve` or the operator gave); None for a hub id, which is never looked up on the server's disk."""
+        """The folder (or single-file checkpoint) holding the weights when they are on this machine (Easel's
+        package, or an absolute path that `resolve` or the operator gave); None for a hub id, which is never looked
+        up on the server's disk."""
         if self.source.startswith("package:"):
             return PACKAGE_DIR / self.source.removeprefix("package:")
         path = Path(self.source)
         return path if path.is_absolute() else None
 
+    @property
+    def checkpoint(self) -> bool:
+        """The weights are one file in the original layout (A1111's and ComfyUI's checkpoints)."""
+        return self.local_path is not None and is_checkpoint_name(self.local_path.name)
+
     def is_available_locally(self) -> bool:
-        """True when the weights are in a folder or the hub cache, so the model loads with no network."""
+        """True when the weights are in a folder, a checkpoint file or the hub cache, so the model loads with no
+        network (a checkpoint's configuration aside: see `DiffusersProvider.checkpoint_config`)."""
+        if self.checkpoint:
+            return self.local_path.is_file()
         if self.local_path is not None:
             return (self.local_path / "model_index.json").is_file()
         if self.provider != "diffusers":
@@ -155,6 +165,7 @@ class ModelCatalog:
         self.families = {name: _family(name, raw) for name, raw in data["families"].items()}
         self.models: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
+        self._broken: dict[str, EaselError] = {}  # operator's checkpoints that cannot run, by name: why
         for name, raw in data["models"].items():
             raw = dict(raw)
             spec = ModelSpec(
@@ -185,22 +196,27 @@ class ModelCatalog:
         key = name.strip()
         if key.lower() in self._aliases:
             return self.models[self._aliases[key.lower()]]
+        if key.lower() in self._broken:
+            raise self._broken[key.lower()]
         prefix, _, remote = key.partition(":")
         if prefix in ("openai", "hf") and remote:
             return self._remote(prefix, remote.strip())
         if allow_paths and "\x00" not in key and Path(key).expanduser().is_dir():
             path = Path(key).expanduser().resolve()
             return ModelSpec(name=str(path), family=self.family_of_folder(path), source=str(path))
+        if allow_paths and "\x00" not in key and is_checkpoint_name(key) and Path(key).expanduser().is_file():
+            return self.checkpoint_spec(str(Path(key).expanduser().resolve()), Path(key).expanduser())
         if is_hub_id(key):
             return ModelSpec(name=key, family=self._family_of_hub_id(key), source=key)
         known = ", ".join(sorted(self.models))
-        folder = ", or a local pipeline folder" if allow_paths else ""
+        folder = ", a local pipeline folder or a checkpoint file" if allow_paths else ""
         raise ModelNotFoundError(f"Unknown model {name!r}: use one of {known}, openai:MODEL, hf:ORG/NAME, a hub id "
                                  f"such as org/name{folder}.", param="model")
 
     def _copy(self) -> ModelCatalog:
         copy = ModelCatalog.__new__(ModelCatalog)
         copy.families, copy.models, copy._aliases = dict(self.families), dict(self.models), dict(self._aliases)
+        copy._broken = dict(self._broken)
         return copy
 
     def with_models(self, families: list[ModelFamily], models: list[ModelSpec]) -> ModelCatalog:
@@ -218,16 +234,25 @@ class ModelCatalog:
         return copy
 
     def with_folders(self, folders: dict[str, Path], aliases: dict[str, str] | None = None) -> ModelCatalog:
-        """A copy that also serves these pipeline folders by name (the operator's models); `aliases` maps more
-        names (the operator's own spelling of a path) to them."""
+        """A copy that also serves these pipeline folders and checkpoint files by name (the operator's models);
+        `aliases` maps more names (the operator's own spelling of a path) to them."""
         copy = self._copy()
         for name, path in folders.items():
             if name.lower() in copy._aliases:
-                raise ModelNotFoundError(f"The model folder {str(path)!r} is named {name!r}, like a model Easel "
-                                         "already knows: rename the folder.", param="model")
-            path = path.resolve()
-            copy.models[name] = ModelSpec(name=name, family=self.family_of_folder(path), source=str(path),
-                                          description=f"pipeline folder {path.name}")
+                raise ModelNotFoundError(f"The model {str(path)!r} is named {name!r}, like a model Easel already "
+                                         "knows: rename it.", param="model")
+            if path.is_file():  # a checkpoint: by its stem, and by its file name as A1111 lists it
+                try:
+                    copy.models[name] = self.checkpoint_spec(name, path)
+                except EaselError as exc:  # one broken file must not take every model down; naming it says why
+                    log.warning("models folder: %s cannot run: %s", path.name, exc.message)
+                    copy._broken[name.lower()] = copy._broken[path.name.lower()] = exc
+                    continue
+                copy._aliases[path.name.lower()] = name
+            else:
+                path = path.resolve()
+                copy.models[name] = ModelSpec(name=name, family=self.family_of_folder(path), source=str(path),
+                                              description=f"pipeline folder {path.name}")
             copy._aliases[name.lower()] = name
         for alias, name in (aliases or {}).items():
             copy._aliases.setdefault(alias.strip().lower(), name)
@@ -244,6 +269,12 @@ class ModelCatalog:
         else:
             family = self.families["openai-gpt-image" if model.startswith("gpt-image") else "openai-compatible"]
         return ModelSpec(name=f"{prefix}:{model}", family=family, source=model, provider=family.provider)
+
+    def checkpoint_spec(self, name: str, path: Path) -> ModelSpec:
+        """A single-file checkpoint, its family read from its tensors' names."""
+        family = self.families[checkpoint_family(path)]
+        return ModelSpec(name=name, family=family, source=str(path.resolve()),
+                         description=f"{family.name} checkpoint {path.name}")
 
     def family_of_folder(self, path: Path) -> ModelFamily:
         index = path / "model_index.json"
@@ -283,13 +314,17 @@ def is_hub_id(name: str) -> bool:
 
 
 def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
-    """`base` plus the folders the operator named: each pipeline folder in the models folder (by its folder name),
-    and the default model or the one behind OpenAI's names where those are folders (by folder name, and by the
-    operator's own spelling). Clients reach these by name; a folder a client names is never opened."""
+    """`base` plus the models the operator named: each pipeline folder and single-file checkpoint in the models
+    folder (by its folder name or the file's stem), and the default model or the one behind OpenAI's names where
+    those are folders or checkpoints (by name, and by the operator's own spelling). Clients reach these by name; a
+    path a client names is never opened."""
     folders: dict[str, Path] = {}
     root = settings.models_folder
     if root.is_dir():
         for path in sorted(root.iterdir()):
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file():
+                folders[path.stem] = path
+                continue
             try:
                 base.family_of_folder(path)
             except ModelNotFoundError as exc:  # one broken folder must not take every model down
@@ -302,10 +337,10 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
         if not configured or configured.strip().lower() in base._aliases:
             continue
         path = Path(configured.strip()).expanduser()
-        if not path.is_dir():
+        if not (path.is_dir() or (path.is_file() and is_checkpoint_name(path.name))):
             continue
         known = next((n for n, p in folders.items() if p.resolve() == path.resolve()), None)
-        name = known or path.resolve().name
+        name = known or (path.resolve().stem if path.is_file() else path.resolve().name)
         folders[name] = path
         aliases[configured] = name
     return base.with_folders(folders, aliases) if folders else base

@@ -378,12 +378,16 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
 
     runner = _runner()
     rows = []
-    for spec in runner.catalog.models.values():  # the catalog, plugins' models and the operator's folders
-        rows.append({"name": spec.name, "kind": "model", "family": spec.family.name, "source": spec.source,
-                     "local": spec.is_available_locally(), "gated": spec.gated, "description": spec.description})
+    for spec in runner.catalog.models.values():  # the catalog, plugins' models, the operator's folders and files
+        rows.append({"name": spec.name, "kind": "checkpoint" if spec.checkpoint else "model",
+                     "family": spec.family.name, "source": spec.source, "local": spec.is_available_locally(),
+                     "gated": spec.gated, "description": spec.description})
     for name, path in lora_files(runner.settings.loras_folder).items():
         rows.append({"name": name, "kind": "lora", "family": "lora", "source": str(path), "local": True,
                      "gated": False, "description": f"LoRA: loras={{'{name}': 0.8}} or <lora:{name}:0.8>"})
+    for name, path in lora_files(runner.settings.embeddings_folder).items():
+        rows.append({"name": name, "kind": "embedding", "family": "embedding", "source": str(path), "local": True,
+                     "gated": False, "description": f"textual-inversion embedding: write {name} in a prompt"})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -399,8 +403,9 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
 
 
 @models_app.command("pull")
-def models_pull(name: Annotated[str, typer.Argument(help="Catalog name or hub id.")]) -> None:
-    """Download a model into the hub cache (resumable; uses the token from `easel keys set hf`).
+def models_pull(name: Annotated[str, typer.Argument(help="Catalog name, hub id or checkpoint file.")]) -> None:
+    """Download a model into the hub cache (resumable; uses the token from `easel keys set hf`); for a single-file
+    checkpoint, the configuration it loads with offline (configs and tokenizers, no weights).
 
     Example: easel models pull sdxl-turbo
     """

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         return self.loras_dir or self.home / "loras"
 
     @property
+    def configs_folder(self) -> Path:
+        """Pipeline configurations (configs and tokenizers, no weights) that single-file checkpoints load with,
+        one folder per kind of checkpoint (`v1`, `xl_base`, `sd35_medium`, `flux-dev`, ...), filled by
+        `easel models pull CHECKPOINT`."""
+        return self.home / "configs"
+
+    @property
     def embeddings_folder(self) -> Path:
         """Where textual-inversion embeddings are: `<name>.safetensors`, used by writing `name` in a prompt."""
         return self.embeddings_dir or self.home / "embeddings"

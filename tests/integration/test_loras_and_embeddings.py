@@ -221,7 +221,7 @@ def test_sdxl_takes_loras_and_its_two_encoder_embeddings(tiny_models, easel_home
     StableDiffusionXLPipeline.save_lora_weights(easel_home / "loras", weight_name="xl.safetensors",
                                                 unet_lora_layers=get_peft_model_state_dict(pipe.unet))
     (easel_home / "embeddings").mkdir(parents=True)
-    save_file({"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 32)},
+    save_file({"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 40)},
               str(easel_home / "embeddings" / "xlstyle.safetensors"))
     kw = dict(model="tiny-sdxl", size="64x64", steps=2, seed=2, save=False)
     plain = pixels(easel.generate(PROMPT, **kw))

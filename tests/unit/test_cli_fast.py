@@ -107,7 +107,7 @@ def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path):
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     done = cli("serve", "--port", "1", "--model", str(folder), timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "like a model Easel already knows: rename the folder" in done.stderr
+    assert "like a model Easel already knows: rename it" in done.stderr
 
 
 def test_cluster_options_go_with_ray_and_are_checked_before_anything_starts(tmp_path):

@@ -117,11 +117,75 @@ def make_scheduler(name: str, base_config: dict[str, Any]):
     return getattr(diffusers, cls_name).from_config(base_config, **overrides)
 
 
-def pull_model(spec: ModelSpec, token: str | None = None) -> str:
-    """Download a hub model into the hub cache (resumable); returns the snapshot folder."""
+# what a pipeline's configuration is made of (configs, tokenizers, the scheduler), never its weights
+CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/spiece*"]
+
+
+def checkpoint_kind(path: Path) -> str:
+    """diffusers' name for the kind of a checkpoint (`v1`, `v2`, `xl_base`, `sd3`, `sd35_medium`, `sd35_large`,
+    `flux-dev`, `flux-schnell`, ...), which names the hub repository whose configuration it loads with. It is
+    inferred from the tensors' names and shapes (read from the header, no weights loaded)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS, infer_diffusers_model_type
+
+    from ..checkpoints import checkpoint_family, tensor_shapes
+
+    family = checkpoint_family(path)
+    shapes = {key: _Shape(shape) for key, shape in tensor_shapes(path).items()}
+    try:
+        kind = infer_diffusers_model_type(shapes)
+    except (KeyError, IndexError, AttributeError):  # a layout diffusers' rules do not expect
+        kind = None
+    expected = {"sd15": ("v1", "v2"), "sdxl": ("xl_base", "playground-v2-5"), "sd3": ("sd3", "sd35_medium",
+                "sd35_large"), "flux": ("flux-dev", "flux-schnell")}[family]
+    if kind not in expected or kind not in DIFFUSERS_DEFAULT_PIPELINE_PATHS:
+        kind = expected[0]  # what the names say, where the sizes are not a release's (a small or pruned model)
+    return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Stands for a tensor where only its shape is asked for."""
+
+    shape: tuple[int, ...]
+
+
+def checkpoint_config(path: Path, configs_dir: Path | None, token: str | None = None, download: bool = True) -> Path:
+    """The pipeline configuration a single-file checkpoint loads with, with no network once it is on this machine:
+    `configs_dir/<kind>` (a pipeline folder, weights optional), else the configuration of the kind's hub repository
+    in the hub cache (there when the model was pulled, or its configuration fetched before), else, with `download`
+    and network, that configuration fetched now (configs and tokenizers only, some megabytes) into `configs_dir`."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+    from huggingface_hub import snapshot_download
+
+    kind = checkpoint_kind(path)
+    repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    own = configs_dir / kind if configs_dir is not None else None
+    if own is not None and (own / "model_index.json").is_file():
+        return own
+    with contextlib.suppress(Exception):  # not in the cache: LocalEntryNotFoundError, OSError, ...
+        cached = Path(snapshot_download(repo, allow_patterns=CONFIG_FILES, local_files_only=True, token=token))
+        if (cached / "model_index.json").is_file():
+            return cached
+    missing = (f"{path.name} is a {kind} checkpoint, which loads with the configuration of {repo} (configs and "
+               f"tokenizers, no weights), and that is not on this machine")
+    if not download or _offline() or own is None:
+        raise ModelNotFoundError(f"{missing}: run `easel models pull {path.name}` once with network access, or put "
+                                 f"a pipeline folder of that kind in {own or 'EASEL_HOME/configs'}.", param="model")
+    try:
+        return Path(snapshot_download(repo, allow_patterns=CONFIG_FILES, local_dir=own, token=token))
+    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+        raise ModelNotFoundError(f"{missing}, and the hub could not be reached to fetch it ({type(exc).__name__}). "
+                                 f"{_reach_hub_hint()}", param="model") from None
+
+
+def pull_model(spec: ModelSpec, token: str | None = None, configs_dir: Path | None = None) -> str:
+    """Download a hub model into the hub cache (resumable); returns the snapshot folder. For a checkpoint file,
+    the configuration it loads with."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    if spec.checkpoint:
+        return str(checkpoint_config(spec.local_path, configs_dir, token=token))
     if spec.local_path is not None:
         return str(spec.local_path)
     try:
@@ -233,13 +297,15 @@ class DiffusersProvider(Provider):
 
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
-                 loras_dir: Path | None = None, embeddings_dir: Path | None = None):
+                 loras_dir: Path | None = None, embeddings_dir: Path | None = None, configs_dir: Path | None = None):
         """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
         `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`); `embeddings_dir`: where the
-        textual-inversion embeddings that prompts use by name are."""
+        textual-inversion embeddings that prompts use by name are; `configs_dir`: the configurations that
+        single-file checkpoints load with (see `checkpoint_config`)."""
         self.defaults = dict(defaults or {})
         self.loras_dir = loras_dir
         self.embeddings_dir = embeddings_dir
+        self.configs_dir = configs_dir
         self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
@@ -251,6 +317,8 @@ class DiffusersProvider(Provider):
         self.memory_options(spec, {k: v for k, v in request.extra.items() if k in MEMORY_OPTIONS})
         for name in request.loras:
             self.lora_file(name)
+        if spec.checkpoint and _offline():
+            checkpoint_config(spec.local_path, self.configs_dir, download=False)
         if spec.local_path is None and _offline() and not spec.is_available_locally():
             raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                                      f"With network access, run `easel models pull {spec.name}`.", param="model")
@@ -299,7 +367,11 @@ class DiffusersProvider(Provider):
         started = time.perf_counter()
         with pipeline_errors(spec, "loading"):
             cls = _pipeline_class(spec.family.pipeline)
-            if spec.local_path is not None:
+            if spec.checkpoint:
+                config = checkpoint_config(spec.local_path, self.configs_dir, token=self.hf_token)
+                pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
+                                            torch_dtype=dtype)
+            elif spec.local_path is not None:
                 pipe = cls.from_pretrained(spec.local_path, dtype=dtype)
             else:
                 pipe = self._load_from_hub(cls, spec, dtype)
@@ -634,5 +706,5 @@ def register(add, settings) -> None:
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
                                     "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder,
-                          embeddings_dir=settings.embeddings_folder))
+                          embeddings_dir=settings.embeddings_folder, configs_dir=settings.configs_folder))
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import collections
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -121,12 +122,22 @@ def _state(request: Request) -> A1111State:
     return request.app.state.a1111
 
 
+def checkpoint_name(title: str) -> str:
+    """A checkpoint as A1111 clients name it: its title (`file.safetensors [hash]`), its file name or its name."""
+    return re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", title.strip())
+
+
+def checkpoint_title(spec) -> str:
+    """A1111's title of a model: a checkpoint's file name (the server's folders never show), else its name."""
+    return spec.local_path.name if spec.checkpoint else spec.name
+
+
 def model_for(body: Txt2ImgRequest, state: A1111State) -> str:
     name = body.override_settings.get("sd_model_checkpoint")
     if name is not None and not isinstance(name, str):
         raise InvalidRequestError(f"`override_settings.sd_model_checkpoint` must be a string but is {name!r}.",
                                   param="override_settings.sd_model_checkpoint")
-    return name or state.model
+    return checkpoint_name(name) if name else state.model
 
 
 def scheduler_for(body: Txt2ImgRequest, spec) -> tuple[str | None, list[str]]:
@@ -269,10 +280,11 @@ async def interrupt(request: Request) -> dict[str, Any]:
 
 @router.get("/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
-    """The models on this machine, as A1111 checkpoints."""
+    """The models on this machine, as A1111 checkpoints (single-file checkpoints by their file name)."""
     catalog = request.app.state.runner.catalog
-    return [{"title": s.name, "model_name": s.name, "hash": None, "sha256": None, "filename": s.name,
-             "config": None} for s in catalog.models.values() if s.is_available_locally()]
+    return [{"title": checkpoint_title(s), "model_name": s.name, "hash": None, "sha256": None,
+             "filename": checkpoint_title(s), "config": None}
+            for s in catalog.models.values() if s.is_available_locally()]
 
 
 @router.get("/loras")
@@ -316,7 +328,12 @@ def samplers() -> list[dict[str, Any]]:
 @router.get("/options")
 def get_options(request: Request) -> dict[str, Any]:
     """The current checkpoint and output settings; never keys or paths."""
-    return {"sd_model_checkpoint": _state(request).model, "sd_checkpoint_hash": None, "samples_format": "png",
+    model = _state(request).model
+    try:
+        model = checkpoint_title(request.app.state.runner.catalog.resolve(model, allow_paths=False))
+    except EaselError:
+        pass
+    return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "samples_format": "png",
             "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
 
 
@@ -329,7 +346,7 @@ def set_options(options: dict[str, Any], request: Request) -> None:
             raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
                                       param="sd_model_checkpoint")
         try:  # the same check as a request's, so that a name that cannot run here never sticks
-            spec = request.app.state.engine.runner.check(ImageRequest(prompt="-", model=name)).spec
+            spec = request.app.state.engine.runner.check(ImageRequest(prompt="-", model=checkpoint_name(name))).spec
         except EaselError as exc:
             raise exc.renamed({"model": "sd_model_checkpoint"}) from None
         _state(request).model = spec.name
