@@ -69,6 +69,7 @@ class ModelFamily:
     preview_decoder: str | None = None  # a tiny VAE (AutoencoderTiny, hub id) for previews, used when it is cached
     loras: bool = False  # its pipeline loads LoRA adapters (diffusers' load_lora_weights, peft)
     embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
+    weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)

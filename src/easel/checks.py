@@ -10,7 +10,7 @@ from typing import NamedTuple
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, names_a_file
 from .errors import InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
-from .prompts import lora_tags, revise_prompt
+from .prompts import is_weighted, lora_tags, revise_prompt, unweighted
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
 
 MAX_IMAGES = 10
@@ -107,8 +107,12 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed
     _check_choices(r, spec)  # 4. scheduler, output format, family options
     # 5. the prompt the model receives, and what it will ignore
-    r.revised_prompt = revise_prompt(spec, model_prompt) or (model_prompt if model_prompt != r.prompt else None)
     r.warnings = _ignored(spec, r)
+    if not spec.family.weights and is_weighted(model_prompt):  # the words, without emphasis it cannot honour
+        model_prompt = unweighted(model_prompt)
+        r.warnings.append(f"{spec.name} does not weight prompt words: A1111's emphasis ((word:1.3), [word], BREAK) "
+                          "was read as plain words")
+    r.revised_prompt = revise_prompt(spec, model_prompt) or (model_prompt if model_prompt != r.prompt else None)
     return CheckedRequest(spec, r)
 
 

@@ -67,3 +67,71 @@ def lora_tags(prompt: str) -> tuple[str, list[tuple[str, str]]]:
         return prompt, []
     stripped = re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip(" ,")
     return stripped, tags
+
+
+# A1111's emphasis: `(words)` x1.1, `[words]` /1.1, `(words:1.3)` x1.3, nested brackets multiply, `\(` `\)` `\[` `\]`
+# `\\` literal, an unclosed bracket weighs to the end, `BREAK` starts a new 75-token chunk
+_EMPHASIS = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def prompt_weights(prompt: str) -> list[list[tuple[str, float]]]:
+    """A prompt in A1111's emphasis syntax as its chunks (split at `BREAK`), each a list of (text, weight) with runs
+    of equal weight merged, as A1111's own parser gives them: `a (red:1.3) [cat]` -> [[('a ', 1.0), ('red', 1.3),
+    (' ', 1.0), ('cat', 0.909...)]]."""
+    parts: list[list] = []  # [text, weight]; a BREAK is [None, 0]
+    opened_round: list[int] = []
+    opened_square: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for part in parts[start:]:
+            if part[0] is not None:
+                part[1] *= factor
+
+    for match in _EMPHASIS.finditer(prompt):
+        text, weight = match.group(0), match.group(1)
+        if text.startswith("\\") and len(text) == 2:
+            parts.append([text[1], 1.0])
+        elif text == "(":
+            opened_round.append(len(parts))
+        elif text == "[":
+            opened_square.append(len(parts))
+        elif weight is not None and opened_round:
+            try:
+                scale(opened_round.pop(), float(weight))
+            except ValueError:  # `(x:1.2.3)`: A1111 reads it as text, too
+                parts.append([text, 1.0])
+        elif text == ")" and opened_round:
+            scale(opened_round.pop(), 1.1)
+        elif text == "]" and opened_square:
+            scale(opened_square.pop(), 1 / 1.1)
+        else:
+            for i, piece in enumerate(_BREAK.split(text)):
+                if i:
+                    parts.append([None, 0.0])
+                parts.append([piece, 1.0])
+    for start in opened_round:
+        scale(start, 1.1)
+    for start in opened_square:
+        scale(start, 1 / 1.1)
+    chunks: list[list[tuple[str, float]]] = [[]]
+    for text, weight in parts:
+        if text is None:
+            chunks.append([])
+        elif chunks[-1] and chunks[-1][-1][1] == weight:
+            chunks[-1][-1] = (chunks[-1][-1][0] + text, weight)
+        elif text or not chunks[-1]:
+            chunks[-1].append((text, weight))
+    return [chunk or [("", 1.0)] for chunk in chunks]
+
+
+def is_weighted(prompt: str) -> bool:
+    """The prompt uses A1111's emphasis (a weight other than 1, an escape or `BREAK`): its plain text is not
+    itself."""
+    chunks = prompt_weights(prompt)
+    return len(chunks) > 1 or chunks[0] != [(prompt, 1.0)]
+
+
+def unweighted(prompt: str) -> str:
+    """The words of a prompt in A1111's emphasis syntax without the syntax (for a model that weighs no words)."""
+    return " ".join("".join(text for text, _ in chunk).strip() for chunk in prompt_weights(prompt)).strip()
