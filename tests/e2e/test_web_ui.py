@@ -23,7 +23,13 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("ui-home"), keys=KEY) as srv:
+    import torch
+    from safetensors.torch import save_file
+
+    home = tmp_path_factory.mktemp("ui-home")
+    (home / "loras").mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(home / "loras" / "watercolor.safetensors"))
+    with running_server(home, keys=KEY) as srv:
         yield srv
 
 
@@ -110,6 +116,27 @@ def test_prompt_help_builds_the_prompt_and_shows_what_is_sent(page, shots):
                            ".startsWith('a small yellow triangle')")
     page.screenshot(path=str(shots / "prompt-help.png"), full_page=True)
     page.locator("#prompt-help").get_by_text("Prompt help").click()
+
+
+def test_the_lora_picker_writes_a_tag_with_its_weight(page):
+    prompt = page.locator("#prompt textarea")
+    prompt.fill("a lighthouse")
+    page.locator("#lora input").click()
+    page.get_by_role("option", name="watercolor").click()
+    weight = page.locator("#lora-weight input[type=number]")
+    weight.fill("0.6")
+    weight.press("Enter")
+    page.locator("#add-lora").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'a lighthouse <lora:watercolor:0.6>'")
+    weight.fill("1.2")
+    weight.press("Enter")
+    page.locator("#add-lora").click()  # the same LoRA again: its weight changes, no second tag
+    page.wait_for_function("document.querySelector('#prompt textarea').value === 'a lighthouse <lora:watercolor:1.2>'")
+    prompt.press("End")
+    prompt.type(" ")  # what is sent follows the prompt: the built-in model takes no LoRA, and says so
+    page.wait_for_function("document.querySelector('#final-prompt textarea, #final-prompt input').value"
+                           ".includes('does not take LoRAs (watercolor)')")
+    prompt.fill("")
 
 
 def test_a_bad_value_is_a_message_not_a_traceback(page):

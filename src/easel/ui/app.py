@@ -52,6 +52,12 @@ def build_ui(engine: Engine) -> gr.Blocks:
                                               elem_id="steps")
                             guidance = gr.Slider(0, 20, value=default.default_guidance or 0, step=0.5,
                                                  label="Guidance", elem_id="guidance")
+                        with gr.Row():  # A1111's LoRA tags, written into the prompt with their weight
+                            lora = gr.Dropdown(h.lora_choices(), value=None, label="LoRA", elem_id="lora",
+                                               info="From the loras folder; adds <lora:name:weight> to the prompt")
+                            lora_weight = gr.Slider(-2, 2, value=0.8, step=0.05, label="LoRA weight",
+                                                    elem_id="lora-weight")
+                            add_lora = gr.Button("Add LoRA", elem_id="add-lora", size="sm")
                         with gr.Row():
                             n = gr.Slider(1, 4, value=1, step=1, label="Images per batch", elem_id="n")
                             batches = gr.Slider(1, 8, value=1, step=1, label="Batches (run one after another)",
@@ -142,6 +148,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                      **private)
         prompt.change(h.final_prompt, [prompt, model], [sent], queue=False, api_name="final_prompt")
         model.change(h.final_prompt, [prompt, model], [sent], queue=False, **private)
+        add_lora.click(h.insert_lora, [prompt, lora, lora_weight], [prompt], queue=False, **private)
         build.click(compose_prompt, [subject, action, style, environment, details, quality], [prompt], queue=False,
                     api_name="compose_prompt")
         c_axis.change(h.axis_values, [c_axis], [c_values], queue=False, **private)
@@ -158,4 +165,5 @@ def build_ui(engine: Engine) -> gr.Blocks:
                                             tabs], queue=False, **private)
         h_edit.click(h.to_editor, [picked], [editor, e_prompt, tabs], queue=False, **private)
         ui.load(h.history, [search], [h_gallery, rows], queue=False, **private)
+        ui.load(lambda: gr.update(choices=h.lora_choices()), None, [lora], queue=False, **private)  # files added
     return ui

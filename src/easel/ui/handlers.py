@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ import gradio as gr
 from .. import masks
 from ..engine.queue import Engine
 from ..errors import EaselError
-from ..prompts import STYLE_PRESETS, compose_prompt, revise_prompt
+from ..catalog import lora_files
+from ..prompts import STYLE_PRESETS, compose_prompt
 from ..types import ImageRequest
 
 PREVIEW_EVERY = 4  # steps between two preview images
@@ -111,8 +113,16 @@ class Handlers:
         return self.catalog.resolve(model, allow_paths=self.runner.allow_paths)
 
     def model_choices(self) -> list[tuple[str, str]]:
-        return [(s.name + ("" if s.is_available_locally() else " (download)"), s.name)
-                for s in self.catalog.models.values()]
+        """The models, the operator's checkpoint files among them (said as such, with their family)."""
+        def label(spec) -> str:
+            if spec.checkpoint:
+                return f"{spec.name} ({spec.family.name} checkpoint)"
+            return spec.name + ("" if spec.is_available_locally() else " (download)")
+
+        return [(label(s), s.name) for s in self.catalog.models.values()]
+
+    def lora_choices(self) -> list[str]:
+        return list(lora_files(self.settings.loras_folder))
 
     def submit(self, request: ImageRequest, previews: bool = True):
         try:
@@ -230,11 +240,29 @@ class Handlers:
                 gr.update(value=family.quality_words.get("en", "")), gr.update(interactive=family.negative_prompt))
 
     def final_prompt(self, prompt, model):
+        """What the model will receive, from the check that a request goes through: the prompt (without LoRA tags,
+        with the family's quality words), the LoRAs and their weights, and what the model will ignore."""
+        if not (prompt or "").strip():
+            return ""
         try:
-            spec = self.resolve(model)
+            checked = self.runner.check(ImageRequest(prompt=prompt, model=model or None)).request
         except EaselError as exc:
             return exc.message
-        return revise_prompt(spec, prompt or "") or prompt
+        lines = [checked.revised_prompt or checked.prompt]
+        if checked.loras:
+            lines.append("LoRAs: " + ", ".join(f"{name} x{weight:g}" for name, weight in checked.loras.items()))
+        return "\n".join([*lines, *checked.warnings])
+
+    @staticmethod
+    def insert_lora(prompt, name, weight) -> str:
+        """The prompt with `<lora:name:weight>`; a tag of that LoRA already there takes the new weight."""
+        if not name:
+            return prompt
+        tag = f"<lora:{name}:{float(weight):g}>"
+        same = re.compile(rf"<lora:{re.escape(name)}(?::[^<>]*)?>", re.IGNORECASE)
+        if same.search(prompt or ""):
+            return same.sub(lambda _: tag, prompt, count=1)
+        return f"{(prompt or '').rstrip()} {tag}".strip()
 
     # -- Compare ---------------------------------------------------------------------------------------------------
     def axis_values(self, axis: str) -> str:
