@@ -75,6 +75,8 @@ def to_image_request(prompt: str, *, model, n, size, aspect, width, height, step
     arrives among the keyword options and leaves them as the request's own field."""
     options = dict(options)
     loras = options.pop("loras", None)
+    if "enhance_prompt" in options:
+        fields["enhance_prompt"] = options.pop("enhance_prompt")
     return ImageRequest(
         prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
@@ -95,8 +97,9 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
     >>> result[0].path, result[0].seed
 
     `size` ("1024x768") or `aspect` ("16:9") set the shape; `loras={"watercolor": 0.8}` applies LoRAs (by name from
-    EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); other keyword arguments
-    are options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
+    EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); `enhance_prompt=True`
+    has the configured chat model rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); other keyword arguments are
+    options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
     """
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height,
                                steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,

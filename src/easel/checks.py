@@ -246,8 +246,11 @@ def _check_numbers(r: ImageRequest, spec: ModelSpec, request: ImageRequest) -> N
 
 
 def _check_choices(r: ImageRequest, spec: ModelSpec) -> None:
-    """Scheduler, output format and the family's own options."""
+    """Scheduler, output format, prompt enhancement and the family's own options."""
     family = spec.family
+    if r.enhance_prompt is not None and not isinstance(r.enhance_prompt, bool):
+        raise InvalidRequestError(f"`enhance_prompt` must be true or false but is {r.enhance_prompt!r}.",
+                                  param="enhance_prompt")
     if r.scheduler is not None and r.scheduler not in family.schedulers:
         allowed = ", ".join(family.schedulers) or "none (the model's own)"
         raise InvalidRequestError(f"`scheduler` for {spec.name} must be one of {allowed} but is {r.scheduler!r}.",

@@ -217,6 +217,9 @@ def generate(
     from_file: Annotated[Optional[Path], typer.Option("--from", help="Reproduce the image in this file.")] = None,
     option: Options = None,
     lora: Loras = None,
+    enhance: Annotated[Optional[bool], typer.Option("--enhance/--no-enhance", help="Have the configured chat model "
+                       "rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); default: short prompts, when one is.")]
+    = None,
 ) -> None:
     """Generate images from a prompt and save them.
 
@@ -227,6 +230,8 @@ def generate(
                                 size=size, aspect=aspect, steps=steps, guidance=guidance, seed=seed,
                                 negative=negative, scheduler=scheduler, n=n, output_format=output_format,
                                 options=_options(option), loras=_loras(lora))
+        if enhance is not None:
+            base = base.replace(enhance_prompt=enhance)
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:
@@ -276,8 +281,12 @@ def _request_from_file(path: Path):
         raise InvalidRequestError(f"`--from` must be an image file but {str(path)!r} is not one.", param="from")
     if not params:
         raise InvalidRequestError(f"{str(path)!r} carries no Easel parameters.", param="from")
+    # the image again: a chat model's rewrite is not asked for again (its answer varies), the model receives the
+    # prompt it received
+    rewritten = bool(params.get("prompt_enhancer") and params.get("revised_prompt"))
     return ImageRequest(
-        prompt=params["prompt"], negative_prompt=params.get("negative_prompt"), model=params["model"],
+        prompt=params["revised_prompt"] if rewritten else params["prompt"], enhance_prompt=False,
+        negative_prompt=params.get("negative_prompt"), model=params["model"],
         width=params["width"], height=params["height"], num_inference_steps=params["num_inference_steps"],
         guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
         output_format=params.get("output_format", "png"), extra=params.get("extra", {}),

@@ -156,7 +156,8 @@ class ServerClient:
                   "seed": request.seed, "num_inference_steps": request.num_inference_steps,
                   "guidance_scale": request.guidance_scale, "negative_prompt": request.negative_prompt,
                   "strength": request.strength, "response_format": "url",
-                  "loras": json.dumps(request.loras) if request.loras else None}
+                  "loras": json.dumps(request.loras) if request.loras else None,
+                  "enhance_prompt": None if request.enhance_prompt is None else str(request.enhance_prompt).lower()}
         if request.mode == "edit":
             fields.update(mask_blur=request.mask_blur, inpaint_full_res=request.inpaint_full_res,
                           inpaint_full_res_padding=request.inpaint_full_res_padding,
@@ -249,7 +250,7 @@ def _job_body(r: ImageRequest) -> dict[str, Any]:
     body = {"prompt": r.prompt, "model": r.model, "n": r.num_images, "size": size, "aspect": r.aspect,
             "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
             "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
-            "options": dict(r.extra) or None, "loras": dict(r.loras) or None}
+            "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt}
     return {k: v for k, v in body.items() if v is not None}
 
 

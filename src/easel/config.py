@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     warm_sizes: str = Field("", description="Comma-separated sizes (512x512,1024x768) the server runs once at start, "
                             "so that no client's request pays for compiling them.")
     ui: bool = Field(True, description="Mount the web UI at /ui on `easel serve` (off: EASEL_UI=0).")
+    prompt_enhancer_model: str | None = Field(None, description="A chat model that rewrites short prompts into "
+                                              "detailed ones (revised_prompt); unset: prompts stay as written.")
+    prompt_enhancer_url: str | None = Field(None, description="Its OpenAI-compatible endpoint (e.g. "
+                                            "http://127.0.0.1:11434/v1); unset: OpenAI's.")
+    prompt_enhancer_key: str | None = Field(None, description="Its API key (else `easel keys set enhancer`).")
+    prompt_enhancer_timeout_s: float = Field(15.0, gt=0, le=300, description="How long a rewrite may take; "
+                                             "past it the prompt is used as written, with a warning.")
+    enhance_prompts: Literal["off", "short", "all"] = Field("short", description="Which prompts the chat model "
+                                                            "rewrites unless a request says: short ones, all, none.")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server for `openai:` models "
                                         "(default: OPENAI_BASE_URL, else api.openai.com).")
     hf_base_url: str | None = Field(None, description="Server speaking the HF inference protocol for `hf:` "

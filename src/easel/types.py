@@ -59,6 +59,8 @@ class ImageRequest:
     inpaint_full_res_padding: int = 32
     moderation: str = "auto"
     loras: dict[str, float] = dataclasses.field(default_factory=dict)  # LoRA name (or file, for the library) -> weight
+    enhance_prompt: bool | None = None  # a chat model rewrites the prompt: yes, no, None: as the server says
+    enhanced_by: str | None = None  # set when a chat model rewrote the prompt (into `revised_prompt`)
     revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
     warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore
 

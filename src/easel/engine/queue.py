@@ -64,6 +64,10 @@ class Engine:
         # encoding and saving run beside the worker, so that it takes the next batch while the last one is saved;
         # one saver keeps the jobs' order and its resources fixed (a PNG encodes in a fraction of a batch's time)
         self._savers = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-save")
+        # a chat model's rewrite of a prompt runs beside the worker (the network, never the model's time); a job is
+        # queued when its rewrite is done, failed or timed out
+        self._enhancers = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="easel-enhance")
+        self._enhancing = 0
         self._record_lock = threading.Lock()
 
     @classmethod
@@ -89,6 +93,7 @@ class Engine:
             self._thread.join(timeout=10)
             self._lease.join(timeout=5)
         self._savers.shutdown(wait=True)
+        self._enhancers.shutdown(wait=False, cancel_futures=True)
 
     @property
     def queue_depth(self) -> int:
@@ -159,12 +164,31 @@ class Engine:
                 self.store.insert(job)
             self.jobs[job.id] = job
             self._keys[job.id] = batch_key(job.spec, job.request)
-            self._enqueue(job)
+            enhancer = self.runner.enhancer
+            if enhancer is not None and enhancer.wants(job.spec, job.request.prompt, job.request.enhance_prompt):
+                self._enhancing += 1
+                self._enhancers.submit(self._enhance_then_enqueue, job)
+            else:
+                self.runner.enhance(CheckedRequest(job.spec, job.request))  # says so when one was asked for in vain
+                self._enqueue(job)
         return job
+
+    def _enhance_then_enqueue(self, job: Job) -> None:
+        try:
+            self.runner.enhance(CheckedRequest(job.spec, job.request))  # never raises: falls back, with a warning
+        finally:
+            with self._cond:
+                self._enhancing -= 1
+                if job.state != "queued":
+                    pass
+                elif job.cancel_requested.is_set():  # cancelled while its prompt was rewritten
+                    self._finish(job, "cancelled")
+                else:
+                    self._enqueue(job)
 
     def _waiting(self) -> int:
         """Jobs not started yet (called with the lock held)."""
-        return len(self._pending)
+        return len(self._pending) + self._enhancing
 
     def _enqueue(self, job: Job) -> None:
         """Hand a new job to the worker (called with the lock held)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,14 @@ from .._version import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import CheckedRequest, check_request
 from ..config import Settings, get_settings
+from ..enhance import PromptEnhancer
 from ..errors import ProviderError
+from ..prompts import lora_tags, revise_prompt
 from ..providers.base import Batch, Progress, ProviderOutput, ProviderRegistry, StepCallback
 from ..store import Workspace, now_iso
 from ..types import GeneratedImage, ImageRequest, ImageResult
+
+log = logging.getLogger("easel.runner")
 
 
 def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
@@ -47,6 +52,8 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised
+    if request.enhanced_by:
+        params["prompt_enhancer"] = request.enhanced_by
     params.update(output.details)
     return params
 
@@ -64,6 +71,32 @@ class Runner:
         plugins = self.registry.plugin_catalog()
         self.catalog = operator_catalog((catalog or default_catalog()).with_models(*plugins), self.settings)
         self._workspaces: dict[Path | None, Workspace] = {}
+        self.enhancer = PromptEnhancer.from_settings(self.settings)
+
+    def enhance(self, checked: CheckedRequest) -> None:
+        """Have the chat model rewrite the prompt where it should (see `PromptEnhancer.wants`): the rewrite becomes
+        what the model receives (`revised_prompt`, with the family's quality words), the prompt as written stays.
+        A failure or a timeout leaves the prompt as it was and says so; it never fails the request."""
+        spec, r = checked
+        prompt = lora_tags(r.prompt)[0]  # as written, without LoRA tags (which the model never sees)
+        if self.enhancer is None or not self.enhancer.wants(spec, prompt, r.enhance_prompt):
+            if r.enhance_prompt and self.enhancer is None:
+                r.warnings.append("no prompt enhancer is configured (EASEL_PROMPT_ENHANCER_MODEL): the prompt was "
+                                  "used as written")
+            elif r.enhance_prompt and not spec.family.prompt_style:
+                r.warnings.append(f"{spec.name}'s prompts are not rewritten (it reads its own words, or rewrites "
+                                  "them itself): the prompt was used as written")
+            return
+        r.enhance_prompt = False  # asked once: never again (by an engine that receives the request from another)
+        try:
+            rewritten = self.enhancer.rewrite(spec, prompt)
+        except Exception as exc:  # noqa: BLE001 - any failure of the chat model falls back to the prompt
+            log.warning("prompt enhancer %s failed: %s: %s", self.enhancer.model, type(exc).__name__, exc)
+            r.warnings.append(f"the prompt enhancer ({self.enhancer.model}) failed ({type(exc).__name__}): the "
+                              "prompt was used as written")
+            return
+        r.revised_prompt = revise_prompt(spec, rewritten) or rewritten
+        r.enhanced_by = self.enhancer.model
 
     def workspace(self, out_dir: Path | None = None) -> Workspace:
         key = Path(out_dir).resolve() if out_dir else None
@@ -92,6 +125,9 @@ class Runner:
 
         All requests are checked before any runs, so a bad one fails the whole call early."""
         checked = [self.check(r) for r in requests]
+        for request, done in zip(requests, checked):
+            if not isinstance(request, CheckedRequest):  # a checked one comes from the engine, which enhanced it
+                self.enhance(done)
         results: list[ImageResult | None] = [None] * len(requests)
         progress = Progress(on_step, should_stop)
         for group in _batches(checked, max_batch_images):

@@ -34,6 +34,9 @@ class ImageParams(BaseModel):
                        "the prompt work too.", json_schema_extra={"anyOf": [
                            {"type": "object", "additionalProperties": {"type": "number"}}, {"type": "string"},
                            {"type": "null"}]})
+    enhance_prompt: bool | None = Field(None, description="Easel: have the server's chat model rewrite the prompt "
+                                        "into a detailed one (the answer's revised_prompt): true, false, or unset "
+                                        "for the server's rule (short prompts, where a chat model is configured).")
 
 
 class GenerationRequest(ImageParams):

@@ -78,7 +78,7 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         strength=_given(getattr(req, "strength", None),
                         masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
-        loras=_loras(req.loras),
+        loras=_loras(req.loras), enhance_prompt=req.enhance_prompt,
     )
 
 
