@@ -146,3 +146,20 @@ def install_in_hub_cache(folder: Path, hub_cache: Path, repo_id: str) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def save_tiny_controlnet(family: str, folder: Path, seed: int) -> Path:
+    """A ControlNet for the tiny pipeline of `family` (its UNet's layout, from `ControlNetModel.from_unet`), with
+    random weights everywhere, its zero-initialised outputs included, so that its map changes the image."""
+    from diffusers import ControlNetModel
+
+    unet = BUILDERS[family]().unet
+    torch.manual_seed(seed)
+    # the map is downsampled to the latents' size: the tiny VAEs halve the picture once
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if "controlnet_" in name or "conv_out" in name:
+                param.normal_(0, 0.3)
+    controlnet.save_pretrained(folder)
+    return folder

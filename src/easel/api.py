@@ -77,6 +77,11 @@ def to_image_request(prompt: str, *, model, n, size, aspect, width, height, step
     loras = options.pop("loras", None)
     if "enhance_prompt" in options:
         fields["enhance_prompt"] = options.pop("enhance_prompt")
+    if "control" in options:
+        from .control import as_unit
+
+        units = options.pop("control")
+        fields["control"] = [as_unit(u, load_image) for u in units] if isinstance(units, (list, tuple)) else units
     return ImageRequest(
         prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
@@ -98,7 +103,9 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
 
     `size` ("1024x768") or `aspect` ("16:9") set the shape; `loras={"watercolor": 0.8}` applies LoRAs (by name from
     EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); `enhance_prompt=True`
-    has the configured chat model rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); other keyword arguments are
+    has the configured chat model rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); `control=[{"model": "canny",
+    "image": "edges.png", "preprocessor": "canny", "weight": 0.8}]` guides the composition with ControlNet (see
+    `easel.control.ControlUnit`); other keyword arguments are
     options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
     """
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height,

@@ -71,6 +71,7 @@ class ModelFamily:
     embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
     weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
     prompt_style: str | None = None  # how a prompt enhancer writes for it: "tags" or "prose"; None: never rewritten
+    controlnet: str | None = None  # its ControlNet pipeline (diffusers), where it has one
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)

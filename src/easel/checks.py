@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import secrets
 from typing import NamedTuple
 
-from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, names_a_file
+from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, is_hub_id, names_a_file
 from .errors import InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
 from .prompts import is_weighted, lora_tags, revise_prompt, unweighted
@@ -103,7 +104,8 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     r = request.replace(model=spec.name, extra=dict(request.extra), loras=request.loras)
     _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt, LoRAs (named or tagged in the prompt)
     model_prompt = _check_loras(r, spec, allow_paths)
-    _check_mode(r, spec)  # 2. what to do, and with which images
+    _check_mode(r, spec)  # 2. what to do, and with which images (ControlNet's among them)
+    _check_control(r, spec, allow_paths)
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed
     _check_choices(r, spec)  # 4. scheduler, output format, family options
     # 5. the prompt the model receives, and what it will ignore
@@ -174,6 +176,53 @@ def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
         raise UnsupportedError(f"{spec.name} does not take LoRAs ({', '.join(loras)}).", param="loras")
     r.loras = loras
     return prompt
+
+
+def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
+    """ControlNet units: a control model by name (a path only for the machine's user), an image, a known
+    preprocessor, a weight and a span of the steps; each unit's map is made here. Whether the control model exists
+    is its provider's check."""
+    import PIL.Image
+
+    from .control import MAX_UNITS, ControlUnit, preprocess
+
+    if not isinstance(r.control, list):
+        raise InvalidRequestError(f"`control` must be a list of ControlNet units but is {r.control!r}.",
+                                  param="control")
+    if not r.control:
+        return
+    if not spec.family.controlnet:
+        raise UnsupportedError(f"{spec.name} does not take ControlNet.", param="control")
+    if r.mode != "generate":
+        raise UnsupportedError("ControlNet guides generation (not edits or variations yet).", param="control")
+    if len(r.control) > MAX_UNITS:
+        raise InvalidRequestError(f"`control` takes at most {MAX_UNITS} units but has {len(r.control)}.",
+                                  param="control")
+    if not all(isinstance(unit, ControlUnit) for unit in r.control):
+        raise InvalidRequestError("Each `control` unit must be a ControlUnit (easel.control).", param="control")
+    r.control = [dataclasses.replace(unit) for unit in r.control]  # the caller's units stay as they were
+    for unit in r.control:
+        name = unit.model
+        if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
+            raise InvalidRequestError(f"`control.model` must be a name of 1 to 200 characters but is {name!r}.",
+                                      param="control")
+        if not allow_paths and names_a_file(name) and not is_hub_id(name):
+            raise InvalidRequestError(f"`control.model` names a control model of the server's controlnets folder "
+                                      f"(or a hub id), not a path: {name!r}.", param="control")
+        if not isinstance(unit.image, PIL.Image.Image):
+            raise InvalidRequestError("Each `control` unit needs an `image`.", param="control")
+        try:
+            unit.weight = _require_number("control.weight", unit.weight, 0.0, 2.0)
+            unit.start = _require_number("control.start", unit.start, 0.0, 1.0)
+            unit.end = _require_number("control.end", unit.end, 0.0, 1.0)
+            unit.low_threshold = _require_int("control.low_threshold", unit.low_threshold, 1, 255)
+            unit.high_threshold = _require_int("control.high_threshold", unit.high_threshold, 1, 255)
+        except InvalidRequestError as exc:  # named by the field the client sent
+            raise InvalidRequestError(exc.message, param="control") from None
+        if unit.start >= unit.end:
+            raise InvalidRequestError(f"`control.start` ({unit.start}) must be below `control.end` ({unit.end}).",
+                                      param="control")
+        unit.map = preprocess(unit)
 
 
 def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:

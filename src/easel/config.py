@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         return self.loras_dir or self.home / "loras"
 
     @property
+    def controlnets_folder(self) -> Path:
+        """ControlNet models by name: diffusers folders (`config.json` and its weights), as the hub has them."""
+        return self.home / "controlnets"
+
+    @property
     def configs_folder(self) -> Path:
         """Pipeline configurations (configs and tokenizers, no weights) that single-file checkpoints load with,
         one folder per kind of checkpoint (`v1`, `xl_base`, `sd35_medium`, `flux-dev`, ...), filled by

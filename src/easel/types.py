@@ -60,6 +60,7 @@ class ImageRequest:
     moderation: str = "auto"
     loras: dict[str, float] = dataclasses.field(default_factory=dict)  # LoRA name (or file, for the library) -> weight
     enhance_prompt: bool | None = None  # a chat model rewrites the prompt: yes, no, None: as the server says
+    control: list = dataclasses.field(default_factory=list)  # ControlNet units (easel.control.ControlUnit)
     enhanced_by: str | None = None  # set when a chat model rewrote the prompt (into `revised_prompt`)
     revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
     warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore
@@ -117,6 +118,7 @@ class ImageResult:
     revised_prompt: str | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0
+    control_maps: list = dataclasses.field(default_factory=list, repr=False)  # each ControlNet unit's map (PIL)
 
     def __iter__(self):
         return iter(self.images)

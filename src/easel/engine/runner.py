@@ -49,6 +49,8 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
         params["extra"] = dict(request.extra)
     if request.loras:
         params["loras"] = dict(request.loras)
+    if request.control:
+        params["control"] = [unit.record() for unit in request.control]
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised
@@ -144,7 +146,8 @@ class Runner:
                     images = self.workspace(out_dir).save_all(images)
                 results[i] = ImageResult(images=images, model=spec.name, prompt=request.prompt,
                                          revised_prompt=request.revised_prompt or output.revised_prompt,
-                                         warnings=[*request.warnings, *output.warnings], elapsed_s=elapsed)
+                                         warnings=[*request.warnings, *output.warnings], elapsed_s=elapsed,
+                                         control_maps=[unit.map for unit in request.control])
         return results
 
     def _run_batch(self, spec: ModelSpec, requests: list[ImageRequest],
@@ -196,7 +199,7 @@ def _seeds(spec: ModelSpec, request: ImageRequest) -> list[int | None]:
 
 def batch_key(spec: ModelSpec, r: ImageRequest) -> tuple:
     """Requests with equal keys can share one pipeline call."""
-    if r.mode != "generate":
+    if r.mode != "generate" or r.control:  # an edit's image, a ControlNet's map: one request per call
         return ("solo", id(r))
     return (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale, r.scheduler,
             tuple(sorted(r.extra.items())), tuple(sorted(r.loras.items())))

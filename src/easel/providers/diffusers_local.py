@@ -297,15 +297,17 @@ class DiffusersProvider(Provider):
 
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
-                 loras_dir: Path | None = None, embeddings_dir: Path | None = None, configs_dir: Path | None = None):
+                 loras_dir: Path | None = None, embeddings_dir: Path | None = None, configs_dir: Path | None = None,
+                 controlnets_dir: Path | None = None):
         """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
         `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`); `embeddings_dir`: where the
         textual-inversion embeddings that prompts use by name are; `configs_dir`: the configurations that
-        single-file checkpoints load with (see `checkpoint_config`)."""
+        single-file checkpoints load with (see `checkpoint_config`); `controlnets_dir`: ControlNet models by name."""
         self.defaults = dict(defaults or {})
         self.loras_dir = loras_dir
         self.embeddings_dir = embeddings_dir
         self.configs_dir = configs_dir
+        self.controlnets_dir = controlnets_dir
         self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
@@ -317,6 +319,8 @@ class DiffusersProvider(Provider):
         self.memory_options(spec, {k: v for k, v in request.extra.items() if k in MEMORY_OPTIONS})
         for name in request.loras:
             self.lora_file(name)
+        for unit in request.control:
+            self.controlnet_folder(unit.model, download=False)
         if spec.checkpoint and _offline():
             checkpoint_config(spec.local_path, self.configs_dir, download=False)
         if spec.local_path is None and _offline() and not spec.is_available_locally():
@@ -334,6 +338,31 @@ class DiffusersProvider(Provider):
         if path is None or not path.is_file():
             there = sorted(lora_files(self.loras_dir)) or ["none"]
             raise InvalidRequestError(f"No LoRA {name!r} (the loras folder has: {', '.join(there)}).", param="loras")
+        return path
+
+    def controlnet_folder(self, name: str, download: bool = True) -> Path | None:
+        """A ControlNet model's folder: `<name>` in the controlnets folder, a hub id (from the hub cache, downloaded
+        where it may be), or a folder's path (which the request check allows only for the machine's user). None: a
+        hub id to download when it runs. Unknown: an error listing the control models there are."""
+        from ..catalog import is_hub_id
+
+        if is_hub_id(name) and not (self.controlnets_dir is not None and (self.controlnets_dir / name).is_dir()):
+            from huggingface_hub import snapshot_download
+
+            try:
+                return Path(snapshot_download(name, local_files_only=True, token=self.hf_token))
+            except Exception:  # noqa: BLE001 - not in the hub cache
+                if _offline():
+                    raise InvalidRequestError(f"The ControlNet {name!r} is not in the hub cache and HF_HUB_OFFLINE "
+                                              "is set.", param="control") from None
+                return Path(snapshot_download(name, token=self.hf_token)) if download else None
+        path = Path(name).expanduser() if names_a_file(name) else (
+            self.controlnets_dir / name if self.controlnets_dir is not None else None)
+        if path is None or not (path / "config.json").is_file():
+            there = sorted(p.name for p in self.controlnets_dir.iterdir() if (p / "config.json").is_file()) \
+                if self.controlnets_dir is not None and self.controlnets_dir.is_dir() else []
+            raise InvalidRequestError(f"No ControlNet {name!r} (the controlnets folder has: "
+                                      f"{', '.join(there) or 'none'}).", param="control")
         return path
 
     # -- loading ---------------------------------------------------------------------------------------------------
@@ -444,6 +473,33 @@ class DiffusersProvider(Provider):
         pipe.set_adapters(active, adapter_weights=list(loras.values()))
         return hashes
 
+    def _controlled(self, loaded: LoadedPipeline, spec: ModelSpec, units: list) -> Any:
+        """The family's ControlNet pipeline over the loaded one (its weights shared, `from_pipe`), with these
+        control models, each loaded once per pipeline. Called with the pipeline's lock held."""
+        import diffusers
+
+        folders = tuple(str(self.controlnet_folder(unit.model).resolve()) for unit in units)
+        key = ("control", folders)
+        if key not in loaded.derived:
+            pipe = loaded.pipe
+            models = []
+            for folder in folders:
+                if ("controlnet", folder) not in loaded.derived:
+                    try:
+                        model = diffusers.ControlNetModel.from_pretrained(folder, torch_dtype=pipe.unet.dtype)
+                    except Exception as exc:  # noqa: BLE001 - not a ControlNet, or a damaged one
+                        raise _does_not_fit(f"The ControlNet {Path(folder).name!r}", exc, "control") from None
+                    loaded.derived[("controlnet", folder)] = model.to(pipe.unet.device)
+                models.append(loaded.derived[("controlnet", folder)])
+            controlnet = models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)
+            try:
+                controlled = getattr(diffusers, spec.family.controlnet).from_pipe(pipe, controlnet=controlnet)
+            except Exception as exc:  # noqa: BLE001 - a ControlNet made for another architecture
+                raise _does_not_fit("The ControlNet", exc, "control") from None
+            controlled.set_progress_bar_config(disable=True)
+            loaded.derived[key] = controlled
+        return loaded.derived[key]
+
     def _use_embeddings(self, loaded: LoadedPipeline, spec: ModelSpec, requests: list[ImageRequest]) -> list[str]:
         """Load the embeddings of the embeddings folder that the batch's prompts name (as words, any case), once per
         pipeline, as A1111 does; a prompt that names none runs as before. The names used, for the record."""
@@ -502,7 +558,11 @@ class DiffusersProvider(Provider):
             used = self._use_embeddings(loaded, spec, batch.requests)
             if spec.family.weights:
                 kwargs = _weigh_prompts(loaded.pipe, kwargs)
-            pipe = loaded.for_mode(first.mode)
+            if first.control:
+                pipe = self._controlled(loaded, spec, first.control)
+                kwargs.update(_control_inputs(first))
+            else:
+                pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
             out = pipe(**kwargs)
@@ -608,6 +668,19 @@ def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
     if any(r.negative_prompt for r in batch.requests):
         kwargs["negative_prompt"] = [r.negative_prompt or "" for r, seeds in batch for _ in seeds]
     return kwargs
+
+
+def _control_inputs(request: ImageRequest) -> dict[str, Any]:
+    """A ControlNet pipeline's arguments: each unit's map at the requested size, weight and span of the steps."""
+    maps = [unit.map.resize((request.width, request.height)) for unit in request.control]
+    single = len(maps) == 1
+
+    def each(values: list):
+        return values[0] if single else values
+
+    return {"image": each(maps), "controlnet_conditioning_scale": each([u.weight for u in request.control]),
+            "control_guidance_start": each([u.start for u in request.control]),
+            "control_guidance_end": each([u.end for u in request.control])}
 
 
 def _weigh_prompts(pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -765,5 +838,6 @@ def register(add, settings) -> None:
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
                                     "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder,
-                          embeddings_dir=settings.embeddings_folder, configs_dir=settings.configs_folder))
+                          embeddings_dir=settings.embeddings_folder, configs_dir=settings.configs_folder,
+                          controlnets_dir=settings.controlnets_folder))
 

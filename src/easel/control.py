@@ -1,0 +1,84 @@
+"""ControlNet units: a control model, the image that guides composition, the preprocessor that turns it into the
+model's map, and how strongly and over which part of the steps the map counts (as A1111's ControlNet extension
+and ComfyUI set them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+# preprocessor -> what it does; depth, pose and lineart need controlnet_aux, which needs torchvision (not here)
+PREPROCESSORS = {
+    "none": "the image is the map as it is (an edge map, a depth map, a pose you drew)",
+    "canny": "Canny edges (OpenCV), thresholds low and high (A1111's threshold_a, threshold_b; 100, 200)",
+    "invert": "the image with its colours inverted (white lines on black from black lines on white)",
+}
+MAX_UNITS = 4
+
+
+@dataclasses.dataclass
+class ControlUnit:
+    """One ControlNet: `model` is a control model's name (a folder of EASEL_HOME/controlnets, a hub id, or for the
+    library a folder's path); `image` guides the composition after `preprocessor`; `weight` scales it; it counts
+    from `start` to `end` (fractions of the steps)."""
+
+    model: str
+    image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
+    preprocessor: str = "none"
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    low_threshold: int = 100
+    high_threshold: int = 200
+    map: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)  # set by the check
+
+    def record(self) -> dict[str, Any]:
+        """What the image's parameters keep of the unit (the guiding image itself is not kept)."""
+        out = {"model": self.model, "preprocessor": self.preprocessor, "weight": self.weight, "start": self.start,
+               "end": self.end}
+        if self.preprocessor == "canny":
+            out.update(low_threshold=self.low_threshold, high_threshold=self.high_threshold)
+        return out
+
+
+def preprocess(unit: ControlUnit) -> PIL.Image.Image:
+    """The unit's map: its image through its preprocessor, as RGB."""
+    import numpy as np
+    import PIL.Image
+    import PIL.ImageOps
+
+    image = unit.image.convert("RGB")
+    if unit.preprocessor == "none":
+        return image
+    if unit.preprocessor == "invert":
+        return PIL.ImageOps.invert(image)
+    if unit.preprocessor == "canny":
+        import cv2
+
+        gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+        edges = cv2.Canny(gray, unit.low_threshold, unit.high_threshold)
+        return PIL.Image.fromarray(edges).convert("RGB")
+    raise InvalidRequestError(f"`control.preprocessor` must be one of {', '.join(PREPROCESSORS)} but is "
+                              f"{unit.preprocessor!r}.", param="control")
+
+
+def as_unit(value: Any, load_image) -> ControlUnit:
+    """A unit from a ControlUnit or a dict of its fields (`image` a path, bytes or PIL image for `load_image`)."""
+    if isinstance(value, ControlUnit):
+        return value
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"Each `control` unit must be an object with model and image but one is "
+                                  f"{value!r}.", param="control")
+    fields = {f.name for f in dataclasses.fields(ControlUnit)} - {"map"}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise InvalidRequestError(f"Unknown `control` field {unknown[0]!r} (the fields are: "
+                                  f"{', '.join(sorted(fields))}).", param="control")
+    if "model" not in value or value.get("image") is None:
+        raise InvalidRequestError("Each `control` unit needs a `model` and an `image`.", param="control")
+    return ControlUnit(**{**value, "image": load_image(value["image"], "control")})
