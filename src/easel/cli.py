@@ -139,7 +139,7 @@ def _print_result(result, as_json: bool) -> None:
                                    "model": p["model"], "width": im.width, "height": im.height,
                                    "steps": p["num_inference_steps"], "guidance": p["guidance_scale"],
                                    "revised_prompt": p.get("revised_prompt"), "loras": p.get("loras", {}),
-                                   "warnings": result.warnings}))
+                                   "control": p.get("control", []), "warnings": result.warnings}))
         else:
             typer.echo(im.path)
 
@@ -165,6 +165,35 @@ Options = Annotated[Optional[list[str]], typer.Option(
 Loras = Annotated[Optional[list[str]], typer.Option(
     "--lora", help="A LoRA as NAME[:WEIGHT] (a file of EASEL_HOME/loras, or a .safetensors path), repeatable; "
     "<lora:name:weight> in the prompt works too.")]
+
+
+Controls = Annotated[Optional[list[str]], typer.Option(
+    "--control", help="A ControlNet unit as NAME:IMAGE[:WEIGHT[:PREPROCESSOR]], repeatable: NAME a folder of "
+    "EASEL_HOME/controlnets (or a hub id), PREPROCESSOR none, canny or invert (canny when NAME says canny).")]
+
+
+def _controls(specs: list[str] | None) -> list:
+    """`--control canny:edges.png:0.8` as ControlNet units (their images read here)."""
+    from .api import load_image
+    from .control import PREPROCESSORS, ControlUnit
+    from .errors import InvalidRequestError
+
+    units = []
+    for spec in specs or []:
+        name, _, rest = spec.partition(":")
+        parts = rest.split(":")
+        preprocessor = parts[2] if len(parts) > 2 else ("canny" if "canny" in name.lower() else "none")
+        if not name or not parts[0] or len(parts) > 3 or preprocessor not in PREPROCESSORS:
+            raise InvalidRequestError(f"`--control` must be NAME:IMAGE[:WEIGHT[:PREPROCESSOR]] (PREPROCESSOR one of "
+                                      f"{', '.join(PREPROCESSORS)}) but is {spec!r}.", param="control")
+        try:
+            weight = float(parts[1]) if len(parts) > 1 and parts[1] else 1.0
+        except ValueError:
+            raise InvalidRequestError(f"`--control` takes a number as its weight but got {parts[1]!r}.",
+                                      param="control") from None
+        units.append(ControlUnit(model=name, image=load_image(Path(parts[0]), "control"), weight=weight,
+                                 preprocessor=preprocessor))
+    return units
 
 
 def _loras(specs: list[str] | None) -> dict:
@@ -220,6 +249,7 @@ def generate(
     enhance: Annotated[Optional[bool], typer.Option("--enhance/--no-enhance", help="Have the configured chat model "
                        "rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); default: short prompts, when one is.")]
     = None,
+    control: Controls = None,
 ) -> None:
     """Generate images from a prompt and save them.
 
@@ -232,6 +262,8 @@ def generate(
                                 options=_options(option), loras=_loras(lora))
         if enhance is not None:
             base = base.replace(enhance_prompt=enhance)
+        if control:
+            base = base.replace(control=_controls(control))
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:

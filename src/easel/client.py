@@ -48,6 +48,8 @@ def can_delegate(request: ImageRequest) -> bool:
     model = request.model or ""
     if model.startswith(("/", ".", "~")) or os.sep in model and Path(model).expanduser().exists():
         return False
+    if any(Path(unit.model).expanduser().exists() for unit in request.control):  # a ControlNet folder by path
+        return False
     return not any(names_a_file(name) for name in request.loras)
 
 
@@ -244,13 +246,22 @@ def _outcome(body: dict[str, Any]) -> dict[str, Any]:
     raise error_from(status, error)
 
 
+def _control_json(units: list) -> list | None:
+    if not units:
+        return None
+    from .control import units_to_json
+
+    return units_to_json(units)
+
+
 def _job_body(r: ImageRequest) -> dict[str, Any]:
     """A request as the jobs API's body (the OpenAI generation fields plus Easel's extensions)."""
     size = r.size or (f"{r.width}x{r.height}" if r.width and r.height else None)
     body = {"prompt": r.prompt, "model": r.model, "n": r.num_images, "size": size, "aspect": r.aspect,
             "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
             "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
-            "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt}
+            "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt,
+            "control": _control_json(r.control)}
     return {k: v for k, v in body.items() if v is not None}
 
 

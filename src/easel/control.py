@@ -82,3 +82,51 @@ def as_unit(value: Any, load_image) -> ControlUnit:
     if "model" not in value or value.get("image") is None:
         raise InvalidRequestError("Each `control` unit needs a `model` and an `image`.", param="control")
     return ControlUnit(**{**value, "image": load_image(value["image"], "control")})
+
+
+def image_from_base64(value: Any, param: str = "control") -> PIL.Image.Image:
+    """An image sent as base64 text (a data URL too), as JSON APIs carry them."""
+    import base64
+    import binascii
+
+    from .types import image_from_bytes
+
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"`{param}.image` must be base64 text but is {type(value).__name__}.", param=param)
+    try:
+        data = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"`{param}.image` is not base64 text.", param=param) from None
+    return image_from_bytes(data, param)
+
+
+def units_from_json(value: Any) -> list[ControlUnit]:
+    """`control` of a JSON API: a list of unit objects whose `image` is base64 text (or JSON text of that list, a
+    multipart form's field)."""
+    import json
+
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequestError("`control` must be a JSON list of ControlNet units.", param="control") from None
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"`control` must be a list of ControlNet units but is {value!r}.", param="control")
+    return [as_unit(unit, image_from_base64) for unit in value]
+
+
+def units_to_json(units: list[ControlUnit]) -> list[dict[str, Any]]:
+    """The units as `units_from_json` reads them (images as PNG in base64)."""
+    import base64
+    import io
+
+    out = []
+    for unit in units:
+        png = io.BytesIO()
+        unit.image.save(png, format="PNG")
+        fields = {f.name: getattr(unit, f.name) for f in dataclasses.fields(ControlUnit) if f.name not in ("image",
+                                                                                                           "map")}
+        out.append({**fields, "image": base64.b64encode(png.getvalue()).decode()})
+    return out

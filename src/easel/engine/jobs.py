@@ -29,7 +29,8 @@ def _iso(timestamp: float) -> str:
 
 def request_to_json(r: ImageRequest) -> str:
     """What is kept of a request in the job record (images are not: they are inputs, not results)."""
-    fields = {k: v for k, v in dataclasses.asdict(r).items() if k not in ("image", "mask")}
+    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in ("image", "mask", "control")}
+    fields["control"] = [unit.record() for unit in r.control]
     return json.dumps(fields)  # ASCII: text that is not valid Unicode can never fail the write
 
 

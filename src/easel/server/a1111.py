@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
 from ..catalog import lora_files
+from ..control import PREPROCESSORS, ControlUnit, preprocess
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
@@ -56,6 +57,7 @@ class Txt2ImgRequest(BaseModel):
     width: int = 512
     height: int = 512
     override_settings: dict[str, Any] = {}
+    alwayson_scripts: dict[str, Any] = {}
     force_task_id: str | None = None
     send_images: bool = True
 
@@ -77,7 +79,57 @@ def to_image_request(body: Txt2ImgRequest, model: str, scheduler: str | None, mo
     return ImageRequest(prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=model,
                         num_images=body.batch_size, width=body.width, height=body.height,
                         num_inference_steps=body.steps, guidance_scale=body.cfg_scale,
-                        seed=None if body.seed < 0 else body.seed, scheduler=scheduler, mode=mode, **fields)
+                        seed=None if body.seed < 0 else body.seed, scheduler=scheduler, mode=mode,
+                        control=control_units(body.alwayson_scripts), **fields)
+
+
+# the ControlNet extension's preprocessor ("module") names -> Easel's
+CONTROL_MODULES = {"none": "none", "canny": "canny", "invert (from white bg & black line)": "invert",
+                   "invert": "invert"}
+
+
+def control_units(scripts: dict[str, Any]) -> list[ControlUnit]:
+    """The units of the ControlNet extension's request (`alwayson_scripts.controlnet.args`, any case), enabled
+    ones only; each error names the field as the client sent it."""
+    script = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None) if scripts else None
+    args = script.get("args", []) if isinstance(script, dict) else []
+    if not isinstance(args, list):
+        raise InvalidRequestError("`alwayson_scripts.controlnet.args` must be a list.", param="alwayson_scripts")
+    units = []
+    for i, arg in enumerate(args):
+        where = f"alwayson_scripts.controlnet.args[{i}]"
+        if not isinstance(arg, dict):
+            raise InvalidRequestError(f"`{where}` must be an object.", param=where)
+        if not arg.get("enabled", True):
+            continue
+        module = str(arg.get("module") or "none")
+        if module not in CONTROL_MODULES:
+            raise InvalidRequestError(f"`{where}.module` must be one of {', '.join(CONTROL_MODULES)} but is "
+                                      f"{module!r}.", param=f"{where}.module")
+        image = arg.get("image") or arg.get("input_image")
+        if isinstance(image, dict):  # {"image": ..., "mask": ...} in some versions
+            image = image.get("image")
+        if not image:
+            raise InvalidRequestError(f"`{where}.image` is required (txt2img has no picture to use instead).",
+                                      param=f"{where}.image")
+        try:
+            units.append(ControlUnit(
+                model=checkpoint_name(str(arg.get("model") or "")), image=_decode(image, f"{where}.image"),
+                preprocessor=CONTROL_MODULES[module], weight=float(arg.get("weight", 1.0)),
+                start=float(arg.get("guidance_start", 0.0)), end=float(arg.get("guidance_end", 1.0)),
+                low_threshold=int(arg.get("threshold_a", 100)) if module == "canny" else 100,
+                high_threshold=int(arg.get("threshold_b", 200)) if module == "canny" else 200))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"`{where}` has a value of the wrong type: {exc}.", param=where) from None
+    return units
+
+
+def _png_base64(image) -> str:
+    import io
+
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return base64.b64encode(png.getvalue()).decode()
 
 
 def _decode(value: str, param: str):
@@ -175,7 +227,7 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
     base = to_image_request(body, model, scheduler, mode, **fields)
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
-    images, seeds, texts, first = [], [], [], {}
+    images, seeds, texts, first, detected = [], [], [], {}, []
     interrupted = False
     for i in range(body.n_iter):
         start = None if base.seed is None else base.seed + i * body.batch_size
@@ -187,12 +239,16 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
             interrupted = True  # as in A1111: an interrupted task answers with the images made before it
             break
         warnings += result.warnings
+        if i == 0 and body.send_images:  # the extension's detected maps, after the images, once
+            detected = [m for unit, m in zip(base.control, result.control_maps) if unit.preprocessor != "none"]
         for im in result.images:
             first = first or im.parameters
             seeds.append(-1 if im.seed is None else im.seed)
             texts.append(a1111_parameters(im.parameters))
             if body.send_images:
                 images.append(base64.b64encode(await run_in_threadpool(im.to_bytes, "png")).decode())
+    for detected_map in detected if base.control and not interrupted else []:
+        images.append(await run_in_threadpool(_png_base64, detected_map))
     info = _info(body, first, seeds, texts, task_id, interrupted, warnings, model, base.seed)
     if mode != "generate":
         info["denoising_strength"] = fields.get("strength")
@@ -350,3 +406,56 @@ def set_options(options: dict[str, Any], request: Request) -> None:
         except EaselError as exc:
             raise exc.renamed({"model": "sd_model_checkpoint"}) from None
         _state(request).model = spec.name
+
+
+# the ControlNet extension's own routes (at the server's root, as the extension serves them)
+controlnet_router = APIRouter(prefix="/controlnet", tags=["a1111"])
+
+
+@controlnet_router.get("/version")
+def controlnet_version() -> dict[str, Any]:
+    return {"version": 2}
+
+
+@controlnet_router.get("/model_list")
+def controlnet_models(request: Request) -> dict[str, Any]:
+    """The ControlNet models of the server's controlnets folder, by name (never a path)."""
+    folder = request.app.state.runner.settings.controlnets_folder
+    names = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+    return {"model_list": names}
+
+
+@controlnet_router.get("/module_list")
+def controlnet_modules() -> dict[str, Any]:
+    return {"module_list": list(CONTROL_MODULES), "module_detail": {
+        name: {"model_free": False, "sliders": [], "description": PREPROCESSORS[easel]}
+        for name, easel in CONTROL_MODULES.items()}}
+
+
+class DetectRequest(BaseModel):
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = []
+    controlnet_images: list[str] = []  # the name older clients (webuiapi) send
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = 100
+    controlnet_threshold_b: float = 200
+
+
+@controlnet_router.post("/detect")
+async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
+    """Each image through a preprocessor: the maps a ControlNet would receive, as base64 PNG."""
+    if body.controlnet_module not in CONTROL_MODULES:
+        raise InvalidRequestError(f"`controlnet_module` must be one of {', '.join(CONTROL_MODULES)} but is "
+                                  f"{body.controlnet_module!r}.", param="controlnet_module")
+    images = body.controlnet_input_images or body.controlnet_images
+    if not images:
+        raise InvalidRequestError("`controlnet_input_images` needs at least one image.",
+                                  param="controlnet_input_images")
+    out = []
+    for i, value in enumerate(images):
+        unit = ControlUnit(model="-", image=_decode(value, f"controlnet_input_images[{i}]"),
+                           preprocessor=CONTROL_MODULES[body.controlnet_module],
+                           low_threshold=max(1, min(255, int(body.controlnet_threshold_a))),
+                           high_threshold=max(1, min(255, int(body.controlnet_threshold_b))))
+        out.append(await run_in_threadpool(lambda u: _png_base64(preprocess(u)), unit))
+    return {"images": out, "info": "Success"}

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(hf.router)
     app.include_router(a1111.router)
+    app.include_router(a1111.controlnet_router)
     app.include_router(kdeps.router)
     if settings.ui:
         mount_ui(app, engine, settings.server_keys)

@@ -34,6 +34,10 @@ class ImageParams(BaseModel):
                        "the prompt work too.", json_schema_extra={"anyOf": [
                            {"type": "object", "additionalProperties": {"type": "number"}}, {"type": "string"},
                            {"type": "null"}]})
+    control: Any = Field(None, description="Easel: ControlNet units, each {model, image (base64), preprocessor (none, "
+                         "canny, invert), weight, start, end, low_threshold, high_threshold}; model a ControlNet of "
+                         "the server's controlnets folder by name (or a hub id).", json_schema_extra={"anyOf": [
+                             {"type": "array", "items": {"type": "object"}}, {"type": "string"}, {"type": "null"}]})
     enhance_prompt: bool | None = Field(None, description="Easel: have the server's chat model rewrite the prompt "
                                         "into a detailed one (the answer's revised_prompt): true, false, or unset "
                                         "for the server's rule (short prompts, where a chat model is configured).")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...checks import CheckedRequest
+from ...control import units_from_json
 from ...errors import InvalidRequestError, UnsupportedError
 from ... import masks
 from ...metadata import encode_image, prompt_of
@@ -78,7 +79,7 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         strength=_given(getattr(req, "strength", None),
                         masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
-        loras=_loras(req.loras), enhance_prompt=req.enhance_prompt,
+        loras=_loras(req.loras), enhance_prompt=req.enhance_prompt, control=units_from_json(req.control),
     )
 
 
