@@ -144,10 +144,10 @@ def test_openai_sdk_and_cli_take_control_units(sd15, easel_home, tmp_path):
             client.images.generate(prompt=PROMPT, model="tiny", extra_body={
                 "control": [{"model": str(easel_home / "controlnets" / "edges"), "image": b64(outline())}]})
     outline().save(tmp_path / "edges.png")
+    unit = f"edges:{tmp_path / 'edges.png'}:1:canny"
     done = subprocess.run([sys.executable, "-m", "easel.cli", "generate", PROMPT, "--model", "tiny", "--size",
-                           "64x64", "--steps", "2", "--seed", "4", "--control", f"edges:{tmp_path / 'edges.png'}:1:canny",
-                           "--json", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ})
+                           "64x64", "--steps", "2", "--seed", "4", "--control", unit, "--json", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env={**os.environ})
     assert done.returncode == 0, done.stderr
     path = json.loads(done.stdout.splitlines()[0])["path"]
     assert np.array_equal(np.asarray(Image.open(path).convert("RGB"), dtype=np.int16), expected)
