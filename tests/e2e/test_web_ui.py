@@ -139,6 +139,21 @@ def test_the_lora_picker_writes_a_tag_with_its_weight(page):
     prompt.fill("")
 
 
+def test_the_controlnet_panel_previews_the_map(page, tmp_path, shots):
+    from PIL import ImageDraw
+
+    picture = Image.new("RGB", (96, 96), "white")
+    ImageDraw.Draw(picture).ellipse([20, 20, 76, 76], outline="black", width=4)
+    picture.save(tmp_path / "shape.png")
+    page.locator("#controlnet").get_by_text("ControlNet").first.click()
+    page.locator("#control-image input[type=file]").set_input_files(str(tmp_path / "shape.png"))
+    page.locator("#control-image img").first.wait_for()
+    page.locator("#control-preview").click()
+    page.locator("#control-map img").first.wait_for()
+    page.screenshot(path=str(shots / "controlnet.png"), full_page=True)
+    page.locator("#controlnet").get_by_text("ControlNet").first.click()
+
+
 def test_a_bad_value_is_a_message_not_a_traceback(page):
     page.locator("#prompt textarea").fill("a red circle")
     page.locator("#width input").fill("33")
@@ -283,3 +298,12 @@ def test_the_ui_api_through_gradio_client(ui_server):
     with pytest.raises(Exception, match="divisible by 8"):
         client.predict(prompt="x", negative="", model="builtin", aspect="custom", width=33, height=64, steps=10,
                        guidance=4, seed=1, n=1, api_name="/generate")
+    from gradio_client import handle_file
+    from PIL import ImageDraw
+
+    picture = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(picture).rectangle([16, 16, 48, 48], outline="black", width=3)
+    picture.save(ui_server.home / "control.png")
+    edges = np.asarray(Image.open(client.predict(image=handle_file(str(ui_server.home / "control.png")),
+                                                 preprocessor="canny", api_name="/control_map")).convert("L"))
+    assert set(np.unique(edges)) == {0, 255} and edges[13:21, 32].max() == 255 and edges[32, 32] == 0

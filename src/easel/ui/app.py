@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..control import PREPROCESSORS
 from ..engine.queue import Engine
 from ..prompts import STYLE_PRESETS, compose_prompt
 from .handlers import VARIATION_STRENGTH, Handlers, ui_cache
@@ -62,6 +63,22 @@ def build_ui(engine: Engine) -> gr.Blocks:
                             n = gr.Slider(1, 4, value=1, step=1, label="Images per batch", elem_id="n")
                             batches = gr.Slider(1, 8, value=1, step=1, label="Batches (run one after another)",
                                                 elem_id="batches")
+                        with gr.Accordion("ControlNet", open=False, elem_id="controlnet"):
+                            with gr.Row():
+                                c_image = gr.Image(label="Control image", type="pil", elem_id="control-image",
+                                                   height=200)
+                                c_map = gr.Image(label="Map (what the ControlNet sees)", type="pil",
+                                                 interactive=False, elem_id="control-map", height=200,
+                                                 format="png")
+                            with gr.Row():
+                                c_net = gr.Dropdown(h.controlnet_choices(), value=None, label="Control model",
+                                                    elem_id="control-model",
+                                                    info="From the controlnets folder (SD 1.5 and SDXL)")
+                                c_pre = gr.Dropdown(list(PREPROCESSORS), value="canny", label="Preprocessor",
+                                                    elem_id="control-preprocessor")
+                                c_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight",
+                                                     elem_id="control-weight")
+                            c_preview = gr.Button("Preview the map", elem_id="control-preview", size="sm")
                         with gr.Accordion("Prompt help", open=False, elem_id="prompt-help"):
                             with gr.Row():
                                 subject = gr.Textbox(label="Subject", elem_id="subject")
@@ -135,7 +152,8 @@ def build_ui(engine: Engine) -> gr.Blocks:
                         h_reopen = gr.Button("Open in Generate", elem_id="history-reopen")
                         h_edit = gr.Button("Edit this image", elem_id="history-edit")
 
-        inputs = [prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches, state]
+        inputs = [prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches, c_image, c_net,
+                  c_pre, c_weight, state]
         outputs = [gallery, status, info, state]
         # the progress bar sits on the metadata panel, so that the gallery's previews stay in view
         go.click(h.generate, inputs, outputs, concurrency_limit=None, show_progress_on=[info], api_name="generate")
@@ -148,6 +166,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                      **private)
         prompt.change(h.final_prompt, [prompt, model], [sent], queue=False, api_name="final_prompt")
         model.change(h.final_prompt, [prompt, model], [sent], queue=False, **private)
+        c_preview.click(h.control_map, [c_image, c_pre], [c_map], queue=False, api_name="control_map")
         add_lora.click(h.insert_lora, [prompt, lora, lora_weight], [prompt], queue=False, **private)
         build.click(compose_prompt, [subject, action, style, environment, details, quality], [prompt], queue=False,
                     api_name="compose_prompt")

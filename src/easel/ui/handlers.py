@@ -21,6 +21,7 @@ from .. import masks
 from ..engine.queue import Engine
 from ..errors import EaselError
 from ..catalog import lora_files
+from ..control import ControlUnit, preprocess
 from ..prompts import STYLE_PRESETS, compose_prompt
 from ..types import ImageRequest
 
@@ -121,6 +122,20 @@ class Handlers:
 
         return [(label(s), s.name) for s in self.catalog.models.values()]
 
+    def controlnet_choices(self) -> list[str]:
+        folder = self.settings.controlnets_folder
+        return sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+
+    @staticmethod
+    def control_map(image, preprocessor):
+        """What the ControlNet will receive: the image through its preprocessor."""
+        if image is None:
+            raise gr.Error("Upload a control image first.", print_exception=False)
+        try:
+            return preprocess(ControlUnit("-", image, preprocessor or "none"))
+        except EaselError as exc:
+            raise ui_error(exc) from None
+
     def lora_choices(self) -> list[str]:
         return list(lora_files(self.settings.loras_folder))
 
@@ -167,8 +182,10 @@ class Handlers:
 
     # -- Generate --------------------------------------------------------------------------------------------------
     def generate(self, prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches=1,
-                 state=None, progress=gr.Progress()):
-        """`batches` runs of `n` images each (A1111's batch count x batch size), seeds following on."""
+                 control_image=None, control_model=None, preprocessor="none", control_weight=1.0, state=None,
+                 progress=gr.Progress()):
+        """`batches` runs of `n` images each (A1111's batch count x batch size), seeds following on; with a
+        control image and model, guided by that ControlNet."""
         state = dict(state or {})
         try:
             takes = self.resolve(model).family.takes  # a remote model picks its own steps, guidance and seed
@@ -176,6 +193,9 @@ class Handlers:
                                        height=height, steps=steps if "steps" in takes else None,
                                        guidance=guidance if "guidance" in takes else None,
                                        seed=seed if "seed" in takes else None, n=n)
+            if control_image is not None and control_model:
+                request.control = [ControlUnit(control_model, control_image, preprocessor or "none",
+                                               _number(control_weight, "ControlNet weight"))]
             count = 1 if batches in (None, "") else _number(batches, "Batches")
             if not 1 <= count <= 100:
                 raise gr.Error(f"Batches must be between 1 and 100 but is {count}.", print_exception=False)
