@@ -163,3 +163,27 @@ def save_tiny_controlnet(family: str, folder: Path, seed: int) -> Path:
                 param.normal_(0, 0.3)
     controlnet.save_pretrained(folder)
     return folder
+
+
+def save_tiny_upscaler(folder: Path) -> Path:
+    """A tiny SD x4 upscaler (StableDiffusionUpscalePipeline): a UNet over the low-resolution picture's size (4
+    latent channels and the picture's 3), and a VAE that makes its latents 4 times as large."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=7,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, class_embed_type="timestep", num_class_embeds=1000)
+    vae = AutoencoderKL(block_out_channels=[4, 8, 8], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+                        norm_num_groups=2, scaling_factor=0.08333)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=CLIPTextModel(_clip_config()), tokenizer=clip_tokenizer(), unet=unet,
+        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000), max_noise_level=350,
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
+                                prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -6,7 +6,8 @@
 """
 
 from ._version import __version__
-from .api import edit, generate, vary
+from .api import edit, generate, upscale, vary
+from .control import ControlUnit
 from .errors import (
     AuthenticationError,
     ContentPolicyError,
@@ -30,6 +31,7 @@ from .types import GeneratedImage, ImageRequest, ImageResult
 __all__ = [
     "AuthenticationError",
     "ContentPolicyError",
+    "ControlUnit",
     "EaselError",
     "GeneratedImage",
     "GenerationError",
@@ -50,5 +52,6 @@ __all__ = [
     "__version__",
     "edit",
     "generate",
+    "upscale",
     "vary",
 ]

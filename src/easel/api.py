@@ -69,14 +69,18 @@ def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
                               param=param)
 
 
+REQUEST_FIELDS = ("enhance_prompt", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps")
+
+
 def to_image_request(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed,
                      negative_prompt, scheduler, output_format, options, **fields) -> ImageRequest:
     """The library's arguments as a request (its one mapping; the check comes after, in the runner). `loras`
     arrives among the keyword options and leaves them as the request's own field."""
     options = dict(options)
     loras = options.pop("loras", None)
-    if "enhance_prompt" in options:
-        fields["enhance_prompt"] = options.pop("enhance_prompt")
+    for name in REQUEST_FIELDS:  # the request's own fields among the keyword options
+        if name in options:
+            fields[name] = options.pop(name)
     if "control" in options:
         from .control import as_unit
 
@@ -105,7 +109,8 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
     EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); `enhance_prompt=True`
     has the configured chat model rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); `control=[{"model": "canny",
     "image": "edges.png", "preprocessor": "canny", "weight": 0.8}]` guides the composition with ControlNet (see
-    `easel.control.ControlUnit`); other keyword arguments are
+    `easel.control.ControlUnit`); `hires_scale=2` is A1111's hires fix (with `hires_upscaler`, `hires_strength`,
+    `hires_steps`); other keyword arguments are
     options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
     """
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, width=width, height=height,
@@ -165,3 +170,29 @@ def pull_model(name: str) -> str:
     settings = get_settings()
     spec = default_runner().catalog.resolve(name)
     return pull(spec, token=get_key(settings.keys_path, "hf"), configs_dir=settings.configs_folder)
+
+
+def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos") -> PIL.Image.Image:
+    """`image` (a path, bytes or PIL image) `scale` times as large: by an image filter (lanczos, bicubic, nearest)
+    or an upscaler model (a folder of EASEL_HOME/upscalers, or a hub id: SD's x4 upscaler)."""
+    import math
+
+    from .errors import InvalidRequestError
+    from .types import MAX_INPUT_PIXELS
+    from .upscalers import IMAGE_UPSCALERS, resize
+
+    picture = load_image(image)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or not 1 <= scale <= 8:
+        raise InvalidRequestError(f"`scale` must be a number from 1 to 8 but is {scale!r}.", param="scale")
+    size = (round(picture.width * scale), round(picture.height * scale))
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise InvalidRequestError(f"`scale` {scale} makes {size[0]}x{size[1]}, over the {MAX_INPUT_PIXELS} pixels "
+                                  "Easel makes.", param="scale")
+    if upscaler in IMAGE_UPSCALERS:
+        return resize(picture, size, upscaler)
+    if not isinstance(upscaler, str) or not upscaler.strip():
+        raise InvalidRequestError(f"`upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler model's "
+                                  f"name but is {upscaler!r}.", param="upscaler")
+    provider = default_runner().registry.get("diffusers")
+    return resize(provider.upscale(picture, scale, upscaler), size, "lanczos")

@@ -106,7 +106,8 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     model_prompt = _check_loras(r, spec, allow_paths)
     _check_mode(r, spec)  # 2. what to do, and with which images (ControlNet's among them)
     _check_control(r, spec, allow_paths)
-    _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed
+    _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed, and the hires fix's
+    _check_hires(r, spec)
     _check_choices(r, spec)  # 4. scheduler, output format, family options
     # 5. the prompt the model receives, and what it will ignore
     r.warnings = _ignored(spec, r)
@@ -292,6 +293,34 @@ def _check_numbers(r: ImageRequest, spec: ModelSpec, request: ImageRequest) -> N
         r.seed = _require_int("seed", r.seed, 0, MAX_SEED)
     elif "seed" in family.takes:
         r.seed = secrets.randbelow(2**32)  # drawn here, so that the job's record knows it from the start
+
+
+def _check_hires(r: ImageRequest, spec: ModelSpec) -> None:
+    """The hires fix: a scale (1 or none: off), an upscaler, the second pass's strength and steps; the final size
+    within the model's limit. Whether an upscaler model exists is its provider's check."""
+    from .upscalers import IMAGE_UPSCALERS
+
+    if r.hires_scale is None or r.hires_scale == 1:
+        r.hires_scale = None
+        return
+    r.hires_scale = _require_number("hires_scale", r.hires_scale, 1.0, 4.0)
+    if r.mode != "generate":
+        raise UnsupportedError("The hires fix is for generation (an edit or a variation keeps its size).",
+                               param="hires_scale")
+    if "vary" not in spec.family.supports:
+        raise UnsupportedError(f"{spec.name} has no image-to-image pass for the hires fix.", param="hires_scale")
+    if not isinstance(r.hires_upscaler, str) or not r.hires_upscaler.strip() or len(r.hires_upscaler) > 200:
+        raise InvalidRequestError(f"`hires_upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler "
+                                  f"model's name but is {r.hires_upscaler!r}.", param="hires_upscaler")
+    r.hires_strength = _require_number("hires_strength", r.hires_strength, 0.01, 1.0)
+    if r.hires_steps is not None:
+        r.hires_steps = _require_int("hires_steps", r.hires_steps, 1, MAX_STEPS)
+    step, limit = spec.family.size_step, spec.family.max_side
+    for name, value in (("width", r.width), ("height", r.height)):
+        if round(value * r.hires_scale / step) * step > limit:
+            raise InvalidRequestError(f"`hires_scale` {r.hires_scale} makes the {name} "
+                                      f"{round(value * r.hires_scale)}, over the {limit} {spec.name} takes.",
+                                      param="hires_scale")
 
 
 def _check_choices(r: ImageRequest, spec: ModelSpec) -> None:

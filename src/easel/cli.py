@@ -250,6 +250,14 @@ def generate(
                        "rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); default: short prompts, when one is.")]
     = None,
     control: Controls = None,
+    hires: Annotated[Optional[float], typer.Option("--hires", help="Hires fix: make the image at its size, upscale "
+                     "it by this factor (1-4), then image-to-image at --hires-strength.")] = None,
+    hires_upscaler: Annotated[str, typer.Option("--hires-upscaler", help="lanczos, bicubic, nearest or an upscaler "
+                              "model of EASEL_HOME/upscalers.")] = "lanczos",
+    hires_strength: Annotated[float, typer.Option("--hires-strength", help="The second pass's denoising "
+                              "strength.")] = 0.55,
+    hires_steps: Annotated[Optional[int], typer.Option("--hires-steps", help="The second pass's steps (default: "
+                           "--steps).")] = None,
 ) -> None:
     """Generate images from a prompt and save them.
 
@@ -264,6 +272,9 @@ def generate(
             base = base.replace(enhance_prompt=enhance)
         if control:
             base = base.replace(control=_controls(control))
+        if hires is not None:
+            base = base.replace(hires_scale=hires, hires_upscaler=hires_upscaler, hires_strength=hires_strength,
+                                hires_steps=hires_steps)
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:
@@ -323,6 +334,9 @@ def _request_from_file(path: Path):
         guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
         output_format=params.get("output_format", "png"), extra=params.get("extra", {}),
         loras=params.get("loras", {}),
+        **({"hires_scale": params["hires"]["scale"], "hires_upscaler": params["hires"]["upscaler"],
+            "hires_strength": params["hires"]["strength"], "hires_steps": params["hires"]["steps"]}
+           if params.get("hires") else {}),
     )
 
 
@@ -494,6 +508,30 @@ def keys_path() -> None:
     from .config import get_settings
 
     typer.echo(get_settings().keys_path)
+
+
+@app.command()
+def upscale(
+    image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
+    scale: Annotated[float, typer.Option("--scale", help="How many times larger (1-8).")] = 2.0,
+    upscaler: Annotated[str, typer.Option("--upscaler", help="lanczos, bicubic, nearest, or an upscaler model of "
+                        "EASEL_HOME/upscalers (SD's x4 upscaler) or the hub.")] = "lanczos",
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where to write it (default: beside the "
+                      "image, as NAME-x2.png).")] = None,
+) -> None:
+    """Enlarge an image with an image filter or an upscaler model.
+
+    Example: easel upscale picture.png --scale 4
+    """
+    from .api import upscale as enlarge
+
+    try:
+        bigger = enlarge(image, scale=scale, upscaler=upscaler)
+        target = output or image.with_name(f"{image.stem}-x{scale:g}.png")
+        bigger.save(target)
+    except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's
+        _fail(exc)
+    typer.echo(str(target))
 
 
 @app.command()

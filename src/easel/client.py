@@ -261,7 +261,9 @@ def _job_body(r: ImageRequest) -> dict[str, Any]:
             "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
             "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
             "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt,
-            "control": _control_json(r.control)}
+            "control": _control_json(r.control), "hires_scale": r.hires_scale,
+            **({"hires_upscaler": r.hires_upscaler, "hires_strength": r.hires_strength, "hires_steps": r.hires_steps}
+               if r.hires_scale else {})}
     return {k: v for k, v in body.items() if v is not None}
 
 

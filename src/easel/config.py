@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         return self.home / "controlnets"
 
     @property
+    def upscalers_folder(self) -> Path:
+        """Upscaler models by name: diffusers pipeline folders (SD's x4 upscaler)."""
+        return self.home / "upscalers"
+
+    @property
     def configs_folder(self) -> Path:
         """Pipeline configurations (configs and tokenizers, no weights) that single-file checkpoints load with,
         one folder per kind of checkpoint (`v1`, `xl_base`, `sd35_medium`, `flux-dev`, ...), filled by

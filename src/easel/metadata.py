@@ -18,6 +18,13 @@ _USER_COMMENT = 0x9286
 _IMAGE_DESCRIPTION = 0x010E
 
 
+def _hires_settings(hires: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not hires:
+        return []
+    return [("Denoising strength", hires["strength"]), ("Hires upscale", hires["scale"]),
+            ("Hires steps", hires["steps"]), ("Hires upscaler", hires["upscaler"])]
+
+
 def a1111_parameters(p: dict[str, Any]) -> str:
     """The `parameters` text A1111-compatible tools show: prompt, negative prompt, then one settings line."""
     lines = [p.get("prompt", "")]
@@ -32,6 +39,9 @@ def a1111_parameters(p: dict[str, Any]) -> str:
         ("Model", p.get("model")),
         ("Lora hashes", '"' + ", ".join(f"{n}: {h}" for n, h in p["lora_hashes"].items()) + '"'
          if p.get("lora_hashes") else None),
+        *_hires_settings(p.get("hires")),
+        *[(f"ControlNet {i}", '"' + ", ".join(f"{k}: {v}" for k, v in unit.items()) + '"')
+          for i, unit in enumerate(p.get("control") or [])],
         ("Version", f"easel {p.get('version', '')}".strip()),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in settings if v is not None))

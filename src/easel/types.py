@@ -61,6 +61,12 @@ class ImageRequest:
     loras: dict[str, float] = dataclasses.field(default_factory=dict)  # LoRA name (or file, for the library) -> weight
     enhance_prompt: bool | None = None  # a chat model rewrites the prompt: yes, no, None: as the server says
     control: list = dataclasses.field(default_factory=list)  # ControlNet units (easel.control.ControlUnit)
+    # hires fix (A1111's enable_hr): make the image at its size, upscale it by `hires_scale` with `hires_upscaler`,
+    # then image-to-image at `hires_strength` for `hires_steps` (None: the request's steps)
+    hires_scale: float | None = None
+    hires_upscaler: str = "lanczos"
+    hires_strength: float = 0.55
+    hires_steps: int | None = None
     enhanced_by: str | None = None  # set when a chat model rewrote the prompt (into `revised_prompt`)
     revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
     warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore

@@ -3,10 +3,11 @@ import easel
 
 def test_public_surface_is_pinned():
     assert sorted(easel.__all__) == sorted([
-        "AuthenticationError", "ContentPolicyError", "EaselError", "GeneratedImage", "GenerationError",
+        "AuthenticationError", "ContentPolicyError", "ControlUnit", "EaselError", "GeneratedImage", "GenerationError",
         "ImageRequest", "ImageResult", "InsufficientStorageError", "InvalidRequestError", "JobCancelledError",
         "MissingKeyError", "ModelNotFoundError", "NotFoundError", "PayloadTooLargeError", "PermissionDeniedError",
-        "ProviderError", "RateLimitError", "ServiceUnavailableError", "UnsupportedError", "__version__", "edit", "generate", "vary",
+        "ProviderError", "RateLimitError", "ServiceUnavailableError", "UnsupportedError", "__version__", "edit", "generate",
+        "upscale", "vary",
     ])
     for name in easel.__all__:
         assert hasattr(easel, name), name

@@ -17,7 +17,7 @@ from ..store import is_disk_full, out_of_space, storage_errors
 from ..types import ImageRequest
 from .jobs import FINAL, Job, JobEvent, JobStore
 from .metrics import EngineMetrics
-from .runner import Runner, batch_key
+from .runner import Runner, batch_key, steps_of
 
 log = logging.getLogger("easel.engine")
 ORPHANED = "The server stopped before this job finished; send it again."
@@ -449,15 +449,6 @@ class Engine:
             if job.state not in FINAL:
                 counts[job.state] += 1
         return counts
-
-
-def steps_of(request: ImageRequest) -> int:
-    """The denoising steps a checked request runs: image-to-image runs the last `strength` share of them; remote
-    services report none (1)."""
-    total = request.num_inference_steps or 1
-    if request.mode == "vary" and request.strength is not None:
-        total = max(1, round(total * request.strength))
-    return total
 
 
 def _render_previews(batch: list[Job], step: int, preview) -> dict[str, tuple]:

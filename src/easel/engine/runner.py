@@ -165,12 +165,57 @@ class Runner:
             sent.append(r.replace(**changes) if changes else r)
         batch = Batch(spec, sent, [_seeds(spec, r) for r in requests])
         provider = self.registry.get(spec.provider)
-        outputs = provider.run_batch(batch, progress)
+        first_pass = progress if not requests[0].hires_scale else _Shifted(progress, 0, steps_of(requests[0]))
+        outputs = provider.run_batch(batch, first_pass)
         _check_contract(provider, outputs, batch.seeds)
         for frame, output in zip(frames, outputs):
             if frame is not None:
                 output.images = [frame.paste(im) for im in output.images]
+        if requests[0].hires_scale:  # one request (hires requests run alone): its second pass, image by image
+            self._hires(spec, sent[0], batch.seeds[0], outputs[0], provider, progress)
         return list(zip(batch.seeds, outputs))
+
+    def _hires(self, spec: ModelSpec, r: ImageRequest, seeds: list, output: ProviderOutput, provider,
+               progress: Progress) -> None:
+        """A1111's hires fix: each image upscaled to the final size, then image-to-image from it at
+        `hires_strength` with the same prompt and seed."""
+        from ..upscalers import IMAGE_UPSCALERS, resize
+
+        step = spec.family.size_step
+        size = (round(r.width * r.hires_scale / step) * step, round(r.height * r.hires_scale / step) * step)
+        second = r.replace(mode="vary", width=size[0], height=size[1], size=f"{size[0]}x{size[1]}",
+                           strength=r.hires_strength, num_images=1, hires_scale=None,
+                           num_inference_steps=r.hires_steps or r.num_inference_steps)
+        done, each = steps_of(r.replace(hires_scale=None)), steps_of(second)
+        total = done + each * len(output.images)
+        for i, (image, seed) in enumerate(zip(output.images, seeds)):
+            if r.hires_upscaler in IMAGE_UPSCALERS:
+                big = resize(image, size, r.hires_upscaler)
+            else:
+                big = resize(provider.upscale(image, r.hires_scale, r.hires_upscaler), size, "lanczos")
+            again = provider.run_batch(Batch(spec, [second.replace(image=big)], [[seed]]),
+                                       _Shifted(progress, done + i * each, total))
+            _check_contract(provider, again, [[seed]])
+            output.images[i] = again[0].images[0]
+        output.details["hires"] = {"scale": r.hires_scale, "upscaler": r.hires_upscaler,
+                                   "strength": r.hires_strength, "steps": second.num_inference_steps,
+                                   "first_pass_size": f"{r.width}x{r.height}"}
+
+
+class _Shifted(Progress):
+    """The progress of one pass of several: its steps counted after `done`, out of the whole `total`."""
+
+    def __init__(self, progress: Progress, done: int, total: int):
+        super().__init__()
+        self.progress, self.done, self.total = progress, done, total
+
+    def step(self, step: int, total: int, preview=None) -> None:
+        # previews of a later pass would show other images than the batch's: only the first pass sends them
+        self.progress.step(self.done + step, self.total, preview if self.done == 0 else None)
+
+    @property
+    def stopped(self) -> bool:
+        return self.progress.stopped
 
 
 def _check_contract(provider, outputs, seeds: list[list[int]]) -> None:
@@ -197,9 +242,21 @@ def _seeds(spec: ModelSpec, request: ImageRequest) -> list[int | None]:
     return [request.seed + i for i in range(request.num_images)]
 
 
+def steps_of(request: ImageRequest) -> int:
+    """The denoising steps a checked request runs: image-to-image runs the last `strength` share of them, a hires
+    fix adds its second pass for each image; remote services report none (1)."""
+    total = request.num_inference_steps or 1
+    if request.mode == "vary" and request.strength is not None:
+        total = max(1, round(total * request.strength))
+    if request.hires_scale:
+        second = max(1, round((request.hires_steps or total) * request.hires_strength))
+        total += second * request.num_images
+    return total
+
+
 def batch_key(spec: ModelSpec, r: ImageRequest) -> tuple:
     """Requests with equal keys can share one pipeline call."""
-    if r.mode != "generate" or r.control:  # an edit's image, a ControlNet's map: one request per call
+    if r.mode != "generate" or r.control or r.hires_scale:  # an input image, a map, a second pass: one at a time
         return ("solo", id(r))
     return (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale, r.scheduler,
             tuple(sorted(r.extra.items())), tuple(sorted(r.loras.items())))

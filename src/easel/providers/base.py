@@ -106,6 +106,17 @@ class Provider(abc.ABC):
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
         """Refuse before queueing what the model would refuse (after the common checks): raise
         InvalidRequestError naming the parameter."""
+        from ..upscalers import IMAGE_UPSCALERS
+
+        if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
+            self.upscale(None, 1, request.hires_upscaler)
+
+    def upscale(self, image, scale: float, name: str):
+        """`image` through the upscaler model `name` (its caller resizes the result to the size it wants)."""
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError(f"The {self.name} provider runs no upscaler models ({name!r}); use one of lanczos, "
+                               "bicubic, nearest.", param="hires_upscaler")
 
     def warm(self, spec: ModelSpec) -> None:
         """Get `spec` ready before its first request (a server calls this at start); nothing by default."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
                       ModelNotFoundError, OutOfMemoryError)
 from ..catalog import lora_files, names_a_file
+from ..upscalers import IMAGE_UPSCALERS
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -298,7 +299,7 @@ class DiffusersProvider(Provider):
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
                  loras_dir: Path | None = None, embeddings_dir: Path | None = None, configs_dir: Path | None = None,
-                 controlnets_dir: Path | None = None):
+                 controlnets_dir: Path | None = None, upscalers_dir: Path | None = None):
         """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
         `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`); `embeddings_dir`: where the
         textual-inversion embeddings that prompts use by name are; `configs_dir`: the configurations that
@@ -308,6 +309,7 @@ class DiffusersProvider(Provider):
         self.embeddings_dir = embeddings_dir
         self.configs_dir = configs_dir
         self.controlnets_dir = controlnets_dir
+        self.upscalers_dir = upscalers_dir
         self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
@@ -321,6 +323,8 @@ class DiffusersProvider(Provider):
             self.lora_file(name)
         for unit in request.control:
             self.controlnet_folder(unit.model, download=False)
+        if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
+            self.upscaler_folder(request.hires_upscaler, download=False, param="hires_upscaler")
         if spec.checkpoint and _offline():
             checkpoint_config(spec.local_path, self.configs_dir, download=False)
         if spec.local_path is None and _offline() and not spec.is_available_locally():
@@ -341,29 +345,41 @@ class DiffusersProvider(Provider):
         return path
 
     def controlnet_folder(self, name: str, download: bool = True) -> Path | None:
-        """A ControlNet model's folder: `<name>` in the controlnets folder, a hub id (from the hub cache, downloaded
-        where it may be), or a folder's path (which the request check allows only for the machine's user). None: a
-        hub id to download when it runs. Unknown: an error listing the control models there are."""
-        from ..catalog import is_hub_id
+        """A ControlNet model's folder (see `_named_folder`)."""
+        return _named_folder(name, self.controlnets_dir, "config.json", "ControlNet", "control", self.hf_token,
+                             download)
 
-        if is_hub_id(name) and not (self.controlnets_dir is not None and (self.controlnets_dir / name).is_dir()):
-            from huggingface_hub import snapshot_download
+    def upscaler_folder(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
+        """An upscaler pipeline's folder (SD's x4 upscaler, in diffusers' layout; see `_named_folder`)."""
+        return _named_folder(name, self.upscalers_dir, "model_index.json", "upscaler", param, self.hf_token,
+                             download)
 
+    def upscale(self, image, scale: float, name: str):
+        """`image` through an upscaler pipeline (SD's x4 upscaler makes it 4 times as large; its caller resizes to
+        the size it wants). The pipeline is loaded once and kept with the others."""
+        import torch
+
+        folder = self.upscaler_folder(name)
+        device = pick_device(self.device_preference)
+        dtype = pick_dtype(device, "float16", self.dtype_preference)
+
+        def load() -> LoadedPipeline:
+            import diffusers
+
+            started = time.perf_counter()
             try:
-                return Path(snapshot_download(name, local_files_only=True, token=self.hf_token))
-            except Exception:  # noqa: BLE001 - not in the hub cache
-                if _offline():
-                    raise InvalidRequestError(f"The ControlNet {name!r} is not in the hub cache and HF_HUB_OFFLINE "
-                                              "is set.", param="control") from None
-                return Path(snapshot_download(name, token=self.hf_token)) if download else None
-        path = Path(name).expanduser() if names_a_file(name) else (
-            self.controlnets_dir / name if self.controlnets_dir is not None else None)
-        if path is None or not (path / "config.json").is_file():
-            there = sorted(p.name for p in self.controlnets_dir.iterdir() if (p / "config.json").is_file()) \
-                if self.controlnets_dir is not None and self.controlnets_dir.is_dir() else []
-            raise InvalidRequestError(f"No ControlNet {name!r} (the controlnets folder has: "
-                                      f"{', '.join(there) or 'none'}).", param="control")
-        return path
+                pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+            except Exception as exc:  # noqa: BLE001 - not an upscaler pipeline, or a damaged one
+                raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
+            pipe.set_progress_bar_config(disable=True)
+            pipe.to(device)
+            return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
+                                  time.perf_counter() - started)
+
+        loaded = self.cache.get((str(folder), device, str(dtype), "upscaler"), load)
+        with loaded.lock, torch.no_grad():
+            return loaded.pipe(prompt="", image=image.convert("RGB"), num_inference_steps=20,
+                               generator=torch.Generator("cpu").manual_seed(0)).images[0]
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def warm(self, spec: ModelSpec) -> None:
@@ -670,6 +686,32 @@ def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _named_folder(name: str, root: Path | None, marker: str, what: str, param: str, token: str | None,
+                  download: bool) -> Path | None:
+    """A model folder named by a request: `<name>` in `root`, a hub id (from the hub cache, downloaded where it may
+    be), or a folder's path (which the request check allows only for the machine's user). None: a hub id to
+    download when it runs. Unknown: an error listing the ones there are."""
+    from ..catalog import is_hub_id
+
+    if is_hub_id(name) and not (root is not None and (root / name).is_dir()):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True, token=token))
+        except Exception:  # noqa: BLE001 - not in the hub cache
+            if _offline():
+                raise InvalidRequestError(f"The {what} {name!r} is not in the hub cache and HF_HUB_OFFLINE is set.",
+                                          param=param) from None
+            return Path(snapshot_download(name, token=token)) if download else None
+    path = Path(name).expanduser() if names_a_file(name) else (root / name if root is not None else None)
+    if path is None or not (path / marker).is_file():
+        there = sorted(p.name for p in root.iterdir() if (p / marker).is_file()) \
+            if root is not None and root.is_dir() else []
+        raise InvalidRequestError(f"No {what} {name!r} (the {root.name if root else what + 's'} folder has: "
+                                  f"{', '.join(there) or 'none'}).", param=param)
+    return path
+
+
 def _control_inputs(request: ImageRequest) -> dict[str, Any]:
     """A ControlNet pipeline's arguments: each unit's map at the requested size, weight and span of the steps."""
     maps = [unit.map.resize((request.width, request.height)) for unit in request.control]
@@ -839,5 +881,5 @@ def register(add, settings) -> None:
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
                                     "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder,
                           embeddings_dir=settings.embeddings_folder, configs_dir=settings.configs_folder,
-                          controlnets_dir=settings.controlnets_folder))
+                          controlnets_dir=settings.controlnets_folder, upscalers_dir=settings.upscalers_folder))
 

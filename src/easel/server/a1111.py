@@ -21,8 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
-from ..catalog import lora_files
+from ..catalog import is_hub_id, lora_files, names_a_file
 from ..control import PREPROCESSORS, ControlUnit, preprocess
+from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
@@ -33,7 +34,9 @@ from .jobs import wait_for_job
 PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
 # Easel's parameter names -> the A1111 API's, so that an error names the field the client sent
 PARAMS = {"num_inference_steps": "steps", "guidance_scale": "cfg_scale", "n": "batch_size", "image": "init_images",
-          "strength": "denoising_strength", "scheduler": "sampler_name",
+          "strength": "denoising_strength", "scheduler": "sampler_name", "hires_scale": "hr_scale",
+          "hires_upscaler": "hr_upscaler", "hires_strength": "denoising_strength",
+          "hires_steps": "hr_second_pass_steps",
           "model": "override_settings.sd_model_checkpoint"}
 # A1111 sampler names -> Easel scheduler names
 SAMPLERS = {"Euler a": "euler_a", "Euler": "euler", "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++_karras",
@@ -58,6 +61,13 @@ class Txt2ImgRequest(BaseModel):
     height: int = 512
     override_settings: dict[str, Any] = {}
     alwayson_scripts: dict[str, Any] = {}
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    denoising_strength: float | None = None
     force_task_id: str | None = None
     send_images: bool = True
 
@@ -65,7 +75,7 @@ class Txt2ImgRequest(BaseModel):
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = []
     mask: str | None = None
-    denoising_strength: float = 0.75
+    denoising_strength: float | None = 0.75
     inpainting_mask_invert: int = 0
     mask_blur: int = 4
     inpaint_full_res: bool = False  # A1111's "Only masked" (clients send 0/1 or true/false)
@@ -80,7 +90,21 @@ def to_image_request(body: Txt2ImgRequest, model: str, scheduler: str | None, mo
                         num_images=body.batch_size, width=body.width, height=body.height,
                         num_inference_steps=body.steps, guidance_scale=body.cfg_scale,
                         seed=None if body.seed < 0 else body.seed, scheduler=scheduler, mode=mode,
-                        control=control_units(body.alwayson_scripts), **fields)
+                        control=control_units(body.alwayson_scripts), **(hires_fields(body) if mode == "generate"
+                                                                         else {}), **fields)
+
+
+def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires fix (`enable_hr`): its scale (or target size), upscaler, second-pass steps and strength."""
+    if not body.enable_hr:
+        return {}
+    scale = body.hr_scale
+    if body.hr_resize_x or body.hr_resize_y:  # a target size instead of a factor: the larger factor it needs
+        scale = max(body.hr_resize_x / body.width, body.hr_resize_y / body.height)
+    upscaler = (body.hr_upscaler or "Latent").strip()
+    return {"hires_scale": scale, "hires_upscaler": A1111_UPSCALERS.get(upscaler.lower(), upscaler),
+            "hires_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
+            "hires_steps": body.hr_second_pass_steps or None}
 
 
 # the ControlNet extension's preprocessor ("module") names -> Easel's
@@ -226,6 +250,9 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     model = model_for(body, state)
     scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
     base = to_image_request(body, model, scheduler, mode, **fields)
+    if base.hires_scale and (body.hr_upscaler or "Latent").lower().startswith("latent"):
+        warnings.append(f"hr_upscaler {body.hr_upscaler or 'Latent'!r}: the image is upscaled "
+                        f"({base.hires_upscaler}) between the passes, not its latents")
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
     images, seeds, texts, first, detected = [], [], [], {}, []
     interrupted = False
@@ -459,3 +486,51 @@ async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
                            high_threshold=max(1, min(255, int(body.controlnet_threshold_b))))
         out.append(await run_in_threadpool(lambda u: _png_base64(preprocess(u)), unit))
     return {"images": out, "info": "Success"}
+
+
+@router.get("/upscalers")
+def upscalers(request: Request) -> list[dict[str, Any]]:
+    """The image filters, then the upscaler models of the server's upscalers folder (by name, never a path)."""
+    folder = request.app.state.runner.settings.upscalers_folder
+    models = sorted(p.name for p in folder.iterdir() if (p / "model_index.json").is_file()) \
+        if folder.is_dir() else []
+    return [{"name": name.capitalize() if name != "lanczos" else "Lanczos", "model_name": None, "model_path": None,
+             "model_url": None, "scale": 4} for name in IMAGE_UPSCALERS] + [
+        {"name": name, "model_name": name, "model_path": None, "model_url": None, "scale": 4} for name in models]
+
+
+class ExtraSingleImageRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = ""
+    resize_mode: int = 0  # 0: by upscaling_resize, 1: to upscaling_resize_w x upscaling_resize_h
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaler_1: str = "None"
+
+
+@router.post("/extra-single-image")
+async def extra_single_image(body: ExtraSingleImageRequest, request: Request) -> dict[str, Any]:
+    """A1111's "Extras" upscale of one image: by a factor, or to a size; `upscaler_1` a filter or a model."""
+    from ..api import upscale
+
+    if not body.image:
+        raise InvalidRequestError("`image` is required (a base64 image).", param="image")
+    picture = _decode(body.image, "image")
+    scale = body.upscaling_resize if body.resize_mode == 0 else max(
+        body.upscaling_resize_w / picture.width, body.upscaling_resize_h / picture.height)
+    name = A1111_UPSCALERS.get(body.upscaler_1.strip().lower(), body.upscaler_1.strip())
+    provider = request.app.state.runner.registry.get("diffusers")
+    if name not in IMAGE_UPSCALERS:  # a model: only one of the upscalers folder (or a hub id), never a path
+        if names_a_file(name) and not is_hub_id(name):
+            raise InvalidRequestError(f"`upscaler_1` names an upscaler of the server's upscalers folder, not a path: "
+                                      f"{name!r}.", param="upscaler_1")
+        provider.upscaler_folder(name, download=False, param="upscaler_1")
+    try:
+        bigger = await run_in_threadpool(upscale, picture, scale=scale, upscaler=name)
+    except EaselError as exc:
+        raise exc.renamed({"scale": "upscaling_resize", "upscaler": "upscaler_1"}) from None
+    if body.resize_mode == 1:
+        bigger = bigger.resize((body.upscaling_resize_w, body.upscaling_resize_h))
+    return {"html_info": "", "image": await run_in_threadpool(_png_base64, bigger)}

@@ -38,6 +38,12 @@ class ImageParams(BaseModel):
                          "canny, invert), weight, start, end, low_threshold, high_threshold}; model a ControlNet of "
                          "the server's controlnets folder by name (or a hub id).", json_schema_extra={"anyOf": [
                              {"type": "array", "items": {"type": "object"}}, {"type": "string"}, {"type": "null"}]})
+    hires_scale: float | None = Field(None, description="Easel: A1111's hires fix: make the image at its size, "
+                                      "upscale it by this factor (1-4), then image-to-image.")
+    hires_upscaler: str = Field("lanczos", description="Easel: the hires fix's upscaler: lanczos, bicubic, nearest "
+                                "or an upscaler model of the server's upscalers folder.")
+    hires_strength: float = Field(0.55, description="Easel: the hires fix's denoising strength.")
+    hires_steps: int | None = Field(None, description="Easel: the hires fix's steps (default: the request's).")
     enhance_prompt: bool | None = Field(None, description="Easel: have the server's chat model rewrite the prompt "
                                         "into a detailed one (the answer's revised_prompt): true, false, or unset "
                                         "for the server's rule (short prompts, where a chat model is configured).")

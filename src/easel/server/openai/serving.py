@@ -80,6 +80,8 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
                         masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
         loras=_loras(req.loras), enhance_prompt=req.enhance_prompt, control=units_from_json(req.control),
+        hires_scale=req.hires_scale, hires_upscaler=req.hires_upscaler, hires_strength=req.hires_strength,
+        hires_steps=req.hires_steps,
     )
 
 
