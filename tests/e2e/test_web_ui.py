@@ -298,6 +298,11 @@ def test_the_ui_api_through_gradio_client(ui_server):
     with pytest.raises(Exception, match="divisible by 8"):
         client.predict(prompt="x", negative="", model="builtin", aspect="custom", width=33, height=64, steps=10,
                        guidance=4, seed=1, n=1, api_name="/generate")
+    images, status, meta = client.predict(
+        prompt="a small white triangle in the center on a black background", negative="", model="builtin",
+        aspect="custom", width=64, height=64, steps=4, guidance=4, seed=1, n=1, hires_scale=2, hires_strength=0.5,
+        api_name="/generate")
+    assert Image.open(images[0]["image"]).size == (128, 128) and meta["hires"]["scale"] == 2
     from gradio_client import handle_file
     from PIL import ImageDraw
 

@@ -79,6 +79,17 @@ def build_ui(engine: Engine) -> gr.Blocks:
                                 c_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight",
                                                      elem_id="control-weight")
                             c_preview = gr.Button("Preview the map", elem_id="control-preview", size="sm")
+                        with gr.Accordion("Hires fix", open=False, elem_id="hires"):
+                            with gr.Row():
+                                hr_scale = gr.Slider(1, 4, value=1, step=0.25, label="Upscale by (1: off)",
+                                                     elem_id="hires-scale")
+                                hr_upscaler = gr.Dropdown(h.upscaler_choices(), value="lanczos", label="Upscaler",
+                                                          elem_id="hires-upscaler")
+                            with gr.Row():
+                                hr_strength = gr.Slider(0.05, 1, value=0.55, step=0.05, label="Denoising strength",
+                                                        elem_id="hires-strength")
+                                hr_steps = gr.Number(0, label="Second pass steps (0: the same)", precision=0,
+                                                     elem_id="hires-steps")
                         with gr.Accordion("Prompt help", open=False, elem_id="prompt-help"):
                             with gr.Row():
                                 subject = gr.Textbox(label="Subject", elem_id="subject")
@@ -153,7 +164,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                         h_edit = gr.Button("Edit this image", elem_id="history-edit")
 
         inputs = [prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches, c_image, c_net,
-                  c_pre, c_weight, state]
+                  c_pre, c_weight, hr_scale, hr_upscaler, hr_strength, hr_steps, state]
         outputs = [gallery, status, info, state]
         # the progress bar sits on the metadata panel, so that the gallery's previews stay in view
         go.click(h.generate, inputs, outputs, concurrency_limit=None, show_progress_on=[info], api_name="generate")

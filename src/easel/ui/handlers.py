@@ -22,6 +22,7 @@ from ..engine.queue import Engine
 from ..errors import EaselError
 from ..catalog import lora_files
 from ..control import ControlUnit, preprocess
+from ..upscalers import IMAGE_UPSCALERS
 from ..prompts import STYLE_PRESETS, compose_prompt
 from ..types import ImageRequest
 
@@ -136,6 +137,12 @@ class Handlers:
         except EaselError as exc:
             raise ui_error(exc) from None
 
+    def upscaler_choices(self) -> list[str]:
+        folder = self.settings.upscalers_folder
+        models = sorted(p.name for p in folder.iterdir() if (p / "model_index.json").is_file()) \
+            if folder.is_dir() else []
+        return [*IMAGE_UPSCALERS, *models]
+
     def lora_choices(self) -> list[str]:
         return list(lora_files(self.settings.loras_folder))
 
@@ -182,10 +189,10 @@ class Handlers:
 
     # -- Generate --------------------------------------------------------------------------------------------------
     def generate(self, prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches=1,
-                 control_image=None, control_model=None, preprocessor="none", control_weight=1.0, state=None,
-                 progress=gr.Progress()):
+                 control_image=None, control_model=None, preprocessor="none", control_weight=1.0, hires_scale=1.0,
+                 hires_upscaler="lanczos", hires_strength=0.55, hires_steps=0, state=None, progress=gr.Progress()):
         """`batches` runs of `n` images each (A1111's batch count x batch size), seeds following on; with a
-        control image and model, guided by that ControlNet."""
+        control image and model, guided by that ControlNet; with a hires scale above 1, through the hires fix."""
         state = dict(state or {})
         try:
             takes = self.resolve(model).family.takes  # a remote model picks its own steps, guidance and seed
@@ -195,7 +202,13 @@ class Handlers:
                                        seed=seed if "seed" in takes else None, n=n)
             if control_image is not None and control_model:
                 request.control = [ControlUnit(control_model, control_image, preprocessor or "none",
-                                               _number(control_weight, "ControlNet weight"))]
+                                               _number(control_weight, "ControlNet weight", whole=False))]
+            scale = _number(hires_scale, "Hires scale", whole=False) or 1.0
+            if scale != 1:
+                strength = _number(hires_strength, "Hires strength", whole=False)
+                request = request.replace(hires_scale=scale, hires_upscaler=hires_upscaler or "lanczos",
+                                          hires_strength=0.55 if strength is None else strength,
+                                          hires_steps=_number(hires_steps, "Hires steps") or None)
             count = 1 if batches in (None, "") else _number(batches, "Batches")
             if not 1 <= count <= 100:
                 raise gr.Error(f"Batches must be between 1 and 100 but is {count}.", print_exception=False)
