@@ -187,3 +187,36 @@ def save_tiny_upscaler(folder: Path) -> Path:
                                 prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_ip_adapter(family: str, folder: Path, seed: int) -> Path:
+    """An IP-Adapter for the tiny pipeline of `family`, laid out as on the hub (the adapter's weights beside an
+    `image_encoder` folder): a tiny CLIP vision encoder, the projection of its image embedding into four prompt
+    tokens, and the key and value projections of those tokens for each cross-attention layer of the UNet."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = BUILDERS[family]().unet
+    torch.manual_seed(seed)
+    embed = 16
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+        patch_size=8, projection_dim=embed))
+    encoder.save_pretrained(folder / "image_encoder")
+    cross = unet.config.cross_attention_dim
+    weights = {"image_proj.proj.weight": torch.randn(cross * 4, embed) * 0.3,
+               "image_proj.proj.bias": torch.zeros(cross * 4),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key_id = 1
+    channels = unet.config.block_out_channels
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        block = int(name.split(".")[1]) if not name.startswith("mid_block") else None
+        hidden = channels[-1] if block is None else (
+            list(reversed(channels))[block] if name.startswith("up_blocks") else channels[block])
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.3
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.3
+        key_id += 2
+    save_file(weights, str(folder / "ip-adapter.safetensors"))
+    return folder

@@ -86,6 +86,10 @@ def to_image_request(prompt: str, *, model, n, size, aspect, width, height, step
 
         units = options.pop("control")
         fields["control"] = [as_unit(u, load_image) for u in units] if isinstance(units, (list, tuple)) else units
+    if "ip_adapter" in options:
+        from .control import as_ip_adapter
+
+        fields["ip_adapter"] = as_ip_adapter(options.pop("ip_adapter"), load_image)
     return ImageRequest(
         prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance, seed=seed, negative_prompt=negative_prompt,
@@ -109,7 +113,8 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
     EASEL_HOME/loras, or a .safetensors path; A1111's `<lora:name:0.8>` in the prompt too); `enhance_prompt=True`
     has the configured chat model rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); `control=[{"model": "canny",
     "image": "edges.png", "preprocessor": "canny", "weight": 0.8}]` guides the composition with ControlNet (see
-    `easel.control.ControlUnit`); `hires_scale=2` is A1111's hires fix (with `hires_upscaler`, `hires_strength`,
+    `easel.control.ControlUnit`); `ip_adapter={"model": "ip-sd15", "image": "style.png", "scale": 0.6}` prompts
+    with an image; `hires_scale=2` is A1111's hires fix (with `hires_upscaler`, `hires_strength`,
     `hires_steps`); other keyword arguments are
     options of the model's family (e.g. `true_cfg_scale=4.0` for Qwen-Image, `offload="model"`).
     """

@@ -72,6 +72,7 @@ class ModelFamily:
     weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
     prompt_style: str | None = None  # how a prompt enhancer writes for it: "tags" or "prose"; None: never rewritten
     controlnet: str | None = None  # its ControlNet pipeline (diffusers), where it has one
+    ip_adapter: bool = False  # it takes IP-Adapter image prompts (load_ip_adapter)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)

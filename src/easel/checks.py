@@ -106,6 +106,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     model_prompt = _check_loras(r, spec, allow_paths)
     _check_mode(r, spec)  # 2. what to do, and with which images (ControlNet's among them)
     _check_control(r, spec, allow_paths)
+    _check_ip_adapter(r, spec, allow_paths)
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed, and the hires fix's
     _check_hires(r, spec)
     _check_choices(r, spec)  # 4. scheduler, output format, family options
@@ -293,6 +294,37 @@ def _check_numbers(r: ImageRequest, spec: ModelSpec, request: ImageRequest) -> N
         r.seed = _require_int("seed", r.seed, 0, MAX_SEED)
     elif "seed" in family.takes:
         r.seed = secrets.randbelow(2**32)  # drawn here, so that the job's record knows it from the start
+
+
+def _check_ip_adapter(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
+    """An image prompt: an IP-Adapter by name (a path only for the machine's user), an image and a scale."""
+    import PIL.Image
+
+    from .control import IPAdapter
+
+    if r.ip_adapter is None:
+        return
+    if not isinstance(r.ip_adapter, IPAdapter):
+        raise InvalidRequestError("`ip_adapter` must be an IPAdapter (easel.control).", param="ip_adapter")
+    if not spec.family.ip_adapter:
+        raise UnsupportedError(f"{spec.name} does not take IP-Adapter image prompts.", param="ip_adapter")
+    if r.mode != "generate":
+        raise UnsupportedError("IP-Adapter image prompts guide generation (not edits or variations yet).",
+                               param="ip_adapter")
+    r.ip_adapter = dataclasses.replace(r.ip_adapter)
+    name = r.ip_adapter.model
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
+        raise InvalidRequestError(f"`ip_adapter.model` must be a name of 1 to 200 characters but is {name!r}.",
+                                  param="ip_adapter")
+    if not allow_paths and names_a_file(name) and not is_hub_id(name):
+        raise InvalidRequestError(f"`ip_adapter.model` names an IP-Adapter of the server's ip_adapters folder (or a "
+                                  f"hub id), not a path: {name!r}.", param="ip_adapter")
+    if not isinstance(r.ip_adapter.image, PIL.Image.Image):
+        raise InvalidRequestError("`ip_adapter` needs an `image`.", param="ip_adapter")
+    try:
+        r.ip_adapter.scale = _require_number("ip_adapter.scale", r.ip_adapter.scale, 0.0, 2.0)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(exc.message, param="ip_adapter") from None
 
 
 def _check_hires(r: ImageRequest, spec: ModelSpec) -> None:

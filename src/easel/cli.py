@@ -196,6 +196,24 @@ def _controls(specs: list[str] | None) -> list:
     return units
 
 
+def _ip_adapter(spec: str):
+    """`--ip-adapter style:picture.png:0.7` as an image prompt (its image read here)."""
+    from .api import load_image
+    from .control import IPAdapter
+    from .errors import InvalidRequestError
+
+    name, _, rest = spec.partition(":")
+    path, _, scale = rest.partition(":")
+    if not name or not path:
+        raise InvalidRequestError(f"`--ip-adapter` must be NAME:IMAGE[:SCALE] but is {spec!r}.", param="ip_adapter")
+    try:
+        value = float(scale) if scale else 0.6
+    except ValueError:
+        raise InvalidRequestError(f"`--ip-adapter` takes a number as its scale but got {scale!r}.",
+                                  param="ip_adapter") from None
+    return IPAdapter(name, load_image(Path(path), "ip_adapter"), value)
+
+
 def _loras(specs: list[str] | None) -> dict:
     """`--lora name:0.8` (weight 1 when left out; a path may hold colons, so the weight is the last part)."""
     from .errors import InvalidRequestError
@@ -250,6 +268,8 @@ def generate(
                        "rewrite the prompt (EASEL_PROMPT_ENHANCER_MODEL); default: short prompts, when one is.")]
     = None,
     control: Controls = None,
+    ip_adapter: Annotated[Optional[str], typer.Option("--ip-adapter", help="An image prompt as NAME:IMAGE[:SCALE] "
+                          "(NAME a folder of EASEL_HOME/ip_adapters, or a hub id; scale 0.6 when left out).")] = None,
     hires: Annotated[Optional[float], typer.Option("--hires", help="Hires fix: make the image at its size, upscale "
                      "it by this factor (1-4), then image-to-image at --hires-strength.")] = None,
     hires_upscaler: Annotated[str, typer.Option("--hires-upscaler", help="lanczos, bicubic, nearest or an upscaler "
@@ -272,6 +292,8 @@ def generate(
             base = base.replace(enhance_prompt=enhance)
         if control:
             base = base.replace(control=_controls(control))
+        if ip_adapter:
+            base = base.replace(ip_adapter=_ip_adapter(ip_adapter))
         if hires is not None:
             base = base.replace(hires_scale=hires, hires_upscaler=hires_upscaler, hires_strength=hires_strength,
                                 hires_steps=hires_steps)

@@ -48,7 +48,8 @@ def can_delegate(request: ImageRequest) -> bool:
     model = request.model or ""
     if model.startswith(("/", ".", "~")) or os.sep in model and Path(model).expanduser().exists():
         return False
-    if any(Path(unit.model).expanduser().exists() for unit in request.control):  # a ControlNet folder by path
+    named = [unit.model for unit in request.control] + ([request.ip_adapter.model] if request.ip_adapter else [])
+    if any(Path(name).expanduser().exists() for name in named):  # a ControlNet or IP-Adapter folder by path
         return False
     return not any(names_a_file(name) for name in request.loras)
 
@@ -246,6 +247,14 @@ def _outcome(body: dict[str, Any]) -> dict[str, Any]:
     raise error_from(status, error)
 
 
+def _ip_adapter_json(prompt) -> dict | None:
+    if prompt is None:
+        return None
+    from .control import ip_adapter_to_json
+
+    return ip_adapter_to_json(prompt)
+
+
 def _control_json(units: list) -> list | None:
     if not units:
         return None
@@ -261,7 +270,8 @@ def _job_body(r: ImageRequest) -> dict[str, Any]:
             "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
             "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
             "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt,
-            "control": _control_json(r.control), "hires_scale": r.hires_scale,
+            "control": _control_json(r.control), "ip_adapter": _ip_adapter_json(r.ip_adapter),
+            "hires_scale": r.hires_scale,
             **({"hires_upscaler": r.hires_upscaler, "hires_strength": r.hires_strength, "hires_steps": r.hires_steps}
                if r.hires_scale else {})}
     return {k: v for k, v in body.items() if v is not None}

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         return self.home / "controlnets"
 
     @property
+    def ip_adapters_folder(self) -> Path:
+        """IP-Adapters by name: a folder with the adapter's weights (.safetensors) and its `image_encoder`."""
+        return self.home / "ip_adapters"
+
+    @property
     def upscalers_folder(self) -> Path:
         """Upscaler models by name: diffusers pipeline folders (SD's x4 upscaler)."""
         return self.home / "upscalers"

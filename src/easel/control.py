@@ -46,6 +46,33 @@ class ControlUnit:
         return out
 
 
+@dataclasses.dataclass
+class IPAdapter:
+    """An image prompt: `image` steers the content and style through the IP-Adapter `model` (a folder of
+    EASEL_HOME/ip_adapters holding the adapter's weights and its `image_encoder`, or a hub id), at `scale`."""
+
+    model: str
+    image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
+    scale: float = 0.6
+
+    def record(self) -> dict[str, Any]:
+        return {"model": self.model, "scale": self.scale}
+
+
+def as_ip_adapter(value: Any, load_image) -> IPAdapter | None:
+    """An IPAdapter from itself or a dict of its fields (`image` for `load_image`); None stays None."""
+    if value is None or isinstance(value, IPAdapter):
+        return value
+    if not isinstance(value, dict) or "model" not in value or value.get("image") is None:
+        raise InvalidRequestError("`ip_adapter` must be an object with a `model`, an `image` and optionally a "
+                                  f"`scale` but is {value!r}.", param="ip_adapter")
+    unknown = sorted(set(value) - {"model", "image", "scale"})
+    if unknown:
+        raise InvalidRequestError(f"Unknown `ip_adapter` field {unknown[0]!r} (the fields are: image, model, "
+                                  "scale).", param="ip_adapter")
+    return IPAdapter(value["model"], load_image(value["image"], "ip_adapter"), value.get("scale", 0.6))
+
+
 def preprocess(unit: ControlUnit) -> PIL.Image.Image:
     """The unit's map: its image through its preprocessor, as RGB."""
     import numpy as np
@@ -117,16 +144,36 @@ def units_from_json(value: Any) -> list[ControlUnit]:
     return [as_unit(unit, image_from_base64) for unit in value]
 
 
-def units_to_json(units: list[ControlUnit]) -> list[dict[str, Any]]:
-    """The units as `units_from_json` reads them (images as PNG in base64)."""
+def ip_adapter_from_json(value: Any) -> IPAdapter | None:
+    """`ip_adapter` of a JSON API: {model, image (base64), scale}, or JSON text of it (a multipart form's field)."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequestError("`ip_adapter` must be a JSON object.", param="ip_adapter") from None
+    return as_ip_adapter(value, image_from_base64)
+
+
+def _png_base64(image) -> str:
     import base64
     import io
 
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return base64.b64encode(png.getvalue()).decode()
+
+
+def ip_adapter_to_json(prompt: IPAdapter | None) -> dict[str, Any] | None:
+    return None if prompt is None else {**prompt.record(), "image": _png_base64(prompt.image)}
+
+
+def units_to_json(units: list[ControlUnit]) -> list[dict[str, Any]]:
+    """The units as `units_from_json` reads them (images as PNG in base64)."""
     out = []
     for unit in units:
-        png = io.BytesIO()
-        unit.image.save(png, format="PNG")
         fields = {f.name: getattr(unit, f.name) for f in dataclasses.fields(ControlUnit) if f.name not in ("image",
                                                                                                            "map")}
-        out.append({**fields, "image": base64.b64encode(png.getvalue()).decode()})
+        out.append({**fields, "image": _png_base64(unit.image)})
     return out

@@ -61,6 +61,7 @@ class ImageRequest:
     loras: dict[str, float] = dataclasses.field(default_factory=dict)  # LoRA name (or file, for the library) -> weight
     enhance_prompt: bool | None = None  # a chat model rewrites the prompt: yes, no, None: as the server says
     control: list = dataclasses.field(default_factory=list)  # ControlNet units (easel.control.ControlUnit)
+    ip_adapter: Any = None  # an image prompt (easel.control.IPAdapter)
     # hires fix (A1111's enable_hr): make the image at its size, upscale it by `hires_scale` with `hires_upscaler`,
     # then image-to-image at `hires_strength` for `hires_steps` (None: the request's steps)
     hires_scale: float | None = None

@@ -115,8 +115,9 @@ def test_a1111_controlnet_api_through_webuiapi(sd15, easel_home):
         assert np.array_equal(np.asarray(detected.images[0]), np.asarray(expected.control_maps[0]))
         unit = webuiapi.ControlNetUnit(image=outline(), module="canny", model="edges [d14c016b]", weight=0.8,
                                        threshold_a=100, threshold_b=200)
+        # webuiapi adds the units to its default `alwayson_scripts` dict unless given one: a fresh one each call
         made = api.txt2img(prompt=PROMPT, width=64, height=64, steps=2, seed=4, override_settings={
-            "sd_model_checkpoint": "tiny"}, controlnet_units=[unit])
+            "sd_model_checkpoint": "tiny"}, controlnet_units=[unit], alwayson_scripts={})
         assert len(made.images) == 2  # the image, then the detected map (as the extension answers)
         assert np.array_equal(np.asarray(made.images[0], dtype=np.int16), pixels(expected))
         assert np.array_equal(np.asarray(made.images[1]), np.asarray(expected.control_maps[0]))

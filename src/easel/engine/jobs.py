@@ -29,8 +29,10 @@ def _iso(timestamp: float) -> str:
 
 def request_to_json(r: ImageRequest) -> str:
     """What is kept of a request in the job record (images are not: they are inputs, not results)."""
-    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in ("image", "mask", "control")}
+    skip = ("image", "mask", "control", "ip_adapter")
+    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in skip}
     fields["control"] = [unit.record() for unit in r.control]
+    fields["ip_adapter"] = r.ip_adapter.record() if r.ip_adapter is not None else None
     return json.dumps(fields)  # ASCII: text that is not valid Unicode can never fail the write
 
 

@@ -51,6 +51,8 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
         params["loras"] = dict(request.loras)
     if request.control:
         params["control"] = [unit.record() for unit in request.control]
+    if request.ip_adapter is not None:
+        params["ip_adapter"] = request.ip_adapter.record()
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised
@@ -256,7 +258,7 @@ def steps_of(request: ImageRequest) -> int:
 
 def batch_key(spec: ModelSpec, r: ImageRequest) -> tuple:
     """Requests with equal keys can share one pipeline call."""
-    if r.mode != "generate" or r.control or r.hires_scale:  # an input image, a map, a second pass: one at a time
+    if r.mode != "generate" or r.control or r.ip_adapter or r.hires_scale:  # input images, a second pass: alone
         return ("solo", id(r))
     return (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale, r.scheduler,
             tuple(sorted(r.extra.items())), tuple(sorted(r.loras.items())))

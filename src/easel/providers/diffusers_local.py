@@ -299,7 +299,8 @@ class DiffusersProvider(Provider):
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
                  loras_dir: Path | None = None, embeddings_dir: Path | None = None, configs_dir: Path | None = None,
-                 controlnets_dir: Path | None = None, upscalers_dir: Path | None = None):
+                 controlnets_dir: Path | None = None, upscalers_dir: Path | None = None,
+                 ip_adapters_dir: Path | None = None):
         """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
         `loras_dir`: where LoRAs named by a request are (`<name>.safetensors`); `embeddings_dir`: where the
         textual-inversion embeddings that prompts use by name are; `configs_dir`: the configurations that
@@ -310,6 +311,7 @@ class DiffusersProvider(Provider):
         self.configs_dir = configs_dir
         self.controlnets_dir = controlnets_dir
         self.upscalers_dir = upscalers_dir
+        self.ip_adapters_dir = ip_adapters_dir
         self._lora_hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
         self.device_preference = device
         self.dtype_preference = dtype
@@ -323,6 +325,8 @@ class DiffusersProvider(Provider):
             self.lora_file(name)
         for unit in request.control:
             self.controlnet_folder(unit.model, download=False)
+        if request.ip_adapter is not None:
+            self.ip_adapter_folder(request.ip_adapter.model, download=False)
         if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
             self.upscaler_folder(request.hires_upscaler, download=False, param="hires_upscaler")
         if spec.checkpoint and _offline():
@@ -348,6 +352,11 @@ class DiffusersProvider(Provider):
         """A ControlNet model's folder (see `_named_folder`)."""
         return _named_folder(name, self.controlnets_dir, "config.json", "ControlNet", "control", self.hf_token,
                              download)
+
+    def ip_adapter_folder(self, name: str, download: bool = True) -> Path | None:
+        """An IP-Adapter's folder: its weights (one .safetensors) beside its `image_encoder` (see `_named_folder`)."""
+        return _named_folder(name, self.ip_adapters_dir, "image_encoder/config.json", "IP-Adapter", "ip_adapter",
+                             self.hf_token, download)
 
     def upscaler_folder(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
         """An upscaler pipeline's folder (SD's x4 upscaler, in diffusers' layout; see `_named_folder`)."""
@@ -489,6 +498,36 @@ class DiffusersProvider(Provider):
         pipe.set_adapters(active, adapter_weights=list(loras.values()))
         return hashes
 
+    @contextlib.contextmanager
+    def _image_prompt(self, loaded: LoadedPipeline, pipe, prompt) -> Iterator[dict[str, Any]]:
+        """The pipeline call's arguments for an IP-Adapter image prompt, with the adapter loaded into the UNet for
+        that call only (a UNet that holds one needs an image prompt in every call); its image encoder is loaded
+        once and kept with the pipeline. Called with the pipeline's lock held."""
+        if prompt is None:
+            yield {}
+            return
+        folder = self.ip_adapter_folder(prompt.model)
+        weights = sorted(folder.glob("*.safetensors"))
+        if len(weights) != 1:
+            raise InvalidRequestError(f"The IP-Adapter {prompt.model!r} needs one .safetensors file beside its "
+                                      f"image_encoder (it has {len(weights)}).", param="ip_adapter")
+        encoder = loaded.derived.get(("ip-encoder", str(folder)))
+        if encoder is not None:
+            pipe.register_modules(image_encoder=encoder)
+        try:
+            pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights[0].name,
+                                 image_encoder_folder="image_encoder")
+        except Exception as exc:  # noqa: BLE001 - not an IP-Adapter, or one for another architecture
+            with contextlib.suppress(Exception):
+                pipe.unload_ip_adapter()
+            raise _does_not_fit(f"The IP-Adapter {prompt.model!r}", exc, "ip_adapter") from None
+        loaded.derived[("ip-encoder", str(folder))] = pipe.image_encoder
+        try:
+            pipe.set_ip_adapter_scale(prompt.scale)
+            yield {"ip_adapter_image": prompt.image.convert("RGB")}
+        finally:
+            pipe.unload_ip_adapter()  # the next call runs as if no adapter had ever been loaded
+
     def _controlled(self, loaded: LoadedPipeline, spec: ModelSpec, units: list) -> Any:
         """The family's ControlNet pipeline over the loaded one (its weights shared, `from_pipe`), with these
         control models, each loaded once per pipeline. Called with the pipeline's lock held."""
@@ -581,7 +620,8 @@ class DiffusersProvider(Provider):
                 pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
                               else loaded.scheduler_class.from_config(loaded.scheduler_config))
-            out = pipe(**kwargs)
+            with self._image_prompt(loaded, pipe, first.ip_adapter) as image_prompt:
+                out = pipe(**kwargs, **image_prompt)
 
         # 6. the safety checker's verdict, the requested size, the unmasked pixels, and the images per request
         flagged = getattr(out, "nsfw_content_detected", None)
@@ -881,5 +921,6 @@ def register(add, settings) -> None:
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
                                     "fuse_qkv": settings.fuse_qkv}, loras_dir=settings.loras_folder,
                           embeddings_dir=settings.embeddings_folder, configs_dir=settings.configs_folder,
-                          controlnets_dir=settings.controlnets_folder, upscalers_dir=settings.upscalers_folder))
+                          controlnets_dir=settings.controlnets_folder, upscalers_dir=settings.upscalers_folder,
+                          ip_adapters_dir=settings.ip_adapters_folder))
 

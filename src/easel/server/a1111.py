@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
 from ..catalog import is_hub_id, lora_files, names_a_file
-from ..control import PREPROCESSORS, ControlUnit, preprocess
+from ..control import PREPROCESSORS, ControlUnit, IPAdapter, preprocess
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
@@ -90,8 +90,8 @@ def to_image_request(body: Txt2ImgRequest, model: str, scheduler: str | None, mo
                         num_images=body.batch_size, width=body.width, height=body.height,
                         num_inference_steps=body.steps, guidance_scale=body.cfg_scale,
                         seed=None if body.seed < 0 else body.seed, scheduler=scheduler, mode=mode,
-                        control=control_units(body.alwayson_scripts), **(hires_fields(body) if mode == "generate"
-                                                                         else {}), **fields)
+                        control=control_units(body.alwayson_scripts), ip_adapter=image_prompt(body.alwayson_scripts),
+                        **(hires_fields(body) if mode == "generate" else {}), **fields)
 
 
 def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
@@ -107,24 +107,55 @@ def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
             "hires_steps": body.hr_second_pass_steps or None}
 
 
-# the ControlNet extension's preprocessor ("module") names -> Easel's
+# the ControlNet extension's preprocessor ("module") names -> Easel's (modules named ip-adapter* make image prompts)
 CONTROL_MODULES = {"none": "none", "canny": "canny", "invert (from white bg & black line)": "invert",
                    "invert": "invert"}
+
+
+def _controlnet_args(scripts: dict[str, Any]) -> list:
+    script = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None) if scripts else None
+    args = script.get("args", []) if isinstance(script, dict) else []
+    if not isinstance(args, list):
+        raise InvalidRequestError("`alwayson_scripts.controlnet.args` must be a list.", param="alwayson_scripts")
+    return args
+
+
+def _is_ip_adapter(arg) -> bool:
+    return isinstance(arg, dict) and str(arg.get("module") or "").lower().startswith("ip-adapter")
+
+
+def image_prompt(scripts: dict[str, Any]) -> IPAdapter | None:
+    """The ControlNet extension's IP-Adapter unit (a module named ip-adapter*, as the extension runs them): its
+    model, image and weight as an image prompt; one at most."""
+    units = [(i, arg) for i, arg in enumerate(_controlnet_args(scripts)) if _is_ip_adapter(arg)
+             and arg.get("enabled", True)]
+    if not units:
+        return None
+    i, arg = units[0]
+    where = f"alwayson_scripts.controlnet.args[{i}]"
+    if len(units) > 1:
+        raise InvalidRequestError("One IP-Adapter unit at a time.", param=where)
+    image = arg.get("image") or arg.get("input_image")
+    if isinstance(image, dict):
+        image = image.get("image")
+    if not image:
+        raise InvalidRequestError(f"`{where}.image` is required.", param=f"{where}.image")
+    try:
+        scale = float(arg.get("weight", 1.0))
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"`{where}.weight` must be a number.", param=f"{where}.weight") from None
+    return IPAdapter(checkpoint_name(str(arg.get("model") or "")), _decode(image, f"{where}.image"), scale)
 
 
 def control_units(scripts: dict[str, Any]) -> list[ControlUnit]:
     """The units of the ControlNet extension's request (`alwayson_scripts.controlnet.args`, any case), enabled
     ones only; each error names the field as the client sent it."""
-    script = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None) if scripts else None
-    args = script.get("args", []) if isinstance(script, dict) else []
-    if not isinstance(args, list):
-        raise InvalidRequestError("`alwayson_scripts.controlnet.args` must be a list.", param="alwayson_scripts")
     units = []
-    for i, arg in enumerate(args):
+    for i, arg in enumerate(_controlnet_args(scripts)):
         where = f"alwayson_scripts.controlnet.args[{i}]"
         if not isinstance(arg, dict):
             raise InvalidRequestError(f"`{where}` must be an object.", param=where)
-        if not arg.get("enabled", True):
+        if not arg.get("enabled", True) or _is_ip_adapter(arg):  # image prompts: `image_prompt`
             continue
         module = str(arg.get("module") or "none")
         if module not in CONTROL_MODULES:
@@ -446,17 +477,24 @@ def controlnet_version() -> dict[str, Any]:
 
 @controlnet_router.get("/model_list")
 def controlnet_models(request: Request) -> dict[str, Any]:
-    """The ControlNet models of the server's controlnets folder, by name (never a path)."""
-    folder = request.app.state.runner.settings.controlnets_folder
-    names = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
-    return {"model_list": names}
+    """The ControlNet models of the server's controlnets folder, then its IP-Adapters, by name (never a path)."""
+    settings = request.app.state.runner.settings
+
+    def names(folder, marker: str) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if (p / marker).is_file()) if folder.is_dir() else []
+
+    return {"model_list": names(settings.controlnets_folder, "config.json")
+            + names(settings.ip_adapters_folder, "image_encoder/config.json")}
 
 
 @controlnet_router.get("/module_list")
 def controlnet_modules() -> dict[str, Any]:
-    return {"module_list": list(CONTROL_MODULES), "module_detail": {
-        name: {"model_free": False, "sliders": [], "description": PREPROCESSORS[easel]}
-        for name, easel in CONTROL_MODULES.items()}}
+    image_prompts = ["ip-adapter_clip_sd15", "ip-adapter_clip_sdxl"]
+    return {"module_list": [*CONTROL_MODULES, *image_prompts], "module_detail": {
+        **{name: {"model_free": False, "sliders": [], "description": PREPROCESSORS[easel]}
+           for name, easel in CONTROL_MODULES.items()},
+        **{name: {"model_free": False, "sliders": [], "description": "an image prompt through an IP-Adapter model"}
+           for name in image_prompts}}}
 
 
 class DetectRequest(BaseModel):

@@ -38,6 +38,9 @@ class ImageParams(BaseModel):
                          "canny, invert), weight, start, end, low_threshold, high_threshold}; model a ControlNet of "
                          "the server's controlnets folder by name (or a hub id).", json_schema_extra={"anyOf": [
                              {"type": "array", "items": {"type": "object"}}, {"type": "string"}, {"type": "null"}]})
+    ip_adapter: Any = Field(None, description="Easel: an image prompt {model, image (base64), scale}: an IP-Adapter "
+                            "of the server's ip_adapters folder by name (or a hub id).", json_schema_extra={"anyOf": [
+                                {"type": "object"}, {"type": "string"}, {"type": "null"}]})
     hires_scale: float | None = Field(None, description="Easel: A1111's hires fix: make the image at its size, "
                                       "upscale it by this factor (1-4), then image-to-image.")
     hires_upscaler: str = Field("lanczos", description="Easel: the hires fix's upscaler: lanczos, bicubic, nearest "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...checks import CheckedRequest
-from ...control import units_from_json
+from ...control import ip_adapter_from_json, units_from_json
 from ...errors import InvalidRequestError, UnsupportedError
 from ... import masks
 from ...metadata import encode_image, prompt_of
@@ -81,7 +81,7 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
         loras=_loras(req.loras), enhance_prompt=req.enhance_prompt, control=units_from_json(req.control),
         hires_scale=req.hires_scale, hires_upscaler=req.hires_upscaler, hires_strength=req.hires_strength,
-        hires_steps=req.hires_steps,
+        hires_steps=req.hires_steps, ip_adapter=ip_adapter_from_json(req.ip_adapter),
     )
 
 
