@@ -177,9 +177,10 @@ def pull_model(name: str) -> str:
     return pull(spec, token=get_key(settings.keys_path, "hf"), configs_dir=settings.configs_folder)
 
 
-def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos") -> PIL.Image.Image:
+def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos", tile: int = 256) -> PIL.Image.Image:
     """`image` (a path, bytes or PIL image) `scale` times as large: by an image filter (lanczos, bicubic, nearest)
-    or an upscaler model (a folder of EASEL_HOME/upscalers, or a hub id: SD's x4 upscaler)."""
+    or an upscaler model (a folder of EASEL_HOME/upscalers, or a hub id: SD's x4 upscaler), which works on tiles of
+    `tile` pixels of the image (0: all at once), blended where they overlap."""
     import math
 
     from .errors import InvalidRequestError
@@ -199,5 +200,7 @@ def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos") -> PIL.Imag
     if not isinstance(upscaler, str) or not upscaler.strip():
         raise InvalidRequestError(f"`upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler model's "
                                   f"name but is {upscaler!r}.", param="upscaler")
+    if isinstance(tile, bool) or not isinstance(tile, int) or not (tile == 0 or 32 <= tile <= 4096):
+        raise InvalidRequestError(f"`tile` must be 0 (no tiles) or 32 to 4096 pixels but is {tile!r}.", param="tile")
     provider = default_runner().registry.get("diffusers")
-    return resize(provider.upscale(picture, scale, upscaler), size, "lanczos")
+    return resize(provider.upscale(picture, scale, upscaler, tile), size, "lanczos")

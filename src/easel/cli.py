@@ -540,6 +540,8 @@ def upscale(
                         "EASEL_HOME/upscalers (SD's x4 upscaler) or the hub.")] = "lanczos",
     output: Annotated[Optional[Path], typer.Option("--output", help="Where to write it (default: beside the "
                       "image, as NAME-x2.png).")] = None,
+    tile: Annotated[int, typer.Option("--tile", help="An upscaler model works on tiles of this many pixels of the "
+                    "image, blended where they overlap (0: all at once).")] = 256,
 ) -> None:
     """Enlarge an image with an image filter or an upscaler model.
 
@@ -548,7 +550,7 @@ def upscale(
     from .api import upscale as enlarge
 
     try:
-        bigger = enlarge(image, scale=scale, upscaler=upscaler)
+        bigger = enlarge(image, scale=scale, upscaler=upscaler, tile=tile)
         target = output or image.with_name(f"{image.stem}-x{scale:g}.png")
         bigger.save(target)
     except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's

@@ -3,6 +3,7 @@ upscaler, from EASEL_HOME/upscalers or the hub); the hires fix upscales with eit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,3 +24,48 @@ def resize(image: PIL.Image.Image, size: tuple[int, int], upscaler: str) -> PIL.
     kind = {"lanczos": PIL.Image.Resampling.LANCZOS, "bicubic": PIL.Image.Resampling.BICUBIC,
             "nearest": PIL.Image.Resampling.NEAREST}[upscaler]
     return image.convert("RGB").resize(size, kind)
+
+
+def tiled(image: PIL.Image.Image, factor: int, tile: int, overlap: int,
+          upscale_tile: Callable[[PIL.Image.Image], PIL.Image.Image]) -> PIL.Image.Image:
+    """`image` upscaled `factor` times by `upscale_tile`, one tile of at most `tile` pixels a side at a time (so
+    that the memory an upscaler model needs is that of one tile, whatever the picture's size); neighbouring tiles
+    overlap by `overlap` pixels and are blended across it with linear weights, which hides their seams. An
+    upscaler whose output at a pixel depends only on the pixels around it gives the untiled result away from the
+    overlaps."""
+    import math
+
+    import numpy as np
+    import PIL.Image
+
+    image = image.convert("RGB")
+    width, height = image.size
+    if width <= tile and height <= tile:
+        return upscale_tile(image)
+    overlap = min(overlap, tile // 2)
+
+    def starts(length: int) -> list[int]:
+        """As few tiles as cover `length` with at least `overlap` between neighbours, spread evenly."""
+        if length <= tile:
+            return [0]
+        count = math.ceil((length - overlap) / (tile - overlap))
+        return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+    total = np.zeros((height * factor, width * factor, 3), dtype=np.float64)
+    weight = np.zeros((height * factor, width * factor, 1), dtype=np.float64)
+    ramp = max(1, overlap * factor)
+    for top in starts(height):
+        for left in starts(width):
+            box = (left, top, min(left + tile, width), min(top + tile, height))
+            out = np.asarray(upscale_tile(image.crop(box)).convert("RGB"), dtype=np.float64)
+            h, w = out.shape[:2]
+            # weights that rise from the tile's inner edges over the overlap (1 at the picture's own edges)
+            wy = np.minimum(np.arange(h) + 1, ramp) if top > 0 else np.full(h, ramp)
+            wy = np.minimum(wy, (h - np.arange(h)) if box[3] < height else ramp)
+            wx = np.minimum(np.arange(w) + 1, ramp) if left > 0 else np.full(w, ramp)
+            wx = np.minimum(wx, (w - np.arange(w)) if box[2] < width else ramp)
+            mask = (wy[:, None] * wx[None, :])[..., None].astype(np.float64)
+            y, x = top * factor, left * factor
+            total[y:y + h, x:x + w] += out * mask
+            weight[y:y + h, x:x + w] += mask
+    return PIL.Image.fromarray(np.clip(np.round(total / weight), 0, 255).astype(np.uint8))

@@ -39,6 +39,10 @@ def test_upscale_by_a_filter_or_a_model(upscaler, tmp_path):
                           np.asarray(picture().resize((64, 64), Image.Resampling.LANCZOS)))
     by_model = easel.upscale(picture(), scale=4, upscaler="x4")
     assert by_model.size == (128, 128)
+    in_tiles = easel.upscale(picture(48), scale=4, upscaler="x4", tile=32)  # 2x2 tiles of 32, blended
+    assert in_tiles.size == (192, 192)
+    with pytest.raises(InvalidRequestError, match="`tile`"):
+        easel.upscale(picture(), upscaler="x4", tile=5)
     assert easel.upscale(picture(), scale=2, upscaler="x4").size == (64, 64)  # x4, then down to the size asked
     with pytest.raises(InvalidRequestError, match=r"No upscaler 'x8' \(the upscalers folder has: x4\)"):
         easel.upscale(picture(), upscaler="x8")

@@ -111,7 +111,7 @@ class Provider(abc.ABC):
         if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
             self.upscale(None, 1, request.hires_upscaler)
 
-    def upscale(self, image, scale: float, name: str):
+    def upscale(self, image, scale: float, name: str, tile: int = 256):
         """`image` through the upscaler model `name` (its caller resizes the result to the size it wants)."""
         from ..errors import UnsupportedError
 

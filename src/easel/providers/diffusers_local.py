@@ -363,10 +363,13 @@ class DiffusersProvider(Provider):
         return _named_folder(name, self.upscalers_dir, "model_index.json", "upscaler", param, self.hf_token,
                              download)
 
-    def upscale(self, image, scale: float, name: str):
+    def upscale(self, image, scale: float, name: str, tile: int = 256):
         """`image` through an upscaler pipeline (SD's x4 upscaler makes it 4 times as large; its caller resizes to
-        the size it wants). The pipeline is loaded once and kept with the others."""
+        the size it wants), in tiles of `tile` pixels (0: whole) so that its memory stays that of one tile. The
+        pipeline is loaded once and kept with the others."""
         import torch
+
+        from ..upscalers import tiled
 
         folder = self.upscaler_folder(name)
         device = pick_device(self.device_preference)
@@ -386,9 +389,15 @@ class DiffusersProvider(Provider):
                                   time.perf_counter() - started)
 
         loaded = self.cache.get((str(folder), device, str(dtype), "upscaler"), load)
-        with loaded.lock, torch.no_grad():
-            return loaded.pipe(prompt="", image=image.convert("RGB"), num_inference_steps=20,
+
+        def one(part):
+            return loaded.pipe(prompt="", image=part, num_inference_steps=20,
                                generator=torch.Generator("cpu").manual_seed(0)).images[0]
+
+        with loaded.lock, torch.no_grad():
+            if not tile:
+                return one(image.convert("RGB"))
+            return tiled(image, 4, tile, max(8, tile // 8), one)
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def warm(self, spec: ModelSpec) -> None:
