@@ -366,3 +366,14 @@ def lora_files(folder: Path | None) -> dict[str, Path]:
     if folder is None or not folder.is_dir():
         return {}
     return {p.stem: p for p in sorted(folder.glob("*.safetensors")) if p.is_file()}
+
+
+# what marks a folder of each kind of add-on model (ControlNets, upscaler pipelines, IP-Adapters)
+CONTROLNET_MARKER, UPSCALER_MARKER, IP_ADAPTER_MARKER = "config.json", "model_index.json", "image_encoder/config.json"
+
+
+def model_folders(folder: Path | None, marker: str) -> list[str]:
+    """The names of the model folders in `folder` (each holding `marker`), sorted; none where it does not exist."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / marker).is_file())

@@ -180,6 +180,16 @@ def _check_loras(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> str:
     return prompt
 
 
+def _require_model_name(field: str, name, allow_paths: bool, folder: str, param: str) -> None:
+    """A model a request names (a ControlNet, an IP-Adapter): its name in the server's `folder` folder or a hub id;
+    a path only where the caller is the machine's user."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
+        raise InvalidRequestError(f"`{field}` must be a name of 1 to 200 characters but is {name!r}.", param=param)
+    if not allow_paths and names_a_file(name) and not is_hub_id(name):
+        raise InvalidRequestError(f"`{field}` names a model of the server's {folder} folder (or a hub id), not a "
+                                  f"path: {name!r}.", param=param)
+
+
 def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     """ControlNet units: a control model by name (a path only for the machine's user), an image, a known
     preprocessor, a weight and a span of the steps; each unit's map is made here. Whether the control model exists
@@ -204,13 +214,7 @@ def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
         raise InvalidRequestError("Each `control` unit must be a ControlUnit (easel.control).", param="control")
     r.control = [dataclasses.replace(unit) for unit in r.control]  # the caller's units stay as they were
     for unit in r.control:
-        name = unit.model
-        if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
-            raise InvalidRequestError(f"`control.model` must be a name of 1 to 200 characters but is {name!r}.",
-                                      param="control")
-        if not allow_paths and names_a_file(name) and not is_hub_id(name):
-            raise InvalidRequestError(f"`control.model` names a control model of the server's controlnets folder "
-                                      f"(or a hub id), not a path: {name!r}.", param="control")
+        _require_model_name("control.model", unit.model, allow_paths, "controlnets", "control")
         if not isinstance(unit.image, PIL.Image.Image):
             raise InvalidRequestError("Each `control` unit needs an `image`.", param="control")
         try:
@@ -312,13 +316,7 @@ def _check_ip_adapter(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> No
         raise UnsupportedError("IP-Adapter image prompts guide generation (not edits or variations yet).",
                                param="ip_adapter")
     r.ip_adapter = dataclasses.replace(r.ip_adapter)
-    name = r.ip_adapter.model
-    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\0" in name:
-        raise InvalidRequestError(f"`ip_adapter.model` must be a name of 1 to 200 characters but is {name!r}.",
-                                  param="ip_adapter")
-    if not allow_paths and names_a_file(name) and not is_hub_id(name):
-        raise InvalidRequestError(f"`ip_adapter.model` names an IP-Adapter of the server's ip_adapters folder (or a "
-                                  f"hub id), not a path: {name!r}.", param="ip_adapter")
+    _require_model_name("ip_adapter.model", r.ip_adapter.model, allow_paths, "ip_adapters", "ip_adapter")
     if not isinstance(r.ip_adapter.image, PIL.Image.Image):
         raise InvalidRequestError("`ip_adapter` needs an `image`.", param="ip_adapter")
     try:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
                       ModelNotFoundError, OutOfMemoryError)
-from ..catalog import lora_files, names_a_file
+from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, lora_files, model_folders,
+                       names_a_file)
 from ..upscalers import IMAGE_UPSCALERS
 from .base import Batch, Progress, Provider, ProviderOutput
 
@@ -350,18 +351,17 @@ class DiffusersProvider(Provider):
 
     def controlnet_folder(self, name: str, download: bool = True) -> Path | None:
         """A ControlNet model's folder (see `_named_folder`)."""
-        return _named_folder(name, self.controlnets_dir, "config.json", "ControlNet", "control", self.hf_token,
+        return _named_folder(name, self.controlnets_dir, CONTROLNET_MARKER, "ControlNet", "control", self.hf_token,
                              download)
 
     def ip_adapter_folder(self, name: str, download: bool = True) -> Path | None:
         """An IP-Adapter's folder: its weights (one .safetensors) beside its `image_encoder` (see `_named_folder`)."""
-        return _named_folder(name, self.ip_adapters_dir, "image_encoder/config.json", "IP-Adapter", "ip_adapter",
+        return _named_folder(name, self.ip_adapters_dir, IP_ADAPTER_MARKER, "IP-Adapter", "ip_adapter",
                              self.hf_token, download)
 
     def upscaler_folder(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
         """An upscaler pipeline's folder (SD's x4 upscaler, in diffusers' layout; see `_named_folder`)."""
-        return _named_folder(name, self.upscalers_dir, "model_index.json", "upscaler", param, self.hf_token,
-                             download)
+        return _named_folder(name, self.upscalers_dir, UPSCALER_MARKER, "upscaler", param, self.hf_token, download)
 
     def upscale(self, image, scale: float, name: str, tile: int = 256):
         """`image` through an upscaler pipeline (SD's x4 upscaler makes it 4 times as large; its caller resizes to
@@ -754,8 +754,7 @@ def _named_folder(name: str, root: Path | None, marker: str, what: str, param: s
             return Path(snapshot_download(name, token=token)) if download else None
     path = Path(name).expanduser() if names_a_file(name) else (root / name if root is not None else None)
     if path is None or not (path / marker).is_file():
-        there = sorted(p.name for p in root.iterdir() if (p / marker).is_file()) \
-            if root is not None and root.is_dir() else []
+        there = model_folders(root, marker)
         raise InvalidRequestError(f"No {what} {name!r} (the {root.name if root else what + 's'} folder has: "
                                   f"{', '.join(there) or 'none'}).", param=param)
     return path

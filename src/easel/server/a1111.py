@@ -21,7 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
-from ..catalog import is_hub_id, lora_files, names_a_file
+from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, is_hub_id, lora_files, model_folders,
+                       names_a_file)
 from ..control import PREPROCESSORS, ControlUnit, IPAdapter, preprocess
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
 from ..engine.jobs import FINAL
@@ -479,12 +480,8 @@ def controlnet_version() -> dict[str, Any]:
 def controlnet_models(request: Request) -> dict[str, Any]:
     """The ControlNet models of the server's controlnets folder, then its IP-Adapters, by name (never a path)."""
     settings = request.app.state.runner.settings
-
-    def names(folder, marker: str) -> list[str]:
-        return sorted(p.name for p in folder.iterdir() if (p / marker).is_file()) if folder.is_dir() else []
-
-    return {"model_list": names(settings.controlnets_folder, "config.json")
-            + names(settings.ip_adapters_folder, "image_encoder/config.json")}
+    return {"model_list": model_folders(settings.controlnets_folder, CONTROLNET_MARKER)
+            + model_folders(settings.ip_adapters_folder, IP_ADAPTER_MARKER)}
 
 
 @controlnet_router.get("/module_list")
@@ -529,9 +526,7 @@ async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
 @router.get("/upscalers")
 def upscalers(request: Request) -> list[dict[str, Any]]:
     """The image filters, then the upscaler models of the server's upscalers folder (by name, never a path)."""
-    folder = request.app.state.runner.settings.upscalers_folder
-    models = sorted(p.name for p in folder.iterdir() if (p / "model_index.json").is_file()) \
-        if folder.is_dir() else []
+    models = model_folders(request.app.state.runner.settings.upscalers_folder, UPSCALER_MARKER)
     return [{"name": name.capitalize() if name != "lanczos" else "Lanczos", "model_name": None, "model_path": None,
              "model_url": None, "scale": 4} for name in IMAGE_UPSCALERS] + [
         {"name": name, "model_name": name, "model_path": None, "model_url": None, "scale": 4} for name in models]

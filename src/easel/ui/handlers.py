@@ -20,7 +20,7 @@ import gradio as gr
 from .. import masks
 from ..engine.queue import Engine
 from ..errors import EaselError
-from ..catalog import lora_files
+from ..catalog import CONTROLNET_MARKER, UPSCALER_MARKER, lora_files, model_folders
 from ..control import ControlUnit, preprocess
 from ..upscalers import IMAGE_UPSCALERS
 from ..prompts import STYLE_PRESETS, compose_prompt
@@ -124,8 +124,7 @@ class Handlers:
         return [(label(s), s.name) for s in self.catalog.models.values()]
 
     def controlnet_choices(self) -> list[str]:
-        folder = self.settings.controlnets_folder
-        return sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+        return model_folders(self.settings.controlnets_folder, CONTROLNET_MARKER)
 
     @staticmethod
     def control_map(image, preprocessor):
@@ -138,10 +137,7 @@ class Handlers:
             raise ui_error(exc) from None
 
     def upscaler_choices(self) -> list[str]:
-        folder = self.settings.upscalers_folder
-        models = sorted(p.name for p in folder.iterdir() if (p / "model_index.json").is_file()) \
-            if folder.is_dir() else []
-        return [*IMAGE_UPSCALERS, *models]
+        return [*IMAGE_UPSCALERS, *model_folders(self.settings.upscalers_folder, UPSCALER_MARKER)]
 
     def lora_choices(self) -> list[str]:
         return list(lora_files(self.settings.loras_folder))
