@@ -72,7 +72,7 @@ def main() -> None:
                 r["time_vs_untiled"] = round(r["seconds"] / base["seconds"], 3)
                 r["memory_vs_untiled"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "upscale-cpu-tiny.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"upscale-cpu-tiny-{args.side}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

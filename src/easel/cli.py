@@ -451,7 +451,7 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .catalog import lora_files
+    from .catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, lora_files, model_folders
 
     runner = _runner()
     rows = []
@@ -465,6 +465,14 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     for name, path in lora_files(runner.settings.embeddings_folder).items():
         rows.append({"name": name, "kind": "embedding", "family": "embedding", "source": str(path), "local": True,
                      "gated": False, "description": f"textual-inversion embedding: write {name} in a prompt"})
+    settings = runner.settings
+    for kind, folder, marker, use in (
+            ("controlnet", settings.controlnets_folder, CONTROLNET_MARKER, "--control {}:IMAGE"),
+            ("ip-adapter", settings.ip_adapters_folder, IP_ADAPTER_MARKER, "--ip-adapter {}:IMAGE"),
+            ("upscaler", settings.upscalers_folder, UPSCALER_MARKER, "easel upscale IMAGE --upscaler {}")):
+        for name in model_folders(folder, marker):
+            rows.append({"name": name, "kind": kind, "family": kind, "source": str(folder / name), "local": True,
+                         "gated": False, "description": use.format(name)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -152,3 +152,6 @@ def test_openai_sdk_and_cli_take_control_units(sd15, easel_home, tmp_path):
     assert done.returncode == 0, done.stderr
     path = json.loads(done.stdout.splitlines()[0])["path"]
     assert np.array_equal(np.asarray(Image.open(path).convert("RGB"), dtype=np.int16), expected)
+    listed = subprocess.run([sys.executable, "-m", "easel.cli", "models", "--json"], capture_output=True, text=True,
+                            env={**os.environ}, check=True)
+    assert {r["name"]: r["kind"] for r in json.loads(listed.stdout)}["edges"] == "controlnet"
