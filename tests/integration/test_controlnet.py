@@ -58,6 +58,8 @@ def test_the_map_steers_the_image_by_its_weight(family):
     assert np.abs(half - plain).mean() < np.abs(pixels(full) - plain).mean()
     both = pixels(easel.generate(PROMPT, control=[unit, {"model": "lines", "image": outline()}], **KW))
     assert not np.array_equal(both, pixels(full))
+    hires = easel.generate(PROMPT, control=[unit], hires_scale=2, **KW)  # guides the first pass; the second refines
+    assert hires[0].image.size == (128, 128) and hires[0].parameters["control"][0]["model"] == "edges"
     late = pixels(easel.generate(PROMPT, control=[{**unit, "start": 0.5}], **KW))  # only the last step
     assert not np.array_equal(late, pixels(full))
     # the map is OpenCV's Canny of the picture, returned and recorded

@@ -185,8 +185,9 @@ class Runner:
 
         step = spec.family.size_step
         size = (round(r.width * r.hires_scale / step) * step, round(r.height * r.hires_scale / step) * step)
+        # the second pass refines the picture: image-to-image only (a ControlNet or an image prompt guided the first)
         second = r.replace(mode="vary", width=size[0], height=size[1], size=f"{size[0]}x{size[1]}",
-                           strength=r.hires_strength, num_images=1, hires_scale=None,
+                           strength=r.hires_strength, num_images=1, hires_scale=None, control=[], ip_adapter=None,
                            num_inference_steps=r.hires_steps or r.num_inference_steps)
         done, each = steps_of(r.replace(hires_scale=None)), steps_of(second)
         total = done + each * len(output.images)
