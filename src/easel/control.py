@@ -156,7 +156,8 @@ def ip_adapter_from_json(value: Any) -> IPAdapter | None:
     return as_ip_adapter(value, image_from_base64)
 
 
-def _png_base64(image) -> str:
+def png_base64(image) -> str:
+    """An image as PNG in base64, as JSON APIs carry images."""
     import base64
     import io
 
@@ -166,7 +167,7 @@ def _png_base64(image) -> str:
 
 
 def ip_adapter_to_json(prompt: IPAdapter | None) -> dict[str, Any] | None:
-    return None if prompt is None else {**prompt.record(), "image": _png_base64(prompt.image)}
+    return None if prompt is None else {**prompt.record(), "image": png_base64(prompt.image)}
 
 
 def units_to_json(units: list[ControlUnit]) -> list[dict[str, Any]]:
@@ -175,5 +176,5 @@ def units_to_json(units: list[ControlUnit]) -> list[dict[str, Any]]:
     for unit in units:
         fields = {f.name: getattr(unit, f.name) for f in dataclasses.fields(ControlUnit) if f.name not in ("image",
                                                                                                            "map")}
-        out.append({**fields, "image": _png_base64(unit.image)})
+        out.append({**fields, "image": png_base64(unit.image)})
     return out

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import masks
 from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, is_hub_id, lora_files, model_folders,
                        names_a_file)
-from ..control import PREPROCESSORS, ControlUnit, IPAdapter, preprocess
+from ..control import PREPROCESSORS, ControlUnit, IPAdapter, png_base64, preprocess
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
@@ -180,14 +180,6 @@ def control_units(scripts: dict[str, Any]) -> list[ControlUnit]:
     return units
 
 
-def _png_base64(image) -> str:
-    import io
-
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    return base64.b64encode(png.getvalue()).decode()
-
-
 def _decode(value: str, param: str):
     data = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
@@ -307,7 +299,7 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
             if body.send_images:
                 images.append(base64.b64encode(await run_in_threadpool(im.to_bytes, "png")).decode())
     for detected_map in detected if base.control and not interrupted else []:
-        images.append(await run_in_threadpool(_png_base64, detected_map))
+        images.append(await run_in_threadpool(png_base64, detected_map))
     info = _info(body, first, seeds, texts, task_id, interrupted, warnings, model, base.seed)
     if mode != "generate":
         info["denoising_strength"] = fields.get("strength")
@@ -519,7 +511,7 @@ async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
                            preprocessor=CONTROL_MODULES[body.controlnet_module],
                            low_threshold=max(1, min(255, int(body.controlnet_threshold_a))),
                            high_threshold=max(1, min(255, int(body.controlnet_threshold_b))))
-        out.append(await run_in_threadpool(lambda u: _png_base64(preprocess(u)), unit))
+        out.append(await run_in_threadpool(lambda u: png_base64(preprocess(u)), unit))
     return {"images": out, "info": "Success"}
 
 
@@ -566,4 +558,4 @@ async def extra_single_image(body: ExtraSingleImageRequest, request: Request) ->
         raise exc.renamed({"scale": "upscaling_resize", "upscaler": "upscaler_1"}) from None
     if body.resize_mode == 1:
         bigger = bigger.resize((body.upscaling_resize_w, body.upscaling_resize_h))
-    return {"html_info": "", "image": await run_in_threadpool(_png_base64, bigger)}
+    return {"html_info": "", "image": await run_in_threadpool(png_base64, bigger)}
