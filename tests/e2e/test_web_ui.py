@@ -64,6 +64,16 @@ def history(server) -> list[dict]:
     return [dict(r) for r in conn.execute("SELECT * FROM generations ORDER BY created DESC, rowid DESC")]
 
 
+def shown_json(page, selector: str) -> dict:
+    """The JSON a component shows, once settled: selecting an image refreshes it, and meanwhile Gradio's timer
+    ("0.0s") stands in its text."""
+    page.wait_for_function("""selector => {
+        const text = document.querySelector(selector).innerText.split("\\n").slice(1).join("");
+        try { JSON.parse(text); return true } catch (e) { return false }
+    }""", arg=selector)
+    return json.loads(page.locator(selector).inner_text().split("\n", 1)[1].replace("\n", ""))
+
+
 def toast(page) -> str:
     page.locator(".toast-body").first.wait_for()
     return " ".join(page.locator(".toast-body").all_inner_texts())
@@ -96,7 +106,7 @@ def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, 
     page.locator("#gallery img").first.wait_for()  # previews appear while it denoises
     page.locator("#status").get_by_text("Done").wait_for()
     page.locator("#gallery img").first.click()
-    meta = json.loads(page.locator("#metadata").inner_text().split("\n", 1)[1].replace("\n", ""))
+    meta = shown_json(page, "#metadata")
     assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 100
     row = history(ui_server)[0]
     assert row["id"] == meta["id"] and row["width"] == 64 and row["seed"] == 7
