@@ -103,7 +103,8 @@ def build_sd3():
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
+    # two blocks: the last one reads no ControlNet (context_pre_only), the first does
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=2,
                                         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
                                         joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
     return StableDiffusion3Pipeline(
@@ -149,17 +150,28 @@ def install_in_hub_cache(folder: Path, hub_cache: Path, repo_id: str) -> Path:
 
 
 def save_tiny_controlnet(family: str, folder: Path, seed: int) -> Path:
-    """A ControlNet for the tiny pipeline of `family` (its UNet's layout, from `ControlNetModel.from_unet`), with
-    random weights everywhere, its zero-initialised outputs included, so that its map changes the image."""
-    from diffusers import ControlNetModel
+    """A ControlNet for the tiny pipeline of `family`: from its UNet's layout (`ControlNetModel.from_unet`) for SD
+    1.5 and SDXL, from its transformer's for SD3 and FLUX (one block each), with random weights everywhere, the
+    zero-initialised outputs and map embedding included, so that its map changes the image."""
+    import diffusers
 
-    unet = BUILDERS[family]().unet
+    denoiser = getattr(BUILDERS[family](), "unet" if family in ("sd15", "sdxl") else "transformer")
     torch.manual_seed(seed)
-    # the map is downsampled to the latents' size: the tiny VAEs halve the picture once
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+    if family in ("sd15", "sdxl"):
+        # the map is downsampled to the latents' size: the tiny VAEs halve the picture once
+        controlnet = diffusers.ControlNetModel.from_unet(denoiser, conditioning_embedding_out_channels=(4, 8))
+    elif family == "sd3":
+        shared = ("sample_size", "patch_size", "in_channels", "attention_head_dim", "num_attention_heads",
+                  "joint_attention_dim", "caption_projection_dim", "pooled_projection_dim", "out_channels")
+        controlnet = diffusers.SD3ControlNetModel(**{k: denoiser.config[k] for k in shared}, num_layers=1)
+    else:
+        shared = ("patch_size", "in_channels", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                  "pooled_projection_dim", "axes_dims_rope")
+        controlnet = diffusers.FluxControlNetModel(**{k: denoiser.config[k] for k in shared}, num_layers=1,
+                                                   num_single_layers=1)
     with torch.no_grad():
         for name, param in controlnet.named_parameters():
-            if "controlnet_" in name or "conv_out" in name:
+            if "controlnet_" in name or "conv_out" in name or "pos_embed_input" in name:
                 param.normal_(0, 0.3)
     controlnet.save_pretrained(folder)
     return folder

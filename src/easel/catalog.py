@@ -71,7 +71,9 @@ class ModelFamily:
     embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
     weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
     prompt_style: str | None = None  # how a prompt enhancer writes for it: "tags" or "prose"; None: never rewritten
-    controlnet: str | None = None  # its ControlNet pipeline (diffusers), where it has one
+    # its ControlNet pipelines (diffusers) by mode, where it has them, and the class of its control models
+    controlnet: dict[str, str] = dataclasses.field(default_factory=dict)
+    controlnet_model: str = "ControlNetModel"
     ip_adapter: bool = False  # it takes IP-Adapter image prompts (load_ip_adapter)
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -377,3 +379,18 @@ def model_folders(folder: Path | None, marker: str) -> list[str]:
     if folder is None or not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if (p / marker).is_file())
+
+
+UPSCALER_FILES = (".pth", ".pt", ".safetensors")  # single-file upscalers (ESRGAN family, loaded by spandrel)
+
+
+def upscaler_files(folder: Path | None) -> dict[str, Path]:
+    """The single-file upscaler models of an upscalers folder (Real-ESRGAN, 4x-UltraSharp, ...) by their stem."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in UPSCALER_FILES and p.is_file()}
+
+
+def upscaler_names(folder: Path | None) -> list[str]:
+    """Every upscaler model of an upscalers folder: pipeline folders (SD x4) and single files (ESRGAN family)."""
+    return sorted({*model_folders(folder, UPSCALER_MARKER), *upscaler_files(folder)})

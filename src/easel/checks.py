@@ -108,7 +108,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     _check_control(r, spec, allow_paths)
     _check_ip_adapter(r, spec, allow_paths)
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed, and the hires fix's
-    _check_hires(r, spec)
+    _check_hires(r, spec, allow_paths)
     _check_choices(r, spec)  # 4. scheduler, output format, family options
     # 5. the prompt the model receives, and what it will ignore
     r.warnings = _ignored(spec, r)
@@ -205,8 +205,10 @@ def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
         return
     if not spec.family.controlnet:
         raise UnsupportedError(f"{spec.name} does not take ControlNet.", param="control")
-    if r.mode != "generate":
-        raise UnsupportedError("ControlNet guides generation (not edits or variations yet).", param="control")
+    if r.mode not in spec.family.controlnet:
+        what = {"edit": "edits", "vary": "variations"}.get(r.mode, r.mode)
+        raise UnsupportedError(f"{spec.name} takes ControlNet for {', '.join(spec.family.controlnet)}, not {what}.",
+                               param="control")
     if len(r.control) > MAX_UNITS:
         raise InvalidRequestError(f"`control` takes at most {MAX_UNITS} units but has {len(r.control)}.",
                                   param="control")
@@ -325,10 +327,10 @@ def _check_ip_adapter(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> No
         raise InvalidRequestError(exc.message, param="ip_adapter") from None
 
 
-def _check_hires(r: ImageRequest, spec: ModelSpec) -> None:
+def _check_hires(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     """The hires fix: a scale (1 or none: off), an upscaler, the second pass's strength and steps; the final size
     within the model's limit. Whether an upscaler model exists is its provider's check."""
-    from .upscalers import IMAGE_UPSCALERS
+    from .upscalers import HIRES_UPSCALERS
 
     if r.hires_scale is None or r.hires_scale == 1:
         r.hires_scale = None
@@ -340,8 +342,10 @@ def _check_hires(r: ImageRequest, spec: ModelSpec) -> None:
     if "vary" not in spec.family.supports:
         raise UnsupportedError(f"{spec.name} has no image-to-image pass for the hires fix.", param="hires_scale")
     if not isinstance(r.hires_upscaler, str) or not r.hires_upscaler.strip() or len(r.hires_upscaler) > 200:
-        raise InvalidRequestError(f"`hires_upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler "
+        raise InvalidRequestError(f"`hires_upscaler` must be one of {', '.join(HIRES_UPSCALERS)} or an upscaler "
                                   f"model's name but is {r.hires_upscaler!r}.", param="hires_upscaler")
+    if r.hires_upscaler not in HIRES_UPSCALERS:
+        _require_model_name("hires_upscaler", r.hires_upscaler, allow_paths, "upscalers", "hires_upscaler")
     r.hires_strength = _require_number("hires_strength", r.hires_strength, 0.01, 1.0)
     if r.hires_steps is not None:
         r.hires_steps = _require_int("hires_steps", r.hires_steps, 1, MAX_STEPS)

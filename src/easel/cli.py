@@ -451,7 +451,8 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, lora_files, model_folders
+    from .catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, lora_files, model_folders,
+                          upscaler_files)
 
     runner = _runner()
     rows = []
@@ -470,9 +471,10 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
             ("controlnet", settings.controlnets_folder, CONTROLNET_MARKER, "--control {}:IMAGE"),
             ("ip-adapter", settings.ip_adapters_folder, IP_ADAPTER_MARKER, "--ip-adapter {}:IMAGE"),
             ("upscaler", settings.upscalers_folder, UPSCALER_MARKER, "easel upscale IMAGE --upscaler {}")):
-        for name in model_folders(folder, marker):
-            rows.append({"name": name, "kind": kind, "family": kind, "source": str(folder / name), "local": True,
-                         "gated": False, "description": use.format(name)})
+        files = upscaler_files(folder) if kind == "upscaler" else {}
+        for name in sorted({*model_folders(folder, marker), *files}):
+            rows.append({"name": name, "kind": kind, "family": kind, "source": str(files.get(name, folder / name)),
+                         "local": True, "gated": False, "description": use.format(name)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -10,19 +10,42 @@ if TYPE_CHECKING:
     import PIL.Image
 
 IMAGE_UPSCALERS = ("lanczos", "bicubic", "nearest")
-# A1111's upscaler names -> Easel's (A1111's "Latent" upscales latents; here it is Lanczos, said in a warning)
+# the hires fix's latent upscalers (A1111's "Latent ..."): the first pass's latents interpolated (torch's mode,
+# antialiased or not), then denoised at the larger size; where a model's latents cannot be (FLUX's are packed), the
+# picture is resized with the nearest image filter instead, said in a warning
+LATENT_UPSCALERS = {"latent": ("bilinear", False), "latent-antialiased": ("bilinear", True),
+                    "latent-bicubic": ("bicubic", False), "latent-bicubic-antialiased": ("bicubic", True),
+                    "latent-nearest": ("nearest", False), "latent-nearest-exact": ("nearest-exact", False)}
+HIRES_UPSCALERS = (*IMAGE_UPSCALERS, *LATENT_UPSCALERS)  # what the hires fix takes besides upscaler models
+# A1111's upscaler names -> Easel's
 A1111_UPSCALERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "nearest", "bicubic": "bicubic",
-                   "latent": "lanczos", "latent (antialiased)": "lanczos", "latent (bicubic)": "bicubic",
-                   "latent (bicubic antialiased)": "bicubic", "latent (nearest)": "nearest",
-                   "latent (nearest-exact)": "nearest"}
+                   "latent": "latent", "latent (antialiased)": "latent-antialiased",
+                   "latent (bicubic)": "latent-bicubic", "latent (bicubic antialiased)": "latent-bicubic-antialiased",
+                   "latent (nearest)": "latent-nearest", "latent (nearest-exact)": "latent-nearest-exact"}
+
+
+def resize_latents(latents, size: tuple[int, int], upscaler: str):
+    """Latents (channels, height, width) at `size` (width, height), as A1111's latent upscaler mode does."""
+    import torch
+
+    mode, antialias = LATENT_UPSCALERS[upscaler]
+    with torch.no_grad():
+        return torch.nn.functional.interpolate(latents[None].float(), size=(size[1], size[0]), mode=mode,
+                                               antialias=antialias)[0].to(latents.dtype)
+
+
+def picture_filter(upscaler: str) -> str:
+    """The image filter that stands in for a latent upscaler where there are no latents to upscale (or, for the
+    built-in model, where its latents are its pixels): the same interpolation."""
+    return {"bilinear": "bilinear", "bicubic": "bicubic"}.get(LATENT_UPSCALERS[upscaler][0], "nearest")
 
 
 def resize(image: PIL.Image.Image, size: tuple[int, int], upscaler: str) -> PIL.Image.Image:
-    """`image` at `size` through an image filter."""
+    """`image` at `size` through an image filter (or bilinear interpolation, for a latent upscaler's stand-in)."""
     import PIL.Image
 
     kind = {"lanczos": PIL.Image.Resampling.LANCZOS, "bicubic": PIL.Image.Resampling.BICUBIC,
-            "nearest": PIL.Image.Resampling.NEAREST}[upscaler]
+            "bilinear": PIL.Image.Resampling.BILINEAR, "nearest": PIL.Image.Resampling.NEAREST}[upscaler]
     return image.convert("RGB").resize(size, kind)
 
 

@@ -29,6 +29,8 @@ def ui_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-home")
     (home / "loras").mkdir()
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(home / "loras" / "watercolor.safetensors"))
+    (home / "ip_adapters" / "faces" / "image_encoder").mkdir(parents=True)  # listed by its folder's layout
+    (home / "ip_adapters" / "faces" / "image_encoder" / "config.json").write_text("{}")
     with running_server(home, keys=KEY) as srv:
         yield srv
 
@@ -162,6 +164,22 @@ def test_the_controlnet_panel_previews_the_map(page, tmp_path, shots):
     page.locator("#control-map img").first.wait_for()
     page.screenshot(path=str(shots / "controlnet.png"), full_page=True)
     page.locator("#controlnet").get_by_text("ControlNet").first.click()
+
+
+def test_the_image_prompt_panel_sends_an_ip_adapter(page, tmp_path):
+    Image.new("RGB", (64, 64), "orange").save(tmp_path / "look.png")
+    page.locator("#image-prompt").get_by_text("Image prompt (IP-Adapter)").first.click()
+    page.locator("#ip-image input[type=file]").set_input_files(str(tmp_path / "look.png"))
+    page.locator("#ip-image img").first.wait_for()
+    page.locator("#ip-model input").click()
+    page.get_by_role("option", name="faces").click()
+    page.locator("#prompt textarea").fill("a red circle")
+    page.locator("#generate").click()  # the built-in model takes no image prompt: it says so, naming the field
+    text = toast(page)
+    assert "does not take IP-Adapter image prompts" in text and "Traceback" not in text
+    close_toasts(page)
+    page.reload()  # the next tests start from a fresh page, without the image prompt (the login cookie stays)
+    page.locator("#prompt textarea").wait_for()
 
 
 def test_a_bad_value_is_a_message_not_a_traceback(page):

@@ -1,6 +1,7 @@
-"""ControlNet on the tiny SD 1.5 and SDXL with tiny ControlNets built from their UNets: the map steers the image in
-proportion to its weight (weight 0 is no ControlNet at all), several units combine, and every front takes them:
-the library, the CLI, the openai SDK, and A1111's ControlNet extension API through webuiapi."""
+"""ControlNet on the tiny SD 1.5, SDXL, SD3 and FLUX with tiny ControlNets built from their UNets and transformers:
+the map steers the image in proportion to its weight (weight 0 is no ControlNet at all), several units combine,
+variations and edits take them too, and every front does: the library, the CLI, the openai SDK, and A1111's
+ControlNet extension API through webuiapi."""
 
 import base64
 import io
@@ -37,7 +38,7 @@ def pixels(result) -> np.ndarray:
     return np.asarray(result[0].image, dtype=np.int16)
 
 
-@pytest.fixture(params=["sd15", "sdxl"])
+@pytest.fixture(params=["sd15", "sdxl", "sd3", "flux"])
 def family(request, tiny_models, easel_home):
     shutil.copytree(tiny_models[request.param], easel_home / "models" / "tiny")
     save_tiny_controlnet(request.param, easel_home / "controlnets" / "edges", seed=1)
@@ -52,14 +53,19 @@ KW = dict(model="tiny", size="64x64", steps=2, seed=4, save=False)
 def test_the_map_steers_the_image_by_its_weight(family):
     plain = pixels(easel.generate(PROMPT, **KW))
     unit = {"model": "edges", "image": outline(), "preprocessor": "canny"}
-    assert np.array_equal(pixels(easel.generate(PROMPT, control=[{**unit, "weight": 0}], **KW)), plain)
+    off = pixels(easel.generate(PROMPT, control=[{**unit, "weight": 0}], **KW))
+    if family == "flux":  # FLUX's ControlNet pipeline draws the map's latents from the seed's generator first
+        other_map = {**unit, "weight": 0, "preprocessor": "invert"}
+        assert np.array_equal(pixels(easel.generate(PROMPT, control=[other_map], **KW)), off)
+        plain = off
+    assert np.array_equal(off, plain)
     half = pixels(easel.generate(PROMPT, control=[{**unit, "weight": 0.5}], **KW))
     full = easel.generate(PROMPT, control=[{**unit, "weight": 1.0}], **KW)
-    assert np.abs(half - plain).mean() < np.abs(pixels(full) - plain).mean()
+    assert 0 < np.abs(half - plain).mean() < np.abs(pixels(full) - plain).mean()
     both = pixels(easel.generate(PROMPT, control=[unit, {"model": "lines", "image": outline()}], **KW))
     assert not np.array_equal(both, pixels(full))
-    hires = easel.generate(PROMPT, control=[unit], hires_scale=2, **KW)  # guides the first pass; the second refines
-    assert hires[0].image.size == (128, 128) and hires[0].parameters["control"][0]["model"] == "edges"
+    hires = easel.generate(PROMPT, control=[unit], hires_scale=1.5, **KW)  # guides the first pass; the second refines
+    assert hires[0].image.size == (96, 96) and hires[0].parameters["control"][0]["model"] == "edges"
     late = pixels(easel.generate(PROMPT, control=[{**unit, "start": 0.5}], **KW))  # only the last step
     assert not np.array_equal(late, pixels(full))
     # the map is OpenCV's Canny of the picture, returned and recorded
@@ -82,6 +88,24 @@ def test_bad_units_are_clear_errors(family, unit, error, says):
     with pytest.raises(error, match=says) as caught:
         easel.generate(PROMPT, control=[unit], **KW)
     assert caught.value.param == "control"
+
+
+def test_variations_and_edits_take_control_where_the_family_has_the_pipelines(family):
+    unit = {"model": "edges", "image": outline(), "preprocessor": "canny"}
+    picture = Image.new("RGB", (64, 64), "teal")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle([0, 0, 31, 63], fill=255)
+    if family == "sd3":  # diffusers has no ControlNet image-to-image pipeline for SD3
+        with pytest.raises(UnsupportedError, match="takes ControlNet for generate, not variations") as caught:
+            easel.vary(picture, prompt=PROMPT, control=[unit], **KW)
+        assert caught.value.param == "control"
+        return
+    free = pixels(easel.vary(picture, prompt=PROMPT, strength=0.9, **KW))
+    guided = easel.vary(picture, prompt=PROMPT, strength=0.9, control=[unit], **KW)
+    assert not np.array_equal(pixels(guided), free) and guided[0].parameters["control"][0]["model"] == "edges"
+    edited = easel.edit(picture, prompt=PROMPT, mask=mask, control=[unit], **KW)
+    kept = np.asarray(edited[0].image)[:, 40:]  # outside the mask the picture stays
+    assert np.abs(kept.astype(int) - np.asarray(picture)[:, 40:]).mean() < 3
 
 
 def test_models_without_controlnet_refuse_it(family):

@@ -71,6 +71,46 @@ def test_hires_fix_on_the_builtin_model():
         easel.vary(made[0].image, "a red circle", hires_scale=2, save=False)
 
 
+def test_latent_upscalers_denoise_the_first_pass_latents_at_the_larger_size(sd15):
+    from easel.upscalers import LATENT_UPSCALERS
+
+    captured = {}
+    provider = easel.api.default_runner().registry.get("diffusers")
+    run_batch = provider.run_batch
+
+    def spy(batch, progress):
+        if batch.first.mode == "vary":
+            captured["image"] = batch.first.image
+        return run_batch(batch, progress)
+
+    provider.run_batch = spy
+    by_picture = easel.generate("a lighthouse", hires_scale=2, hires_upscaler="bicubic", save=False, **KW)
+    outputs = {}
+    for name in LATENT_UPSCALERS:
+        made = easel.generate("a lighthouse", hires_scale=2, hires_upscaler=name, save=False, **KW)
+        assert made[0].image.size == (128, 128) and made[0].parameters["hires"]["upscaler"] == name
+        assert not made.warnings
+        latents = captured["image"]  # the second pass started from latents: 4 channels at the VAE's scale
+        assert tuple(latents.shape) == (4, 64, 64)  # the tiny VAE halves: 128 pixels are 64 latents
+        outputs[name] = np.asarray(made[0].image, dtype=np.int16)
+    assert not np.array_equal(outputs["latent-bicubic"], np.asarray(by_picture[0].image, dtype=np.int16))
+    assert not np.array_equal(outputs["latent"], outputs["latent-nearest"])
+
+
+def test_latent_upscalers_elsewhere(tiny_models, easel_home):
+    made = easel.generate("a red circle", model="builtin", size="64x64", seed=2, hires_scale=2,
+                          hires_upscaler="latent", save=False)  # its latents are its pixels: no warning
+    assert made[0].image.size == (128, 128) and not made.warnings
+    shutil.copytree(tiny_models["flux"], easel_home / "models" / "tiny-flux")
+    easel.api.reset_default_runner()
+    packed = easel.generate("a lighthouse", model="tiny-flux", size="64x64", steps=2, seed=1, hires_scale=1.5,
+                            hires_upscaler="latent", save=False)
+    assert packed[0].image.size == (96, 96)
+    assert "resized the picture (bilinear) instead" in " ".join(packed.warnings)
+    with pytest.raises(InvalidRequestError, match="must be one of lanczos.*latent-nearest-exact"):
+        easel.generate("a red circle", model="builtin", hires_scale=2, hires_upscaler=" ", save=False)
+
+
 @pytest.fixture
 def sd15(tiny_models, easel_home, upscaler):
     shutil.copytree(tiny_models["sd15"], easel_home / "models" / "tiny")
@@ -116,9 +156,13 @@ def test_hires_fix_on_sd15_through_every_front(sd15, easel_home):
         assert answer.image.size == (128, 128)
         assert np.array_equal(np.asarray(answer.image), np.asarray(made[0].image))
         assert "Hires upscale: 2.0" in answer.info["infotexts"][0]
-        latent = api.txt2img(prompt="a lighthouse", width=64, height=64, steps=2, enable_hr=True, hr_scale=1.5,
-                             hr_upscaler="Latent", override_settings={"sd_model_checkpoint": "tiny"})
-        assert latent.image.size == (96, 96) and "not its latents" in " ".join(latent.info["warnings"])
+        latent = api.txt2img(prompt="a lighthouse", width=64, height=64, steps=2, seed=6, cfg_scale=7.5,
+                             sampler_name="", enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)",
+                             override_settings={"sd_model_checkpoint": "tiny"})
+        expected = easel.generate("a lighthouse", size="64x64", steps=2, seed=6, model="tiny", hires_scale=1.5,
+                                  hires_upscaler="latent-bicubic", hires_strength=0.7, save=False)
+        assert latent.image.size == (96, 96) and not latent.info["warnings"]
+        assert np.array_equal(np.asarray(latent.image), np.asarray(expected[0].image))
         bigger = api.extra_single_image(picture(), upscaler_1="x4", upscaling_resize=4)
         assert bigger.image.size == (128, 128)
         plain = api.extra_single_image(picture(), upscaler_1="Lanczos", upscaling_resize=2)

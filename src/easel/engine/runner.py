@@ -181,7 +181,7 @@ class Runner:
                progress: Progress) -> None:
         """A1111's hires fix: each image upscaled to the final size, then image-to-image from it at
         `hires_strength` with the same prompt and seed."""
-        from ..upscalers import IMAGE_UPSCALERS, resize
+        from ..upscalers import IMAGE_UPSCALERS, LATENT_UPSCALERS, picture_filter, resize, resize_latents
 
         step = spec.family.size_step
         size = (round(r.width * r.hires_scale / step) * step, round(r.height * r.hires_scale / step) * step)
@@ -191,8 +191,18 @@ class Runner:
                            num_inference_steps=r.hires_steps or r.num_inference_steps)
         done, each = steps_of(r.replace(hires_scale=None)), steps_of(second)
         total = done + each * len(output.images)
+        latent = r.hires_upscaler in LATENT_UPSCALERS
+        if latent and output.latents is None and spec.family.latent_space != "pixels":
+            output.warnings.append(f"{spec.name}'s latents cannot be upscaled as they are: the hires fix resized the "
+                                   f"picture ({picture_filter(r.hires_upscaler)}) instead.")
         for i, (image, seed) in enumerate(zip(output.images, seeds)):
-            if r.hires_upscaler in IMAGE_UPSCALERS:
+            if latent and output.latents is not None:
+                factor = image.width / output.latents[i].shape[-1]  # the VAE's
+                big = resize_latents(output.latents[i], (round(size[0] / factor), round(size[1] / factor)),
+                                     r.hires_upscaler)
+            elif latent:  # the built-in model's latents are its pixels
+                big = resize(image, size, picture_filter(r.hires_upscaler))
+            elif r.hires_upscaler in IMAGE_UPSCALERS:
                 big = resize(image, size, r.hires_upscaler)
             else:
                 big = resize(provider.upscale(image, r.hires_scale, r.hires_upscaler), size, "lanczos")
@@ -200,6 +210,7 @@ class Runner:
                                        _Shifted(progress, done + i * each, total))
             _check_contract(provider, again, [[seed]])
             output.images[i] = again[0].images[0]
+        output.latents = None
         output.details["hires"] = {"scale": r.hires_scale, "upscaler": r.hires_upscaler,
                                    "strength": r.hires_strength, "steps": second.num_inference_steps,
                                    "first_pass_size": f"{r.width}x{r.height}"}

@@ -90,6 +90,9 @@ class ProviderOutput:
     warnings: list[str] = dataclasses.field(default_factory=list)
     revised_prompt: str | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in each image's parameters
+    # each image's final latents (channels, height, width), where the hires fix upscales latents and the model
+    # has them in a form its image-to-image pipeline takes back; None otherwise
+    latents: list[Any] | None = None
 
 
 class Provider(abc.ABC):
@@ -106,9 +109,9 @@ class Provider(abc.ABC):
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
         """Refuse before queueing what the model would refuse (after the common checks): raise
         InvalidRequestError naming the parameter."""
-        from ..upscalers import IMAGE_UPSCALERS
+        from ..upscalers import HIRES_UPSCALERS
 
-        if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
+        if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
             self.upscale(None, 1, request.hires_upscaler)
 
     def upscale(self, image, scale: float, name: str, tile: int = 256):

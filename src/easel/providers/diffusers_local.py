@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import os
 import re
 import threading
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (AuthenticationError, ContentPolicyError, EaselError, GenerationError, InvalidRequestError,
-                      ModelNotFoundError, OutOfMemoryError)
-from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, lora_files, model_folders,
-                       names_a_file)
-from ..upscalers import IMAGE_UPSCALERS
+                      ModelNotFoundError, OutOfMemoryError, UnsupportedError)
+from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_FILES, UPSCALER_MARKER, lora_files,
+                       model_folders, names_a_file, upscaler_files, upscaler_names)
+from ..upscalers import HIRES_UPSCALERS, LATENT_UPSCALERS
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -240,8 +241,6 @@ class LoadedPipeline:
                 self.derived[mode] = auto.from_pipe(self.pipe)
                 self.derived[mode].set_progress_bar_config(disable=True)
             except ValueError as exc:
-                from ..errors import UnsupportedError
-
                 raise UnsupportedError(f"This model has no {mode} pipeline: {exc}", param="model") from None
         return self.derived[mode]
 
@@ -328,8 +327,8 @@ class DiffusersProvider(Provider):
             self.controlnet_folder(unit.model, download=False)
         if request.ip_adapter is not None:
             self.ip_adapter_folder(request.ip_adapter.model, download=False)
-        if request.hires_scale and request.hires_upscaler not in IMAGE_UPSCALERS:
-            self.upscaler_folder(request.hires_upscaler, download=False, param="hires_upscaler")
+        if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
+            self.upscaler_model(request.hires_upscaler, download=False, param="hires_upscaler")
         if spec.checkpoint and _offline():
             checkpoint_config(spec.local_path, self.configs_dir, download=False)
         if spec.local_path is None and _offline() and not spec.is_available_locally():
@@ -359,45 +358,62 @@ class DiffusersProvider(Provider):
         return _named_folder(name, self.ip_adapters_dir, IP_ADAPTER_MARKER, "IP-Adapter", "ip_adapter",
                              self.hf_token, download)
 
-    def upscaler_folder(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
-        """An upscaler pipeline's folder (SD's x4 upscaler, in diffusers' layout; see `_named_folder`)."""
-        return _named_folder(name, self.upscalers_dir, UPSCALER_MARKER, "upscaler", param, self.hf_token, download)
+    def upscaler_model(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
+        """An upscaler model: a single file of the upscalers folder (ESRGAN family; by its stem or file name, or its
+        path where the request check allows one), else a pipeline folder (SD's x4 upscaler; see `_named_folder`)."""
+        files = upscaler_files(self.upscalers_dir)
+        if name in files:
+            return files[name]
+        path = Path(name).expanduser() if names_a_file(name) else (self.upscalers_dir or Path("-")) / name
+        if path.suffix.lower() in UPSCALER_FILES and path.is_file():
+            return path
+        return _named_folder(name, self.upscalers_dir, UPSCALER_MARKER, "upscaler", param, self.hf_token, download,
+                             upscaler_names(self.upscalers_dir))
 
     def upscale(self, image, scale: float, name: str, tile: int = 256):
-        """`image` through an upscaler pipeline (SD's x4 upscaler makes it 4 times as large; its caller resizes to
-        the size it wants), in tiles of `tile` pixels (0: whole) so that its memory stays that of one tile. The
-        pipeline is loaded once and kept with the others."""
+        """`image` through an upscaler model, which makes it its own factor larger (its caller resizes to the size it
+        wants): an ESRGAN-family file (Real-ESRGAN, 4x-UltraSharp, SwinIR, ...; loaded by spandrel, as ComfyUI
+        does) or SD's x4 upscaler pipeline; in tiles of `tile` pixels (0: whole) so that its memory stays that of
+        one tile. The model is loaded once and kept with the pipelines."""
         import torch
 
         from ..upscalers import tiled
 
-        folder = self.upscaler_folder(name)
+        model = self.upscaler_model(name)
         device = pick_device(self.device_preference)
         dtype = pick_dtype(device, "float16", self.dtype_preference)
+        if model.is_file():
+            loaded = self.cache.get((str(model), model.stat().st_mtime_ns, device, "spandrel"),
+                                    lambda: _load_spandrel(model, name, device, dtype))
+            factor = loaded.pipe.scale
 
-        def load() -> LoadedPipeline:
-            import diffusers
+            def one(part):
+                return _spandrel_upscale(loaded.pipe, part)
+        else:
+            def load() -> LoadedPipeline:
+                import diffusers
 
-            started = time.perf_counter()
-            try:
-                pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype)
-            except Exception as exc:  # noqa: BLE001 - not an upscaler pipeline, or a damaged one
-                raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
-            pipe.set_progress_bar_config(disable=True)
-            pipe.to(device)
-            return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
-                                  time.perf_counter() - started)
+                started = time.perf_counter()
+                try:
+                    pipe = diffusers.DiffusionPipeline.from_pretrained(model, dtype=dtype)
+                except Exception as exc:  # noqa: BLE001 - not an upscaler pipeline, or a damaged one
+                    raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
+                pipe.set_progress_bar_config(disable=True)
+                pipe.to(device)
+                return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
+                                      time.perf_counter() - started)
 
-        loaded = self.cache.get((str(folder), device, str(dtype), "upscaler"), load)
+            loaded = self.cache.get((str(model), device, str(dtype), "upscaler"), load)
+            factor = 4
 
-        def one(part):
-            return loaded.pipe(prompt="", image=part, num_inference_steps=20,
-                               generator=torch.Generator("cpu").manual_seed(0)).images[0]
+            def one(part):
+                return loaded.pipe(prompt="", image=part, num_inference_steps=20,
+                                   generator=torch.Generator("cpu").manual_seed(0)).images[0]
 
         with loaded.lock, torch.no_grad():
             if not tile:
                 return one(image.convert("RGB"))
-            return tiled(image, 4, tile, max(8, tile // 8), one)
+            return tiled(image, factor, tile, max(8, tile // 8), one)
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def warm(self, spec: ModelSpec) -> None:
@@ -537,27 +553,30 @@ class DiffusersProvider(Provider):
         finally:
             pipe.unload_ip_adapter()  # the next call runs as if no adapter had ever been loaded
 
-    def _controlled(self, loaded: LoadedPipeline, spec: ModelSpec, units: list) -> Any:
-        """The family's ControlNet pipeline over the loaded one (its weights shared, `from_pipe`), with these
-        control models, each loaded once per pipeline. Called with the pipeline's lock held."""
+    def _controlled(self, loaded: LoadedPipeline, spec: ModelSpec, mode: str, units: list) -> Any:
+        """The family's ControlNet pipeline for `mode` over the loaded one (its weights shared, `from_pipe`), with
+        these control models, each loaded once per pipeline. Called with the pipeline's lock held."""
         import diffusers
 
         folders = tuple(str(self.controlnet_folder(unit.model).resolve()) for unit in units)
-        key = ("control", folders)
+        key = ("control", mode, folders)
         if key not in loaded.derived:
             pipe = loaded.pipe
+            denoiser = getattr(pipe, "unet", None) or pipe.transformer
+            model_class = getattr(diffusers, spec.family.controlnet_model)
             models = []
             for folder in folders:
                 if ("controlnet", folder) not in loaded.derived:
                     try:
-                        model = diffusers.ControlNetModel.from_pretrained(folder, torch_dtype=pipe.unet.dtype)
+                        model = model_class.from_pretrained(folder, torch_dtype=denoiser.dtype)
                     except Exception as exc:  # noqa: BLE001 - not a ControlNet, or a damaged one
                         raise _does_not_fit(f"The ControlNet {Path(folder).name!r}", exc, "control") from None
-                    loaded.derived[("controlnet", folder)] = model.to(pipe.unet.device)
+                    loaded.derived[("controlnet", folder)] = model.to(denoiser.device)
                 models.append(loaded.derived[("controlnet", folder)])
-            controlnet = models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)
+            multi = getattr(diffusers, spec.family.controlnet_model.replace("ControlNet", "MultiControlNet"))
+            controlnet = models[0] if len(models) == 1 else multi(models)
             try:
-                controlled = getattr(diffusers, spec.family.controlnet).from_pipe(pipe, controlnet=controlnet)
+                controlled = getattr(diffusers, spec.family.controlnet[mode]).from_pipe(pipe, controlnet=controlnet)
             except Exception as exc:  # noqa: BLE001 - a ControlNet made for another architecture
                 raise _does_not_fit("The ControlNet", exc, "control") from None
             controlled.set_progress_bar_config(disable=True)
@@ -605,8 +624,10 @@ class DiffusersProvider(Provider):
         if "strength" in kwargs and "mask_image" not in kwargs:  # image-to-image runs the last strength share
             total = max(1, int(round(total * kwargs["strength"])))
 
+        final: dict[str, Any] = {}
+
         def on_step_end(pipe, i, t, tensors):
-            latents = tensors.get("latents")
+            latents = final["latents"] = tensors.get("latents")
             progress.step(i + 1, total,
                           (lambda indices: _preview(pipe, spec, first, latents, indices, loaded.preview_decoder(spec)))
                           if latents is not None else None)
@@ -623,8 +644,8 @@ class DiffusersProvider(Provider):
             if spec.family.weights:
                 kwargs = _weigh_prompts(loaded.pipe, kwargs)
             if first.control:
-                pipe = self._controlled(loaded, spec, first.control)
-                kwargs.update(_control_inputs(first))
+                pipe = self._controlled(loaded, spec, first.mode, first.control)
+                kwargs.update(_control_inputs(pipe, first))
             else:
                 pipe = loaded.for_mode(first.mode)
             pipe.scheduler = (make_scheduler(first.scheduler, loaded.scheduler_config) if first.scheduler
@@ -644,7 +665,11 @@ class DiffusersProvider(Provider):
         if used:
             details["embeddings"] = used
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
-        return [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+        outputs = [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+        if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \
+                and final.get("latents") is not None:  # hires requests run alone: one output
+            outputs[0].latents = [latent.detach().cpu() for latent in final["latents"]]
+        return outputs
 
 
 def _load_embedding(pipe, path: Path, token: str) -> None:
@@ -672,6 +697,41 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _load_spandrel(path: Path, name: str, device: str, dtype) -> LoadedPipeline:
+    """An ESRGAN-family upscaler file through spandrel (which reads the architecture and its size from the weights;
+    a `.pth` is unpickled with spandrel's restricted unpickler, which builds no other objects), in half precision
+    where the architecture allows it."""
+    try:
+        import spandrel
+    except ImportError:  # torchvision, which spandrel needs, has no CPU build for every torch release
+        raise UnsupportedError(f"The upscaler {name!r} is a single-file (ESRGAN-family) model, which Easel loads with "
+                               "spandrel: pip install 'easel[esrgan]'.", param="upscaler") from None
+    started = time.perf_counter()
+    try:
+        model = spandrel.ModelLoader().load_from_file(path)
+    except Exception as exc:  # noqa: BLE001 - an architecture spandrel does not know, or a damaged file
+        raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
+    if not isinstance(model, spandrel.ImageModelDescriptor):
+        raise InvalidRequestError(f"The upscaler {name!r} is a {model.architecture.name} model for {model.purpose}, "
+                                  "not an upscaler.", param="upscaler")
+    model.to(device).eval()
+    if device != "cpu" and model.supports_half and str(dtype) == "torch.float16":
+        model.half()
+    nbytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    return LoadedPipeline(model, None, {}, nbytes, time.perf_counter() - started)
+
+
+def _spandrel_upscale(model, image):
+    """One picture through a spandrel model (a tensor of 0..1, which it pads to the sizes it takes)."""
+    import numpy as np
+    import PIL.Image
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    out = model(pixels.to(model.device, model.dtype))[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return PIL.Image.fromarray(np.round(out * 255).astype(np.uint8))
 
 
 def _does_not_fit(what: str, exc: Exception, param: str) -> InvalidRequestError:
@@ -736,7 +796,7 @@ def _text_inputs(batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _named_folder(name: str, root: Path | None, marker: str, what: str, param: str, token: str | None,
-                  download: bool) -> Path | None:
+                  download: bool, there: list[str] | None = None) -> Path | None:
     """A model folder named by a request: `<name>` in `root`, a hub id (from the hub cache, downloaded where it may
     be), or a folder's path (which the request check allows only for the machine's user). None: a hub id to
     download when it runs. Unknown: an error listing the ones there are."""
@@ -754,21 +814,24 @@ def _named_folder(name: str, root: Path | None, marker: str, what: str, param: s
             return Path(snapshot_download(name, token=token)) if download else None
     path = Path(name).expanduser() if names_a_file(name) else (root / name if root is not None else None)
     if path is None or not (path / marker).is_file():
-        there = model_folders(root, marker)
+        there = model_folders(root, marker) if there is None else there
         raise InvalidRequestError(f"No {what} {name!r} (the {root.name if root else what + 's'} folder has: "
                                   f"{', '.join(there) or 'none'}).", param=param)
     return path
 
 
-def _control_inputs(request: ImageRequest) -> dict[str, Any]:
-    """A ControlNet pipeline's arguments: each unit's map at the requested size, weight and span of the steps."""
+def _control_inputs(pipe, request: ImageRequest) -> dict[str, Any]:
+    """A ControlNet pipeline's arguments: each unit's map at the requested size (as `control_image` where the
+    pipeline takes one, else as `image`), weight and span of the steps."""
     maps = [unit.map.resize((request.width, request.height)) for unit in request.control]
     single = len(maps) == 1
 
     def each(values: list):
         return values[0] if single else values
 
-    return {"image": each(maps), "controlnet_conditioning_scale": each([u.weight for u in request.control]),
+    takes = inspect.signature(pipe.__call__).parameters
+    return {"control_image" if "control_image" in takes else "image": each(maps),
+            "controlnet_conditioning_scale": each([u.weight for u in request.control]),
             "control_guidance_start": each([u.start for u in request.control]),
             "control_guidance_end": each([u.end for u in request.control])}
 
@@ -837,6 +900,10 @@ def _image_inputs(spec: ModelSpec, request: ImageRequest, count: int) -> dict[st
     `generator[i]`, and SD3's encodes an empty batch (and fails) when there is one image for several generators."""
     if request.mode not in ("edit", "vary"):
         return {}
+    if not hasattr(request.image, "convert"):  # latents (the hires fix's latent upscale): taken as they are
+        latents = request.image[None]
+        return {"image": latents.repeat(count, 1, 1, 1) if count > 1 else latents,
+                "strength": request.strength if request.strength is not None else 1.0}
     image = request.image.convert("RGB")
     if not spec.family.keeps_native_size:
         image = image.resize((request.width, request.height))

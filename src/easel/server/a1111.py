@@ -21,8 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
-from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_MARKER, is_hub_id, lora_files, model_folders,
-                       names_a_file)
+from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, is_hub_id, lora_files, model_folders, names_a_file,
+                       upscaler_names)
 from ..control import PREPROCESSORS, ControlUnit, IPAdapter, png_base64, preprocess
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
 from ..engine.jobs import FINAL
@@ -274,9 +274,6 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     model = model_for(body, state)
     scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
     base = to_image_request(body, model, scheduler, mode, **fields)
-    if base.hires_scale and (body.hr_upscaler or "Latent").lower().startswith("latent"):
-        warnings.append(f"hr_upscaler {body.hr_upscaler or 'Latent'!r}: the image is upscaled "
-                        f"({base.hires_upscaler}) between the passes, not its latents")
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
     images, seeds, texts, first, detected = [], [], [], {}, []
     interrupted = False
@@ -518,7 +515,7 @@ async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
 @router.get("/upscalers")
 def upscalers(request: Request) -> list[dict[str, Any]]:
     """The image filters, then the upscaler models of the server's upscalers folder (by name, never a path)."""
-    models = model_folders(request.app.state.runner.settings.upscalers_folder, UPSCALER_MARKER)
+    models = upscaler_names(request.app.state.runner.settings.upscalers_folder)
     return [{"name": name.capitalize() if name != "lanczos" else "Lanczos", "model_name": None, "model_path": None,
              "model_url": None, "scale": 4} for name in IMAGE_UPSCALERS] + [
         {"name": name, "model_name": name, "model_path": None, "model_url": None, "scale": 4} for name in models]
@@ -551,7 +548,7 @@ async def extra_single_image(body: ExtraSingleImageRequest, request: Request) ->
         if names_a_file(name) and not is_hub_id(name):
             raise InvalidRequestError(f"`upscaler_1` names an upscaler of the server's upscalers folder, not a path: "
                                       f"{name!r}.", param="upscaler_1")
-        provider.upscaler_folder(name, download=False, param="upscaler_1")
+        provider.upscaler_model(name, download=False, param="upscaler_1")
     try:
         bigger = await run_in_threadpool(upscale, picture, scale=scale, upscaler=name)
     except EaselError as exc:

@@ -73,12 +73,21 @@ def build_ui(engine: Engine) -> gr.Blocks:
                             with gr.Row():
                                 c_net = gr.Dropdown(h.controlnet_choices(), value=None, label="Control model",
                                                     elem_id="control-model",
-                                                    info="From the controlnets folder (SD 1.5 and SDXL)")
+                                                    info="From the controlnets folder (SD 1.5, SDXL, SD3, FLUX)")
                                 c_pre = gr.Dropdown(list(PREPROCESSORS), value="canny", label="Preprocessor",
                                                     elem_id="control-preprocessor")
                                 c_weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight",
                                                      elem_id="control-weight")
                             c_preview = gr.Button("Preview the map", elem_id="control-preview", size="sm")
+                        with gr.Accordion("Image prompt (IP-Adapter)", open=False, elem_id="image-prompt"):
+                            with gr.Row():
+                                ip_image = gr.Image(label="Image prompt", type="pil", elem_id="ip-image", height=200)
+                                with gr.Column():
+                                    ip_model = gr.Dropdown(h.ip_adapter_choices(), value=None, label="IP-Adapter",
+                                                           elem_id="ip-model",
+                                                           info="From the ip_adapters folder (SD 1.5 and SDXL)")
+                                    ip_scale = gr.Slider(0, 1.5, value=0.6, step=0.05, label="Image prompt scale",
+                                                         elem_id="ip-scale")
                         with gr.Accordion("Hires fix", open=False, elem_id="hires"):
                             with gr.Row():
                                 hr_scale = gr.Slider(1, 4, value=1, step=0.25, label="Upscale by (1: off)",
@@ -164,7 +173,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                         h_edit = gr.Button("Edit this image", elem_id="history-edit")
 
         inputs = [prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches, c_image, c_net,
-                  c_pre, c_weight, hr_scale, hr_upscaler, hr_strength, hr_steps, state]
+                  c_pre, c_weight, hr_scale, hr_upscaler, hr_strength, hr_steps, ip_image, ip_model, ip_scale, state]
         outputs = [gallery, status, info, state]
         # the progress bar sits on the metadata panel, so that the gallery's previews stay in view
         go.click(h.generate, inputs, outputs, concurrency_limit=None, show_progress_on=[info], api_name="generate")

@@ -20,9 +20,9 @@ import gradio as gr
 from .. import masks
 from ..engine.queue import Engine
 from ..errors import EaselError
-from ..catalog import CONTROLNET_MARKER, UPSCALER_MARKER, lora_files, model_folders
-from ..control import ControlUnit, preprocess
-from ..upscalers import IMAGE_UPSCALERS
+from ..catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, lora_files, model_folders, upscaler_names
+from ..control import ControlUnit, IPAdapter, preprocess
+from ..upscalers import HIRES_UPSCALERS
 from ..prompts import STYLE_PRESETS, compose_prompt
 from ..types import ImageRequest
 
@@ -126,6 +126,9 @@ class Handlers:
     def controlnet_choices(self) -> list[str]:
         return model_folders(self.settings.controlnets_folder, CONTROLNET_MARKER)
 
+    def ip_adapter_choices(self) -> list[str]:
+        return model_folders(self.settings.ip_adapters_folder, IP_ADAPTER_MARKER)
+
     @staticmethod
     def control_map(image, preprocessor):
         """What the ControlNet will receive: the image through its preprocessor."""
@@ -137,7 +140,7 @@ class Handlers:
             raise ui_error(exc) from None
 
     def upscaler_choices(self) -> list[str]:
-        return [*IMAGE_UPSCALERS, *model_folders(self.settings.upscalers_folder, UPSCALER_MARKER)]
+        return [*HIRES_UPSCALERS, *upscaler_names(self.settings.upscalers_folder)]
 
     def lora_choices(self) -> list[str]:
         return list(lora_files(self.settings.loras_folder))
@@ -186,9 +189,11 @@ class Handlers:
     # -- Generate --------------------------------------------------------------------------------------------------
     def generate(self, prompt, negative, model, aspect, width, height, steps, guidance, seed, n, batches=1,
                  control_image=None, control_model=None, preprocessor="none", control_weight=1.0, hires_scale=1.0,
-                 hires_upscaler="lanczos", hires_strength=0.55, hires_steps=0, state=None, progress=gr.Progress()):
+                 hires_upscaler="lanczos", hires_strength=0.55, hires_steps=0, ip_image=None, ip_model=None,
+                 ip_scale=0.6, state=None, progress=gr.Progress()):
         """`batches` runs of `n` images each (A1111's batch count x batch size), seeds following on; with a
-        control image and model, guided by that ControlNet; with a hires scale above 1, through the hires fix."""
+        control image and model, guided by that ControlNet; with an image prompt and an IP-Adapter, steered by
+        that picture; with a hires scale above 1, through the hires fix."""
         state = dict(state or {})
         try:
             takes = self.resolve(model).family.takes  # a remote model picks its own steps, guidance and seed
@@ -199,6 +204,9 @@ class Handlers:
             if control_image is not None and control_model:
                 request.control = [ControlUnit(control_model, control_image, preprocessor or "none",
                                                _number(control_weight, "ControlNet weight", whole=False))]
+            if ip_image is not None and ip_model:
+                ip = _number(ip_scale, "Image prompt scale", whole=False)
+                request.ip_adapter = IPAdapter(ip_model, ip_image, 0.6 if ip is None else ip)
             scale = _number(hires_scale, "Hires scale", whole=False) or 1.0
             if scale != 1:
                 strength = _number(hires_strength, "Hires strength", whole=False)
