@@ -15,6 +15,17 @@ from easel.engine.runner import Runner  # noqa: E402
 from easel.serving.ray import ClusterEngine, ModelReplica  # noqa: E402
 from easel.types import ImageRequest  # noqa: E402
 
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_torch_threads():
+    """A replica made here sets torch's threads to its CPUs (1) for this whole process: put them back, so that the
+    tests after these compute as the CLI's subprocesses do."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 PROMPT = "a large red circle on the left on a blue background"
 
 
