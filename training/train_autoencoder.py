@@ -35,8 +35,10 @@ SIDE = 256  # the pictures' side; the latents are SIDE / 8
 
 
 def build_vae() -> AutoencoderKL:
+    """One normalisation group per layer: with a group per channel (as few channels as these), a flat patch of
+    colour normalises to zero and its colour is lost."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 16, 32), mid_block_add_attention=False, sample_size=SIDE,
     )

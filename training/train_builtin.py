@@ -5,6 +5,12 @@
 Everything is seeded and scheduled by step, not by wall clock. Every `--eval-every` steps the EMA weights are
 saved as a diffusers pipeline folder (`OUT/checkpoint`) and scored on a small set of prompts, so a run can be
 stopped at any checkpoint and used; `--export` copies the final pipeline where Easel ships it.
+
+Version 2 (`--vae FOLDER`, an autoencoder from `train_autoencoder.py`): the UNet denoises that autoencoder's 32x32
+latents of 256x256 pictures. The pictures are drawn and encoded once into a bank (`OUT/bank.pt`, `--bank` scenes,
+built in chunks and resumed where it stopped); batches draw scenes from it with fresh captions. With `--vae`, every
+checkpoint also saves the whole training state (`OUT/state.pt`: weights, EMA, optimiser, random states), and the same
+command resumes from it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -60,11 +66,12 @@ def build_text_encoder(vocab_size: int) -> CLIPTextModel:
 LAYOUT_CHANNELS = 2
 
 
-def build_unet(layout_channels: int = LAYOUT_CHANNELS) -> UNet2DConditionModel:
+def build_unet(layout_channels: int = LAYOUT_CHANNELS, channels: int = 3) -> UNet2DConditionModel:
+    """`channels`: what it denoises, 3 (pixels, version 1) or the autoencoder's latent channels (version 2)."""
     return UNet2DConditionModel(
         sample_size=32,
-        in_channels=3 + layout_channels,
-        out_channels=3,
+        in_channels=channels + layout_channels,
+        out_channels=channels,
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -84,21 +91,39 @@ def build_schedulers() -> tuple[DDPMScheduler, DPMSolverMultistepScheduler]:
     return DDPMScheduler(**common), DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++")
 
 
-def init_from(folder: Path, layout_channels: int) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Start from a saved pipeline's weights; input channels it lacks (layout) start at zero."""
+def init_from(folder: Path, layout_channels: int, channels: int = 3) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Start from a saved pipeline's weights; input channels it lacks (layout) start at zero. From pixels (version
+    1) to latents (version 2), the input and output convolutions start afresh, but for the layout channels' input
+    weights; everything between (text, attention, ResNets) carries over."""
     old_unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    unet = build_unet(layout_channels)
+    old_channels = old_unet.config.out_channels
+    unet = build_unet(layout_channels, channels)
     state = old_unet.state_dict()
     weight = state.pop("conv_in.weight")
+    fresh = ["conv_in.weight"]
+    if old_channels != channels:
+        fresh += ["conv_out.weight", "conv_out.bias"]
+        for key in fresh[1:]:
+            del state[key]
     missing, unexpected = unet.load_state_dict(state, strict=False)
-    assert missing == ["conv_in.weight"] and not unexpected, (missing, unexpected)
+    assert sorted(missing) == sorted(fresh) and not unexpected, (missing, unexpected)
     with torch.no_grad():
-        unet.conv_in.weight.zero_()
-        unet.conv_in.weight[:, : weight.shape[1]] = weight
+        if old_channels == channels:
+            unet.conv_in.weight.zero_()
+            unet.conv_in.weight[:, : weight.shape[1]] = weight
+        else:  # the layout channels' weights, after the new latent channels'
+            old_layout = weight.shape[1] - old_channels
+            unet.conv_in.weight[:, channels:channels + old_layout] = weight[:, old_channels:]
     return unet, CLIPTextModel.from_pretrained(folder / "text_encoder")
 
 
-def make_batch(rng: random.Random, size: int, p_two: float) -> tuple[list[str], torch.Tensor]:
+def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = None
+               ) -> tuple[list[str], torch.Tensor]:
+    """Captions and what the UNet learns to make: pictures drawn now (version 1), or latents from the bank."""
+    if bank is not None:
+        picks = [rng.randrange(len(bank["scenes"])) for _ in range(size)]
+        texts = [shapes.caption(bank["scenes"][i], rng) for i in picks]
+        return texts, bank["latents"][picks].float()
     texts, images = [], []
     for _ in range(size):
         scene = shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
@@ -106,6 +131,32 @@ def make_batch(rng: random.Random, size: int, p_two: float) -> tuple[list[str], 
         images.append(shapes.render(scene, rng))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return texts, pixels
+
+
+def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500) -> dict:
+    """`count` scenes (held-out pairs never among them) drawn at 256 pixels and encoded by the autoencoder (the mode
+    of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes."""
+    from train_autoencoder import SIDE
+
+    bank = torch.load(path, weights_only=False) if path.exists() else {"scenes": [], "latents": [], "rng": None}
+    rng = random.Random(seed)
+    if bank["rng"] is not None:
+        rng.setstate(bank["rng"])
+    while len(bank["scenes"]) < count:
+        scenes = [shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
+                  for _ in range(min(chunk, count - len(bank["scenes"])))]
+        pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2) for s in scenes])
+        pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            latents = torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(50)])
+        bank["scenes"] += scenes
+        bank["latents"].append(latents.half())
+        bank["rng"] = rng.getstate()
+        torch.save(bank, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+        print(json.dumps({"bank": len(bank["scenes"]), "of": count}), flush=True)
+    latents = torch.cat(bank["latents"]) if isinstance(bank["latents"], list) else bank["latents"]
+    return {"scenes": bank["scenes"], "latents": latents}
 
 
 def sample_timesteps(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -123,16 +174,24 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def quick_eval(pipe: ShapesPipeline, n: int, seed: int) -> dict[str, float]:
+def quick_eval(pipe: ShapesPipeline, n: int, seed: int, two_shapes: bool = False) -> dict[str, float]:
+    """Scores on `n` single-shape prompts (half of them held-out pairs); with `two_shapes`, on `n` two-shape
+    prompts too (keys `two_*`), and the mean edge width (`edge_width`)."""
     rng = random.Random(seed)
-    scenes = [shapes.sample_scene(rng, held_out=i % 2 == 0, p_size=1, p_position=1) for i in range(n)]
-    prompts = [shapes.caption(s, rng) for s in scenes]
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    images = pipe(prompts, generator=gens, output_type="np").images
-    totals: dict[str, list[bool]] = {}
-    for scene, img in zip(scenes, images):
-        for key, ok in shapes.score(scene, img).items():
-            totals.setdefault(key, []).append(ok)
+    kinds = [False, True] if two_shapes else [False]
+    totals: dict[str, list] = {}
+    for two in kinds:
+        scenes = [shapes.sample_scene(rng, held_out=not two and i % 2 == 0, two_shapes=two, p_size=1, p_position=1)
+                  for i in range(n)]
+        prompts = [shapes.caption(s, rng) for s in scenes]
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+        images = pipe(prompts, generator=gens, output_type="np").images
+        for scene, img in zip(scenes, images):
+            for key, ok in shapes.score(scene, img).items():
+                totals.setdefault(("two_" if two else "") + key, []).append(ok)
+            width = shapes.edge_width(img) if two_shapes else None
+            if width is not None:
+                totals.setdefault("edge_width", []).append(width)
     return {k: round(float(np.mean(v)), 3) for k, v in totals.items()}
 
 
@@ -154,6 +213,8 @@ def main() -> None:
                     help="input channels for the caption's layout words (0: text path only)")
     ap.add_argument("--init-from", type=Path, default=None, help="start from this pipeline folder's weights")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (schedule unchanged)")
+    ap.add_argument("--vae", type=Path, default=None, help="version 2: denoise this autoencoder's latents")
+    ap.add_argument("--bank", type=int, default=40_000, help="version 2: scenes drawn and encoded for training")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -163,11 +224,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer()
+    vae, bank = None, None
+    if args.vae:
+        vae = AutoencoderKL.from_pretrained(args.vae).eval()
+        bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt")
+        # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them
+        vae.register_to_config(scaling_factor=round(1.0 / bank["latents"].float().std().item(), 5))
+        bank["latents"] = bank["latents"] * vae.config.scaling_factor
+    channels = vae.config.latent_channels if vae is not None else 3
     if args.init_from:
-        unet, text_encoder = init_from(args.init_from, args.layout_channels)
+        unet, text_encoder = init_from(args.init_from, args.layout_channels, channels)
     else:
         text_encoder = build_text_encoder(len(shapes.VOCABULARY))
-        unet = build_unet(args.layout_channels)
+        unet = build_unet(args.layout_channels, channels)
     train_sched, sample_sched = build_schedulers()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     n_params = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
@@ -175,11 +244,21 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    start, state_file = 0, args.out / "state.pt"
+    if vae is not None and state_file.exists():  # go on from the last checkpoint
+        state = torch.load(state_file, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
+                            (opt, "opt")):
+            module.load_state_dict(state[key])
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+        start = state["step"]
+        print(f"resuming at step {start}", flush=True)
     log = open(args.out / "log.jsonl", "a")
     started = time.time()
 
-    for step in range(args.steps):
-        texts, x0 = make_batch(rng, args.batch, args.two_shapes)
+    for step in range(start, args.steps):
+        texts, x0 = make_batch(rng, args.batch, args.two_shapes, bank)
         texts = ["" if rng.random() < args.caption_dropout else t for t in texts]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
@@ -210,14 +289,21 @@ def main() -> None:
             log.flush()
         last = step == args.steps - 1 or (args.stop_after is not None and step + 1 >= args.stop_after)
         if (step + 1) % args.eval_every == 0 or last:
-            pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched)
+            pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched,
+                                  vae=vae)
             pipe.set_progress_bar_config(disable=True)
             tmp = args.out / "checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             pipe.save_pretrained(tmp, safe_serialization=True)
             shutil.rmtree(args.out / "checkpoint", ignore_errors=True)
             tmp.rename(args.out / "checkpoint")
-            scores = quick_eval(pipe, 48, seed=10_000)
+            if vae is not None:
+                torch.save({"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                            "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                            "opt": opt.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
+                            "step": step + 1}, state_file.with_suffix(".tmp"))
+                state_file.with_suffix(".tmp").rename(state_file)
+            scores = quick_eval(pipe, 48, seed=10_000, two_shapes=vae is not None)
             rec = {"step": step + 1, "eval": scores, "elapsed_s": round(time.time() - started, 1)}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")

@@ -1,5 +1,6 @@
-"""The built-in model's pipeline: a small pixel-space text-to-image diffusion model, with image-to-image and
-inpainting, loaded with `ShapesPipeline.from_pretrained(folder)` like any diffusers pipeline."""
+"""The built-in model's pipeline: a small text-to-image diffusion model, with image-to-image and inpainting, loaded
+with `ShapesPipeline.from_pretrained(folder)` like any diffusers pipeline. Version 1 denoises pixels; a folder with a
+`vae` (version 2) denoises that autoencoder's latents and decodes them, as Stable Diffusion does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -85,7 +86,8 @@ def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]
 class ShapesPipeline(DiffusionPipeline):
     """Easel's built-in model: coloured shapes from captions, in pixel space (see shared/specs/builtin-model.md)."""
 
-    model_cpu_offload_seq = "text_encoder->unet"
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
     supports_image_input = True  # one pipeline does text-to-image, image-to-image and inpainting
 
     def __init__(
@@ -94,14 +96,34 @@ class ShapesPipeline(DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: PreTrainedTokenizerFast,
         scheduler: DPMSolverMultistepScheduler,
+        vae: AutoencoderKL | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
         self._interrupt = False
 
     @property
-    def native_size(self) -> int:
+    def latent_size(self) -> int:
         return int(self.unet.config.sample_size)
+
+    @property
+    def native_size(self) -> int:
+        """The side of the pictures it makes: its latents' times the autoencoder's factor (1 without one)."""
+        if self.vae is None:
+            return self.latent_size
+        return self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pictures (-1..1) as the latents the UNet denoises (the pictures themselves without an autoencoder)."""
+        if self.vae is None:
+            return pixels
+        return self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as pictures (-1..1)."""
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
     @property
     def layout_channels(self) -> int:
@@ -154,11 +176,10 @@ class ShapesPipeline(DiffusionPipeline):
             raise ValueError(f"`image` has {t.shape[0]} images but {n} are being generated.")
         return t.to(self.device, self.unet.dtype)
 
-    def _to_mask(self, mask_image: Any, n: int) -> torch.Tensor:
-        """White (or opaque-marked) pixels = repaint; returns (n, 1, S, S) with 1 where the model may paint."""
-        size = self.native_size
+    def _to_mask(self, mask_image: Any, n: int, size: int) -> torch.Tensor:
+        """White (or opaque-marked) pixels = repaint; returns (n, 1, size, size) with 1 where the model may paint."""
         mask = np.asarray(mask_image.convert("L").resize((size, size), PIL.Image.BILINEAR), dtype=np.float32)
-        # a native pixel is repainted if any part of it is marked, so nothing marked stays unpainted
+        # a pixel (or latent) is repainted if any part of it is marked, so nothing marked stays unpainted
         t = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
         return t.expand(n, -1, -1, -1).to(self.device, self.unet.dtype)
 
@@ -201,7 +222,7 @@ class ShapesPipeline(DiffusionPipeline):
         # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
         do_cfg = guidance_scale > 1.0
         cond = self.encode_prompt(texts)
-        layout = layout_maps(texts, self.native_size, self.layout_channels).to(self.device, self.unet.dtype)
+        layout = layout_maps(texts, self.latent_size, self.layout_channels).to(self.device, self.unet.dtype)
         if do_cfg:
             cond = torch.cat([self.encode_prompt(negs), cond])
             # the unconditional half has no layout, so guidance pushes towards the caption's layout too
@@ -216,12 +237,16 @@ class ShapesPipeline(DiffusionPipeline):
             if hasattr(self.scheduler, "set_begin_index"):
                 self.scheduler.set_begin_index(start)
 
-        # 4. prepare latents (pixel space: the latents are the image)
-        size = self.native_size
+        # 4. prepare latents (version 1: the latents are the picture)
+        size = self.latent_size
         shape = (batch, self.unet.config.out_channels, size, size)
         noise = _randn(shape, generator, self.device, self.unet.dtype)
-        original = self._to_pixels(image, batch) if image is not None else None
-        mask = self._to_mask(mask_image, batch) if mask_image is not None else None
+        if isinstance(image, torch.Tensor) and image.shape[1] == self.unet.config.out_channels:
+            original_pixels, original = None, image.to(self.device, self.unet.dtype)  # latents, as they are
+        else:
+            original_pixels = self._to_pixels(image, batch) if image is not None else None
+            original = self.encode_image(original_pixels) if image is not None else None
+        mask = self._to_mask(mask_image, batch, size) if mask_image is not None else None
         if original is not None and mask is None and strength < 1.0:
             latents = self.scheduler.add_noise(original, noise, timesteps[:1].repeat(batch))
         else:
@@ -253,9 +278,10 @@ class ShapesPipeline(DiffusionPipeline):
                 latents = out.pop("latents", latents)
 
         # 6. decode and post-process
-        pixels = (latents.clamp(-1, 1) + 1) / 2
-        if mask is not None:
-            pixels = mask * pixels + (1 - mask) * (original + 1) / 2
+        pixels = (self.decode_latents(latents) + 1) / 2
+        if mask is not None and original_pixels is not None:  # the unmasked pixels stay exactly the original's
+            full = self._to_mask(mask_image, batch, self.native_size)
+            pixels = full * pixels + (1 - full) * (original_pixels + 1) / 2
         arrays = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
         images = arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]
         self.maybe_free_model_hooks()
