@@ -666,8 +666,10 @@ class DiffusersProvider(Provider):
             details["embeddings"] = used
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
         outputs = [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+        # the hires fix's latent upscale: where the second pass can denoise latents at the larger size (hires
+        # requests run alone: one output)
         if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \
-                and final.get("latents") is not None:  # hires requests run alone: one output
+                and not spec.family.keeps_native_size and final.get("latents") is not None:
             outputs[0].latents = [latent.detach().cpu() for latent in final["latents"]]
         return outputs
 
