@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 IMAGE_UPSCALERS = ("lanczos", "bicubic", "nearest")
 # the hires fix's latent upscalers (A1111's "Latent ..."): the first pass's latents interpolated (torch's mode,
 # antialiased or not), then denoised at the larger size; where a model's latents cannot be (FLUX's are packed), the
-# picture is resized with the nearest image filter instead, said in a warning
+# picture is resized with the same interpolation instead, said in a warning
 LATENT_UPSCALERS = {"latent": ("bilinear", False), "latent-antialiased": ("bilinear", True),
                     "latent-bicubic": ("bicubic", False), "latent-bicubic-antialiased": ("bicubic", True),
                     "latent-nearest": ("nearest", False), "latent-nearest-exact": ("nearest-exact", False)}

@@ -162,6 +162,8 @@ def test_hires_fix_on_sd15_through_every_front(sd15, easel_home):
         expected = easel.generate("a lighthouse", size="64x64", steps=2, seed=6, model="tiny", hires_scale=1.5,
                                   hires_upscaler="latent-bicubic", hires_strength=0.7, save=False)
         assert latent.image.size == (96, 96) and not latent.info["warnings"]
+        modes = [m["name"] for m in api.session.get(f"{base}/sdapi/v1/latent-upscale-modes").json()]
+        assert modes[0] == "Latent" and "Latent (bicubic antialiased)" in modes and len(modes) == 6
         assert np.array_equal(np.asarray(latent.image), np.asarray(expected[0].image))
         bigger = api.extra_single_image(picture(), upscaler_1="x4", upscaling_resize=4)
         assert bigger.image.size == (128, 128)

@@ -24,7 +24,7 @@ from .. import masks
 from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, is_hub_id, lora_files, model_folders, names_a_file,
                        upscaler_names)
 from ..control import PREPROCESSORS, ControlUnit, IPAdapter, png_base64, preprocess
-from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS
+from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS, LATENT_UPSCALERS
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
 from ..metadata import a1111_parameters, encode_image
@@ -519,6 +519,12 @@ def upscalers(request: Request) -> list[dict[str, Any]]:
     return [{"name": name.capitalize() if name != "lanczos" else "Lanczos", "model_name": None, "model_path": None,
              "model_url": None, "scale": 4} for name in IMAGE_UPSCALERS] + [
         {"name": name, "model_name": name, "model_path": None, "model_url": None, "scale": 4} for name in models]
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, Any]]:
+    """The hires fix's latent upscalers by A1111's names ("Latent (bicubic)", ...), which `hr_upscaler` takes."""
+    return [{"name": name.capitalize()} for name, easel in A1111_UPSCALERS.items() if easel in LATENT_UPSCALERS]
 
 
 class ExtraSingleImageRequest(BaseModel):
