@@ -125,6 +125,9 @@ def test_without_spandrel_the_error_says_what_to_install(easel_home):
     with pytest.raises(UnsupportedError, match=r"pip install 'easel\[esrgan\]'") as caught:
         easel.upscale(picture(), upscaler="4x-any")
     assert caught.value.param == "upscaler"
+    with pytest.raises(UnsupportedError, match="spandrel") as caught:  # refused before it is queued
+        easel.generate("a red circle", model="builtin", hires_scale=2, hires_upscaler="4x-any", save=False)
+    assert caught.value.param == "hires_upscaler"
 
 
 def _png(image: Image.Image) -> bytes:

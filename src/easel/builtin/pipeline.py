@@ -280,7 +280,7 @@ class ShapesPipeline(DiffusionPipeline):
         # 6. decode and post-process
         pixels = (self.decode_latents(latents) + 1) / 2
         if mask is not None and original_pixels is not None:  # the unmasked pixels stay exactly the original's
-            full = self._to_mask(mask_image, batch, self.native_size)
+            full = mask if size == self.native_size else self._to_mask(mask_image, batch, self.native_size)
             pixels = full * pixels + (1 - full) * (original_pixels + 1) / 2
         arrays = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
         images = arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]

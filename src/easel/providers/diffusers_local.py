@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import os
@@ -362,10 +363,11 @@ class DiffusersProvider(Provider):
         """An upscaler model: a single file of the upscalers folder (ESRGAN family; by its stem or file name, or its
         path where the request check allows one), else a pipeline folder (SD's x4 upscaler; see `_named_folder`)."""
         files = upscaler_files(self.upscalers_dir)
-        if name in files:
-            return files[name]
         path = Path(name).expanduser() if names_a_file(name) else (self.upscalers_dir or Path("-")) / name
+        path = files.get(name, path)
         if path.suffix.lower() in UPSCALER_FILES and path.is_file():
+            if not _spandrel_imports():  # refused before the job is queued
+                raise _without_spandrel(name, param)
             return path
         return _named_folder(name, self.upscalers_dir, UPSCALER_MARKER, "upscaler", param, self.hf_token, download,
                              upscaler_names(self.upscalers_dir))
@@ -705,11 +707,8 @@ def _load_spandrel(path: Path, name: str, device: str, dtype) -> LoadedPipeline:
     """An ESRGAN-family upscaler file through spandrel (which reads the architecture and its size from the weights;
     a `.pth` is unpickled with spandrel's restricted unpickler, which builds no other objects), in half precision
     where the architecture allows it."""
-    try:
-        import spandrel
-    except ImportError:  # torchvision, which spandrel needs, has no CPU build for every torch release
-        raise UnsupportedError(f"The upscaler {name!r} is a single-file (ESRGAN-family) model, which Easel loads with "
-                               "spandrel: pip install 'easel[esrgan]'.", param="upscaler") from None
+    import spandrel  # `upscaler_model` made sure it imports
+
     started = time.perf_counter()
     try:
         model = spandrel.ModelLoader().load_from_file(path)
@@ -723,6 +722,23 @@ def _load_spandrel(path: Path, name: str, device: str, dtype) -> LoadedPipeline:
         model.half()
     nbytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
     return LoadedPipeline(model, None, {}, nbytes, time.perf_counter() - started)
+
+
+@functools.lru_cache(maxsize=1)
+def _spandrel_imports() -> bool:
+    """Whether spandrel imports: it may be missing, or installed with a torchvision that does not import beside
+    this torch (PyPI's Linux torchvision is a CUDA build)."""
+    try:
+        import spandrel  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+def _without_spandrel(name: str, param: str) -> UnsupportedError:
+    return UnsupportedError(f"The upscaler {name!r} is a single-file (ESRGAN-family) model, which Easel loads with "
+                            "spandrel: pip install 'easel[esrgan]' (spandrel needs a torchvision that imports beside "
+                            "this torch).", param=param)
 
 
 def _spandrel_upscale(model, image):
