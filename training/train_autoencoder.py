@@ -8,6 +8,10 @@ random crops of the pictures and runs on whole ones. Its decoder is small, becau
 Easel makes (the spec's 0.5 s an image includes it). The loss is L1 on the pixels plus a little KL; the edge-width
 measure of `shapes.edge_width` is logged on whole pictures at every checkpoint.
 
+`--decoder-from FOLDER` trains only that autoencoder's decoder, on its encoder's latents (the mode of the posterior,
+as the denoiser's bank holds them), so that a denoiser trained on those latents stays valid; `--edge-weight` weighs
+the loss near edges, where a soft decoder costs sharpness but little L1.
+
 Resumable: every `--save-every` steps the weights, their EMA, the optimiser and the random states go to
 `OUT/state.pt` (written whole, then renamed), and `OUT/vae` holds the EMA autoencoder in diffusers' layout. Run
 the same command again to go on from there; everything is scheduled by step, not by wall clock.
@@ -82,6 +86,14 @@ def evaluate(vae: AutoencoderKL, count: int, seed: int) -> dict[str, float]:
                                                      if w is not None])), 3)}
 
 
+def edge_band(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): 1 within 2 pixels of a colour change in the pictures `x`, 0 in flat areas."""
+    step_y = (x[:, :, 1:] - x[:, :, :-1]).abs().amax(1, keepdim=True) > 0.05
+    step_x = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().amax(1, keepdim=True) > 0.05
+    change = F.pad(step_y.float(), (0, 0, 0, 1)) + F.pad(step_x.float(), (0, 1, 0, 0))
+    return (F.max_pool2d(change, 5, stride=1, padding=2) > 0).float()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4000)
@@ -90,6 +102,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--kl", type=float, default=1e-6)
+    ap.add_argument("--edge-weight", type=float, default=0.0,
+                    help="extra weight of the L1 loss within 2 pixels of an edge (flat areas weigh 1)")
+    ap.add_argument("--decoder-from", type=Path, default=None,
+                    help="train only the decoder of this autoencoder: its encoder (its latents) stays as it is")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
@@ -99,9 +115,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    vae = build_vae()
+    vae = AutoencoderKL.from_pretrained(args.decoder_from) if args.decoder_from else build_vae()
+    trained = list(vae.parameters())
+    if args.decoder_from:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     ema = copy.deepcopy(vae).eval()
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     rng, start = random.Random(args.seed), 0
     torch.manual_seed(args.seed)
     state_file = args.out / "state.pt"
@@ -120,9 +141,15 @@ def main() -> None:
     started = time.time()
     for step in range(start, args.steps):
         x = crops(pictures(rng, args.batch), args.crop, rng)
-        posterior = vae.encode(x).latent_dist
-        out = vae.decode(posterior.sample()).sample
-        recon = F.l1_loss(out, x)
+        if args.decoder_from:
+            with torch.no_grad():
+                posterior = vae.encode(x).latent_dist
+            out = vae.decode(posterior.mode()).sample  # what the denoiser learns to make, from the bank
+        else:
+            posterior = vae.encode(x).latent_dist
+            out = vae.decode(posterior.sample()).sample
+        weight = 1 + args.edge_weight * edge_band(x) if args.edge_weight else torch.ones_like(x[:, :1])
+        recon = ((out - x).abs() * weight).mean() / weight.mean()
         kl = posterior.kl().mean()
         loss = recon + args.kl * kl
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
@@ -130,7 +157,7 @@ def main() -> None:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(vae.parameters()),
