@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import shapes  # noqa: E402
-from easel.builtin.pipeline import ShapesPipeline, layout_maps  # noqa: E402
+from easel.builtin.pipeline import RegionAttnProcessor, ShapesPipeline, layout_maps, region_kwargs  # noqa: E402
 
 TRAIN_TIMESTEPS = 1000
 
@@ -215,8 +215,12 @@ def main() -> None:
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     ap.add_argument("--vae", type=Path, default=None, help="version 2: denoise this autoencoder's latents")
     ap.add_argument("--bank", type=int, default=40_000, help="version 2: scenes drawn and encoded for training")
+    ap.add_argument("--region-attention", action="store_true",
+                    help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
 
+    if args.region_attention and args.layout_channels < 2:
+        ap.error("--region-attention needs the two layout channels")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -237,6 +241,8 @@ def main() -> None:
     else:
         text_encoder = build_text_encoder(len(shapes.VOCABULARY))
         unet = build_unet(args.layout_channels, channels)
+    if args.region_attention:
+        unet.set_attn_processor(RegionAttnProcessor())
     train_sched, sample_sched = build_schedulers()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     n_params = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
@@ -268,7 +274,10 @@ def main() -> None:
         target = train_sched.get_velocity(x0, noise, t)
         if args.layout_channels:
             xt = torch.cat([xt, layout_maps(texts, xt.shape[-1], args.layout_channels)], dim=1)
-        pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        regions = None
+        if args.region_attention:
+            regions = region_kwargs(texts, xt[:, -args.layout_channels:], ids.shape[1])
+        pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0], cross_attention_kwargs=regions).sample
         loss = F.mse_loss(pred, target)
 
         for group in opt.param_groups:
@@ -290,7 +299,7 @@ def main() -> None:
         last = step == args.steps - 1 or (args.stop_after is not None and step + 1 >= args.stop_after)
         if (step + 1) % args.eval_every == 0 or last:
             pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched,
-                                  vae=vae)
+                                  vae=vae, region_attention=args.region_attention)
             pipe.set_progress_bar_config(disable=True)
             tmp = args.out / "checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

@@ -119,3 +119,38 @@ def test_noise_is_drawn_on_the_generators_device_as_cuda_requires(monkeypatch):
     on_cpu = _randn((2, 3, 4, 4), [torch.Generator("cpu").manual_seed(s) for s in (1, 2)], torch.device("cpu"),
                     torch.float32)
     assert torch.equal(on_cpu[1:], real((1, 3, 4, 4), generator=torch.Generator("cpu").manual_seed(2)))
+
+
+def test_region_attention_keeps_each_shapes_words_in_its_own_region():
+    """With region-restricted cross-attention, the upper half of "a red circle above a blue square" cannot see
+    "blue" or "square" (changing their embeddings leaves it as it was) while the lower half does, and the other
+    way round; a caption of one shape is not restricted."""
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    from easel.builtin.pipeline import RegionAttnProcessor, layout_maps, phrase_tokens, region_kwargs
+
+    text = "a red circle above a blue square on a green background"
+    assert phrase_tokens([text], 20)[0].nonzero().tolist() == [[0, 2], [0, 3], [1, 6], [1, 7]]
+    assert phrase_tokens(["a green background with a small red circle to the left of a blue square"], 20)[0] \
+        .nonzero().tolist() == [[0, 6], [0, 7], [0, 8], [1, 14], [1, 15]]
+    assert not phrase_tokens(["a red circle at the top on a blue background"], 20).any()
+
+    torch.manual_seed(0)
+    attn = Attention(16, cross_attention_dim=8, heads=2, dim_head=8, processor=RegionAttnProcessor())
+    pixels, words = torch.randn(1, 64, 16), torch.randn(1, 20, 8)
+    kwargs = region_kwargs([text], layout_maps([text], 8), 20)
+    changed = words.clone()
+    changed[0, 6:8] += 5  # the second shape's words
+    top, bottom = slice(0, 32), slice(32, 64)  # rows 0-3 and 4-7 of the 8x8 grid
+    before, after = attn(pixels, words, **kwargs), attn(pixels, changed, **kwargs)
+    assert torch.allclose(before[0, top], after[0, top]) and not torch.allclose(before[0, bottom], after[0, bottom])
+    changed = words.clone()
+    changed[0, 2:4] += 5  # the first shape's words
+    after = attn(pixels, changed, **kwargs)
+    assert torch.allclose(before[0, bottom], after[0, bottom]) and not torch.allclose(before[0, top], after[0, top])
+    one = "a red circle at the top on a blue background"
+    plain = Attention(16, cross_attention_dim=8, heads=2, dim_head=8)
+    plain.load_state_dict(attn.state_dict())
+    assert torch.allclose(attn(pixels, words, **region_kwargs([one], layout_maps([one], 8), 20)),
+                          plain(pixels, words))

@@ -5,6 +5,7 @@ with `ShapesPipeline.from_pretrained(folder)` like any diffusers pipeline. Versi
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -68,6 +70,54 @@ def layout_maps(texts: list[str], size: int, channels: int = 2) -> torch.Tensor:
     return maps
 
 
+_SHARED_WORDS = {"a", "an", "the", "on", "at", "in", "of", "to", "with", "background", "above", "below", "left",
+                 "right", "top", "bottom", "center"}
+
+
+def phrase_tokens(texts: list[str], length: int) -> torch.Tensor:
+    """(len(texts), 2, length): 1 at the token positions of the first and of the second shape's own words (colour,
+    kind, size) in a two-shape caption, after <bos>; 0 elsewhere, and everywhere for a caption of one shape. The
+    background's colour (the word before "background") and the layout words are shared."""
+    out = torch.zeros(len(texts), 2, length)
+    for i, text in enumerate(texts):
+        words = _WORD.findall(text.lower())
+        relation = next((j for j, w in enumerate(words) if w in ("above", "below")), None)
+        if relation is None and "of" in words:
+            relation = next((j for j, w in enumerate(words) if w == "to" and words[j + 1:j + 4][-1:] == ["of"]),
+                            None)
+        if relation is None:
+            continue
+        background = {j - 1 for j, w in enumerate(words) if w == "background"}
+        for j, word in enumerate(words):
+            if word not in _SHARED_WORDS and j not in background and j != relation and j + 1 < length:
+                out[i, 0 if j < relation else 1, j + 1] = 1
+    return out
+
+
+class RegionAttnProcessor(AttnProcessor2_0):
+    """Cross-attention in which the pixels of each shape's layout region do not see the other shape's words, so
+    that "a red circle above a blue square" binds red and circle to the upper half (regional prompting). The words
+    still carry colour, kind and size only through the text encoder. `region` = (layout maps, phrase tokens),
+    passed as `cross_attention_kwargs`; self-attention and captions without two shapes are unchanged."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 region: tuple[torch.Tensor, torch.Tensor] | None = None, *args, **kwargs):
+        if encoder_hidden_states is not None and region is not None and hidden_states.ndim == 3:
+            maps, tokens = region
+            side = math.isqrt(hidden_states.shape[1])
+            maps = torch.nn.functional.adaptive_max_pool2d(maps, side).flatten(2)  # (B, 2, HW)
+            blocked = maps[:, 0, :, None] * tokens[:, 1, None, :] + maps[:, 1, :, None] * tokens[:, 0, None, :]
+            bias = torch.zeros_like(blocked).masked_fill(blocked > 0, float("-inf"))
+            attention_mask = bias.to(hidden_states.dtype) if attention_mask is None else attention_mask + bias
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def region_kwargs(texts: list[str], layout: torch.Tensor, length: int) -> dict:
+    """The UNet's `cross_attention_kwargs` for region-restricted cross-attention (see RegionAttnProcessor)."""
+    tokens = phrase_tokens(texts, length).to(layout.device, layout.dtype)
+    return {"region": (layout[:, :2], tokens)}
+
+
 @dataclasses.dataclass
 class ShapesPipelineOutput(BaseOutput):
     """Images, and the prompt words that the model's vocabulary does not know (ignored, one list per prompt)."""
@@ -97,9 +147,14 @@ class ShapesPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerFast,
         scheduler: DPMSolverMultistepScheduler,
         vae: AutoencoderKL | None = None,
+        region_attention: bool = False,
     ):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
+        # a model trained with region-restricted cross-attention (version 2) says so in its model_index.json
+        self.register_to_config(region_attention=region_attention)
+        if region_attention:
+            unet.set_attn_processor(RegionAttnProcessor())
         self._interrupt = False
 
     @property
@@ -227,6 +282,9 @@ class ShapesPipeline(DiffusionPipeline):
             cond = torch.cat([self.encode_prompt(negs), cond])
             # the unconditional half has no layout, so guidance pushes towards the caption's layout too
             layout = torch.cat([torch.zeros_like(layout), layout])
+        regions = None
+        if self.config.get("region_attention") and self.layout_channels >= 2:
+            regions = region_kwargs((negs if do_cfg else []) + texts, layout, cond.shape[1])
 
         # 3. prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -260,7 +318,7 @@ class ShapesPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(model_input, t)
             if self.layout_channels:
                 model_input = torch.cat([model_input, layout], dim=1)
-            pred = self.unet(model_input, t, encoder_hidden_states=cond).sample
+            pred = self.unet(model_input, t, encoder_hidden_states=cond, cross_attention_kwargs=regions).sample
             if do_cfg:
                 uncond, text = pred.chunk(2)
                 pred = uncond + guidance_scale * (text - uncond)
