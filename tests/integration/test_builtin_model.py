@@ -154,3 +154,13 @@ def test_region_attention_keeps_each_shapes_words_in_its_own_region():
     plain.load_state_dict(attn.state_dict())
     assert torch.allclose(attn(pixels, words, **region_kwargs([one], layout_maps([one], 8), 20)),
                           plain(pixels, words))
+
+
+def test_a_model_with_region_attention_keeps_it_when_slicing_is_asked_for():
+    from easel.builtin.pipeline import RegionAttnProcessor, ShapesPipeline
+
+    folder = Path(easel.__file__).parent / "builtin" / "model"
+    pipe = ShapesPipeline.from_pretrained(folder, region_attention=True)
+    pipe.enable_attention_slicing()
+    assert all(isinstance(p, RegionAttnProcessor) for p in pipe.unet.attn_processors.values())
+    assert not ShapesPipeline.from_pretrained(folder).config.region_attention  # version 1's folder: off

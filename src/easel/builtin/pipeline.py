@@ -157,6 +157,12 @@ class ShapesPipeline(DiffusionPipeline):
             unet.set_attn_processor(RegionAttnProcessor())
         self._interrupt = False
 
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Slicing would replace the region-restricted attention processor: with one, the (small) attention stays
+        whole."""
+        if not self.config.get("region_attention"):
+            super().enable_attention_slicing(slice_size)
+
     @property
     def latent_size(self) -> int:
         return int(self.unet.config.sample_size)
