@@ -97,25 +97,32 @@ def phrase_tokens(texts: list[str], length: int) -> torch.Tensor:
 class RegionAttnProcessor(AttnProcessor2_0):
     """Cross-attention in which the pixels of each shape's layout region do not see the other shape's words, so
     that "a red circle above a blue square" binds red and circle to the upper half (regional prompting). The words
-    still carry colour, kind and size only through the text encoder. `region` = (layout maps, phrase tokens),
-    passed as `cross_attention_kwargs`; self-attention and captions without two shapes are unchanged."""
+    still carry colour, kind and size only through the text encoder. `region` = {side: attention bias}, from
+    `region_kwargs`, passed as `cross_attention_kwargs`; self-attention and captions without two shapes are
+    unchanged."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 region: tuple[torch.Tensor, torch.Tensor] | None = None, *args, **kwargs):
-        if encoder_hidden_states is not None and region is not None and hidden_states.ndim == 3:
-            maps, tokens = region
-            side = math.isqrt(hidden_states.shape[1])
-            maps = torch.nn.functional.adaptive_max_pool2d(maps, side).flatten(2)  # (B, 2, HW)
-            blocked = maps[:, 0, :, None] * tokens[:, 1, None, :] + maps[:, 1, :, None] * tokens[:, 0, None, :]
-            bias = torch.zeros_like(blocked).masked_fill(blocked > 0, float("-inf"))
-            attention_mask = bias.to(hidden_states.dtype) if attention_mask is None else attention_mask + bias
+                 region: dict[int, torch.Tensor] | None = None, *args, **kwargs):
+        if encoder_hidden_states is not None and region and hidden_states.ndim == 3:
+            bias = region[math.isqrt(hidden_states.shape[1])].to(hidden_states.dtype)
+            attention_mask = bias if attention_mask is None else attention_mask + bias
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 def region_kwargs(texts: list[str], layout: torch.Tensor, length: int) -> dict:
-    """The UNet's `cross_attention_kwargs` for region-restricted cross-attention (see RegionAttnProcessor)."""
+    """The UNet's `cross_attention_kwargs` for region-restricted cross-attention (see RegionAttnProcessor): an
+    attention bias (-inf where a region's pixel meets the other shape's words) at each of the UNet's sides, made
+    once for all the steps; none where no caption has two shapes."""
     tokens = phrase_tokens(texts, length).to(layout.device, layout.dtype)
-    return {"region": (layout[:, :2], tokens)}
+    if not tokens.any():
+        return {"region": None}
+    biases, side = {}, layout.shape[-1]
+    while side >= 1:
+        maps = torch.nn.functional.adaptive_max_pool2d(layout[:, :2], side).flatten(2)  # (B, 2, HW)
+        blocked = maps[:, 0, :, None] * tokens[:, 1, None, :] + maps[:, 1, :, None] * tokens[:, 0, None, :]
+        biases[side] = torch.zeros_like(blocked).masked_fill(blocked > 0, float("-inf"))
+        side //= 2
+    return {"region": biases}
 
 
 @dataclasses.dataclass
