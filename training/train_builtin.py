@@ -299,7 +299,8 @@ def main() -> None:
         last = step == args.steps - 1 or (args.stop_after is not None and step + 1 >= args.stop_after)
         if (step + 1) % args.eval_every == 0 or last:
             pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched,
-                                  vae=vae, region_attention=args.region_attention)
+                                  vae=vae, region_attention=args.region_attention,
+                                  palette=list(shapes.PALETTE.values()) if vae is not None else None)
             pipe.set_progress_bar_config(disable=True)
             tmp = args.out / "checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

@@ -164,3 +164,35 @@ def test_a_model_with_region_attention_keeps_it_when_slicing_is_asked_for():
     pipe.enable_attention_slicing()
     assert all(isinstance(p, RegionAttnProcessor) for p in pipe.unet.attn_processors.values())
     assert not ShapesPipeline.from_pretrained(folder).config.region_attention  # version 1's folder: off
+
+
+def test_a_palette_model_keeps_its_pictures_to_the_colours_they_are_drawn_in():
+    import torch
+
+    from easel.builtin.pipeline import ShapesPipeline
+
+    folder = Path(easel.__file__).parent / "builtin" / "model"
+    palette = [list(c) for c in shapes.PALETTE.values()]
+    pipe = ShapesPipeline.from_pretrained(folder, palette=palette)
+    white, black, red = (torch.tensor(shapes.PALETTE[c], dtype=torch.float32) / 255 for c in ("white", "black", "red"))
+    # a black square on white whose edges ramp over 6 pixels (their middle lies nearer purple than either),
+    # a red bar, and a few stray pixels of a colour the picture is not drawn in
+    x = torch.arange(64.0)
+    ramp = torch.clamp((x - 16.5) / 6, 0, 1) * torch.clamp((47.5 - x) / 6, 0, 1)
+    cover = ramp[:, None] * ramp[None, :]
+    img = white[:, None, None] * (1 - cover) + black[:, None, None] * cover
+    img[:, 56:60, 8:56] = red[:, None, None]
+    img[:, 2, 2] = torch.tensor(shapes.PALETTE["green"]) / 255
+    out = pipe.keep_to_palette(img[None])[0]
+    arr = (out.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    colours = {tuple(int(v) for v in c) for c in arr.reshape(-1, 3)}
+    assert colours == {shapes.PALETTE["white"], shapes.PALETTE["black"], shapes.PALETTE["red"]}
+    assert shapes.edge_width(arr) == 0
+    inside = (arr == shapes.PALETTE["black"]).all(-1)
+    inside[2, 2] = False  # the stray pixel: the nearest colour the picture has
+    ys, xs = np.nonzero(inside)  # the edge falls where the ramp is halfway, as the square's did
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 44, 20, 44)
+    # a picture in no palette colour, and a model without a palette, are left as they are
+    noise = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pipe.keep_to_palette(noise), noise)
+    assert torch.equal(ShapesPipeline.from_pretrained(folder).keep_to_palette(img[None]), img[None])

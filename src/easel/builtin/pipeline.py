@@ -155,11 +155,14 @@ class ShapesPipeline(DiffusionPipeline):
         scheduler: DPMSolverMultistepScheduler,
         vae: AutoencoderKL | None = None,
         region_attention: bool = False,
+        palette: list[list[int]] | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
         # a model trained with region-restricted cross-attention (version 2) says so in its model_index.json
         self.register_to_config(region_attention=region_attention)
+        # a model whose world is drawn in a fixed palette (version 2) lists it: its pictures keep to those colours
+        self.register_to_config(palette=[list(map(int, c)) for c in palette] if palette else None)
         if region_attention:
             unet.set_attn_processor(RegionAttnProcessor())
         self._interrupt = False
@@ -188,10 +191,30 @@ class ShapesPipeline(DiffusionPipeline):
         return self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents as pictures (-1..1)."""
+        """Latents as pictures (-1..1). The latents are extended by one (repeated) latent pixel on each side and
+        the picture cropped back: the decoder's zero padding otherwise tints the outermost row of pixels."""
         if self.vae is None:
             return latents.clamp(-1, 1)
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        padded = torch.nn.functional.pad(latents / self.vae.config.scaling_factor, (1, 1, 1, 1), mode="replicate")
+        pixels = self.vae.decode(padded).sample.clamp(-1, 1)
+        return pixels[..., factor:-factor, factor:-factor]
+
+    def keep_to_palette(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pictures (0..1) whose every pixel is the nearest of the palette colours that the picture itself is
+        drawn in (a colour counts when at least 0.2% of its pixels lie within 24 of it, the spec's tolerance): a
+        flat-colour world's edges then stay hard instead of blending over the decoder's few pixels of uncertainty.
+        Without a palette in the model's config, or where no colour counts, the pixels stay as they are."""
+        if not self.config.get("palette"):
+            return pixels
+        palette = torch.tensor(self.config.palette, dtype=torch.float32, device=pixels.device) / 255
+        b, _, h, w = pixels.shape
+        flat = pixels.float().permute(0, 2, 3, 1).reshape(b, h * w, 3)
+        dist = torch.cdist(flat, palette.expand(b, -1, -1))  # (b, h*w, colours)
+        present = (dist <= 24 / 255).sum(1) >= 0.002 * h * w  # (b, colours)
+        nearest = dist.masked_fill(~present[:, None, :], float("inf")).argmin(-1)
+        snapped = palette[nearest].reshape(b, h, w, 3).permute(0, 3, 1, 2).to(pixels.dtype)
+        return torch.where(present.any(1)[:, None, None, None], snapped, pixels)
 
     @property
     def layout_channels(self) -> int:
@@ -349,7 +372,7 @@ class ShapesPipeline(DiffusionPipeline):
                 latents = out.pop("latents", latents)
 
         # 6. decode and post-process
-        pixels = (self.decode_latents(latents) + 1) / 2
+        pixels = self.keep_to_palette((self.decode_latents(latents) + 1) / 2)
         if mask is not None and original_pixels is not None:  # the unmasked pixels stay exactly the original's
             full = mask if size == self.native_size else self._to_mask(mask_image, batch, self.native_size)
             pixels = full * pixels + (1 - full) * (original_pixels + 1) / 2
