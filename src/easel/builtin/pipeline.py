@@ -201,20 +201,23 @@ class ShapesPipeline(DiffusionPipeline):
         return pixels[..., factor:-factor, factor:-factor]
 
     def keep_to_palette(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pictures (0..1) whose every pixel is the nearest of the palette colours that the picture itself is
-        drawn in (a colour counts when at least 0.2% of its pixels lie within 24 of it, the spec's tolerance): a
-        flat-colour world's edges then stay hard instead of blending over the decoder's few pixels of uncertainty.
-        Without a palette in the model's config, or where no colour counts, the pixels stay as they are."""
+        """Pictures (0..1) whose every pixel is the nearest palette colour that the picture is drawn in nearby: a
+        colour counts where a pixel within 6 lies within 24 of it (the spec's tolerance) and it covers at least
+        0.2% of the picture. A flat-colour world's edges then stay hard instead of blending over the decoder's few
+        pixels of uncertainty, and an edge between two colours never takes a third's. Without a palette in the
+        model's config the pixels stay as they are, and so does a pixel with no such colour nearby."""
         if not self.config.get("palette"):
             return pixels
         palette = torch.tensor(self.config.palette, dtype=torch.float32, device=pixels.device) / 255
         b, _, h, w = pixels.shape
         flat = pixels.float().permute(0, 2, 3, 1).reshape(b, h * w, 3)
-        dist = torch.cdist(flat, palette.expand(b, -1, -1))  # (b, h*w, colours)
-        present = (dist <= 24 / 255).sum(1) >= 0.002 * h * w  # (b, colours)
-        nearest = dist.masked_fill(~present[:, None, :], float("inf")).argmin(-1)
-        snapped = palette[nearest].reshape(b, h, w, 3).permute(0, 3, 1, 2).to(pixels.dtype)
-        return torch.where(present.any(1)[:, None, None, None], snapped, pixels)
+        dist = torch.cdist(flat, palette.expand(b, -1, -1)).transpose(1, 2).reshape(b, -1, h, w)  # (b, colours, h, w)
+        drawn = dist <= 24 / 255
+        drawn &= drawn.sum((2, 3), keepdim=True) >= 0.002 * h * w
+        nearby = torch.nn.functional.max_pool2d(drawn.float(), kernel_size=13, stride=1, padding=6) > 0
+        nearest = dist.masked_fill(~nearby, float("inf")).argmin(1)  # (b, h, w)
+        snapped = palette[nearest].permute(0, 3, 1, 2).to(pixels.dtype)
+        return torch.where(nearby.any(1, keepdim=True), snapped, pixels)
 
     @property
     def layout_channels(self) -> int:
