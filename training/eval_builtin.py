@@ -8,8 +8,8 @@ captions) and OUT/grid.png (samples with their prompts), and prints the table fo
 
 A model with an autoencoder (version 2) is held to the spec's raised targets as well: native 256x256 output, the
 edge width (`shapes.edge_width`, <= 2 pixels on average over every image), the two-shape captions (both colours,
-the relation, both kinds), and captions without their optional words (`optional_words`: a visible shape in a colour
-other than the background's, every time).
+the relation, both kinds), and captions without their optional words (`optional_words`: size, position and the
+background each left out half the time; a visible shape in a colour other than the background's, every time).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MAX_EDGE_WIDTH, V2_SIDE = 2.0, 256
 
 def build_cases(n: int, seeds: int, seed: int, v2: bool) -> dict[str, list[tuple[shapes.Scene, str, int]]]:
     """Prompts of each kind, every attribute named; version 2 adds as many two-shape prompts (version 1: half as
-    many) and single-shape prompts whose size and position words are each left out half the time."""
+    many) and single-shape prompts whose size, position and background words are each left out half the time."""
     rng = random.Random(seed)
     cases: dict[str, list] = {"seen": [], "held_out": [], "two_shapes": []}
     if v2:
@@ -57,7 +57,7 @@ def build_cases(n: int, seeds: int, seed: int, v2: bool) -> dict[str, list[tuple
         for i in range(count):
             scene = shapes.sample_scene(rng, held_out=split == "held_out" or (split == "optional_words" and i % 4 == 0),
                                         two_shapes=split == "two_shapes", p_size=named, p_position=named)
-            prompt = shapes.caption(scene, rng)
+            prompt = shapes.caption(scene, rng, p_background=named)
             for s in range(seeds):
                 cases[split].append((scene, prompt, 1000 * i + s))
     return cases

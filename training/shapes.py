@@ -81,18 +81,21 @@ def sample_scene(rng: random.Random, *, held_out: bool = False, two_shapes: bool
     return Scene(background, [Shape(colour, kind, size, position)])
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """A caption in one of the spec's word orders."""
+def caption(scene: Scene, rng: random.Random, p_background: float = 1.0) -> str:
+    """A caption in one of the spec's word orders; with `p_background` < 1, the background goes unnamed the rest of
+    the time ("a red circle"), as users write: the model then chooses it, in a colour other than the shapes'."""
     bg = scene.background
+    named = p_background >= 1.0 or rng.random() < p_background
+    on_bg = f" on a {bg} background" if named else ""
     if scene.relation is not None:
         a, b = scene.shapes
-        return f"a {a.colour} {a.kind} {RELATIONS[scene.relation]} a {b.colour} {b.kind} on a {bg} background"
+        return f"a {a.colour} {a.kind} {RELATIONS[scene.relation]} a {b.colour} {b.kind}{on_bg}"
     s = scene.shapes[0]
     noun = " ".join(w for w in (s.size, s.colour, s.kind) if w)
     where = f" {POSITION_PHRASES[s.position]}" if s.position else ""
     article = "an" if noun[0] in "aeiou" else "a"
-    if rng.random() < 0.75:
-        return f"{article} {noun}{where} on a {bg} background"
+    if not named or rng.random() < 0.75:
+        return f"{article} {noun}{where}{on_bg}"
     return f"a {bg} background with {article} {noun}{where}"
 
 

@@ -117,17 +117,18 @@ def init_from(folder: Path, layout_channels: int, channels: int = 3) -> tuple[UN
     return unet, CLIPTextModel.from_pretrained(folder / "text_encoder")
 
 
-def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = None
+def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = None, p_no_background: float = 0.0
                ) -> tuple[list[str], torch.Tensor]:
     """Captions and what the UNet learns to make: pictures drawn now (version 1), or latents from the bank."""
+    p_background = 1.0 - p_no_background
     if bank is not None:
         picks = [rng.randrange(len(bank["scenes"])) for _ in range(size)]
-        texts = [shapes.caption(bank["scenes"][i], rng) for i in picks]
+        texts = [shapes.caption(bank["scenes"][i], rng, p_background) for i in picks]
         return texts, bank["latents"][picks].float()
     texts, images = [], []
     for _ in range(size):
         scene = shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
-        texts.append(shapes.caption(scene, rng))
+        texts.append(shapes.caption(scene, rng, p_background))
         images.append(shapes.render(scene, rng))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return texts, pixels
@@ -176,7 +177,8 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 def quick_eval(pipe: ShapesPipeline, n: int, seed: int, two_shapes: bool = False) -> dict[str, float]:
     """Scores on `n` single-shape prompts (half of them held-out pairs); with `two_shapes`, on `n` two-shape
-    prompts too (keys `two_*`), and the mean edge width (`edge_width`)."""
+    prompts too (keys `two_*`), the mean edge width (`edge_width`) and how often a caption without a background
+    shows its shape (`unnamed_background_visible`, on n/2)."""
     rng = random.Random(seed)
     kinds = [False, True] if two_shapes else [False]
     totals: dict[str, list] = {}
@@ -192,6 +194,13 @@ def quick_eval(pipe: ShapesPipeline, n: int, seed: int, two_shapes: bool = False
             width = shapes.edge_width(img) if two_shapes else None
             if width is not None:
                 totals.setdefault("edge_width", []).append(width)
+    if two_shapes:  # version 2: a caption that leaves the background unnamed still shows its shape
+        scenes = [shapes.sample_scene(rng) for _ in range(n // 2)]
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(len(scenes))]
+        images = pipe([shapes.caption(s, rng, p_background=0.0) for s in scenes], generator=gens,
+                      output_type="np").images
+        readings = [shapes.read_image(img, 1) for img in images]
+        totals["unnamed_background_visible"] = [bool(r.colours) and r.colours[0] != r.background for r in readings]
     return {k: round(float(np.mean(v)), 3) for k, v in totals.items()}
 
 
@@ -204,6 +213,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--two-shapes", type=float, default=0.2, help="fraction of two-shape scenes")
+    ap.add_argument("--no-background", type=float, default=0.0,
+                    help="fraction of captions that leave the background unnamed")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -264,7 +275,7 @@ def main() -> None:
     started = time.time()
 
     for step in range(start, args.steps):
-        texts, x0 = make_batch(rng, args.batch, args.two_shapes, bank)
+        texts, x0 = make_batch(rng, args.batch, args.two_shapes, bank, args.no_background)
         texts = ["" if rng.random() < args.caption_dropout else t for t in texts]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids

@@ -980,7 +980,7 @@ def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: lis
     space = spec.family.latent_space
     latents = latents[indices]
     with torch.no_grad():
-        if space == "pixels":
+        if space == "pixels" or getattr(pipe, "vae", "") is None:  # no autoencoder: the latents are pixels
             x = latents
         elif space in ("vae", "vae-packed"):
             vae = tiny or pipe.vae  # a tiny VAE's config carries the scaling its family's latents need
