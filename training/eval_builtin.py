@@ -123,6 +123,7 @@ def main() -> None:
             if split == "optional_words":
                 found = shapes.read_image(img, 1)
                 totals.setdefault("visible", []).append(bool(found.colours) and found.colours[0] != found.background)
+                totals.setdefault("shape_colour", []).append(found.colours[:1] == [scene.shapes[0].colour])
             else:
                 for key, ok in shapes.score(scene, img).items():
                     totals.setdefault(key, []).append(ok)
@@ -153,7 +154,8 @@ def main() -> None:
         print(f"| {key} | " + " | ".join(f"{v:.1%}" for v in row) + " |")
     print(f"native side {report['native_side']}, edge width {report['edge_width']} (version 2: <= {MAX_EDGE_WIDTH})")
     if v2:
-        print(f"optional words: {report['splits']['optional_words']['accuracy']['visible']:.1%} visible")
+        optional = report["splits"]["optional_words"]["accuracy"]
+        print(f"optional words: {optional['visible']:.1%} visible, {optional['shape_colour']:.1%} in its colour")
     verdict = {s: report["splits"][s].get("meets_targets") for s in targets}
     if v2:
         verdict["output"] = report["meets_v2_output"]

@@ -311,7 +311,7 @@ def main() -> None:
         if (step + 1) % args.eval_every == 0 or last:
             pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched,
                                   vae=vae, region_attention=args.region_attention,
-                                  palette=list(shapes.PALETTE.values()) if vae is not None else None)
+                                  palette=shapes.PALETTE if vae is not None else None)
             pipe.set_progress_bar_config(disable=True)
             tmp = args.out / "checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

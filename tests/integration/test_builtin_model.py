@@ -190,8 +190,7 @@ def test_a_palette_model_keeps_its_pictures_to_the_colours_they_are_drawn_in():
     from easel.builtin.pipeline import ShapesPipeline
 
     folder = Path(easel.__file__).parent / "builtin" / "model"
-    palette = [list(c) for c in shapes.PALETTE.values()]
-    pipe = ShapesPipeline.from_pretrained(folder, palette=palette)
+    pipe = ShapesPipeline.from_pretrained(folder, palette=shapes.PALETTE)
     white, black, red = (torch.tensor(shapes.PALETTE[c], dtype=torch.float32) / 255 for c in ("white", "black", "red"))
     # a black square on white whose edges ramp over 6 pixels (their middle lies nearer purple than either),
     # a red bar, and a few stray pixels of a colour the picture is not drawn in
@@ -214,3 +213,15 @@ def test_a_palette_model_keeps_its_pictures_to_the_colours_they_are_drawn_in():
     noise = 0.45 + 0.1 * torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # greys
     assert torch.equal(pipe.keep_to_palette(noise), noise)
     assert torch.equal(ShapesPipeline.from_pretrained(folder).keep_to_palette(img[None]), img[None])
+
+
+def test_a_caption_without_a_background_steers_the_background_away_from_its_colours():
+    from easel.builtin.pipeline import ShapesPipeline
+
+    folder = Path(easel.__file__).parent / "builtin" / "model"
+    pipe = ShapesPipeline.from_pretrained(folder, palette=shapes.PALETTE)
+    assert pipe.steer_background("a red circle", "") == "on a red background"
+    assert pipe.steer_background("a blue triangle above a red circle", "blue") == \
+        "blue on a blue background on a red background"
+    assert pipe.steer_background("a red circle on a blue background", "green") == "green"
+    assert ShapesPipeline.from_pretrained(folder, palette=None).steer_background("a red circle", "") == ""

@@ -141,7 +141,8 @@ def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]
 
 
 class ShapesPipeline(DiffusionPipeline):
-    """Easel's built-in model: coloured shapes from captions, in pixel space (see shared/specs/builtin-model.md)."""
+    """Easel's built-in model: coloured shapes from captions, denoised in pixels (version 1) or in its autoencoder's
+    latents (version 2); see shared/specs/builtin-model.md."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["vae"]
@@ -155,14 +156,14 @@ class ShapesPipeline(DiffusionPipeline):
         scheduler: DPMSolverMultistepScheduler,
         vae: AutoencoderKL | None = None,
         region_attention: bool = False,
-        palette: list[list[int]] | None = None,
+        palette: dict[str, list[int]] | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
         # a model trained with region-restricted cross-attention (version 2) says so in its model_index.json
         self.register_to_config(region_attention=region_attention)
-        # a model whose world is drawn in a fixed palette (version 2) lists it: its pictures keep to those colours
-        self.register_to_config(palette=[list(map(int, c)) for c in palette] if palette else None)
+        # a model whose world is drawn in a fixed palette (version 2) names its colours: its pictures keep to them
+        self.register_to_config(palette={name: list(map(int, c)) for name, c in palette.items()} if palette else None)
         if region_attention:
             unet.set_attn_processor(RegionAttnProcessor())
         self._interrupt = False
@@ -208,7 +209,7 @@ class ShapesPipeline(DiffusionPipeline):
         model's config the pixels stay as they are, and so does a pixel with no such colour nearby."""
         if not self.config.get("palette"):
             return pixels
-        palette = torch.tensor(self.config.palette, dtype=torch.float32, device=pixels.device) / 255
+        palette = torch.tensor(list(self.config.palette.values()), dtype=torch.float32, device=pixels.device) / 255
         b, _, h, w = pixels.shape
         flat = pixels.float().permute(0, 2, 3, 1).reshape(b, h * w, 3)
         dist = torch.cdist(flat, palette.expand(b, -1, -1)).transpose(1, 2).reshape(b, -1, h, w)  # (b, colours, h, w)
@@ -218,6 +219,16 @@ class ShapesPipeline(DiffusionPipeline):
         nearest = dist.masked_fill(~nearby, float("inf")).argmin(1)  # (b, h, w)
         snapped = palette[nearest].permute(0, 3, 1, 2).to(pixels.dtype)
         return torch.where(nearby.any(1, keepdim=True), snapped, pixels)
+
+    def steer_background(self, text: str, negative: str) -> str:
+        """The negative prompt for `text`: a caption that names no background ("a red circle") leaves the model to
+        choose one, and the negative prompt then also names a background in each of the caption's colours, so that
+        guidance steers the background away from them and the shape stays visible (needs a palette's names)."""
+        words = _WORD.findall(text)
+        if "background" in words or not self.config.get("palette"):
+            return negative
+        steer = " ".join(f"on a {w} background" for w in dict.fromkeys(words) if w in self.config.palette)
+        return f"{negative} {steer}".strip()
 
     @property
     def layout_channels(self) -> int:
@@ -311,6 +322,7 @@ class ShapesPipeline(DiffusionPipeline):
         ignored = [words for _, words in cleaned for _ in range(num_images_per_prompt)]
         texts = [text for text, _ in cleaned for _ in range(num_images_per_prompt)]
         negs = [split_known_words(n, vocabulary)[0] for n in negatives for _ in range(num_images_per_prompt)]
+        negs = [self.steer_background(text, neg) for text, neg in zip(texts, negs)]
         batch = len(texts)
 
         # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
