@@ -212,10 +212,10 @@ def test_a_palette_model_keeps_its_pictures_to_the_colours_they_are_drawn_in():
     # a picture in no palette colour, and a model without a palette, are left as they are
     noise = 0.45 + 0.1 * torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # greys
     assert torch.equal(pipe.keep_to_palette(noise), noise)
-    assert torch.equal(ShapesPipeline.from_pretrained(folder).keep_to_palette(img[None]), img[None])
+    assert torch.equal(ShapesPipeline.from_pretrained(folder, palette=None).keep_to_palette(img[None]), img[None])
 
 
-def test_a_caption_without_a_background_steers_the_background_away_from_its_colours():
+def test_guidance_pushes_towards_the_shapes_and_away_from_a_background_in_their_colours():
     from easel.builtin.pipeline import ShapesPipeline
 
     folder = Path(easel.__file__).parent / "builtin" / "model"
@@ -223,5 +223,6 @@ def test_a_caption_without_a_background_steers_the_background_away_from_its_colo
     assert pipe.steer_background("a red circle", "") == "on a red background"
     assert pipe.steer_background("a blue triangle above a red circle", "blue") == \
         "blue on a blue background on a red background"
-    assert pipe.steer_background("a red circle on a blue background", "green") == "green"
+    assert pipe.steer_background("a red circle on a blue background", "green") == "green a blue background"
+    assert pipe.steer_background("a white background with a red circle", "") == "a white background"
     assert ShapesPipeline.from_pretrained(folder, palette=None).steer_background("a red circle", "") == ""
