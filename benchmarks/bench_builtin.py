@@ -1,4 +1,5 @@
-"""Speed of the built-in model: load time, seconds per image at batch 1 and at batch 8, default settings.
+"""Speed of the built-in model: load time, seconds per image at batch 1 and at batch 8, default settings, and the
+decoder's share of an image.
 
     python benchmarks/bench_builtin.py            # writes benchmarks/results/builtin.json
 """
@@ -34,9 +35,17 @@ def main() -> None:
         pipe([prompt] * batch, generator=gens, num_inference_steps=steps, guidance_scale=guidance)
         return time.perf_counter() - started
 
+    def decode() -> float:  # the autoencoder's share of one image (version 2): decoding and the palette
+        latents = torch.randn(1, pipe.unet.config.out_channels, pipe.latent_size, pipe.latent_size)
+        started = time.perf_counter()
+        with torch.no_grad():
+            pipe.keep_to_palette((pipe.decode_latents(latents) + 1) / 2)
+        return time.perf_counter() - started
+
     run(1, 0)  # warm-up
     batch1 = [run(1, i) for i in range(10)]
     batch8 = [run(8, i) / 8 for i in range(5)]
+    decodes = [decode() for _ in range(10)] if pipe.vae is not None else None
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     result = {
         "steps": steps, "guidance": guidance, "threads": torch.get_num_threads(),
@@ -44,6 +53,8 @@ def main() -> None:
         "s_per_image_batch1_median": round(statistics.median(batch1), 4),
         "s_per_image_batch8_median": round(statistics.median(batch8), 4),
         "batch8_speedup_per_image": round(statistics.median(batch1) / statistics.median(batch8), 2),
+        "decode_s_median": round(statistics.median(decodes), 4) if decodes else None,
+        "native_side": pipe.native_size,
         "weights_mb": round(size / 1e6, 2),
     }
     OUT.parent.mkdir(exist_ok=True)
