@@ -229,13 +229,14 @@ class ShapesPipeline(DiffusionPipeline):
         caption's colours, so that guidance steers the choice away from them and the shape stays visible."""
         if not self.config.get("palette"):
             return negative
+        colours = self.config.palette
         words = _WORD.findall(text)
-        named = [words[i - 1] for i, w in enumerate(words) if w == "background" and i and words[i - 1] in
-                 self.config.palette]
+        named = next((words[i - 1] for i, w in enumerate(words) if w == "background" and words[i - 1:i] and
+                      words[i - 1] in colours), None)
         if named:
-            steer = f"a {named[0]} background"
+            steer = f"a {named} background"
         else:
-            steer = " ".join(f"on a {w} background" for w in dict.fromkeys(words) if w in self.config.palette)
+            steer = " ".join(f"on a {w} background" for w in dict.fromkeys(words) if w in colours)
         return f"{negative} {steer}".strip()
 
     @property
