@@ -122,7 +122,7 @@ def main() -> None:
             sides.add(img.shape[0])
             if split == "optional_words":
                 found = shapes.read_image(img, 1)
-                totals.setdefault("visible", []).append(bool(found.colours) and found.colours[0] != found.background)
+                totals.setdefault("visible", []).append(found.visible)
                 totals.setdefault("shape_colour", []).append(found.colours[:1] == [scene.shapes[0].colour])
             else:
                 for key, ok in shapes.score(scene, img).items():

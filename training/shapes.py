@@ -175,6 +175,11 @@ class Reading:
     centres: list[tuple[float, float]]  # bounding-box centres as fractions of the side
     kinds: list[str]
 
+    @property
+    def visible(self) -> bool:
+        """A shape shows, in a colour other than the background's."""
+        return bool(self.colours) and self.colours[0] != self.background
+
 
 def _kind_from_fill(box: np.ndarray) -> str:
     """The shape kind from how the shape fills its bounding box: a triangle (apex up) fills its top half far

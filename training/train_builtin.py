@@ -199,8 +199,7 @@ def quick_eval(pipe: ShapesPipeline, n: int, seed: int, two_shapes: bool = False
         gens = [torch.Generator().manual_seed(seed + i) for i in range(len(scenes))]
         images = pipe([shapes.caption(s, rng, p_background=0.0) for s in scenes], generator=gens,
                       output_type="np").images
-        readings = [shapes.read_image(img, 1) for img in images]
-        totals["unnamed_background_visible"] = [bool(r.colours) and r.colours[0] != r.background for r in readings]
+        totals["unnamed_background_visible"] = [shapes.read_image(img, 1).visible for img in images]
     return {k: round(float(np.mean(v)), 3) for k, v in totals.items()}
 
 
