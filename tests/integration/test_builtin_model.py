@@ -226,3 +226,43 @@ def test_guidance_pushes_towards_the_shapes_and_away_from_a_background_in_their_
     assert pipe.steer_background("a red circle on a blue background", "green") == "green a blue background"
     assert pipe.steer_background("a white background with a red circle", "") == "a white background"
     assert ShapesPipeline.from_pretrained(folder, palette=None).steer_background("a red circle", "") == ""
+
+
+def test_a_palette_model_chooses_what_a_caption_leaves_out_from_each_images_seed():
+    import torch
+
+    from easel.builtin.pipeline import ShapesPipeline
+
+    folder = Path(easel.__file__).parent / "builtin" / "model"
+    pipe = ShapesPipeline.from_pretrained(folder, palette=shapes.PALETTE)
+    places = set(shapes.POSITION_PHRASES.values())
+
+    def choose(text, seed):
+        return pipe.choose_left_out(text, torch.Generator().manual_seed(seed))
+
+    picks = [choose("a red circle", seed) for seed in range(60)]
+    for text, chosen in picks:
+        place, background = chosen
+        assert place in places and background.startswith("on a ") and "red" not in background
+        assert text == f"a red circle {place} {background}"
+    assert len({c[0] for _, c in picks}) == 5 and len({c[1] for _, c in picks}) == 7  # every place, every colour
+    assert choose("a red circle", 3) == choose("a red circle", 3)
+    # what the caption names stays; a position goes before a background named at the end
+    text, chosen = choose("a small red circle on a blue background", 0)
+    assert len(chosen) == 1 and text == f"a small red circle {chosen[0]} on a blue background"
+    text, chosen = choose("a red circle above a blue square", 0)
+    assert chosen[0].startswith("on a ") and not {"red", "blue"} & set(chosen[0].split())
+    assert choose("a red circle at the top on a blue background", 0) == (
+        "a red circle at the top on a blue background", [])
+    assert ShapesPipeline.from_pretrained(folder, palette=None).choose_left_out("a red circle", None) == (
+        "a red circle", [])
+
+    # through the pipeline: per image, from its own generator (a batch member chooses as its solo run does), and
+    # only from text: an image to start from already has its background and layout
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    out = pipe("a red circle", num_images_per_prompt=2, generator=gens, num_inference_steps=2, output_type="np")
+    solo = pipe("a red circle", generator=[torch.Generator().manual_seed(6)], num_inference_steps=2,
+                output_type="np")
+    assert out.chosen_words[1] == solo.chosen_words[0] and len(out.chosen_words[0]) == 2
+    start = Image.new("RGB", (32, 32), "blue")
+    assert pipe("a red circle", image=start, strength=0.5, num_inference_steps=2).chosen_words == [[]]

@@ -667,7 +667,9 @@ class DiffusersProvider(Provider):
         if used:
             details["embeddings"] = used
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
-        outputs = [_output(group, words, details) for group, words in zip(batch.split(images), batch.split(ignored))]
+        chosen = list(getattr(out, "chosen_words", None) or [[]] * len(images))
+        outputs = [_output(group, words, picks, details) for group, words, picks in
+                   zip(batch.split(images), batch.split(ignored), batch.split(chosen))]
         # the hires fix's latent upscale: where the second pass can denoise latents at the larger size (hires
         # requests run alone: one output)
         if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \
@@ -995,13 +997,17 @@ def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: lis
     return [Image.fromarray(a) for a in arrays]
 
 
-def _output(images: list, ignored: list[list[str]], details: dict[str, Any]) -> ProviderOutput:
+def _output(images: list, ignored: list[list[str]], chosen: list[list[str]],
+            details: dict[str, Any]) -> ProviderOutput:
+    """One request's output; `chosen`: the words the model chose where the caption left them out, per image."""
     details = dict(details)
     warnings = []
     words = list(dict.fromkeys(w for group in ignored for w in group))
     if words:
         warnings.append(f"ignored words not in the built-in model's vocabulary: {', '.join(words)}")
         details["ignored_words"] = words
+    if any(chosen):
+        details["chosen_words"] = chosen
     return ProviderOutput(images=images, warnings=warnings, details=details)
 
 
