@@ -53,11 +53,19 @@ def test_it_draws_at_256_with_hard_edges_and_untinted_borders():
         assert (border == shapes.PALETTE["blue"]).all()
 
 
-def test_a_caption_without_a_background_still_shows_its_shape():
-    for prompt in ("a red circle", "a large green square on the left", "a blue triangle above a yellow circle"):
-        for im in easel.generate(prompt, n=2, seed=5, save=False):
+def test_a_caption_without_a_background_still_shows_its_shape_and_says_what_the_model_chose():
+    for prompt in ("a red circle", "a small yellow triangle", "a large green square on the left",
+                   "a blue triangle above a yellow circle"):
+        made = easel.generate(prompt, n=2, seed=5, save=False)
+        for im in made:
             reading = shapes.read_image(np.asarray(im.image.convert("RGB")), 2)
             assert reading.colours and reading.background not in reading.colours, (prompt, reading)
+        chosen = made[0].parameters["chosen_words"]  # per image of the request
+        assert len(chosen) == 2 and all(words[-1].endswith(" background") for words in chosen)
+        assert all(len(words) == (2 if prompt in ("a red circle", "a small yellow triangle") else 1)
+                   for words in chosen), (prompt, chosen)
+    named = easel.generate("a red circle at the top on a blue background", seed=5, steps=4, save=False)
+    assert "chosen_words" not in named[0].parameters
 
 
 def test_unknown_words_are_ignored_and_reported():

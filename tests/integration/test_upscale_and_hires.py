@@ -63,8 +63,8 @@ def test_hires_fix_on_the_builtin_model():
                           on_step=lambda step, total, *_: steps.append((step, total)))
     assert made[0].image.size == (128, 128)
     hires = made[0].parameters["hires"]
-    assert hires == {"scale": 2.0, "upscaler": "lanczos", "strength": 0.5, "steps": 15, "first_pass_size": "64x64"}
-    assert steps[-1] == (steps[-1][1], 15 + 8)  # one progress over both passes (15 steps, then half of 15)
+    assert hires == {"scale": 2.0, "upscaler": "lanczos", "strength": 0.5, "steps": 12, "first_pass_size": "64x64"}
+    assert steps[-1] == (steps[-1][1], 12 + 6)  # one progress over both passes (12 steps, then half of 12)
     with pytest.raises(InvalidRequestError, match="over the 2048"):
         easel.generate("a red circle", size="1024x1024", hires_scale=4, save=False)
     with pytest.raises(UnsupportedError, match="for generation"):
