@@ -98,8 +98,8 @@ def test_the_ui_refuses_a_wrong_key(ui_server):
 def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, ui_server, shots):
     prompt = "a large red circle on the left on a blue background"
     page.locator("#prompt textarea").fill(prompt)
-    page.locator("#width input").fill("64")
-    page.locator("#height input").fill("64")
+    page.locator("#width input").fill("256")
+    page.locator("#height input").fill("256")
     page.locator("#steps input[type=number]").fill("40")
     page.locator("#seed input").fill("7")
     # the bar may show for less time than a locator polls on a busy machine: the page itself notes that it showed
@@ -119,7 +119,7 @@ def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, 
     meta = shown_json(page, "#metadata")
     assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 40
     row = history(ui_server)[0]
-    assert row["id"] == meta["id"] and row["width"] == 64 and row["seed"] == 7
+    assert row["id"] == meta["id"] and row["width"] == 256 and row["seed"] == 7
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
 
     page.locator("#seed input").fill("-1")
@@ -231,8 +231,8 @@ def test_compare_grid_across_seeds(page, shots):
     page.locator("#compare-prompt textarea, #compare-prompt input").first.fill(
         "a large blue square on the right on a yellow background")
     page.locator("#compare-values textarea, #compare-values input").first.fill("1, 2, 3, 4")
-    page.get_by_label("Width").last.fill("64")
-    page.get_by_label("Height").last.fill("64")
+    page.get_by_label("Width").last.fill("256")
+    page.get_by_label("Height").last.fill("256")
     page.locator("#compare-go").click()
     page.locator("#compare-status").get_by_text("4 images, one per seed").wait_for()
     assert page.locator("#compare-grid").get_by_text("seed: 3").count() >= 1
