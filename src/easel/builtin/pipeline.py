@@ -257,9 +257,9 @@ class ShapesPipeline(DiffusionPipeline):
     def steer_background(self, text: str, negative: str) -> str:
         """The negative prompt for `text`, for a model that names its palette (version 2). Where the caption names
         its background, the negative prompt also names it ("a white background"): guidance then pushes towards
-        what the caption adds to its background, the shapes, and a small shape is not lost in it. Where it names
-        none ("a red circle"), the model chooses one, and the negative prompt names a background in each of the
-        caption's colours, so that guidance steers the choice away from them and the shape stays visible."""
+        what the caption adds to its background, the shapes, and a small shape is not lost in it. A caption that
+        still names none (from text, `choose_left_out` has named one; starting from an image, nothing is chosen)
+        gets a background in each of its colours in the negative prompt, so that guidance steers away from them."""
         if not self.config.get("palette"):
             return negative
         colours = self.config.palette
