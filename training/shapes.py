@@ -185,7 +185,7 @@ def _kind_from_fill(box: np.ndarray) -> str:
     """The shape kind from how the shape fills its bounding box: a triangle (apex up) fills its top half far
     less than its bottom half; a square fills the box's corners, which a circle leaves empty."""
     h, w = box.shape
-    half = h // 2
+    half = max(1, h // 2)  # a box one pixel high: its one row is both halves
     top, bottom = box[:half].mean(), box[h - half:].mean()
     if top < 0.7 * bottom:
         return "triangle"

@@ -217,6 +217,12 @@ def test_a_palette_model_keeps_its_pictures_to_the_colours_they_are_drawn_in():
     inside[2, 2] = False  # the stray pixel: the nearest colour the picture has
     ys, xs = np.nonzero(inside)  # the edge falls where the ramp is halfway, as the square's did
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 44, 20, 44)
+    # in a batch each picture keeps to its own colours: a green-on-yellow picture beside it changes neither
+    other = torch.tensor(shapes.PALETTE["yellow"], dtype=torch.float32)[:, None, None] / 255 * (1 - cover) \
+        + torch.tensor(shapes.PALETTE["green"], dtype=torch.float32)[:, None, None] / 255 * cover
+    both = pipe.keep_to_palette(torch.stack([img, other]))
+    assert torch.equal(both[0], out) and torch.equal(both[1], pipe.keep_to_palette(other[None])[0])
+    assert not torch.equal(both[1], other)
     # a picture in no palette colour, and a model without a palette, are left as they are
     noise = 0.45 + 0.1 * torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # greys
     assert torch.equal(pipe.keep_to_palette(noise), noise)
