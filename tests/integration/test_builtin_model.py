@@ -68,6 +68,37 @@ def test_a_caption_without_a_background_still_shows_its_shape_and_says_what_the_
     assert "chosen_words" not in named[0].parameters
 
 
+def test_its_folder_loads_with_diffusers_and_transformers_own_classes():
+    """The shipped folder is diffusers' layout of stock components; only the pipeline is Easel's, because the
+    denoiser takes two layout channels beside its four latent ones, which diffusers' StableDiffusionPipeline
+    does not feed."""
+    import random
+
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    folder = Path(easel.__file__).parent / "builtin" / "model"
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    text = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    tokens = AutoTokenizer.from_pretrained(folder / "tokenizer")("a red circle", return_tensors="pt").input_ids
+    DPMSolverMultistepScheduler.from_pretrained(folder / "scheduler")
+    assert (unet.config.in_channels, unet.config.out_channels, vae.config.latent_channels) == (6, 4, 4)
+    assert text(tokens).last_hidden_state.shape[-1] == unet.config.cross_attention_dim
+    # the stock autoencoder encodes a picture of the shapes world to 32x32x4 and decodes it back, colours kept
+    scene = shapes.Scene("blue", [shapes.Shape("red", "circle", "large", "left")])
+    picture = shapes.render(scene, random.Random(0), resolution=256, supersample=1)
+    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.mode()
+        back = vae.decode(latents).sample.clamp(-1, 1)
+    assert latents.shape == (1, 4, 32, 32)
+    decoded = ((back[0].permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8)
+    assert all(shapes.score(scene, decoded).values())
+    assert np.abs(decoded.astype(int) - picture.astype(int)).mean() < 4  # 1.6 of 255 measured
+
+
 def test_unknown_words_are_ignored_and_reported():
     result = easel.generate("a lion having coffee next to a red circle on a blue background", steps=4, save=False)
     assert result.warnings == ["ignored words not in the built-in model's vocabulary: lion, having, coffee, next"]
