@@ -9,7 +9,9 @@ captions) and OUT/grid.png (samples with their prompts), and prints the table fo
 A model with an autoencoder (version 2) is held to the spec's raised targets as well: native 256x256 output, the
 edge width (`shapes.edge_width`, <= 2 pixels on average over every image), the two-shape captions (both colours,
 the relation, both kinds), and captions without their optional words (`optional_words`: size, position and the
-background each left out half the time; a visible shape in a colour other than the background's, every time).
+background each left out half the time; a visible shape in a colour other than the background's, every time;
+`two_shapes_chosen`: two shapes joined by "and", the background left out half the time, scored as two-shape
+captions against the relation and background the model chose, and a visible shape every time).
 """
 
 from __future__ import annotations
@@ -40,38 +42,52 @@ TARGETS = {
 TARGETS_V2 = {  # the spec's "Version 2" (shape_colour: both colours; position: the relation; shape_kind: both kinds)
     "two_shapes": {"shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60},
     "optional_words": {"visible": 1.0},
+    "two_shapes_chosen": {"shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60, "visible": 1.0},
 }
+LINKS = {phrase: key for key, phrase in shapes.RELATIONS.items()}
 MAX_EDGE_WIDTH, V2_SIDE = 2.0, 256
 
 
 def build_cases(n: int, seeds: int, seed: int, v2: bool) -> dict[str, list[tuple[shapes.Scene, str, int]]]:
     """Prompts of each kind, every attribute named; version 2 adds as many two-shape prompts (version 1: half as
-    many) and single-shape prompts whose size, position and background words are each left out half the time."""
+    many), single-shape prompts whose size, position and background words are each left out half the time, and
+    two-shape prompts without their relation (and half of them without their background)."""
     rng = random.Random(seed)
     cases: dict[str, list] = {"seen": [], "held_out": [], "two_shapes": []}
     if v2:
         cases["optional_words"] = []
+        cases["two_shapes_chosen"] = []
     for split in cases:
         count = n if split != "two_shapes" or v2 else max(1, n // 2)
-        named = 0.5 if split == "optional_words" else 1.0
+        named = 0.5 if split in ("optional_words", "two_shapes_chosen") else 1.0
         for i in range(count):
             scene = shapes.sample_scene(rng, held_out=split == "held_out" or (split == "optional_words" and i % 4 == 0),
-                                        two_shapes=split == "two_shapes", p_size=named, p_position=named)
-            prompt = shapes.caption(scene, rng, p_background=named)
+                                        two_shapes=split.startswith("two_shapes"), p_size=named, p_position=named)
+            prompt = shapes.caption(scene, rng, p_background=named, p_relation=0.0 if split == "two_shapes_chosen"
+                                    else 1.0)
             for s in range(seeds):
                 cases[split].append((scene, prompt, 1000 * i + s))
     return cases
 
 
 def run(pipe: ShapesPipeline, cases, steps: int, guidance: float, batch: int):
-    images = []
+    """The images of `cases`, and the words the model chose for each."""
+    images, chosen = [], []
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
         gens = [torch.Generator().manual_seed(s) for _, _, s in chunk]
         out = pipe([p for _, p, _ in chunk], generator=gens, num_inference_steps=steps, guidance_scale=guidance,
                    output_type="np")
         images.extend(out.images)
-    return images
+        chosen.extend(out.chosen_words)
+    return images, chosen
+
+
+def as_chosen(scene: shapes.Scene, chosen: list[str]) -> shapes.Scene:
+    """The scene that a caption with the model's chosen words describes: its relation and background."""
+    relation = next((LINKS[w] for w in chosen if w in LINKS), scene.relation)
+    background = next((w.split()[2] for w in chosen if w.endswith(" background")), scene.background)
+    return shapes.Scene(background, scene.shapes, relation)
 
 
 def grid(samples: list[tuple[np.ndarray, str]], path: Path, cols: int = 6, cell: int = 128) -> None:
@@ -116,15 +132,18 @@ def main() -> None:
     samples, widths, sides = [], [], set()
     started = time.time()
     for split, split_cases in cases.items():
-        images = run(pipe, split_cases, args.steps, args.guidance, args.batch)
+        images, chosen = run(pipe, split_cases, args.steps, args.guidance, args.batch)
         totals: dict[str, list[bool]] = {}
-        for (scene, _, _), img in zip(split_cases, images):
+        for (scene, _, _), img, words in zip(split_cases, images, chosen):
             sides.add(img.shape[0])
             if split == "optional_words":
                 found = shapes.read_image(img, 1)
                 totals.setdefault("visible", []).append(found.visible)
                 totals.setdefault("shape_colour", []).append(found.colours[:1] == [scene.shapes[0].colour])
             else:
+                if split == "two_shapes_chosen":
+                    scene = as_chosen(scene, words)
+                    totals.setdefault("visible", []).append(shapes.read_image(img, 2).visible)
                 for key, ok in shapes.score(scene, img).items():
                     totals.setdefault(key, []).append(ok)
             width = shapes.edge_width(img)
@@ -156,6 +175,10 @@ def main() -> None:
     if v2:
         optional = report["splits"]["optional_words"]["accuracy"]
         print(f"optional words: {optional['visible']:.1%} visible, {optional['shape_colour']:.1%} in its colour")
+        left = report["splits"]["two_shapes_chosen"]["accuracy"]
+        print(f"two shapes, relation chosen: both colours {left['shape_colour']:.1%}, the chosen relation "
+              f"{left['position']:.1%}, both kinds {left['shape_kind']:.1%}, background {left['background']:.1%}, "
+              f"visible {left['visible']:.1%}")
     verdict = {s: report["splits"][s].get("meets_targets") for s in targets}
     if v2:
         verdict["output"] = report["meets_v2_output"]

@@ -81,15 +81,18 @@ def sample_scene(rng: random.Random, *, held_out: bool = False, two_shapes: bool
     return Scene(background, [Shape(colour, kind, size, position)])
 
 
-def caption(scene: Scene, rng: random.Random, p_background: float = 1.0) -> str:
+def caption(scene: Scene, rng: random.Random, p_background: float = 1.0, p_relation: float = 1.0) -> str:
     """A caption in one of the spec's word orders; with `p_background` < 1, the background goes unnamed the rest of
-    the time ("a red circle"), as users write: the model then chooses it, in a colour other than the shapes'."""
+    the time ("a red circle"), as users write: the model then chooses it, in a colour other than the shapes'. With
+    `p_relation` < 1, two shapes go without their relation the rest of the time ("a red circle and a blue
+    square"): the model chooses that too."""
     bg = scene.background
     named = p_background >= 1.0 or rng.random() < p_background
     on_bg = f" on a {bg} background" if named else ""
     if scene.relation is not None:
         a, b = scene.shapes
-        return f"a {a.colour} {a.kind} {RELATIONS[scene.relation]} a {b.colour} {b.kind}{on_bg}"
+        link = RELATIONS[scene.relation] if p_relation >= 1.0 or rng.random() < p_relation else "and"
+        return f"a {a.colour} {a.kind} {link} a {b.colour} {b.kind}{on_bg}"
     s = scene.shapes[0]
     noun = " ".join(w for w in (s.size, s.colour, s.kind) if w)
     where = f" {POSITION_PHRASES[s.position]}" if s.position else ""

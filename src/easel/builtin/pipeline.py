@@ -127,6 +127,7 @@ def region_kwargs(texts: list[str], layout: torch.Tensor, length: int) -> dict:
 
 _SHAPES = ("circle", "square", "triangle")
 _PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+_LINKS = ("above", "below", "to the left of", "to the right of")  # the first shape from the second
 
 
 @dataclasses.dataclass
@@ -240,26 +241,33 @@ class ShapesPipeline(DiffusionPipeline):
                      words[i - 1] in self.config.palette), None)
 
     def choose_left_out(self, text: str, generator: torch.Generator | None) -> tuple[str, list[str]]:
-        """A caption with the background and a single shape's position that it leaves out chosen, for a model with
-        a palette (version 2), drawn from the image's generator: the background among the colours the caption does
-        not name, the position among the five. Left to the denoiser, a small shape with neither often dissolved
-        into a plain field (a fifth of the time for a held-out pair); chosen here, it is drawn like a caption that
-        names them. Returns the caption and the words added."""
+        """A caption with what it leaves out chosen, for a model with a palette (version 2), drawn from the image's
+        generator: a single shape's position among the five, or where the first of two shapes lies from the second
+        among the four relations ("a red circle and a blue square": "and" gives way to it), then the background
+        among the colours the caption does not name. Left to the denoiser, a small shape with neither position nor
+        background often dissolved into a plain field, and two shapes with no relation were drawn as such 1 time
+        in 32; chosen here, they are drawn like a caption that names them. Returns the caption and the words
+        added."""
         if not self.config.get("palette"):
             return text, []
         words = text.split()
+        kinds = [j for j, w in enumerate(words) if w in _SHAPES]
+        placed = parse_layout(text) != (None, None)
         chosen = []
-        if sum(words.count(kind) for kind in _SHAPES) == 1 and parse_layout(text) == (None, None):
+        if len(kinds) == 1 and not placed:
             chosen.append(_PLACES[_draw(len(_PLACES), generator)])
+            ends_on_background = words[-4:-2] == ["on", "a"] and words[-1] == "background"
+            at = len(words) - 4 if ends_on_background else len(words)  # before a background named at the end
+            words[at:at] = chosen[-1].split()
+        elif len(kinds) == 2 and not placed:
+            chosen.append(_LINKS[_draw(len(_LINKS), generator)])
+            first, rest = words[:kinds[0] + 1], words[kinds[0] + 1:]
+            words = [*first, *chosen[-1].split(), *(rest[1:] if rest[:1] in (["and"], ["with"]) else rest)]
         if self.named_background(words) is None:
             free = [c for c in self.config.palette if c not in words]
             chosen.append(f"on a {free[_draw(len(free), generator)]} background")
-        if not chosen:
-            return text, []
-        ending = re.search(r" (on a [a-z]+ background)$", text)
-        if chosen[0] in _PLACES and ending:  # the position goes before a background named at the end
-            return f"{text[:ending.start()]} {chosen[0]} {ending.group(1)}", chosen
-        return " ".join([text, *chosen]), chosen
+            words += chosen[-1].split()
+        return (" ".join(words), chosen) if chosen else (text, [])
 
     def steer_background(self, text: str, negative: str) -> str:
         """The negative prompt for `text`, for a model that names its palette (version 2). Where the caption names
