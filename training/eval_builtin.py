@@ -11,7 +11,8 @@ edge width (`shapes.edge_width`, <= 2 pixels on average over every image), the t
 the relation, both kinds), and captions without their optional words (`optional_words`: size, position and the
 background each left out half the time; a visible shape in a colour other than the background's, every time;
 `two_shapes_chosen`: two shapes joined by "and", the background left out half the time, scored as two-shape
-captions against the relation and background the model chose, and a visible shape every time).
+captions against the relation and background the model chose, and a visible shape every time; `word_order`: one or
+two shapes, every attribute named, in word orders that training never writes, `shapes.caption_reordered`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ TARGETS_V2 = {  # the spec's "Version 2" (shape_colour: both colours; position: 
     "two_shapes": {"shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60},
     "optional_words": {"visible": 1.0},
     "two_shapes_chosen": {"shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60, "visible": 1.0},
+    # one shape or two: the lower of the single-shape (seen) and two-shape targets
+    "word_order": {"background": 0.97, "shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60},
 }
 LINKS = {phrase: key for key, phrase in shapes.RELATIONS.items()}
 MAX_EDGE_WIDTH, V2_SIDE = 2.0, 256
@@ -51,20 +54,27 @@ MAX_EDGE_WIDTH, V2_SIDE = 2.0, 256
 def build_cases(n: int, seeds: int, seed: int, v2: bool) -> dict[str, list[tuple[shapes.Scene, str, int]]]:
     """Prompts of each kind, every attribute named; version 2 adds as many two-shape prompts (version 1: half as
     many), single-shape prompts whose size, position and background words are each left out half the time, and
-    two-shape prompts without their relation (and half of them without their background)."""
+    two-shape prompts without their relation (and half of them without their background), and prompts of one or
+    two shapes in word orders that training never writes."""
     rng = random.Random(seed)
     cases: dict[str, list] = {"seen": [], "held_out": [], "two_shapes": []}
     if v2:
         cases["optional_words"] = []
         cases["two_shapes_chosen"] = []
+        cases["word_order"] = []
     for split in cases:
         count = n if split != "two_shapes" or v2 else max(1, n // 2)
         named = 0.5 if split in ("optional_words", "two_shapes_chosen") else 1.0
         for i in range(count):
             scene = shapes.sample_scene(rng, held_out=split == "held_out" or (split == "optional_words" and i % 4 == 0),
-                                        two_shapes=split.startswith("two_shapes"), p_size=named, p_position=named)
-            prompt = shapes.caption(scene, rng, p_background=named, p_relation=0.0 if split == "two_shapes_chosen"
-                                    else 1.0)
+                                        two_shapes=split.startswith("two_shapes") or (split == "word_order" and
+                                                                                      i % 2 == 1),
+                                        p_size=named, p_position=1.0 if split == "word_order" else named)
+            if split == "word_order":
+                prompt = shapes.caption_reordered(scene, rng)
+            else:
+                prompt = shapes.caption(scene, rng, p_background=named,
+                                        p_relation=0.0 if split == "two_shapes_chosen" else 1.0)
             for s in range(seeds):
                 cases[split].append((scene, prompt, 1000 * i + s))
     return cases
@@ -179,6 +189,8 @@ def main() -> None:
         print(f"two shapes, relation chosen: both colours {left['shape_colour']:.1%}, the chosen relation "
               f"{left['position']:.1%}, both kinds {left['shape_kind']:.1%}, background {left['background']:.1%}, "
               f"visible {left['visible']:.1%}")
+        order = report["splits"]["word_order"]["accuracy"]
+        print("other word orders: " + ", ".join(f"{k} {v:.1%}" for k, v in order.items()))
     verdict = {s: report["splits"][s].get("meets_targets") for s in targets}
     if v2:
         verdict["output"] = report["meets_v2_output"]

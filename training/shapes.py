@@ -102,6 +102,33 @@ def caption(scene: Scene, rng: random.Random, p_background: float = 1.0, p_relat
     return f"a {bg} background with {article} {noun}{where}"
 
 
+def caption_reordered(scene: Scene, rng: random.Random) -> str:
+    """A caption of every attribute in a word order that training never writes, as users type them: tag style
+    ("blue background, small red circle, left"), the background first or in the middle, two shapes each with its
+    own position ("a red circle on the left and a blue square on the right") or after the background ("a white
+    background with a red circle above a blue square")."""
+    bg = scene.background
+    if scene.relation is not None:
+        a, b = scene.shapes
+        first, second, link = f"{a.colour} {a.kind}", f"{b.colour} {b.kind}", RELATIONS[scene.relation]
+        places = {"left_of": ("left", "right"), "right_of": ("right", "left"), "above": ("top", "bottom"),
+                  "below": ("bottom", "top")}[scene.relation]
+        return rng.choice([
+            f"a {bg} background with a {first} {link} a {second}",
+            f"on a {bg} background, a {first} {link} a {second}",
+            f"a {first} {POSITION_PHRASES[places[0]]} and a {second} {POSITION_PHRASES[places[1]]}, {bg} background",
+        ])
+    s = scene.shapes[0]
+    noun = " ".join(w for w in (s.size, s.colour, s.kind) if w)
+    article = "an" if noun[0] in "aeiou" else "a"
+    where = POSITION_PHRASES[s.position] if s.position else ""
+    return " ".join(rng.choice([
+        f"{bg} background, {noun}, {s.position or ''}",
+        f"{article} {noun} on a {bg} background {where}",
+        f"on a {bg} background {article} {noun} {where}",
+    ]).replace(", ,", ",").strip(" ,").split())
+
+
 def _centre_range(position: str | None, axis: str, half: float) -> tuple[float, float]:
     """Where a shape's centre may lie along one axis (fractions of the side), with a margin inside the spec's."""
     lo, hi = half, 1.0 - half

@@ -126,8 +126,75 @@ def region_kwargs(texts: list[str], layout: torch.Tensor, length: int) -> dict:
 
 
 _SHAPES = ("circle", "square", "triangle")
+_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+_SIZES = ("small", "large")
 _PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+_PLACE_OF = {place.split()[-1]: place for place in _PLACES}  # "left" -> "on the left"
+# a region word after each of two shapes places one from the other: "a red circle on the left, a blue square on
+# the right" is "a red circle to the left of a blue square"
+_LINK_OF_PLACES = {("left", "right"): "to the left of", ("right", "left"): "to the right of",
+                   ("top", "bottom"): "above", ("bottom", "top"): "below"}
 _LINKS = ("above", "below", "to the left of", "to the right of")  # the first shape from the second
+
+
+def read_caption(text: str) -> str:
+    """A caption of one or two shapes in the word order the model was trained on, whatever order its words come
+    in ("red circle, blue background, left" -> "a red circle on the left on a blue background"; "a white
+    background with a red circle above a blue square" -> "a red circle above a blue square on a white
+    background"); a caption already in a trained order, and one this reading cannot place (no colour for a shape,
+    two positions for one shape, three shapes), stay as they are. A shape's own words are the colour and size
+    right before it (one shape's size may come anywhere); the background's colour is the one right before
+    "background"."""
+    words = text.split()
+    kinds = [j for j, w in enumerate(words) if w in _SHAPES]
+    if len(kinds) not in (1, 2):
+        return text
+    nouns = []
+    for n, k in enumerate(kinds):
+        own = []
+        for word in reversed(words[kinds[n - 1] + 1 if n else 0:k]):
+            if word not in _COLOURS and word not in _SIZES:
+                break
+            own.insert(0, word)
+        colours = [w for w in own if w in _COLOURS]
+        sizes = [w for w in (own if len(kinds) == 2 else words) if w in _SIZES]
+        if len(colours) != 1 or len(sizes) > 1:
+            return text
+        nouns.append(" ".join([*sizes, colours[0], words[k]]))
+    backgrounds = [words[i - 1] for i, w in enumerate(words) if w == "background" and i and words[i - 1] in _COLOURS]
+    if len(backgrounds) > 1:
+        return text
+    on_background = f" on a {backgrounds[0]} background" if backgrounds else ""
+    places = [w for w in words if w in _PLACE_OF]
+    if len(kinds) == 1:
+        if len(places) > 1:
+            return text
+        article = "an" if nouns[0][0] in "aeiou" else "a"
+        caption = f"{article} {nouns[0]}{' ' + _PLACE_OF[places[0]] if places else ''}"
+        trained = {caption + on_background}
+        if backgrounds:
+            trained.add(f"a {backgrounds[0]} background with {caption}")
+        return text if text in trained else caption + on_background
+    before, between, after = words[:kinds[0]], words[kinds[0] + 1:kinds[1]], words[kinds[1] + 1:]
+    placed_between, placed_after = [w for w in between if w in _PLACE_OF], [w for w in after if w in _PLACE_OF]
+    if {"above", "below", "of"} & set(before + after) or any(w in _PLACE_OF for w in before):
+        return text  # a relation or a position before the first shape or after the second: not read
+    if {"above", "below"} & set(between):
+        if {"above", "below"} <= set(between) or placed_between or placed_after:
+            return text
+        link = "above" if "above" in between else "below"
+    elif "of" in between:
+        if len(placed_between) != 1 or placed_between[0] not in ("left", "right") or placed_after:
+            return text
+        link = f"to the {placed_between[0]} of"
+    elif placed_between or placed_after:  # a position for each: where the first lies from the second
+        link = _LINK_OF_PLACES.get((placed_between[0], placed_after[0])) \
+            if len(placed_between) == len(placed_after) == 1 else None
+        if link is None:
+            return text
+    else:
+        link = None  # none: the model chooses it (`choose_left_out`)
+    return f"a {nouns[0]}{' ' + link if link else ''} a {nouns[1]}{on_background}"
 
 
 @dataclasses.dataclass
@@ -383,6 +450,7 @@ class ShapesPipeline(DiffusionPipeline):
         shape = (batch, self.unet.config.out_channels, size, size)
         noise = _randn(shape, generator, self.device, self.unet.dtype)
         chosen = [[] for _ in texts]
+        texts = [read_caption(text) for text in texts]
         if image is None:  # text to image: the words a caption leaves out are chosen after its noise is drawn
             gens = generator if isinstance(generator, list) else [generator] * batch
             texts, chosen = map(list, zip(*(self.choose_left_out(t, g) for t, g in zip(texts, gens))))
