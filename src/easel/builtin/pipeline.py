@@ -137,6 +137,11 @@ _LINK_OF_PLACES = {("left", "right"): "to the left of", ("right", "left"): "to t
 _LINKS = ("above", "below", "to the left of", "to the right of")  # the first shape from the second
 
 
+def _backgrounds(words: list[str], colours) -> list[str]:
+    """The colours that a caption's words name as its background (the word right before "background")."""
+    return [words[i - 1] for i, w in enumerate(words) if w == "background" and i and words[i - 1] in colours]
+
+
 def read_caption(text: str) -> str:
     """A caption of one or two shapes in the word order the model was trained on, whatever order its words come
     in ("red circle, blue background, left" -> "a red circle on the left on a blue background"; "a white
@@ -161,7 +166,7 @@ def read_caption(text: str) -> str:
         if len(colours) != 1 or len(sizes) > 1:
             return text
         nouns.append(" ".join([*sizes, colours[0], words[k]]))
-    backgrounds = [words[i - 1] for i, w in enumerate(words) if w == "background" and i and words[i - 1] in _COLOURS]
+    backgrounds = _backgrounds(words, _COLOURS)
     if len(backgrounds) > 1:
         return text
     on_background = f" on a {backgrounds[0]} background" if backgrounds else ""
@@ -304,8 +309,7 @@ class ShapesPipeline(DiffusionPipeline):
 
     def named_background(self, words: list[str]) -> str | None:
         """The background colour that a caption's words name, if any."""
-        return next((words[i - 1] for i, w in enumerate(words) if w == "background" and i > 0 and
-                     words[i - 1] in self.config.palette), None)
+        return next(iter(_backgrounds(words, self.config.palette)), None)
 
     def choose_left_out(self, text: str, generator: torch.Generator | None) -> tuple[str, list[str]]:
         """A caption with what it leaves out chosen, for a model with a palette (version 2), drawn from the image's
