@@ -122,10 +122,14 @@ def test_captions_in_other_word_orders_are_read_in_the_order_the_model_was_train
                  "a red circle on the left and a blue square on the left"):
         assert read_caption(known(text)) == known(text), text  # what it cannot place stays as it is
     # through the pipeline: the tag-style caption drew a red background and no circle before (0 of 16 seeds)
+    # and the image's parameters say how the model read it
     scene = shapes.Scene("blue", [shapes.Shape("red", "circle", None, "left")])
     for im in easel.generate("red circle, blue background, left", n=2, seed=3, save=False):
         score = shapes.score(scene, np.asarray(im.image.convert("RGB")))
         assert score["background"] and score["shape_colour"] and score["position"], score
+        assert im.parameters["read_as"] == "a red circle on the left on a blue background"
+    trained = easel.generate("a red circle on the left on a blue background", seed=3, steps=2, save=False)
+    assert "read_as" not in trained[0].parameters
 
 
 def test_its_folder_loads_with_diffusers_and_transformers_own_classes():

@@ -204,12 +204,15 @@ def read_caption(text: str) -> str:
 
 @dataclasses.dataclass
 class ShapesPipelineOutput(BaseOutput):
-    """Images, the prompt words that the model's vocabulary does not know (ignored, one list per image), and the
-    words that the model chose where a caption left them out (one list per image; empty for version 1)."""
+    """Images, the prompt words that the model's vocabulary does not know (ignored, one list per image), the
+    words that the model chose where a caption left them out (one list per image; empty for version 1), and the
+    caption as the model read it where `read_caption` put its words in another order (one per image; "" where it
+    did not)."""
 
     images: list[PIL.Image.Image] | np.ndarray
     ignored_words: list[list[str]]
     chosen_words: list[list[str]] = dataclasses.field(default_factory=list)
+    read_as: list[str] = dataclasses.field(default_factory=list)
 
 
 def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]]:
@@ -454,7 +457,9 @@ class ShapesPipeline(DiffusionPipeline):
         shape = (batch, self.unet.config.out_channels, size, size)
         noise = _randn(shape, generator, self.device, self.unet.dtype)
         chosen = [[] for _ in texts]
-        texts = [read_caption(text) for text in texts]
+        read = [read_caption(text) for text in texts]
+        read_as = [new if new != text else "" for new, text in zip(read, texts)]
+        texts = read
         if image is None:  # text to image: the words a caption leaves out are chosen after its noise is drawn
             gens = generator if isinstance(generator, list) else [generator] * batch
             texts, chosen = map(list, zip(*(self.choose_left_out(t, g) for t, g in zip(texts, gens))))
@@ -528,7 +533,7 @@ class ShapesPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, ignored
-        return ShapesPipelineOutput(images=images, ignored_words=ignored, chosen_words=chosen)
+        return ShapesPipelineOutput(images=images, ignored_words=ignored, chosen_words=chosen, read_as=read_as)
 
 
 def _draw(n: int, generator: torch.Generator | None) -> int:
