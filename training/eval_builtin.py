@@ -66,10 +66,10 @@ def build_cases(n: int, seeds: int, seed: int, v2: bool) -> dict[str, list[tuple
         count = n if split != "two_shapes" or v2 else max(1, n // 2)
         named = 0.5 if split in ("optional_words", "two_shapes_chosen") else 1.0
         for i in range(count):
-            scene = shapes.sample_scene(rng, held_out=split == "held_out" or (split == "optional_words" and i % 4 == 0),
-                                        two_shapes=split.startswith("two_shapes") or (split == "word_order" and
-                                                                                      i % 2 == 1),
-                                        p_size=named, p_position=1.0 if split == "word_order" else named)
+            two = split.startswith("two_shapes") or (split == "word_order" and i % 2 == 1)
+            held_out = split == "held_out" or (split == "optional_words" and i % 4 == 0)
+            scene = shapes.sample_scene(rng, held_out=held_out, two_shapes=two, p_size=named,
+                                        p_position=1.0 if split == "word_order" else named)
             if split == "word_order":
                 prompt = shapes.caption_reordered(scene, rng)
             else:
