@@ -669,7 +669,7 @@ class DiffusersProvider(Provider):
         ignored = list(getattr(out, "ignored_words", [[]] * len(images)))
         chosen = list(getattr(out, "chosen_words", None) or [[]] * len(images))
         read = list(getattr(out, "read_as", None) or [""] * len(images))
-        outputs = [_output(group, words, picks, details, read_as=reading[0]) for group, words, picks, reading in
+        outputs = [_output(group, words, picks, reading[0], details) for group, words, picks, reading in
                    zip(batch.split(images), batch.split(ignored), batch.split(chosen), batch.split(read))]
         # the hires fix's latent upscale: where the second pass can denoise latents at the larger size (hires
         # requests run alone: one output)
@@ -998,10 +998,10 @@ def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: lis
     return [Image.fromarray(a) for a in arrays]
 
 
-def _output(images: list, ignored: list[list[str]], chosen: list[list[str]], details: dict[str, Any],
-            read_as: str = "") -> ProviderOutput:
+def _output(images: list, ignored: list[list[str]], chosen: list[list[str]], read_as: str,
+            details: dict[str, Any]) -> ProviderOutput:
     """One request's output; `chosen`: the words the model chose where the caption left them out, per image;
-    `read_as`: the caption as the built-in model read it, where it put the words in another order."""
+    `read_as`: the caption as the built-in model read it, where it put the words in another order ("" where not)."""
     details = dict(details)
     warnings = []
     words = list(dict.fromkeys(w for group in ignored for w in group))
