@@ -22,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_pipelines import save_random_lora  # noqa: E402  (the LoRAs the tests make, at rank 16)
 
 
 def build(size: str):
@@ -53,25 +55,6 @@ def build(size: str):
                                    requires_safety_checker=False)
 
 
-def make_lora(pipe, target: Path, seed: int) -> None:
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    pipe.unet.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=target.stem)
-    pipe.text_encoder.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights=False,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
-                                  adapter_name=target.stem)
-    StableDiffusionPipeline.save_lora_weights(
-        target.parent, weight_name=target.name,
-        unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=target.stem),
-        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder, adapter_name=target.stem))
-    pipe.unet.delete_adapters(target.stem)
-    pipe.text_encoder.delete_adapter(target.stem)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "full"], default="small")
@@ -87,8 +70,8 @@ def main() -> None:
     pipe = build(args.size)
     pipe.save_pretrained(work / "model")
     (work / "loras").mkdir()
-    make_lora(pipe, work / "loras" / "a.safetensors", 1)
-    make_lora(pipe, work / "loras" / "b.safetensors", 2)
+    save_random_lora(pipe, work / "loras" / "a.safetensors", seed=1, rank=16)
+    save_random_lora(pipe, work / "loras" / "b.safetensors", seed=2, rank=16)
     del pipe
 
     import easel

@@ -149,6 +149,28 @@ def install_in_hub_cache(folder: Path, hub_cache: Path, repo_id: str) -> Path:
     return snapshot
 
 
+LORA_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0"],
+                "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+
+
+def save_random_lora(pipe, target: Path, seed: int, rank: int = 4, parts=("unet", "text_encoder")) -> Path:
+    """A random LoRA (its B matrices not zero, so that it changes the image) on the attention of `parts` of `pipe`,
+    saved as diffusers saves LoRAs. It uses peft's own `inject_adapter_in_model`, not the models' `add_adapter`:
+    transformers raises the peft version that `add_adapter` demands from release to release (5.25 wants peft >= 0.22),
+    while peft's function has kept its form since 0.7. The adapter, named after `target`, stays in the pipeline's
+    modules; a later call adds another beside it."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    torch.manual_seed(seed)
+    layers = {}
+    for part in parts:
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=LORA_TARGETS[part])
+        model = inject_adapter_in_model(config, getattr(pipe, part), adapter_name=target.stem)
+        layers[f"{part}_lora_layers"] = get_peft_model_state_dict(model, adapter_name=target.stem)
+    type(pipe).save_lora_weights(target.parent, weight_name=target.name, **layers)
+    return target
+
+
 def save_tiny_controlnet(family: str, folder: Path, seed: int) -> Path:
     """A ControlNet for the tiny pipeline of `family`: from its UNet's layout (`ControlNetModel.from_unet`) for SD
     1.5 and SDXL, from its transformer's for SD3 and FLUX (one block each), with random weights everywhere, the

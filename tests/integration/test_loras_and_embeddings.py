@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from servers import serving
+from tiny_pipelines import save_random_lora
 
 import easel
 from easel.engine.runner import batch_key
@@ -20,20 +21,9 @@ PROMPT = "a lion having coffee"
 
 def make_lora(pipeline_folder: Path, target: Path, seed: int) -> Path:
     """A random LoRA of rank 4 on the UNet's and the text encoder's attention, saved as `target`."""
-    import torch
     from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
 
-    torch.manual_seed(seed)
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder)
-    attention = ["to_q", "to_k", "to_v", "to_out.0"]
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=attention, init_lora_weights=False))
-    pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
-    StableDiffusionPipeline.save_lora_weights(
-        target.parent, weight_name=target.name, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
-        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder))
-    return target
+    return save_random_lora(StableDiffusionPipeline.from_pretrained(pipeline_folder), target, seed)
 
 
 @pytest.fixture
@@ -209,17 +199,12 @@ def test_sdxl_takes_loras_and_its_two_encoder_embeddings(tiny_models, easel_home
 
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
     shutil.copytree(tiny_models["sdxl"], easel_home / "models" / "tiny-sdxl")
-    torch.manual_seed(5)
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     (easel_home / "loras").mkdir(parents=True)
-    StableDiffusionXLPipeline.save_lora_weights(easel_home / "loras", weight_name="xl.safetensors",
-                                                unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    save_random_lora(StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"]),
+                     easel_home / "loras" / "xl.safetensors", seed=5, parts=["unet"])
     (easel_home / "embeddings").mkdir(parents=True)
     save_file({"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 40)},
               str(easel_home / "embeddings" / "xlstyle.safetensors"))
