@@ -22,6 +22,7 @@ from ..errors import (AuthenticationError, ContentPolicyError, EaselError, Gener
 from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_FILES, UPSCALER_MARKER, lora_files,
                        model_folders, names_a_file, upscaler_files, upscaler_names)
 from ..upscalers import HIRES_UPSCALERS, LATENT_UPSCALERS
+from . import fit
 from .base import Batch, Progress, Provider, ProviderOutput
 
 if TYPE_CHECKING:
@@ -320,14 +321,22 @@ class DiffusersProvider(Provider):
         self.hf_token = hf_token
 
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
-        """Refuse before queueing: a bad memory option, or a hub model that is not cached while offline."""
+        """Refuse before queueing: a bad memory option, an add-on that is missing or made for another family, or a
+        hub model that is not cached while offline."""
         self.memory_options(spec, {k: v for k, v in request.extra.items() if k in MEMORY_OPTIONS})
+        # each add-on exists, and was made for this model's family (read from its files, when they are here)
+        folder = self._pipeline_folder(spec) if request.loras or request.control or request.ip_adapter else None
+        denoiser = fit.denoiser_config(folder)
         for name in request.loras:
-            self.lora_file(name)
+            second_encoder = folder is not None and (folder / "text_encoder_2").is_dir()
+            _refuse(fit.lora_misfit(name, self.lora_file(name), denoiser, spec.name, second_encoder), "loras")
         for unit in request.control:
-            self.controlnet_folder(unit.model, download=False)
+            controlnet = fit.read_config(self.controlnet_folder(unit.model, download=False))
+            _refuse(fit.controlnet_misfit(unit.model, controlnet, denoiser, spec.name), "control")
         if request.ip_adapter is not None:
-            self.ip_adapter_folder(request.ip_adapter.model, download=False)
+            name = request.ip_adapter.model
+            adapter = self.ip_adapter_folder(name, download=False)
+            _refuse(fit.ip_adapter_misfit(name, adapter, denoiser, spec.name), "ip_adapter")
         if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
             self.upscaler_model(request.hires_upscaler, download=False, param="hires_upscaler")
         if spec.checkpoint and _offline():
@@ -335,6 +344,19 @@ class DiffusersProvider(Provider):
         if spec.local_path is None and _offline() and not spec.is_available_locally():
             raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                                      f"With network access, run `easel models pull {spec.name}`.", param="model")
+
+    def _pipeline_folder(self, spec: ModelSpec) -> Path | None:
+        """The model's folder where it is on this machine already (none for a single file: its configs say less)."""
+        if spec.checkpoint:
+            return None
+        if spec.local_path is not None:
+            return Path(spec.local_path)
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec.source, local_files_only=True, token=self.hf_token))
+        except Exception:  # noqa: BLE001 - not in the hub cache: it is checked when it has been downloaded
+            return None
 
     def lora_file(self, name: str) -> Path:
         """A LoRA's file: `<name>.safetensors` in the loras folder, or a path (which the request check allows only
@@ -753,6 +775,11 @@ def _spandrel_upscale(model, image):
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     out = model(pixels.to(model.device, model.dtype))[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     return PIL.Image.fromarray(np.round(out * 255).astype(np.uint8))
+
+
+def _refuse(misfit: str | None, param: str) -> None:
+    if misfit is not None:
+        raise InvalidRequestError(misfit, param=param)
 
 
 def _does_not_fit(what: str, exc: Exception, param: str) -> InvalidRequestError:
