@@ -230,16 +230,31 @@ def _loras(specs: list[str] | None) -> dict:
     return out
 
 
-def _options(pairs: list[str] | None) -> dict:
+def _options(pairs: list[str] | None, command=None) -> dict:
+    """`-o KEY=VALUE` pairs: options of the model's family. A key that `command` (the library function the command
+    calls) takes as a parameter of its own has an option of the command: it is named, not passed twice."""
+    import inspect
+
     from .errors import InvalidRequestError
 
+    own = {name for name, p in inspect.signature(command).parameters.items()
+           if p.kind is not p.VAR_KEYWORD} if command is not None else set()
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidRequestError(f"`--option` must be KEY=VALUE but is {pair!r}.", param="option")
+        if key.strip() in own:
+            flag = OWN_FLAGS.get(key.strip(), "--" + key.strip().replace("_", "-"))
+            raise InvalidRequestError(f"`--option {key.strip()}` is not an option of the model: use {flag}.",
+                                      param="option")
         out[key.strip()] = _parse_value(value.strip())
     return out
+
+
+# the library's parameters that a command's own option sets under another name
+OWN_FLAGS = {"inpaint_full_res": "--only-masked", "inpaint_full_res_padding": "--padding", "n": "-n",
+             "negative_prompt": "--negative", "output_format": "--format", "out_dir": "--out"}
 
 
 @app.command()
@@ -297,6 +312,8 @@ def generate(
         if hires is not None:
             base = base.replace(hires_scale=hires, hires_upscaler=hires_upscaler, hires_strength=hires_strength,
                                 hires_steps=hires_steps)
+        if from_file is not None:
+            base = _left_out(base, from_file)
         if prompts_file is not None:
             prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
         elif prompt is not None:
@@ -333,9 +350,11 @@ def to_image_request(base, *, model, size, aspect, steps, guidance, seed, negati
 
 
 def _request_from_file(path: Path):
-    """The request that made an image, from its embedded parameters."""
+    """The request that made an image, from its embedded parameters. Its ControlNet units and image prompt come
+    back without their images, which an image's record does not keep (`_left_out` names them)."""
     from PIL import Image
 
+    from .control import ControlUnit, IPAdapter
     from .errors import InvalidRequestError
     from .metadata import read_parameters
     from .types import ImageRequest
@@ -346,20 +365,50 @@ def _request_from_file(path: Path):
         raise InvalidRequestError(f"`--from` must be an image file but {str(path)!r} is not one.", param="from")
     if not params:
         raise InvalidRequestError(f"{str(path)!r} carries no Easel parameters.", param="from")
+    if params.get("mode", "generate") != "generate":
+        _err(f"Warning: {path.name} was made by {'an edit' if params['mode'] == 'edit' else 'a variation'} of an "
+             "image that its record does not keep: this makes a new image from its prompt and settings.")
     # the image again: a chat model's rewrite is not asked for again (its answer varies), the model receives the
     # prompt it received
     rewritten = bool(params.get("prompt_enhancer") and params.get("revised_prompt"))
+    ip_adapter = params.get("ip_adapter")
     return ImageRequest(
         prompt=params["revised_prompt"] if rewritten else params["prompt"], enhance_prompt=False,
         negative_prompt=params.get("negative_prompt"), model=params["model"],
         width=params["width"], height=params["height"], num_inference_steps=params["num_inference_steps"],
         guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
         output_format=params.get("output_format", "png"), extra=params.get("extra", {}),
-        loras=params.get("loras", {}),
+        loras=params.get("loras", {}), control=[_recorded(ControlUnit, unit) for unit in params.get("control", [])],
+        ip_adapter=_recorded(IPAdapter, ip_adapter) if ip_adapter else None,
         **({"hires_scale": params["hires"]["scale"], "hires_upscaler": params["hires"]["upscaler"],
             "hires_strength": params["hires"]["strength"], "hires_steps": params["hires"]["steps"]}
            if params.get("hires") else {}),
     )
+
+
+def _recorded(cls, record: dict):
+    """A ControlUnit or IPAdapter from its record (without its image); what this version does not know is left."""
+    import dataclasses
+
+    return cls(**{k: v for k, v in record.items() if k in {f.name for f in dataclasses.fields(cls)} - {"image"}})
+
+
+def _left_out(request, source: Path):
+    """`request` without the ControlNet units and image prompt whose images `--from` could not bring back (and that
+    `--control` and `--ip-adapter` did not give again), each named in a warning: the image will differ."""
+    for unit in request.control:
+        if unit.image is None:
+            _err(f"Warning: {source.name} was made with the ControlNet {unit.model!r} (weight {unit.weight}, "
+                 f"preprocessor {unit.preprocessor}), whose guiding image its record does not keep: it is left out, "
+                 f"so the image will differ. Give it again: --control {unit.model}:IMAGE:{unit.weight}:"
+                 f"{unit.preprocessor}.")
+    prompt = request.ip_adapter
+    if prompt is not None and prompt.image is None:
+        _err(f"Warning: {source.name} was made with the IP-Adapter {prompt.model!r} (scale {prompt.scale}), whose "
+             f"image its record does not keep: it is left out, so the image will differ. Give it again: "
+             f"--ip-adapter {prompt.model}:IMAGE:{prompt.scale}.")
+        prompt = None
+    return request.replace(control=[unit for unit in request.control if unit.image is not None], ip_adapter=prompt)
 
 
 @app.command()
@@ -399,7 +448,7 @@ def edit(
             result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
                               negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
                               inpaint_full_res_padding=padding, output_format=output_format, out_dir=out,
-                              on_step=bar.on_step, loras=_loras(lora), **_options(option))
+                              on_step=bar.on_step, loras=_loras(lora), **_options(option, api.edit))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     _print_result(result, as_json)
@@ -437,7 +486,7 @@ def vary(
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
             result = api.vary(image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps,
                               guidance=guidance, seed=seed, negative_prompt=negative, output_format=output_format,
-                              out_dir=out, on_step=bar.on_step, loras=_loras(lora), **_options(option))
+                              out_dir=out, on_step=bar.on_step, loras=_loras(lora), **_options(option, api.vary))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     _print_result(result, as_json)

@@ -149,8 +149,8 @@ class ServerClient:
         raise GenerationError(f"The server's stream of job {job_id} ended before the job did.")
 
     # -- edits and variations: the OpenAI routes, answered with links --------------------------------------------
-    def edit(self, request: ImageRequest) -> list[str]:
-        """An edit or a variation; the signed links of its images."""
+    def edit(self, request: ImageRequest) -> tuple[list[str], list[str]]:
+        """An edit or a variation; the signed links of its images, and the warnings of its result."""
         files = [("image", ("image.png", _png(request.image), "image/png"))]
         if request.mask is not None:
             files.append(("mask", ("mask.png", _png(request.mask.convert("L")), "image/png")))
@@ -158,21 +158,22 @@ class ServerClient:
                   "size": f"{request.width}x{request.height}" if request.width and request.height else request.size,
                   "seed": request.seed, "num_inference_steps": request.num_inference_steps,
                   "guidance_scale": request.guidance_scale, "negative_prompt": request.negative_prompt,
-                  "strength": request.strength, "response_format": "url",
+                  "strength": request.strength, "response_format": "url", "output_format": request.output_format,
                   "loras": json.dumps(request.loras) if request.loras else None,
+                  "options": json.dumps(request.extra) if request.extra else None,
                   "enhance_prompt": None if request.enhance_prompt is None else str(request.enhance_prompt).lower()}
         if request.mode == "edit":
             fields.update(mask_blur=request.mask_blur, inpaint_full_res=request.inpaint_full_res,
-                          inpaint_full_res_padding=request.inpaint_full_res_padding,
-                          output_format=request.output_format)
+                          inpaint_full_res_padding=request.inpaint_full_res_padding)
         route = "/v1/images/edits" if request.mode == "edit" else "/v1/images/variations"
         data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items() if v is not None}
         body, content_type = _multipart(data, files)
         status, answer = self.request("POST", route, body, {"content-type": content_type})
-        return [item["url"] for item in _answer(status, answer)["data"]]
+        body = _answer(status, answer)
+        return [item["url"] for item in body["data"]], body.get("warnings", [])
 
     # -- images ----------------------------------------------------------------------------------------------------
-    def fetch(self, urls: list[str], workspace: Workspace, model: str, warnings: list[str]) -> ImageResult:
+    def fetch(self, urls: list[str], warnings: list[str], workspace: Workspace, model: str) -> ImageResult:
         """The images behind signed links, in the caller's workspace: the file already there when the server
         shares it, else written there with its parameters and a history row."""
         from PIL import Image
@@ -312,6 +313,6 @@ class ServerRunner:
         workspace = Workspace(self.settings.home, out_dir)
         named = [r.replace(model=r.model or self.settings.default_model) for r in requests]
         if all(r.mode == "generate" for r in named):
-            return [self.client.fetch(job["urls"], workspace, r.model, job.get("warnings", []))
+            return [self.client.fetch(job["urls"], job.get("warnings", []), workspace, r.model)
                     for r, job in zip(named, self.client.generate(named, on_step))]
-        return [self.client.fetch(self.client.edit(r), workspace, r.model, []) for r in named]
+        return [self.client.fetch(*self.client.edit(r), workspace=workspace, model=r.model) for r in named]

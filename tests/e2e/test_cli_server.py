@@ -91,6 +91,30 @@ def test_edit_and_vary_run_on_the_server(server, tmp_path):
     assert len(server_jobs(server)) == before + 2
 
 
+def test_edit_and_vary_on_the_server_keep_every_option_and_warning(server, tmp_path):
+    """What `--local` does with an option, the hand-off does too: model options checked, the format kept, a command's
+    own parameter refused as an option, the result's warnings printed."""
+    home, host = tmp_path / "home", f"127.0.0.1:{server.port}"
+    picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (40, 80, 220)).save(picture)
+    Image.new("L", (64, 64), 255).save(mask)
+    edit = ("edit", str(picture), PROMPT, "--mask", str(mask), "--steps", "2")
+    vary = ("vary", str(picture), PROMPT, "--steps", "2")
+    for where in ((), ("--local",)):
+        for command in (edit, vary):
+            bogus = cli(*command, "-o", "bogus=1", *where, home=home, host=host)
+            assert bogus.returncode == 2 and "Unknown option 'bogus'" in bogus.stderr, (where, bogus.stderr)
+        twice = cli(*edit, "-o", "inpaint_full_res=true", *where, home=home, host=host)
+        assert twice.returncode == 2 and "`--option inpaint_full_res` is not an option of the model: use " \
+            "--only-masked." in twice.stderr, twice.stderr
+        for command, fmt in ((vary, "jpeg"), (edit, "webp")):
+            made = cli(*command, "--format", fmt, "--json", *where, home=home, host=host)
+            assert made.returncode == 0, made.stderr
+            assert Image.open(json.loads(made.stdout)["path"]).format == fmt.upper(), (where, command[0])
+        zebras = cli(*vary[:2], f"{PROMPT} with zebras", *vary[3:], *where, home=home, host=host)
+        assert "Warning: ignored words not in the built-in model's vocabulary: zebras" in zebras.stderr, where
+
+
 def test_errors_from_the_server_read_as_the_clis_own(server, tmp_path):
     host = f"127.0.0.1:{server.port}"
     bad = cli("generate", PROMPT, "--steps", "0", home=tmp_path, host=host)

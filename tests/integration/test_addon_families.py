@@ -90,3 +90,31 @@ def test_the_server_answers_400_and_queues_nothing(both_families, easel_home):
                 error = answer.json()["error"]
                 assert error["param"] == param and "and tiny-sdxl is SDXL (cross-attention 72)" in error["message"]
         assert httpx.get(f"{base}/v1/jobs").json()["data"] == []
+
+
+def test_from_names_the_add_ons_it_cannot_bring_back_and_takes_them_again(both_families, tmp_path):
+    """`easel generate --from` restores a ControlNet unit's and an image prompt's settings; their images are not in
+    the record, so without them again it warns, naming the options that give them back, and with them it makes the
+    same pixels."""
+    import os
+    import subprocess
+    import sys
+
+    guide, style = tmp_path / "guide.png", tmp_path / "style.png"
+    Image.new("RGB", (64, 64), "white").save(guide)
+    Image.new("RGB", (64, 64), "red").save(style)
+    made = easel.generate(PROMPT, model="tiny-sd15", size="64x64", steps=2, seed=3, control=[
+        {"model": "edges-sd15", "image": guide, "weight": 0.7, "preprocessor": "invert"}],
+        ip_adapter={"model": "style-sd15", "image": style, "scale": 0.8})[0]
+
+    def again(*args):
+        done = subprocess.run([sys.executable, "-m", "easel.cli", "generate", "--from", made.path, *args],
+                              capture_output=True, text=True, env={**os.environ})
+        assert done.returncode == 0, done.stderr
+        return done.stderr, np.asarray(Image.open(done.stdout.split()[-1]))
+
+    warned, without = again()
+    assert "--control edges-sd15:IMAGE:0.7:invert." in warned and "--ip-adapter style-sd15:IMAGE:0.8." in warned
+    assert not np.array_equal(without, np.asarray(made.image))
+    quiet, same = again("--control", f"edges-sd15:{guide}:0.7:invert", "--ip-adapter", f"style-sd15:{style}:0.8")
+    assert "Warning" not in quiet and np.array_equal(same, np.asarray(made.image))

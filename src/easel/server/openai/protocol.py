@@ -26,8 +26,10 @@ class ImageParams(BaseModel):
     num_inference_steps: int | None = Field(None, description="Easel: denoising steps (overrides quality).")
     guidance_scale: float | None = Field(None, description="Easel: guidance scale.")
     scheduler: str | None = Field(None, description="Easel: the sampler, e.g. dpm++, euler_a (the model's own).")
-    options: dict[str, Any] | None = Field(None, description="Easel: options of the model's family, e.g. "
-                                           "{\"true_cfg_scale\": 4} or {\"offload\": \"model\"}.")
+    # an object, or JSON text in a multipart form (checked by `to_image_request`, which names `options`)
+    options: Any = Field(None, description="Easel: options of the model's family, e.g. {\"true_cfg_scale\": 4} or "
+                         "{\"offload\": \"model\"} (JSON text in a multipart form).", json_schema_extra={"anyOf": [
+                             {"type": "object"}, {"type": "string"}, {"type": "null"}]})
     # checked by the request check, which names `loras` in every error (a union here would name its members)
     loras: Any = Field(None, description="Easel: LoRAs of the server's loras folder by name, with their weights: "
                        "{\"watercolor\": 0.8} (JSON text in a multipart form). A1111's <lora:name:weight> tags in "
@@ -88,6 +90,8 @@ class VariationRequest(ImageParams):
     # --- Easel extensions -------------------------------------------------------------------------------------
     prompt: str | None = Field(None, description="Easel: steers the variations (default: the image's own prompt).")
     strength: float | None = Field(None, description="Easel: 0 keeps the image, 1 redraws it (default 0.6).")
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(None, description="Easel: png (default), jpeg or "
+                                                                 "webp.")
 
 
 class ImageData(BaseModel):
@@ -116,6 +120,9 @@ class ImagesResponse(BaseModel):
     quality: str | None = None
     size: str | None = None
     usage: Usage | None = None
+    # --- Easel extensions -------------------------------------------------------------------------------------
+    warnings: list[str] | None = Field(None, description="Easel: what the model changed or ignored of the request "
+                                       "(left out when nothing was).")
 
 
 class ModelCard(BaseModel):

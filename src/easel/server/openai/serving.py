@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import time
@@ -78,23 +79,24 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         inpaint_full_res_padding=_given(getattr(req, "inpaint_full_res_padding", None), 32),
         strength=_given(getattr(req, "strength", None),
                         masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
-        aspect=getattr(req, "aspect", None), scheduler=req.scheduler, extra=dict(req.options or {}),
-        loras=_loras(req.loras), enhance_prompt=req.enhance_prompt, control=units_from_json(req.control),
+        aspect=getattr(req, "aspect", None), scheduler=req.scheduler,
+        extra=_json_object(req.options, "options", "option: value"),
+        loras=_json_object(req.loras, "loras", "name: weight"), enhance_prompt=req.enhance_prompt,
+        control=units_from_json(req.control),
         hires_scale=req.hires_scale, hires_upscaler=req.hires_upscaler, hires_strength=req.hires_strength,
         hires_steps=req.hires_steps, ip_adapter=ip_adapter_from_json(req.ip_adapter),
     )
 
 
-def _loras(value) -> dict:
-    """`loras` as an object, or as JSON text (a multipart form's field)."""
+def _json_object(value, param: str, shape: str) -> dict:
+    """An object field (`options`, `loras`), sent as an object or as JSON text (a multipart form's field)."""
     if value is None:
         return {}
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):  # text that is no JSON is refused below, as it was sent
             value = json.loads(value)
-        except ValueError:
-            raise InvalidRequestError(f"`loras` must be a JSON object of name: weight but is {value!r}.",
-                                      param="loras") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"`{param}` must be a JSON object of {shape} but is {value!r}.", param=param)
     return value
 
 
@@ -181,6 +183,7 @@ class ImagesService:
             output_format=prepared.request.output_format, quality=prepared.quality,
             size=f"{first.width}x{first.height}",
             usage=usage_for(prepared.request.prompt, prepared.inputs, [im.image for im in result.images]),
+            warnings=result.warnings or None,
         )
 
     def stream(self, prepared: Prepared, job: Job, partial_images: int) -> Iterator[dict[str, Any]]:
