@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     min_free_disk_mb: float = Field(64.0, ge=0, description="Below this much free space in the workspace, new "
                                     "jobs are refused (507) and /health says 503.")
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
+    idle_unload_s: float = Field(0.0, ge=0, description="After this many seconds without a job, the server releases "
+                                 "its loaded models (and their GPU memory); the next job loads them again. 0: never.")
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
         "none", description="torch.compile local models' denoiser and VAE decoder (a request's `compile` option "
         "overrides it); reduce-overhead suits a GPU server.")

@@ -224,3 +224,41 @@ def test_a_job_over_its_time_limit_fails_and_says_so(tmp_path):
         assert engine.worker_alive
     finally:
         engine.stop()
+
+
+def test_an_idle_engine_releases_its_models_and_the_next_job_loads_them_again(tmp_path):
+    """EASEL_IDLE_UNLOAD_S: after that long without a job the loaded pipelines go (the built-in model's here), the
+    engine's health says when; the next job loads the model again and makes the same pixels."""
+    import numpy as np
+
+    engine = Engine.from_settings(Runner(Settings(home=tmp_path, idle_unload_s=0.5))).start()
+    provider = engine.runner.registry.get("diffusers")
+
+    def made() -> np.ndarray:
+        job = engine.submit(ImageRequest(prompt="a large red circle on the left on a blue background", seed=3))
+        assert job.done.wait(60) and job.state == "succeeded"
+        return np.asarray(job.result.images[0].image)
+
+    try:
+        first = made()
+        assert provider.cache.keys() and engine.health()["models"] == {"idle_unload_s": 0.5, "released_at": None}
+        deadline = time.time() + 10
+        while engine.models_released_at is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert engine.health()["models"]["released_at"] and provider.cache.keys() == []
+        assert np.array_equal(made(), first)
+        assert provider.cache.keys() and engine.health()["models"]["released_at"] is None
+    finally:
+        engine.stop()
+
+
+def test_without_idle_unload_the_models_stay(tmp_path):
+    engine = Engine.from_settings(Runner(Settings(home=tmp_path))).start()
+    try:
+        job = engine.submit(ImageRequest(prompt="a red circle", seed=1))
+        assert job.done.wait(60) and job.state == "succeeded"
+        time.sleep(1.2)
+        assert engine.runner.registry.get("diffusers").cache.keys()
+        assert engine.health()["models"] == {"idle_unload_s": None, "released_at": None}
+    finally:
+        engine.stop()

@@ -13,7 +13,7 @@ from typing import Any
 from ..checks import CheckedRequest
 from ..errors import (EaselError, GenerationError, InsufficientStorageError, JobCancelledError, NotFoundError,
                       RateLimitError)
-from ..store import is_disk_full, out_of_space, storage_errors
+from ..store import is_disk_full, now_iso, out_of_space, storage_errors
 from ..types import ImageRequest
 from .jobs import FINAL, Job, JobEvent, JobStore
 from .metrics import EngineMetrics
@@ -38,7 +38,7 @@ class Engine:
 
     def __init__(self, runner: Runner, *, max_queue: int = 32, max_batch_images: int = 8,
                  batch_wait_s: float = 0.02, job_timeout_s: float = 600.0, keep_finished_s: float = 60.0,
-                 min_free_bytes: int = 0, metrics: EngineMetrics | None = None):
+                 min_free_bytes: int = 0, idle_unload_s: float = 0.0, metrics: EngineMetrics | None = None):
         self.runner = runner
         self.max_queue = max_queue
         self.max_batch_images = max_batch_images
@@ -46,6 +46,9 @@ class Engine:
         self.job_timeout_s = job_timeout_s
         self.keep_finished_s = keep_finished_s
         self.min_free_bytes = min_free_bytes
+        self.idle_unload_s = idle_unload_s
+        self.models_released_at: str | None = None  # when an idle spell released the loaded models
+        self._last_busy = time.monotonic()
         self.metrics = metrics or EngineMetrics()
         self.workspace = runner.workspace()
         self.store = JobStore(self.workspace.history)
@@ -77,7 +80,8 @@ class Engine:
         s = runner.settings
         return cls(runner, max_queue=s.max_queue, max_batch_images=s.max_batch_images,
                    batch_wait_s=s.batch_wait_ms / 1000, job_timeout_s=s.job_timeout_s,
-                   keep_finished_s=s.keep_finished_s, min_free_bytes=int(s.min_free_disk_mb * 2**20), **options)
+                   keep_finished_s=s.keep_finished_s, min_free_bytes=int(s.min_free_disk_mb * 2**20),
+                   idle_unload_s=s.idle_unload_s, **options)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -126,6 +130,7 @@ class Engine:
                 "free_disk_bytes": free, "min_free_disk_bytes": self.min_free_bytes,
                 "jobs_in_memory": len(self.jobs), "unsynced_records": len(self._unsynced),
                 "failed_at_start": self.recovered,
+                "models": {"idle_unload_s": self.idle_unload_s or None, "released_at": self.models_released_at},
                 "last_error": self.last_error}
 
     # -- the callers' side -----------------------------------------------------------------------------------------
@@ -250,7 +255,9 @@ class Engine:
             while not self._pending and not self._stop:
                 self._cond.wait(0.5)
                 self._release_finished()
-            if self._stop:
+                if self._idle_unload_due():
+                    return []  # the worker releases the models, outside this lock
+            if self._stop or not self._pending:
                 return []
             first = self._pending.pop(0)
             key = self._keys[first.id]
@@ -346,13 +353,28 @@ class Engine:
             return False
         return True
 
+    def _idle_unload_due(self) -> bool:
+        return bool(self.idle_unload_s) and self.models_released_at is None and not self._pending and \
+            time.monotonic() - self._last_busy >= self.idle_unload_s
+
+    def _release_models(self) -> None:
+        """After `idle_unload_s` without a job: the loaded models go, and their memory with them (an LLM server on
+        the same GPU gets it back); the next job loads its model again."""
+        held = self.runner.registry.release()
+        self.models_released_at = now_iso()
+        log.info("engine: idle for %.0f s, released the loaded models (%.2f GB)", self.idle_unload_s, held / 1e9)
+
     def _work(self) -> None:
         while not self._stop:
             batch: list[Job] = []
             try:
                 batch = self._take_batch()
                 if batch:
+                    self.models_released_at = None
                     self._run(batch)
+                    self._last_busy = time.monotonic()
+                elif not self._stop and self._idle_unload_due():
+                    self._release_models()
             except Exception as exc:  # noqa: BLE001 - the worker outlives any failure; the batch fails
                 self._note_error(exc, "running a batch")
                 error = self._as_error(exc, "The engine failed")

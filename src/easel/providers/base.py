@@ -124,6 +124,11 @@ class Provider(abc.ABC):
     def warm(self, spec: ModelSpec) -> None:
         """Get `spec` ready before its first request (a server calls this at start); nothing by default."""
 
+    def release(self) -> int:
+        """Let go of every loaded model, so that its memory (and an accelerator's) is free for other programs; the
+        next request loads what it needs again. Returns the bytes it held; nothing to release by default."""
+        return 0
+
     def describe(self) -> str:
         """One line for `easel providers`: what it runs and how it is configured."""
         return self.__doc__.strip().splitlines()[0] if self.__doc__ else ""
@@ -180,3 +185,7 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         self._load()
         return sorted(self._providers)
+
+    def release(self) -> int:
+        """Every provider started so far releases its loaded models; the bytes they held."""
+        return sum(provider.release() for provider in list(self._providers.values()))

@@ -284,6 +284,13 @@ class PipelineCache:
         with self._lock:
             return list(self._items)
 
+    def clear(self) -> int:
+        """Forget every pipeline (and the add-ons held with it); the bytes they held."""
+        with self._lock:
+            held = sum(i.nbytes for i in self._items.values())
+            self._items.clear()
+        return held
+
 
 def _module_bytes(pipe) -> int:
     total = 0
@@ -440,6 +447,17 @@ class DiffusersProvider(Provider):
             return tiled(image, factor, tile, max(8, tile // 8), one)
 
     # -- loading ---------------------------------------------------------------------------------------------------
+    def release(self) -> int:
+        import gc
+
+        held = self.cache.clear()
+        gc.collect()
+        if pick_device(self.device_preference) == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return held
+
     def warm(self, spec: ModelSpec) -> None:
         self.load(spec)
 

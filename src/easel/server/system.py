@@ -53,7 +53,8 @@ class ModelWarmup:
 def health(request: Request) -> JSONResponse:
     """200 when the server can make images now: the default model is loaded, the engine's worker runs and the
     workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`).
-    `engine` holds the queue depth, free disk space and the last error the engine met."""
+    `engine` holds the queue depth, free disk space, when an idle spell released the models (EASEL_IDLE_UNLOAD_S;
+    the next job loads them again) and the last error the engine met."""
     warmup, engine = request.app.state.warmup, request.app.state.engine
     engine_state = engine.health()
     body = {"status": "ok", "model": warmup.model, "version": __version__, "engine": engine_state}
