@@ -273,13 +273,13 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     engine, state = request.app.state.engine, _state(request)
     model = model_for(body, state)
     scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
-    base = to_image_request(body, model, scheduler, mode, **fields)
+    base = await run_in_threadpool(to_image_request, body, model, scheduler, mode, **fields)  # decodes images
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
     images, seeds, texts, first, detected = [], [], [], {}, []
     interrupted = False
     for i in range(body.n_iter):
         start = None if base.seed is None else base.seed + i * body.batch_size
-        job = engine.submit(base.replace(seed=start), preview_every=PREVIEW_EVERY)
+        job = await run_in_threadpool(engine.submit, base.replace(seed=start), preview_every=PREVIEW_EVERY)
         state.add(task_id, job)
         try:
             result = await wait_for_job(engine, job, request)
@@ -318,9 +318,10 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
     try:
         if not body.init_images:
             raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
-        image = _decode(body.init_images[0], "init_images").convert("RGB")
+        image = (await run_in_threadpool(_decode, body.init_images[0], "init_images")).convert("RGB")
         if body.mask:
-            mask = masks.from_a1111(_decode(body.mask, "mask"), bool(body.inpainting_mask_invert))
+            mask = masks.from_a1111(await run_in_threadpool(_decode, body.mask, "mask"),
+                                    bool(body.inpainting_mask_invert))
             return await _run(body, request, "edit", image=image, mask=mask, strength=body.denoising_strength,
                               mask_blur=body.mask_blur, inpaint_full_res=body.inpaint_full_res,
                               inpaint_full_res_padding=body.inpaint_full_res_padding)

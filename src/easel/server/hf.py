@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -72,13 +73,14 @@ async def text_to_image(model: str, request: Request) -> Response:
         return hf_error(400, f"Invalid `{where}`: {first['msg']}.")
     engine, warmup = request.app.state.engine, request.app.state.warmup
     try:
-        checked = engine.runner.check(to_image_request(model, body, request.headers.get("accept", "")))
+        wanted = to_image_request(model, body, request.headers.get("accept", ""))
+        checked = await run_in_threadpool(engine.runner.check, wanted)
         loading = checked.spec.name == engine.runner.catalog.resolve(warmup.model).name
         if loading and not warmup.ready.is_set():
             if warmup.error:
                 return hf_error(503, f"Model {model} failed to load: {warmup.error}")
             return hf_error(503, f"Model {model} is currently loading", estimated_time=5.0)
-        job = engine.submit(checked)
+        job = await run_in_threadpool(engine.submit, checked)
         result = await wait_for_job(engine, job, request)
     except EaselError as exc:
         extra = {"param": exc.param} if isinstance(exc, InvalidRequestError) and exc.param else {}

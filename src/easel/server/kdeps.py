@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..errors import EaselError, InvalidRequestError
@@ -33,7 +34,7 @@ async def image_generator(request: Request, q: str | None = None) -> JSONRespons
         q = body.get("q") if isinstance(body, dict) else None
     engine = request.app.state.engine
     try:
-        job = engine.submit(to_image_request(q, request.app.state.local_model))
+        job = await run_in_threadpool(engine.submit, to_image_request(q, request.app.state.local_model))
         result = await wait_for_job(engine, job, request)
     except EaselError as exc:
         return JSONResponse({"errors": [{"code": exc.status, "message": exc.message}], "response": {"data": []},

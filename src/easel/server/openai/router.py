@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -76,8 +77,12 @@ async def _read_form(request: Request, model_cls):
         raise InvalidRequestError("Missing required parameter: 'image'.", param="image")
     if len(images) > 16:
         raise InvalidRequestError(f"`image` takes at most 16 files but got {len(images)}.", param="image")
-    decoded = [image_from_bytes(b, "image") for b in images]
-    mask_image = image_from_bytes(mask, "mask") if mask is not None else None
+
+    def decode() -> tuple[list, Any]:  # beside the event loop: decoding is the CPU's work
+        return ([image_from_bytes(b, "image") for b in images],
+                image_from_bytes(mask, "mask") if mask is not None else None)
+
+    decoded, mask_image = await run_in_threadpool(decode)
     return params, decoded, mask_image
 
 
@@ -88,9 +93,9 @@ async def _complete(prepared: Prepared, request: Request, stream: bool, partial_
     images: ImagesService = request.app.state.images
     engine = request.app.state.engine
     if stream:
-        job = engine.submit(prepared.checked, previews=partial_images or 0, listen=True)
+        job = await run_in_threadpool(engine.submit, prepared.checked, previews=partial_images or 0, listen=True)
         return _sse(images.stream(prepared, job, partial_images or 0))
-    result = await wait_for_job(engine, engine.submit(prepared.checked), request)
+    result = await wait_for_job(engine, await run_in_threadpool(engine.submit, prepared.checked), request)
     return await run_in_threadpool(images.response, prepared, result, str(request.base_url))
 
 
@@ -116,7 +121,7 @@ def get_model(model_id: str, request: Request) -> ModelCard:
 @router.post("/images/generations", response_model=ImagesResponse, responses=ERRORS, response_model_exclude_none=True)
 async def generations(body: GenerationRequest, request: Request):
     """Create images from a prompt. With `stream: true`, answers Server-Sent Events."""
-    prepared = request.app.state.images.prepare(body)
+    prepared = await run_in_threadpool(request.app.state.images.prepare, body)  # the check, off the event loop
     return await _complete(prepared, request, bool(body.stream), body.partial_images)
 
 
@@ -132,10 +137,14 @@ async def edits(request: Request):
         raise InvalidRequestError(
             f"`mask` must be the same size as the first image ({images[0].width}x{images[0].height}) "
             f"but is {mask.width}x{mask.height}.", param="mask")
-    if masks.edit_mode(images[0], mask, params.model) == "vary":  # no mask, no transparency: the whole picture
-        prepared = request.app.state.images.prepare(params, "vary", images[:1], event_prefix="image_edit")
-    else:
-        prepared = request.app.state.images.prepare(params, "edit", images, masks.from_openai(mask, images[0]))
+    service: ImagesService = request.app.state.images
+
+    def prepare() -> Prepared:
+        if masks.edit_mode(images[0], mask, params.model) == "vary":  # no mask, no transparency: the whole picture
+            return service.prepare(params, "vary", images[:1], event_prefix="image_edit")
+        return service.prepare(params, "edit", images, masks.from_openai(mask, images[0]))
+
+    prepared = await run_in_threadpool(prepare)
     return await _complete(prepared, request, bool(params.stream), params.partial_images)
 
 
@@ -145,4 +154,5 @@ async def edits(request: Request):
 async def variations(request: Request):
     """Variations of one image (multipart)."""
     params, images, _ = await _read_form(request, VariationRequest)
-    return await _complete(request.app.state.images.prepare(params, "vary", images[:1]), request, False, None)
+    prepared = await run_in_threadpool(request.app.state.images.prepare, params, "vary", images[:1])
+    return await _complete(prepared, request, False, None)
