@@ -36,6 +36,14 @@ class Settings(BaseSettings):
                                    "(default: HOME/loras).")
     embeddings_dir: Path | None = Field(None, description="Folder of textual-inversion embeddings (.safetensors) "
                                         "that prompts use by name (default: HOME/embeddings).")
+    controlnets_dir: Path | None = Field(None, description="Folder of ControlNet models that requests name "
+                                         "(default: HOME/controlnets).")
+    ip_adapters_dir: Path | None = Field(None, description="Folder of IP-Adapters that requests name "
+                                         "(default: HOME/ip_adapters).")
+    upscalers_dir: Path | None = Field(None, description="Folder of upscaler models that requests name "
+                                       "(default: HOME/upscalers).")
+    configs_dir: Path | None = Field(None, description="Folder of the pipeline configurations single-file "
+                                     "checkpoints load with (default: HOME/configs).")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
@@ -128,41 +136,45 @@ class Settings(BaseSettings):
 
         return parse_keys(self.api_keys)
 
+    def folder(self, kind: str) -> Path:
+        """Where files of a kind of `easel.addons.FOLDERS` are: its `<kind>_dir` setting, else HOME/<kind>."""
+        return getattr(self, f"{kind}_dir") or self.home / kind
+
     @property
     def models_folder(self) -> Path:
-        return self.models_dir or self.home / "models"
+        return self.folder("models")
 
     @property
     def loras_folder(self) -> Path:
         """Where LoRAs named by a request are: `<name>.safetensors`."""
-        return self.loras_dir or self.home / "loras"
+        return self.folder("loras")
 
     @property
     def controlnets_folder(self) -> Path:
         """ControlNet models by name: diffusers folders (`config.json` and its weights), as the hub has them."""
-        return self.home / "controlnets"
+        return self.folder("controlnets")
 
     @property
     def ip_adapters_folder(self) -> Path:
         """IP-Adapters by name: a folder with the adapter's weights (.safetensors) and its `image_encoder`."""
-        return self.home / "ip_adapters"
+        return self.folder("ip_adapters")
 
     @property
     def upscalers_folder(self) -> Path:
         """Upscaler models by name: diffusers pipeline folders (SD's x4 upscaler)."""
-        return self.home / "upscalers"
+        return self.folder("upscalers")
 
     @property
     def configs_folder(self) -> Path:
         """Pipeline configurations (configs and tokenizers, no weights) that single-file checkpoints load with,
         one folder per kind of checkpoint (`v1`, `xl_base`, `sd35_medium`, `flux-dev`, ...), filled by
         `easel models pull CHECKPOINT`."""
-        return self.home / "configs"
+        return self.folder("configs")
 
     @property
     def embeddings_folder(self) -> Path:
         """Where textual-inversion embeddings are: `<name>.safetensors`, used by writing `name` in a prompt."""
-        return self.embeddings_dir or self.home / "embeddings"
+        return self.folder("embeddings")
 
     @property
     def history_location(self) -> Path | str:

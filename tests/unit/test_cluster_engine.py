@@ -136,3 +136,20 @@ def test_cancelling_a_job_on_a_replica_stops_it_there(replica, tmp_path):
         assert replica.engine.counts() == {"queued": 0, "running": 0}  # the replica dropped it too
     finally:
         engine.stop()
+
+
+def test_a_replica_reads_every_folder_the_ingress_checks_against(tmp_path, monkeypatch):
+    """The ingress checks a request's LoRAs, ControlNets, IP-Adapters, upscalers and checkpoint configs against the
+    operator's folders; a replica must load them from the same folders, not from its scratch home."""
+    from easel.addons import FOLDERS
+    from easel.serving.ray import replica_settings
+
+    monkeypatch.setenv("EASEL_CONTROLNETS_DIR", str(tmp_path / "shared-controlnets"))
+    settings = Settings(home=tmp_path / "home", loras_dir=tmp_path / "shared-loras")
+    replica = replica_settings(settings)
+    assert replica.home != settings.home and replica.database_url is None
+    for kind in FOLDERS:
+        assert replica.folder(kind.folder) == settings.folder(kind.folder), kind.folder
+    assert replica.controlnets_folder == tmp_path / "shared-controlnets"
+    assert replica.loras_folder == tmp_path / "shared-loras"
+    assert replica.upscalers_folder == tmp_path / "home" / "upscalers"

@@ -3,7 +3,6 @@ pipelines, and one call per request with per-image seeds."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -11,7 +10,6 @@ import importlib
 import inspect
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_FILES, UPS
 from ..upscalers import HIRES_UPSCALERS, LATENT_UPSCALERS
 from . import fit
 from .base import Batch, Progress, Provider, ProviderOutput
+from .pipeline_cache import LoadedPipeline, PipelineCache, tensor_bytes
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
@@ -209,97 +208,6 @@ def pull_model(spec: ModelSpec, token: str | None = None, configs_dir: Path | No
         ) from None
 
 
-@dataclasses.dataclass
-class LoadedPipeline:
-    """A pipeline loaded on one device, the lock that serialises its calls, and its derived pipelines."""
-
-    pipe: Any
-    scheduler_class: type
-    scheduler_config: dict[str, Any]
-    nbytes: int
-    load_s: float
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    derived: dict[str, Any] = dataclasses.field(default_factory=dict)
-    adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
-    embeddings: set[str] = dataclasses.field(default_factory=set)  # textual-inversion tokens loaded
-    _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
-
-    def preview_decoder(self, spec: ModelSpec):
-        """The family's tiny VAE for previews (a tenth of a step to decode, where the full VAE takes most of one),
-        when it is in the hub cache; never downloaded for a preview. None: previews use the pipeline's VAE."""
-        if self._tiny_decoder is False:
-            self._tiny_decoder = _load_tiny_decoder(spec.family.preview_decoder, self.pipe)
-        return self._tiny_decoder
-
-    def for_mode(self, mode: str):
-        """The pipeline for a mode; edit and variation pipelines share the loaded weights (`from_pipe`)."""
-        if mode == "generate" or getattr(self.pipe, "supports_image_input", False):
-            return self.pipe
-        if mode not in self.derived:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-
-            auto = AutoPipelineForInpainting if mode == "edit" else AutoPipelineForImage2Image
-            try:
-                self.derived[mode] = auto.from_pipe(self.pipe)
-                self.derived[mode].set_progress_bar_config(disable=True)
-            except ValueError as exc:
-                raise UnsupportedError(f"This model has no {mode} pipeline: {exc}", param="model") from None
-        return self.derived[mode]
-
-
-class PipelineCache:
-    """Loaded pipelines by (source, device, dtype, memory options), least recently used evicted first."""
-
-    def __init__(self, max_items: int = 2, max_bytes: int = 0):
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self._items: collections.OrderedDict[tuple, LoadedPipeline] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[tuple, threading.Lock] = {}
-
-    def get(self, key: tuple, load) -> LoadedPipeline:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:  # two requests for one model load it once
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            loaded = load()
-            with self._lock:
-                self._items[key] = loaded
-                self._evict()
-                self._loading.pop(key, None)
-            return loaded
-
-    def _evict(self) -> None:
-        while len(self._items) > self.max_items or (
-            self.max_bytes and len(self._items) > 1 and sum(i.nbytes for i in self._items.values()) > self.max_bytes
-        ):
-            self._items.popitem(last=False)
-
-    def keys(self) -> list[tuple]:
-        with self._lock:
-            return list(self._items)
-
-    def clear(self) -> int:
-        """Forget every pipeline (and the add-ons held with it); the bytes they held."""
-        with self._lock:
-            held = sum(i.nbytes for i in self._items.values())
-            self._items.clear()
-        return held
-
-
-def _module_bytes(pipe) -> int:
-    total = 0
-    for component in pipe.components.values():
-        if hasattr(component, "parameters"):
-            total += sum(p.numel() * p.element_size() for p in component.parameters())
-    return total
-
-
 class DiffusersProvider(Provider):
     """Runs local diffusers pipelines, Easel's built-in model included."""
 
@@ -431,7 +339,7 @@ class DiffusersProvider(Provider):
                     raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
                 pipe.set_progress_bar_config(disable=True)
                 pipe.to(device)
-                return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
+                return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), tensor_bytes([pipe]),
                                       time.perf_counter() - started)
 
             loaded = self.cache.get((str(model), device, str(dtype), "upscaler"), load)
@@ -456,6 +364,7 @@ class DiffusersProvider(Provider):
             import torch
 
             torch.cuda.empty_cache()
+        _return_freed_memory()
         return held
 
     def warm(self, spec: ModelSpec) -> None:
@@ -513,7 +422,7 @@ class DiffusersProvider(Provider):
             vae.enable_tiling()
         with pipeline_errors(spec, "loading"):
             _speed_up(pipe, device, memory)
-        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), _module_bytes(pipe),
+        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), tensor_bytes([pipe]),
                               time.perf_counter() - started)
 
     def _load_from_hub(self, cls, spec: ModelSpec, dtype):
@@ -695,6 +604,8 @@ class DiffusersProvider(Provider):
             with self._image_prompt(loaded, pipe, first.ip_adapter) as image_prompt:
                 out = pipe(**kwargs, **image_prompt)
 
+        self.cache.trim(keep=loaded)  # what this call loaded counts against EASEL_MAX_CACHE_GB from now on
+
         # 6. the safety checker's verdict, the requested size, the unmasked pixels, and the images per request
         flagged = getattr(out, "nsfw_content_detected", None)
         if flagged and any(flagged):
@@ -793,6 +704,17 @@ def _spandrel_upscale(model, image):
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     out = model(pixels.to(model.device, model.dtype))[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     return PIL.Image.fromarray(np.round(out * 255).astype(np.uint8))
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc keeps them for the process otherwise, and a released
+    model would still show in the server's RSS)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 def _refuse(misfit: str | None, param: str) -> None:
@@ -1000,23 +922,6 @@ def pipeline_errors(spec: ModelSpec, doing: str) -> Iterator[None]:
         if isinstance(exc, (ValueError, TypeError)):  # the pipeline's own check_inputs refused an argument
             raise InvalidRequestError(f"{spec.name} rejected the request while {doing}: {exc}") from exc
         raise GenerationError(f"{spec.name} failed while {doing}: {type(exc).__name__}: {exc}") from exc
-
-
-def _load_tiny_decoder(repo_id: str | None, pipe):
-    """An `AutoencoderTiny` from the hub cache, on the pipeline's device and dtype; None when it is not there."""
-    if repo_id is None or getattr(pipe, "vae", None) is None:
-        return None
-    from diffusers import AutoencoderTiny
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(repo_id, local_files_only=True)
-        tiny = AutoencoderTiny.from_pretrained(folder, dtype=pipe.vae.dtype)
-    except Exception:  # noqa: BLE001 - not cached, or not a tiny VAE: previews fall back to the full one
-        return None
-    if tiny.config.latent_channels != pipe.vae.config.latent_channels:
-        return None
-    return tiny.to(pipe.vae.device)
 
 
 def _preview(pipe, spec: ModelSpec, request: ImageRequest, latents, indices: list[int], tiny=None) -> list | None:

@@ -31,6 +31,7 @@ from prometheus_client import Gauge
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
 
+from ..addons import FOLDERS
 from ..checks import CheckedRequest
 from ..config import Settings, get_settings
 from ..engine.jobs import FINAL, Job, JobEvent
@@ -72,15 +73,15 @@ class ReplicaEngine(Engine):
 
 
 def replica_settings(settings: Settings) -> Settings:
-    """A replica's own settings: a private scratch home (nothing is saved there), the operator's models folder,
-    no database, and a queue deep enough for every call Ray sends it."""
+    """A replica's own settings: a private scratch home (nothing is saved there), the operator's folders of every
+    kind (models, LoRAs, embeddings, ControlNets, IP-Adapters, upscalers, checkpoint configs), no database, and a
+    queue deep enough for every call Ray sends it."""
     scratch = Path(tempfile.mkdtemp(prefix="easel-replica-"))
     if settings.keys_path.is_file():  # the operator's keys (a token for gated models), readable by it alone
         shutil.copy2(settings.keys_path, scratch / settings.keys_path.name)
-    return settings.model_copy(update={"home": scratch, "models_dir": settings.models_folder,
-                                       "loras_dir": settings.loras_folder,
-                                       "embeddings_dir": settings.embeddings_folder, "database_url": None,
-                                       "min_free_disk_mb": 0, "max_queue": _replica_queue(settings)})
+    folders = {kind.setting: settings.folder(kind.folder) for kind in FOLDERS}  # every kind the ingress checks
+    return settings.model_copy(update={"home": scratch, **folders, "database_url": None, "min_free_disk_mb": 0,
+                                       "max_queue": _replica_queue(settings)})
 
 
 def _replica_queue(settings: Settings) -> int:

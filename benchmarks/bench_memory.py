@@ -1,0 +1,129 @@
+"""Memory under EASEL_MAX_CACHE_GB: a server's engine loads 6 LoRAs and 2 ControlNets one after another on SD
+1.5's layout (built from configs, random weights), its cache bounded to the pipeline plus one ControlNet; then it
+sits idle past EASEL_IDLE_UNLOAD_S and releases the pipeline.
+
+Measured in this process: RSS after importing everything (what a fresh server holds before its first model),
+then after every request the RSS and the cache's ledger (its resident bytes, add-ons included), then after the idle
+unload. Goals: RSS <= the fresh RSS + the bound (plus the working memory of one call) through every request; after
+the idle unload, RSS within 10% of the fresh server's.
+
+    python benchmarks/bench_memory.py [--size full|small]      # full: SD 1.5 itself (about 5 GB of RAM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def prepare(work: Path, size: str) -> dict:
+    """The model, its 6 LoRAs and 2 ControlNets as files (in a process of their own, so that the measuring one
+    starts as a fresh server does); their sizes."""
+    import torch
+    from bench_lora import build
+    from diffusers import ControlNetModel
+    from tiny_pipelines import save_random_lora
+
+    from easel.providers.pipeline_cache import tensor_bytes
+
+    pipe = build(size)
+    pipe.save_pretrained(work / "models" / "sd15-layout")
+    pipeline_bytes = tensor_bytes([pipe])
+    (work / "loras").mkdir()
+    for i in range(6):
+        save_random_lora(pipe, work / "loras" / f"lora{i}.safetensors", seed=i, rank=16)
+    for i in range(2):
+        torch.manual_seed(i)
+        controlnet = ControlNetModel.from_unet(build(size).unet)
+        controlnet.save_pretrained(work / "controlnets" / f"control{i}")
+    return {"pipeline_bytes": pipeline_bytes, "controlnet_bytes": tensor_bytes([controlnet])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["small", "full"], default="full")
+    parser.add_argument("--idle", type=float, default=3.0, help="EASEL_IDLE_UNLOAD_S for the run")
+    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # the child that writes the files
+    args = parser.parse_args()
+    if args.prepare is not None:
+        print(json.dumps(prepare(args.prepare, args.size)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="easel-bench-memory-"))
+    made = subprocess.run([sys.executable, __file__, "--size", args.size, "--prepare", str(work)],
+                          capture_output=True, text=True, check=True)
+    sizes = json.loads(made.stdout.splitlines()[-1])
+    pipeline_bytes, controlnet_bytes = sizes["pipeline_bytes"], sizes["controlnet_bytes"]
+    bound = pipeline_bytes + controlnet_bytes * 3 // 2
+
+    import torch
+    from PIL import Image, ImageDraw
+
+    from easel.config import Settings
+    from easel.control import ControlUnit
+    from easel.engine.queue import Engine
+    from easel.engine.runner import Runner
+    from easel.types import ImageRequest
+
+    # a fresh server has its libraries imported (it loads its default model at start): so does this process
+    import peft  # noqa: F401
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline  # noqa: F401
+    from transformers import CLIPTextModel  # noqa: F401
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    guide = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(guide).rectangle([16, 16, 48, 48], outline="black", width=3)
+
+    settings = Settings(home=work, max_cache_gb=bound / 1e9, idle_unload_s=args.idle)
+    engine = Engine.from_settings(Runner(settings)).start()
+    provider = engine.runner.registry.get("diffusers")
+    fresh = rss()
+    base = dict(prompt="a lighthouse", model="sd15-layout", width=64, height=64, num_inference_steps=1, seed=1)
+    uses = [("plain", {})] + [(f"lora{i}", {"loras": {f"lora{i}": 0.8}}) for i in range(6)] + \
+        [(f"control{i}", {"control": [ControlUnit(f"control{i}", guide, "canny")]}) for i in range(2)]
+    rows = []
+    for name, use in uses:
+        job = engine.submit(ImageRequest(**base, **use))
+        job.done.wait(600)
+        assert job.state == "succeeded", (name, job.error)
+        rows.append({"request": name, "rss_gb": round(rss() / 1e9, 3),
+                     "over_fresh_gb": round((rss() - fresh) / 1e9, 3),
+                     "ledger_gb": round(provider.cache.resident_bytes() / 1e9, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    deadline = time.time() + args.idle + 30
+    while engine.models_released_at is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    released = rss()
+    engine.stop()
+    peak_over = max(r["over_fresh_gb"] for r in rows)
+    report = {
+        "size": args.size, "pipeline_gb": round(pipeline_bytes / 1e9, 3),
+        "controlnet_gb": round(controlnet_bytes / 1e9, 3), "bound_gb": round(bound / 1e9, 3),
+        "fresh_rss_gb": round(fresh / 1e9, 3), "requests": rows,
+        "peak_rss_over_fresh_gb": peak_over, "under_bound": all(r["ledger_gb"] <= bound / 1e9 for r in rows),
+        "rss_after_idle_unload_gb": round(released / 1e9, 3),
+        "after_unload_over_fresh": round(released / fresh, 3), "released_at": engine.models_released_at,
+    }
+    out = HERE / "results" / f"memory-{args.size}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "requests"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Loaded pipelines and what is attached to them, with a memory ledger: each entry's resident bytes count its
+pipeline and every add-on loaded with it (LoRA adapters, ControlNets, IP-Adapter image encoders, the pipelines
+derived for other modes), so that `EASEL_MAX_CACHE_GB` bounds what it says. Over the bound, add-ons go before
+whole pipelines: they load again in a fraction of a pipeline's time when a request names them."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from ..catalog import ModelSpec
+
+MODES = ("edit", "vary")  # derived pipelines that share the loaded weights: no add-on of their own
+
+
+@dataclasses.dataclass
+class LoadedPipeline:
+    """A pipeline loaded on one device, the lock that serialises its calls, and what is attached to it: derived
+    pipelines (other modes, ControlNet pipelines), ControlNet models and image encoders (`derived`), LoRA adapters
+    (`adapters`) and textual-inversion tokens (`embeddings`)."""
+
+    pipe: Any
+    scheduler_class: type
+    scheduler_config: dict[str, Any]
+    nbytes: int  # the pipeline alone, as loaded
+    load_s: float
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    derived: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
+    embeddings: set[str] = dataclasses.field(default_factory=set)  # textual-inversion tokens loaded
+    _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
+
+    def preview_decoder(self, spec: ModelSpec):
+        """The family's tiny VAE for previews (a tenth of a step to decode, where the full VAE takes most of one),
+        when it is in the hub cache; never downloaded for a preview. None: previews use the pipeline's VAE."""
+        if self._tiny_decoder is False:
+            self._tiny_decoder = _load_tiny_decoder(spec.family.preview_decoder, self.pipe)
+        return self._tiny_decoder
+
+    def for_mode(self, mode: str):
+        """The pipeline for a mode; edit and variation pipelines share the loaded weights (`from_pipe`)."""
+        if mode == "generate" or getattr(self.pipe, "supports_image_input", False):
+            return self.pipe
+        if mode not in self.derived:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if mode == "edit" else AutoPipelineForImage2Image
+            try:
+                self.derived[mode] = auto.from_pipe(self.pipe)
+                self.derived[mode].set_progress_bar_config(disable=True)
+            except ValueError as exc:
+                raise UnsupportedError(f"This model has no {mode} pipeline: {exc}", param="model") from None
+        return self.derived[mode]
+
+    def resident_bytes(self) -> int:
+        """What the pipeline and everything attached to it hold now, each tensor counted once (derived pipelines
+        share the pipeline's weights; LoRA adapters live inside its modules)."""
+        return tensor_bytes([self.pipe, *self.derived.values(), self._tiny_decoder or None])
+
+    def drop_addons(self) -> int:
+        """Release the add-ons (ControlNets, image encoders, LoRA adapters, the pipelines built over them); the
+        bytes this freed. Skipped while a call holds the pipeline: it is in use."""
+        if not self.lock.acquire(blocking=False):
+            return 0
+        try:
+            before = self.resident_bytes()
+            for key in [k for k in self.derived if k not in MODES]:
+                del self.derived[key]
+            if self.adapters:
+                with contextlib.suppress(Exception):  # a pipeline without LoRA support has none to delete
+                    self.pipe.delete_adapters(list(self.adapters.values()))
+                self.adapters.clear()
+            return before - self.resident_bytes()
+        finally:
+            self.lock.release()
+
+
+class PipelineCache:
+    """Loaded pipelines by (source, device, dtype, memory options), least recently used evicted first; with
+    `max_bytes`, the resident bytes of every entry (add-ons included) stay under it, add-ons dropped first."""
+
+    def __init__(self, max_items: int = 2, max_bytes: int = 0):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[tuple, LoadedPipeline] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Lock] = {}
+
+    def get(self, key: tuple, load) -> LoadedPipeline:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # two requests for one model load it once
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            loaded = load()
+            with self._lock:
+                self._items[key] = loaded
+                self._loading.pop(key, None)
+            self.trim(keep=loaded)
+            return loaded
+
+    def resident_bytes(self) -> int:
+        with self._lock:
+            items = list(self._items.values())
+        return sum(item.resident_bytes() for item in items)
+
+    def trim(self, keep: LoadedPipeline | None = None) -> None:
+        """Bring the cache under its bounds: past `max_items`, the least recently used pipelines go; past
+        `max_bytes`, first the add-ons of the others, then the others, then `keep`'s own add-ons (`keep`, the
+        pipeline in use, stays even when it alone is over the bound)."""
+        with self._lock:
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+            if not self.max_bytes:
+                return
+            others = [item for item in self._items.values() if item is not keep]
+        if self.resident_bytes() <= self.max_bytes:
+            return
+        for item in others:  # least recently used first
+            item.drop_addons()
+            if self.resident_bytes() <= self.max_bytes:
+                return
+        with self._lock:
+            for key in [k for k, item in self._items.items() if item is not keep]:
+                if sum(item.resident_bytes() for item in self._items.values()) <= self.max_bytes:
+                    return
+                del self._items[key]
+        if keep is not None and self.resident_bytes() > self.max_bytes:
+            keep.drop_addons()
+
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> int:
+        """Forget every pipeline (and the add-ons held with it); the bytes they held."""
+        held = self.resident_bytes()
+        with self._lock:
+            self._items.clear()
+        return held
+
+
+def tensor_bytes(objects: list) -> int:
+    """Bytes of the distinct tensors (parameters and buffers) of `objects`: torch modules, pipelines (their
+    components) and upscaler descriptors (their `model`)."""
+    seen, total = set(), 0
+    for obj in objects:
+        for module in _modules(obj):
+            for tensor in [*module.parameters(), *module.buffers()]:
+                key = (tensor.device, tensor.data_ptr())
+                if key not in seen:
+                    seen.add(key)
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _modules(obj) -> list:
+    if obj is None:
+        return []
+    if hasattr(obj, "parameters") and hasattr(obj, "buffers"):
+        return [obj]
+    if hasattr(obj, "components"):
+        return [c for c in obj.components.values() if hasattr(c, "parameters") and hasattr(c, "buffers")]
+    if hasattr(obj, "model"):
+        return _modules(obj.model)
+    return []
+
+
+def _load_tiny_decoder(repo_id: str | None, pipe):
+    """An `AutoencoderTiny` from the hub cache, on the pipeline's device and dtype; None when it is not there."""
+    if repo_id is None or getattr(pipe, "vae", None) is None:
+        return None
+    from diffusers import AutoencoderTiny
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+        tiny = AutoencoderTiny.from_pretrained(folder, dtype=pipe.vae.dtype)
+    except Exception:  # noqa: BLE001 - not cached, or not a tiny VAE: previews fall back to the full one
+        return None
+    if tiny.config.latent_channels != pipe.vae.config.latent_channels:
+        return None
+    return tiny.to(pipe.vae.device)
