@@ -181,26 +181,6 @@ def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos", tile: int =
     """`image` (a path, bytes or PIL image) `scale` times as large: by an image filter (lanczos, bicubic, nearest)
     or an upscaler model (a folder of EASEL_HOME/upscalers, or a hub id: SD's x4 upscaler), which works on tiles of
     `tile` pixels of the image (0: all at once), blended where they overlap."""
-    import math
+    from .upscalers import upscale_with
 
-    from .errors import InvalidRequestError
-    from .types import MAX_INPUT_PIXELS
-    from .upscalers import IMAGE_UPSCALERS, resize
-
-    picture = load_image(image)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-            or not 1 <= scale <= 8:
-        raise InvalidRequestError(f"`scale` must be a number from 1 to 8 but is {scale!r}.", param="scale")
-    size = (round(picture.width * scale), round(picture.height * scale))
-    if size[0] * size[1] > MAX_INPUT_PIXELS:
-        raise InvalidRequestError(f"`scale` {scale} makes {size[0]}x{size[1]}, over the {MAX_INPUT_PIXELS} pixels "
-                                  "Easel makes.", param="scale")
-    if upscaler in IMAGE_UPSCALERS:
-        return resize(picture, size, upscaler)
-    if not isinstance(upscaler, str) or not upscaler.strip():
-        raise InvalidRequestError(f"`upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler model's "
-                                  f"name but is {upscaler!r}.", param="upscaler")
-    if isinstance(tile, bool) or not isinstance(tile, int) or not (tile == 0 or 32 <= tile <= 4096):
-        raise InvalidRequestError(f"`tile` must be 0 (no tiles) or 32 to 4096 pixels but is {tile!r}.", param="tile")
-    provider = default_runner().registry.get("diffusers")
-    return resize(provider.upscale(picture, scale, upscaler, tile), size, "lanczos")
+    return upscale_with(default_runner().registry.get("diffusers"), load_image(image), scale, upscaler, tile)

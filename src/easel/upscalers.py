@@ -92,3 +92,28 @@ def tiled(image: PIL.Image.Image, factor: int, tile: int, overlap: int,
             total[y:y + h, x:x + w] += out * mask
             weight[y:y + h, x:x + w] += mask
     return PIL.Image.fromarray(np.clip(np.round(total / weight), 0, 255).astype(np.uint8))
+
+
+def upscale_with(provider, picture: PIL.Image.Image, scale: float, upscaler: str, tile: int = 256) -> PIL.Image.Image:
+    """`picture` `scale` times as large, by an image filter or by an upscaler model of `provider` (the one that
+    holds the caller's loaded models: a server's own, so that a model is in memory once)."""
+    import math
+
+    from .errors import InvalidRequestError
+    from .types import MAX_INPUT_PIXELS
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or not 1 <= scale <= 8:
+        raise InvalidRequestError(f"`scale` must be a number from 1 to 8 but is {scale!r}.", param="scale")
+    size = (round(picture.width * scale), round(picture.height * scale))
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise InvalidRequestError(f"`scale` {scale} makes {size[0]}x{size[1]}, over the {MAX_INPUT_PIXELS} pixels "
+                                  "Easel makes.", param="scale")
+    if upscaler in IMAGE_UPSCALERS:
+        return resize(picture, size, upscaler)
+    if not isinstance(upscaler, str) or not upscaler.strip():
+        raise InvalidRequestError(f"`upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler model's "
+                                  f"name but is {upscaler!r}.", param="upscaler")
+    if isinstance(tile, bool) or not isinstance(tile, int) or not (tile == 0 or 32 <= tile <= 4096):
+        raise InvalidRequestError(f"`tile` must be 0 (no tiles) or 32 to 4096 pixels but is {tile!r}.", param="tile")
+    return resize(provider.upscale(picture, scale, upscaler, tile), size, "lanczos")

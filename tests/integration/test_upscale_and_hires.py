@@ -56,6 +56,20 @@ def test_upscale_by_a_filter_or_a_model(upscaler, tmp_path):
     assert Image.open(tmp_path / "small-x4.png").size == (128, 128)
 
 
+def test_a1111_extras_upscales_with_the_servers_own_models(upscaler, easel_home):
+    """The Extras route runs the upscaler model the server holds: one copy in memory, in the server's cache (no
+    second runner, no second cache)."""
+    from easel.config import Settings
+    from easel.server.app import create_app
+
+    app = create_app(Settings(home=easel_home, ui=False), warm=False)
+    with serving(app) as base:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=int(base.rsplit(":", 1)[1]), sampler="")
+        assert api.extra_single_image(picture(), upscaler_1="x4", upscaling_resize=4).image.size == (128, 128)
+    assert any("upscaler" in key for key in app.state.runner.registry.get("diffusers").cache.keys())
+    assert easel.api._runner is None, "the route made a runner (and a model cache) of its own"
+
+
 def test_hires_fix_on_the_builtin_model():
     steps = []
     made = easel.generate("a large red circle on the left on a blue background", size="64x64", seed=2,

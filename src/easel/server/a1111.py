@@ -542,11 +542,11 @@ class ExtraSingleImageRequest(BaseModel):
 @router.post("/extra-single-image")
 async def extra_single_image(body: ExtraSingleImageRequest, request: Request) -> dict[str, Any]:
     """A1111's "Extras" upscale of one image: by a factor, or to a size; `upscaler_1` a filter or a model."""
-    from ..api import upscale
+    from ..upscalers import upscale_with
 
     if not body.image:
         raise InvalidRequestError("`image` is required (a base64 image).", param="image")
-    picture = _decode(body.image, "image")
+    picture = await run_in_threadpool(_decode, body.image, "image")
     scale = body.upscaling_resize if body.resize_mode == 0 else max(
         body.upscaling_resize_w / picture.width, body.upscaling_resize_h / picture.height)
     name = A1111_UPSCALERS.get(body.upscaler_1.strip().lower(), body.upscaler_1.strip())
@@ -557,7 +557,7 @@ async def extra_single_image(body: ExtraSingleImageRequest, request: Request) ->
                                       f"{name!r}.", param="upscaler_1")
         provider.upscaler_model(name, download=False, param="upscaler_1")
     try:
-        bigger = await run_in_threadpool(upscale, picture, scale=scale, upscaler=name)
+        bigger = await run_in_threadpool(upscale_with, provider, picture, scale, name)  # the server's own models
     except EaselError as exc:
         raise exc.renamed({"scale": "upscaling_resize", "upscaler": "upscaler_1"}) from None
     if body.resize_mode == 1:
