@@ -458,7 +458,8 @@ class DiffusersProvider(Provider):
             path = self.lora_file(name)
             key = (str(path.resolve()), path.stat().st_mtime_ns)
             if key not in loaded.adapters:
-                adapter = f"easel_lora_{len(loaded.adapters)}"
+                loaded.lora_serial += 1  # a new name: one let go (PipelineCache.trim) may have had this count
+                adapter = f"easel_lora_{loaded.lora_serial}"
                 try:
                     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
                 except Exception as exc:  # noqa: BLE001 - not a LoRA, or one for another architecture
@@ -467,6 +468,7 @@ class DiffusersProvider(Provider):
                     raise _does_not_fit(f"The LoRA {name!r}", exc, "loras") from None
                 loaded.adapters[key] = adapter
             active.append(loaded.adapters[key])
+            loaded.touch(("lora", loaded.adapters[key]))
             if key not in self._lora_hashes:
                 self._lora_hashes[key] = _sha256(path)[:12]
             hashes[Path(name).stem if os.sep in name else name] = self._lora_hashes[key]
@@ -498,6 +500,7 @@ class DiffusersProvider(Provider):
                 pipe.unload_ip_adapter()
             raise _does_not_fit(f"The IP-Adapter {prompt.model!r}", exc, "ip_adapter") from None
         loaded.derived[("ip-encoder", str(folder))] = pipe.image_encoder
+        loaded.touch(("ip-encoder", str(folder)))
         try:
             pipe.set_ip_adapter_scale(prompt.scale)
             yield {"ip_adapter_image": prompt.image.convert("RGB")}
@@ -532,6 +535,8 @@ class DiffusersProvider(Provider):
                 raise _does_not_fit("The ControlNet", exc, "control") from None
             controlled.set_progress_bar_config(disable=True)
             loaded.derived[key] = controlled
+        for folder in folders:
+            loaded.touch(("controlnet", folder))
         return loaded.derived[key]
 
     def _use_embeddings(self, loaded: LoadedPipeline, spec: ModelSpec, requests: list[ImageRequest]) -> list[str]:
@@ -590,6 +595,7 @@ class DiffusersProvider(Provider):
 
         # 5. denoise, with a fresh scheduler for every call (timesteps and step state never leak between calls)
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]):
+            loaded.calls += 1  # the add-ons this call uses are the last to go (see PipelineCache.trim)
             lora_hashes = self._use_loras(loaded, first.loras)  # the batch's LoRAs on, every other one off
             used = self._use_embeddings(loaded, spec, batch.requests)
             if spec.family.weights:

@@ -34,6 +34,11 @@ class LoadedPipeline:
     derived: dict[Any, Any] = dataclasses.field(default_factory=dict)
     adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
     embeddings: set[str] = dataclasses.field(default_factory=set)  # textual-inversion tokens loaded
+    # each add-on by its last use: ("controlnet", folder), ("ip-encoder", folder) or ("lora", adapter name) -> the
+    # number of the call that used it last (`calls` counts the pipeline's calls)
+    used: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
+    calls: int = 0
+    lora_serial: int = 0  # LoRA adapters loaded so far, for their names
     _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
 
     def preview_decoder(self, spec: ModelSpec):
@@ -63,22 +68,39 @@ class LoadedPipeline:
         share the pipeline's weights; LoRA adapters live inside its modules)."""
         return tensor_bytes([self.pipe, *self.derived.values(), self._tiny_decoder or None])
 
-    def drop_addons(self) -> int:
-        """Release the add-ons (ControlNets, image encoders, LoRA adapters, the pipelines built over them); the
-        bytes this freed. Skipped while a call holds the pipeline: it is in use."""
+    def touch(self, addon: tuple) -> None:
+        """`addon` serves the current call: the last to go when add-ons must."""
+        self.used[addon] = self.calls
+        self.used.move_to_end(addon)
+
+    def drop_addon(self, spare_current: bool = True) -> bool:
+        """Release the least recently used add-on (with the ControlNet pipelines built over it), sparing those of
+        the last call when `spare_current`; False when none is left to release, or a call holds the pipeline."""
         if not self.lock.acquire(blocking=False):
-            return 0
+            return False
         try:
-            before = self.resident_bytes()
-            for key in [k for k in self.derived if k not in MODES]:
-                del self.derived[key]
-            if self.adapters:
-                with contextlib.suppress(Exception):  # a pipeline without LoRA support has none to delete
-                    self.pipe.delete_adapters(list(self.adapters.values()))
-                self.adapters.clear()
-            return before - self.resident_bytes()
+            addon = next((a for a, call in self.used.items() if not (spare_current and call == self.calls)), None)
+            if addon is None:
+                return False
+            del self.used[addon]
+            kind, name = addon
+            if kind == "lora":
+                with contextlib.suppress(Exception):  # already gone with its pipeline's other adapters
+                    self.pipe.delete_adapters([name])
+                for key in [k for k, adapter in self.adapters.items() if adapter == name]:
+                    del self.adapters[key]
+            else:
+                self.derived.pop(addon, None)
+                for key in [k for k in self.derived if isinstance(k, tuple) and k[0] == "control" and name in k[2]]:
+                    del self.derived[key]
+            return True
         finally:
             self.lock.release()
+
+    def drop_addons(self) -> None:
+        """Release every add-on (unless a call holds the pipeline: it is in use)."""
+        while self.drop_addon(spare_current=False):
+            pass
 
 
 class PipelineCache:
@@ -116,27 +138,29 @@ class PipelineCache:
 
     def trim(self, keep: LoadedPipeline | None = None) -> None:
         """Bring the cache under its bounds: past `max_items`, the least recently used pipelines go; past
-        `max_bytes`, first the add-ons of the others, then the others, then `keep`'s own add-ons (`keep`, the
-        pipeline in use, stays even when it alone is over the bound)."""
+        `max_bytes`, first the add-ons of the others, then the others, then `keep`'s own add-ons, least recently
+        used first and those of its last call last (`keep`, the pipeline in use, stays even when it alone is over
+        the bound)."""
         with self._lock:
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
             if not self.max_bytes:
                 return
             others = [item for item in self._items.values() if item is not keep]
-        if self.resident_bytes() <= self.max_bytes:
-            return
-        for item in others:  # least recently used first
-            item.drop_addons()
-            if self.resident_bytes() <= self.max_bytes:
-                return
+        over = lambda: self.resident_bytes() > self.max_bytes  # noqa: E731
+        for item in others:  # least recently used first: their add-ons, one by one
+            while over() and item.drop_addon(spare_current=False):
+                pass
         with self._lock:
             for key in [k for k, item in self._items.items() if item is not keep]:
                 if sum(item.resident_bytes() for item in self._items.values()) <= self.max_bytes:
                     return
                 del self._items[key]
-        if keep is not None and self.resident_bytes() > self.max_bytes:
-            keep.drop_addons()
+        if keep is not None:  # then the pipeline in use: its older add-ons, at last those of its last call
+            while over() and keep.drop_addon():
+                pass
+            while over() and keep.drop_addon(spare_current=False):
+                pass
 
     def keys(self) -> list[tuple]:
         with self._lock:
