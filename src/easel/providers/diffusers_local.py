@@ -22,7 +22,7 @@ from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, UPSCALER_FILES, UPS
 from ..upscalers import HIRES_UPSCALERS, LATENT_UPSCALERS
 from . import fit
 from .base import Batch, Progress, Provider, ProviderOutput
-from .pipeline_cache import LoadedPipeline, PipelineCache, tensor_bytes
+from .pipeline_cache import LoadedPipeline, PipelineCache
 
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
@@ -339,7 +339,7 @@ class DiffusersProvider(Provider):
                     raise _does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
                 pipe.set_progress_bar_config(disable=True)
                 pipe.to(device)
-                return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), tensor_bytes([pipe]),
+                return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
                                       time.perf_counter() - started)
 
             loaded = self.cache.get((str(model), device, str(dtype), "upscaler"), load)
@@ -422,23 +422,20 @@ class DiffusersProvider(Provider):
             vae.enable_tiling()
         with pipeline_errors(spec, "loading"):
             _speed_up(pipe, device, memory)
-        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), tensor_bytes([pipe]),
+        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
                               time.perf_counter() - started)
 
     def _load_from_hub(self, cls, spec: ModelSpec, dtype):
         """From the hub cache's snapshot folder, with no network; download only when it is missing and the hub may
         be reached. The id itself never goes to `from_pretrained`, which would open a folder of that name in the
         working directory."""
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = snapshot_download(spec.source, local_files_only=True, token=self.hf_token)
-        except Exception:  # noqa: BLE001 - not in the cache (LocalEntryNotFoundError, OSError, ...)
+        folder = self._pipeline_folder(spec)
+        if folder is None:
             if _offline():
                 raise ModelNotFoundError(
                     f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
                     f"With network access, run `easel models pull {spec.name}`.", param="model",
-                ) from None
+                )
             folder = pull_model(spec, self.hf_token)
         return cls.from_pretrained(folder, dtype=dtype)
 
@@ -680,8 +677,7 @@ def _load_spandrel(path: Path, name: str, device: str, dtype) -> LoadedPipeline:
     model.to(device).eval()
     if device != "cpu" and model.supports_half and str(dtype) == "torch.float16":
         model.half()
-    nbytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
-    return LoadedPipeline(model, None, {}, nbytes, time.perf_counter() - started)
+    return LoadedPipeline(model, None, {}, time.perf_counter() - started)
 
 
 @functools.lru_cache(maxsize=1)

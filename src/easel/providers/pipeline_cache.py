@@ -16,8 +16,6 @@ from ..errors import UnsupportedError
 if TYPE_CHECKING:
     from ..catalog import ModelSpec
 
-MODES = ("edit", "vary")  # derived pipelines that share the loaded weights: no add-on of their own
-
 
 @dataclasses.dataclass
 class LoadedPipeline:
@@ -28,7 +26,6 @@ class LoadedPipeline:
     pipe: Any
     scheduler_class: type
     scheduler_config: dict[str, Any]
-    nbytes: int  # the pipeline alone, as loaded
     load_s: float
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     derived: dict[Any, Any] = dataclasses.field(default_factory=dict)
@@ -96,11 +93,6 @@ class LoadedPipeline:
             return True
         finally:
             self.lock.release()
-
-    def drop_addons(self) -> None:
-        """Release every add-on (unless a call holds the pipeline: it is in use)."""
-        while self.drop_addon(spare_current=False):
-            pass
 
 
 class PipelineCache:
