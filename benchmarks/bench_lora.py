@@ -75,7 +75,7 @@ def main() -> None:
     del pipe
 
     import easel
-    from easel.providers.diffusers_local import pick_device
+    from easel.providers.diffusers import pick_device
 
     device = pick_device()
 

@@ -40,7 +40,7 @@ def prepare(work: Path, size: str) -> dict:
     from diffusers import ControlNetModel
     from tiny_pipelines import save_random_lora
 
-    from easel.providers.pipeline_cache import tensor_bytes
+    from easel.providers.diffusers.cache import tensor_bytes
 
     pipe = build(size)
     pipe.save_pretrained(work / "models" / "sd15-layout")

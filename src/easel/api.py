@@ -170,7 +170,7 @@ def pull_model(name: str) -> str:
     returns the folder."""
     from .config import get_settings
     from .keys import get_key
-    from .providers.diffusers_local import pull_model as pull
+    from .providers.diffusers import pull_model as pull
 
     settings = get_settings()
     spec = default_runner().catalog.resolve(name)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import tomllib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -225,9 +226,11 @@ class ModelCatalog:
         copy._broken = dict(self._broken)
         return copy
 
-    def with_models(self, families: list[ModelFamily], models: list[ModelSpec]) -> ModelCatalog:
-        """A copy with more families and models (what plugins add); a plugin's model named like a known one is
-        refused, so that installing a package never changes what an existing name runs."""
+    def with_models(self, families: list[ModelFamily], models: list[ModelSpec],
+                    options: list[tuple[OptionSpec, Callable[[ModelFamily], bool]]] = ()) -> ModelCatalog:
+        """A copy with more families and models (what plugins add), and more request options for the families
+        each one fits (a plugin's adapter kinds); a plugin's model named like a known one is refused, so that
+        installing a package never changes what an existing name runs."""
         copy = self._copy()
         copy.families.update({family.name: family for family in families})
         for spec in models:
@@ -237,6 +240,13 @@ class ModelCatalog:
             copy.models[spec.name] = spec
             for alias in (spec.name, *spec.aliases):
                 copy._aliases[alias.lower()] = spec.name
+        for option, fits in options:
+            for name, family in list(copy.families.items()):
+                if fits(family):
+                    copy.families[name] = dataclasses.replace(family, options={**family.options, option.name: option})
+        if options:
+            copy.models = {name: dataclasses.replace(spec, family=copy.families.get(spec.family.name, spec.family))
+                           for name, spec in copy.models.items()}
         return copy
 
     def with_folders(self, folders: dict[str, Path], aliases: dict[str, str] | None = None) -> ModelCatalog:

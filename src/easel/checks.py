@@ -192,11 +192,11 @@ def _require_model_name(field: str, name, allow_paths: bool, folder: str, param:
 
 def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     """ControlNet units: a control model by name (a path only for the machine's user), an image, a known
-    preprocessor, a weight and a span of the steps; each unit's map is made here. Whether the control model exists
-    is its provider's check."""
+    preprocessor, a weight and a span of the steps (each unit's map is made by the engine's worker). Whether the
+    control model exists is its provider's check."""
     import PIL.Image
 
-    from .control import MAX_UNITS, ControlUnit, preprocess
+    from .control import MAX_UNITS, PREPROCESSORS, ControlUnit
 
     if not isinstance(r.control, list):
         raise InvalidRequestError(f"`control` must be a list of ControlNet units but is {r.control!r}.",
@@ -230,7 +230,9 @@ def _check_control(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
         if unit.start >= unit.end:
             raise InvalidRequestError(f"`control.start` ({unit.start}) must be below `control.end` ({unit.end}).",
                                       param="control")
-        unit.map = preprocess(unit)
+        if unit.preprocessor not in PREPROCESSORS:  # the map itself is made on the engine's worker
+            raise InvalidRequestError(f"`control.preprocessor` must be one of {', '.join(PREPROCESSORS)} but is "
+                                      f"{unit.preprocessor!r}.", param="control")
 
 
 def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:

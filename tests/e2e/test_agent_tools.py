@@ -38,7 +38,7 @@ def test_providers_command_lists_the_registered_providers():
     out = subprocess.run([sys.executable, "-m", "easel.cli", "providers", "--json"], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     names = {row["name"]: row["class"] for row in json.loads(out)}
-    assert names == {"diffusers": "easel.providers.diffusers_local.DiffusersProvider",
+    assert names == {"diffusers": "easel.providers.diffusers.provider.DiffusersProvider",
                      "openai": "easel.providers.openai_remote.OpenAIProvider",
                      "hf": "easel.providers.hf_inference.HFInferenceProvider"}
 

@@ -12,7 +12,7 @@ from tiny_pipelines import save_random_lora, save_tiny_controlnet
 
 import easel
 import easel.api
-from easel.providers.pipeline_cache import tensor_bytes
+from easel.providers.diffusers.cache import tensor_bytes
 
 KW = dict(model="tiny", size="64x64", steps=2, seed=4, save=False)
 PROMPT = "a house on a hill"

@@ -7,7 +7,7 @@ import torch
 
 import easel
 from easel.prompts import prompt_weights, unweighted
-from easel.providers.diffusers_local import _weigh_prompts
+from easel.providers.diffusers.prompt_weights import weigh_prompts
 
 # A1111's parse_prompt_attention on these prompts (its docstring's examples, and BREAK)
 A1111 = {
@@ -48,7 +48,7 @@ def test_a_weight_changes_the_conditioning_against_the_word_alone(tiny, tiny_mod
     pipe = DiffusionPipeline.from_pretrained(tiny_models[tiny])
 
     def embeds(prompt):
-        out = _weigh_prompts(pipe, {"prompt": [prompt], "negative_prompt": ["blurry"]})
+        out = weigh_prompts(pipe, {"prompt": [prompt], "negative_prompt": ["blurry"]})
         return out.get("prompt_embeds")
 
     assert embeds("a castle on a hill") is None  # no emphasis, under 77 tokens: the pipeline gets the text

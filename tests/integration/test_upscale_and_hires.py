@@ -94,7 +94,7 @@ def test_latent_upscalers_denoise_the_first_pass_latents_at_the_larger_size(sd15
 
     def spy(batch, progress):
         if batch.first.mode == "vary":
-            captured["image"] = batch.first.image
+            captured["image"], captured["latents"] = batch.first.image, batch.latents
         return run_batch(batch, progress)
 
     provider.run_batch = spy
@@ -104,8 +104,10 @@ def test_latent_upscalers_denoise_the_first_pass_latents_at_the_larger_size(sd15
         made = easel.generate("a lighthouse", hires_scale=2, hires_upscaler=name, save=False, **KW)
         assert made[0].image.size == (128, 128) and made[0].parameters["hires"]["upscaler"] == name
         assert not made.warnings
-        latents = captured["image"]  # the second pass started from latents: 4 channels at the VAE's scale
+        latents = captured["latents"]  # the second pass started from latents: 4 channels at the VAE's scale
         assert tuple(latents.shape) == (4, 64, 64)  # the tiny VAE halves: 128 pixels are 64 latents
+        # beside the batch, never in the request's image (which is a picture, as every request's is)
+        assert isinstance(captured["image"], Image.Image) and captured["image"].size == (128, 128)
         outputs[name] = np.asarray(made[0].image, dtype=np.int16)
     assert not np.array_equal(outputs["latent-bicubic"], np.asarray(by_picture[0].image, dtype=np.int16))
     assert not np.array_equal(outputs["latent"], outputs["latent-nearest"])

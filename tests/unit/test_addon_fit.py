@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from easel.providers import fit
+from easel.providers.diffusers import fit
 
 SD15 = {"_class_name": "UNet2DConditionModel", "cross_attention_dim": 768, "addition_embed_type": None}
 SDXL = {"_class_name": "UNet2DConditionModel", "cross_attention_dim": 2048, "addition_embed_type": "text_time"}

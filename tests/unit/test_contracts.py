@@ -167,7 +167,7 @@ def test_the_check_revises_the_prompt_once_and_the_model_receives_it(tmp_path):
 
 
 def test_a_pipeline_failure_is_an_easel_error_naming_the_model_and_the_operation():
-    from easel.providers.diffusers_local import pipeline_errors
+    from easel.providers.diffusers import pipeline_errors
 
     spec = ModelSpec(name="sd3-folder", family=REMOTE, source="x", provider="diffusers")
     with pytest.raises(GenerationError) as info, pipeline_errors(spec, "making variations"):
@@ -266,7 +266,7 @@ def test_out_of_device_memory_is_a_507_that_frees_the_memory(monkeypatch):
     import torch
 
     from easel.errors import OutOfMemoryError
-    from easel.providers.diffusers_local import pipeline_errors
+    from easel.providers.diffusers import pipeline_errors
 
     freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
@@ -278,16 +278,16 @@ def test_out_of_device_memory_is_a_507_that_frees_the_memory(monkeypatch):
 
 
 def test_speed_options_are_checked_before_anything_queues(tmp_path):
-    from easel.providers.diffusers_local import DiffusersProvider
+    from easel.providers.diffusers import DiffusersProvider
 
     spec = ModelSpec(name="tiny", family=REMOTE, source="x", provider="diffusers")
     provider = DiffusersProvider(defaults={"compile": "reduce-overhead"})
-    assert provider.memory_options(spec, {})["compile"] == "reduce-overhead"
-    assert provider.memory_options(spec, {"compile": "none", "channels_last": True}) == {
+    assert provider.loader.options(spec, {})["compile"] == "reduce-overhead"
+    assert provider.loader.options(spec, {"compile": "none", "channels_last": True}) == {
         "offload": "none", "compile": "none", "attention_slicing": False, "vae_slicing": False, "vae_tiling": False,
         "channels_last": True, "fuse_qkv": False}
     with pytest.raises(InvalidRequestError) as info:
-        provider.memory_options(spec, {"compile": "fast"})
+        provider.loader.options(spec, {"compile": "fast"})
     assert info.value.param == "compile" and "'fast'" in info.value.message
 
 

@@ -214,6 +214,26 @@ class ShapesPipelineOutput(BaseOutput):
     chosen_words: list[list[str]] = dataclasses.field(default_factory=list)
     read_as: list[str] = dataclasses.field(default_factory=list)
 
+    def records(self, split) -> list[tuple[list[str], dict[str, Any]]]:
+        """Each request's warnings and details, as Easel records them (`split` turns a list per image into one per
+        request): the words it ignored, the words it chose, and the caption as it read it."""
+        count = len(self.images)
+        out = []
+        for ignored, chosen, read in zip(split(self.ignored_words or [[]] * count),
+                                         split(self.chosen_words or [[]] * count),
+                                         split(self.read_as or [""] * count)):
+            warnings, details = [], {}
+            words = list(dict.fromkeys(w for group in ignored for w in group))
+            if words:
+                warnings.append(f"ignored words not in the built-in model's vocabulary: {', '.join(words)}")
+                details["ignored_words"] = words
+            if any(chosen):
+                details["chosen_words"] = chosen
+            if read and read[0]:
+                details["read_as"] = read[0]
+            out.append((warnings, details))
+        return out
+
 
 def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]]:
     """The prompt reduced to words the model knows, and the words it dropped (in order, without repeats)."""

@@ -11,6 +11,7 @@ from typing import Any
 import PIL.Image
 
 from .. import masks
+from ..control import preprocess
 from .._version import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import CheckedRequest, check_request
@@ -156,6 +157,8 @@ class Runner:
                    progress: Progress) -> list[tuple[list[int | None], ProviderOutput]]:
         """One provider call: the model receives the revised prompt and, for an edit, its frame (the whole picture
         or the painted area); its answer is checked against the contract and edits are pasted back."""
+        for unit in (unit for r in requests for unit in r.control if unit.map is None):
+            unit.map = preprocess(unit)  # here, on the worker: a preprocessor may take a while
         frames = [masks.InpaintFrame(r.image, r.mask, (r.width, r.height), r.mask_blur or 0, r.inpaint_full_res,
                                      r.inpaint_full_res_padding) if r.mode == "edit" and r.mask is not None else None
                   for r in requests]
@@ -196,17 +199,19 @@ class Runner:
             output.warnings.append(f"{spec.name}'s latents cannot be upscaled as they are: the hires fix resized the "
                                    f"picture ({picture_filter(r.hires_upscaler)}) instead.")
         for i, (image, seed) in enumerate(zip(output.images, seeds)):
+            latents = None
             if latent and output.latents is not None:
                 factor = image.width / output.latents[i].shape[-1]  # the VAE's
-                big = resize_latents(output.latents[i], (round(size[0] / factor), round(size[1] / factor)),
-                                     r.hires_upscaler)
+                latents = resize_latents(output.latents[i], (round(size[0] / factor), round(size[1] / factor)),
+                                         r.hires_upscaler)
+                big = resize(image, size, picture_filter(r.hires_upscaler))  # what the latents show, for the record
             elif latent:  # the built-in model's latents are its pixels
                 big = resize(image, size, picture_filter(r.hires_upscaler))
             elif r.hires_upscaler in IMAGE_UPSCALERS:
                 big = resize(image, size, r.hires_upscaler)
             else:
                 big = resize(provider.upscale(image, r.hires_scale, r.hires_upscaler), size, "lanczos")
-            again = provider.run_batch(Batch(spec, [second.replace(image=big)], [[seed]]),
+            again = provider.run_batch(Batch(spec, [second.replace(image=big)], [[seed]], latents),
                                        _Shifted(progress, done + i * each, total))
             _check_contract(provider, again, [[seed]])
             output.images[i] = again[0].images[0]

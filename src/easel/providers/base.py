@@ -20,8 +20,9 @@ from ..errors import ModelNotFoundError
 if TYPE_CHECKING:
     import PIL.Image
 
-    from ..catalog import ModelFamily, ModelSpec
+    from ..catalog import ModelFamily, ModelSpec, OptionSpec
     from ..config import Settings
+    from .diffusers.adapters import Adapter
     from ..types import ImageRequest
 
 # on_step(step, total_steps, preview) with step counted from 1; `preview`, when not None, is a function that
@@ -38,6 +39,9 @@ class Batch:
     spec: ModelSpec
     requests: list[ImageRequest]
     seeds: list[list[int]]
+    # the hires fix's upscaled latents (one image's: channels, height, width) that a second pass starts from in
+    # place of the request's image, where the model denoises them as they are
+    latents: Any = None
 
     def __iter__(self) -> Iterator[tuple[ImageRequest, list[int]]]:
         return iter(zip(self.requests, self.seeds))
@@ -142,11 +146,14 @@ class ProviderRegistry:
         self._providers: dict[str, Provider] = {}
         self._families: dict[str, ModelFamily] = {}
         self._models: dict[str, ModelSpec] = {}
+        self._adapters: list[Adapter] = []
         self._loaded = False
 
-    def add(self, item: Provider | ModelFamily | ModelSpec) -> None:
-        """Add a provider, a model family or a model (what a plugin's `register` is given as `add`)."""
+    def add(self, item: Provider | ModelFamily | ModelSpec | Adapter) -> None:
+        """Add a provider, a model family, a model or an adapter kind (what a plugin's `register` is given as
+        `add`)."""
         from ..catalog import ModelFamily, ModelSpec
+        from .diffusers.adapters import Adapter
 
         if isinstance(item, Provider):
             self._providers[item.name] = item
@@ -154,13 +161,18 @@ class ProviderRegistry:
             self._families[item.name] = item
         elif isinstance(item, ModelSpec):
             self._models[item.name] = item
+        elif isinstance(item, Adapter):
+            self._adapters.append(item)
         else:
-            raise TypeError(f"add() takes a Provider, a ModelFamily or a ModelSpec, not {type(item).__name__}")
+            raise TypeError(f"add() takes a Provider, a ModelFamily, a ModelSpec or an Adapter, not "
+                            f"{type(item).__name__}")
 
-    def plugin_catalog(self) -> tuple[list[ModelFamily], list[ModelSpec]]:
-        """The families and models that plugins added."""
+    def plugin_catalog(self) -> tuple[list[ModelFamily], list[ModelSpec], list[tuple[OptionSpec, Callable]]]:
+        """The families and models that plugins added, and the request options of their adapter kinds with the
+        test of the families each fits."""
         self._load()
-        return list(self._families.values()), list(self._models.values())
+        options = [(adapter.option, adapter.fits) for adapter in self._adapters if adapter.option is not None]
+        return list(self._families.values()), list(self._models.values()), options
 
     def _load(self) -> None:
         if self._loaded:
@@ -174,6 +186,10 @@ class ProviderRegistry:
         for ep in entry_points(group="easel.providers"):
             ep.load()(self.add, self.settings)
         self._providers.update(added_before)
+        for adapter in self._adapters:  # a plugin's adapter kind, to the providers that take adapters
+            for provider in self._providers.values():
+                if hasattr(provider, "use_adapter"):
+                    provider.use_adapter(adapter)
 
     def get(self, name: str) -> Provider:
         self._load()

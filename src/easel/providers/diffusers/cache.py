@@ -9,19 +9,20 @@ import collections
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnsupportedError
+from ...errors import UnsupportedError
 
 if TYPE_CHECKING:
-    from ..catalog import ModelSpec
+    from ...catalog import ModelSpec
 
 
 @dataclasses.dataclass
 class LoadedPipeline:
-    """A pipeline loaded on one device, the lock that serialises its calls, and what is attached to it: derived
-    pipelines (other modes, ControlNet pipelines), ControlNet models and image encoders (`derived`), LoRA adapters
-    (`adapters`) and textual-inversion tokens (`embeddings`)."""
+    """A pipeline loaded on one device, the lock that serialises its calls, and what is attached to it: the
+    pipelines derived for other modes and what adapters keep with it (`derived`: ControlNet models and pipelines,
+    image encoders, each adapter's own state by its kind), and each add-on's last use with how to let it go."""
 
     pipe: Any
     scheduler_class: type
@@ -29,13 +30,11 @@ class LoadedPipeline:
     load_s: float
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     derived: dict[Any, Any] = dataclasses.field(default_factory=dict)
-    adapters: dict[tuple, str] = dataclasses.field(default_factory=dict)  # (LoRA file, mtime) -> adapter name
-    embeddings: set[str] = dataclasses.field(default_factory=set)  # textual-inversion tokens loaded
-    # each add-on by its last use: ("controlnet", folder), ("ip-encoder", folder) or ("lora", adapter name) -> the
-    # number of the call that used it last (`calls` counts the pipeline's calls)
+    # each add-on by its last use: (kind, name) -> the number of the call that used it last (`calls` counts the
+    # pipeline's calls), and how to let it go (by default: forget `derived[(kind, name)]`)
     used: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
+    releases: dict[tuple, Callable[[], None]] = dataclasses.field(default_factory=dict)
     calls: int = 0
-    lora_serial: int = 0  # LoRA adapters loaded so far, for their names
     _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
 
     def preview_decoder(self, spec: ModelSpec):
@@ -65,10 +64,19 @@ class LoadedPipeline:
         share the pipeline's weights; LoRA adapters live inside its modules)."""
         return tensor_bytes([self.pipe, *self.derived.values(), self._tiny_decoder or None])
 
-    def touch(self, addon: tuple) -> None:
-        """`addon` serves the current call: the last to go when add-ons must."""
+    def state(self, kind: str, make: Callable[[], Any]) -> Any:
+        """An adapter's own state kept with this pipeline (made on first use), under `derived[kind]`."""
+        if kind not in self.derived:
+            self.derived[kind] = make()
+        return self.derived[kind]
+
+    def touch(self, addon: tuple, release: Callable[[], None] | None = None) -> None:
+        """`addon`, a (kind, name) pair, serves the current call: the last to go when add-ons must; `release` lets
+        it go (by default, `derived[addon]` is forgotten)."""
         self.used[addon] = self.calls
         self.used.move_to_end(addon)
+        if release is not None:
+            self.releases[addon] = release
 
     def drop_addon(self, spare_current: bool = True) -> bool:
         """Release the least recently used add-on (with the ControlNet pipelines built over it), sparing those of
@@ -80,16 +88,12 @@ class LoadedPipeline:
             if addon is None:
                 return False
             del self.used[addon]
-            kind, name = addon
-            if kind == "lora":
-                with contextlib.suppress(Exception):  # already gone with its pipeline's other adapters
-                    self.pipe.delete_adapters([name])
-                for key in [k for k, adapter in self.adapters.items() if adapter == name]:
-                    del self.adapters[key]
-            else:
+            release = self.releases.pop(addon, None)
+            if release is None:
                 self.derived.pop(addon, None)
-                for key in [k for k in self.derived if isinstance(k, tuple) and k[0] == "control" and name in k[2]]:
-                    del self.derived[key]
+            else:
+                with contextlib.suppress(Exception):  # already gone with what held it
+                    release()
             return True
         finally:
             self.lock.release()

@@ -1,0 +1,9 @@
+"""Adapters: each kind of add-on as one module behind one interface (`base.Adapter`)."""
+
+from .base import Adapter, Call, ModelFiles
+from .controlnet import ControlNet
+from .embeddings import Embeddings
+from .ip_adapter import IpAdapter
+from .lora import Lora
+
+__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles"]

@@ -1,0 +1,93 @@
+"""A batch as a pipeline call's arguments: prompts and one seeded generator per image, steps, guidance, size, the
+family's own options, the input image (and mask, or the hires fix's latents), and a fresh scheduler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..base import Batch
+
+# Easel scheduler name -> (diffusers class, config overrides)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpm++_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+}
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]):
+    import diffusers
+
+    cls_name, overrides = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **overrides)
+
+
+def fresh_scheduler(loaded, name: str | None):
+    """The request's scheduler, else the model's own, new for every call (timesteps and step state never leak
+    between calls)."""
+    if name:
+        return make_scheduler(name, loaded.scheduler_config)
+    return loaded.scheduler_class.from_config(loaded.scheduler_config)
+
+
+def for_batch(batch: Batch, options: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline arguments of `batch`; `options`: the family's own options the request set (passed as they are)."""
+    return {**_text_inputs(batch, options), **_image_inputs(batch)}
+
+
+def _text_inputs(batch: Batch, options: dict[str, Any]) -> dict[str, Any]:
+    """The arguments every mode takes: prompts and seeded generators per image, steps, guidance, size."""
+    import torch
+
+    spec, first = batch.spec, batch.first
+    kwargs: dict[str, Any] = {
+        "prompt": [r.prompt for r, seeds in batch for _ in seeds],
+        "num_inference_steps": first.num_inference_steps,
+        spec.family.cfg_param: first.guidance_scale,
+        "generator": [torch.Generator("cpu").manual_seed(s) for s in batch.all_seeds],
+        "output_type": "pil",
+        **options,
+    }
+    if not spec.family.keeps_native_size:
+        kwargs.update(width=first.width, height=first.height)
+    if any(r.negative_prompt for r in batch.requests):
+        kwargs["negative_prompt"] = [r.negative_prompt or "" for r, seeds in batch for _ in seeds]
+    return kwargs
+
+
+def _image_inputs(batch: Batch) -> dict[str, Any]:
+    """`image`, `strength` and (for an edit) `mask_image`, at the requested size unless the model keeps its own;
+    the hires fix's upscaled latents, where the batch carries them, in place of the image.
+
+    Several images get one copy of the input each: the image-to-image pipelines encode `image[i]` with
+    `generator[i]`, and SD3's encodes an empty batch (and fails) when there is one image for several generators."""
+    request, count = batch.first, len(batch.all_seeds)
+    if request.mode not in ("edit", "vary"):
+        return {}
+    strength = request.strength if request.strength is not None else 1.0
+    if batch.latents is not None:  # taken as they are
+        latents = batch.latents[None]
+        return {"image": latents.repeat(count, 1, 1, 1) if count > 1 else latents, "strength": strength}
+    image = request.image.convert("RGB")
+    if not batch.spec.family.keeps_native_size:
+        image = image.resize((request.width, request.height))
+    kwargs = {"image": [image] * count if count > 1 else image, "strength": strength}
+    if request.mode == "edit" and request.mask is not None:
+        kwargs["mask_image"] = request.mask.convert("L").resize(image.size)
+    return kwargs
+
+
+def total_steps(batch: Batch, kwargs: dict[str, Any]) -> int:
+    """The steps the call runs: image-to-image runs the last `strength` share of them."""
+    total = batch.first.num_inference_steps
+    if "strength" in kwargs and "mask_image" not in kwargs:
+        total = max(1, int(round(total * kwargs["strength"])))
+    return total

@@ -1,0 +1,335 @@
+"""The one loader: a pipeline from a folder, the hub cache (downloaded where it may be) or a single-file checkpoint,
+on a device and dtype, with its load options (memory and speed) read as data and applied in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...catalog import model_folders, names_a_file
+from ...errors import AuthenticationError, InvalidRequestError, ModelNotFoundError
+from .cache import LoadedPipeline
+from .errors import pipeline_errors
+
+if TYPE_CHECKING:
+    from ...catalog import ModelSpec
+
+# load options any diffusers model accepts in `extra` (memory, then speed); part of the pipeline cache's key
+LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv")
+OFFLOAD_MODES = ("none", "model", "sequential")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
+# what a pipeline's configuration is made of (configs, tokenizers, the scheduler), never its weights
+CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/spiece*"]
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' and diffusers' notices about optional backends, and their progress bars, out of the
+    user's terminal (transformers' first, before diffusers' import reaches into it)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import transformers.utils.logging
+
+    transformers.utils.logging.set_verbosity_error()  # the variables above count only before the first import
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers.utils.logging
+    import huggingface_hub.utils
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()  # "Fetching N files" of the hub cache
+
+
+def pick_device(preferred: str | None = None) -> str:
+    """The device to run on: the preferred one, else CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    if preferred:
+        return preferred
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, family_dtype: str, preferred: str | None = None):
+    """float32 on CPU (half precision is slow or unsupported there); the family's dtype on accelerators."""
+    import torch
+
+    name = preferred or ("float32" if device == "cpu" else family_dtype)
+    if name == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        name = "float16"
+    if name == "bfloat16" and device == "mps":
+        name = "float16"
+    return getattr(torch, name)
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def reach_hub_hint() -> str:
+    """What to check when the hub cannot be reached, in the order that fixes it most often."""
+    from huggingface_hub import constants
+
+    if offline():
+        return "HF_HUB_OFFLINE is set: unset it to download."
+    return (f"Check the network connection to {constants.ENDPOINT}, a proxy (HTTPS_PROXY) if this machine needs one, "
+            f"and HF_ENDPOINT if you use a mirror; then run the command again.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+    """Where models come from (the hub token, the configurations single-file checkpoints load with) and what
+    they run on (the device and dtype preferred, the server's load options below a request's own)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    token: str | None = None
+    configs_dir: Path | None = None
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def options(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
+        """The load options of a request: its own, else the server's (`EASEL_COMPILE`, ...), else the family's."""
+        offload = extra.get("offload", spec.family.offload or "none")
+        if offload not in OFFLOAD_MODES:
+            raise InvalidRequestError(f"`offload` must be one of {', '.join(OFFLOAD_MODES)} but is {offload!r}.",
+                                      param="offload")
+        compile_mode = extra.get("compile", self.defaults.get("compile", "none"))
+        if compile_mode not in COMPILE_MODES:
+            raise InvalidRequestError(f"`compile` must be one of {', '.join(COMPILE_MODES)} but is "
+                                      f"{compile_mode!r}.", param="compile")
+        return {"offload": offload, "compile": compile_mode,
+                **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
+
+    def key(self, spec: ModelSpec, options: dict[str, Any]) -> tuple:
+        """The pipeline cache's key: the weights, where they run, and how they were loaded."""
+        device = pick_device(self.device)
+        return (spec.source, device, str(pick_dtype(device, spec.family.dtype, self.dtype)),
+                tuple(sorted(options.items())))
+
+    def load(self, spec: ModelSpec, options: dict[str, Any]) -> LoadedPipeline:
+        """`spec`'s pipeline, loaded now and placed on its device with `options` applied."""
+        quiet_libraries()
+        device = pick_device(self.device)
+        dtype = pick_dtype(device, spec.family.dtype, self.dtype)
+        started = time.perf_counter()
+        with pipeline_errors(spec, "loading"):
+            cls = _pipeline_class(spec.family.pipeline)
+            if spec.checkpoint:
+                config = checkpoint_config(spec.local_path, self.configs_dir, token=self.token)
+                pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
+                                            torch_dtype=dtype)
+            else:
+                pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        with pipeline_errors(spec, "loading"):
+            _place(pipe, device, options)
+            _speed_up(pipe, device, options)
+        return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
+                              time.perf_counter() - started)
+
+    def pipeline_folder(self, spec: ModelSpec) -> Path | None:
+        """The model's folder where it is on this machine already (none for a single file: its configs say less).
+        A hub id is looked up in the hub cache only: the id itself never goes to `from_pretrained`, which would
+        open a folder of that name in the working directory."""
+        if spec.checkpoint:
+            return None
+        if spec.local_path is not None:
+            return Path(spec.local_path)
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec.source, local_files_only=True, token=self.token))
+        except Exception:  # noqa: BLE001 - not in the hub cache
+            return None
+
+    def _download(self, spec: ModelSpec) -> str:
+        if offline():
+            raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
+                                     f"With network access, run `easel models pull {spec.name}`.", param="model")
+        return pull_model(spec, self.token)
+
+    def check(self, spec: ModelSpec) -> None:
+        """Refuse before queueing a model that cannot load with no network while offline."""
+        if spec.checkpoint and offline():
+            checkpoint_config(spec.local_path, self.configs_dir, download=False)
+        if spec.local_path is None and offline() and not spec.is_available_locally():
+            raise ModelNotFoundError(f"{spec.name} is not in the hub cache and HF_HUB_OFFLINE is set. "
+                                     f"With network access, run `easel models pull {spec.name}`.", param="model")
+
+    def named_folder(self, name: str, root: Path | None, marker: str, what: str, param: str, download: bool,
+                     there: list[str] | None = None) -> Path | None:
+        """A model folder named by a request: `<name>` in `root`, a hub id (from the hub cache, downloaded where it
+        may be), or a folder's path (which the request check allows only for the machine's user). None: a hub id
+        to download when it runs. Unknown: an error listing the ones there are."""
+        from ...catalog import is_hub_id
+
+        if is_hub_id(name) and not (root is not None and (root / name).is_dir()):
+            from huggingface_hub import snapshot_download
+
+            try:
+                return Path(snapshot_download(name, local_files_only=True, token=self.token))
+            except Exception:  # noqa: BLE001 - not in the hub cache
+                if offline():
+                    raise InvalidRequestError(f"The {what} {name!r} is not in the hub cache and HF_HUB_OFFLINE is "
+                                              "set.", param=param) from None
+                return Path(snapshot_download(name, token=self.token)) if download else None
+        path = Path(name).expanduser() if names_a_file(name) else (root / name if root is not None else None)
+        if path is None or not (path / marker).is_file():
+            there = model_folders(root, marker) if there is None else there
+            raise InvalidRequestError(f"No {what} {name!r} (the {root.name if root else what + 's'} folder has: "
+                                      f"{', '.join(there) or 'none'}).", param=param)
+        return path
+
+
+def _pipeline_class(path: str):
+    """'StableDiffusionPipeline' (from diffusers) or 'package.module:Class'."""
+    if ":" in path:
+        module, name = path.split(":")
+        return getattr(importlib.import_module(module), name)
+    import diffusers
+
+    return getattr(diffusers, path)
+
+
+def _place(pipe, device: str, options: dict[str, Any]) -> None:
+    """On accelerators, offload where asked (it manages the device itself), else move everything; then the
+    memory options."""
+    if device != "cpu" and options["offload"] == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif device != "cpu" and options["offload"] == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if options["attention_slicing"]:
+        pipe.enable_attention_slicing()
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and options["vae_slicing"]:
+        vae.enable_slicing()
+    if vae is not None and options["vae_tiling"]:
+        vae.enable_tiling()
+
+
+def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
+    """The speed options: TF32 matmuls on CUDA, fused QKV projections, channels-last convolutions, and
+    `torch.compile` of the denoiser and the VAE decoder (compiled on the first call of each shape)."""
+    import torch
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if options["fuse_qkv"] and hasattr(pipe, "fuse_qkv_projections"):
+        pipe.fuse_qkv_projections()
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    vae = getattr(pipe, "vae", None)
+    if options["channels_last"]:
+        for module in (getattr(pipe, "unet", None), vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if options["compile"] != "none":
+        mode = options["compile"]
+        if denoiser is not None:
+            denoiser.compile(mode=mode, fullgraph=False, dynamic=False)
+        if vae is not None:
+            vae.decoder.compile(mode=mode, fullgraph=False, dynamic=False)
+
+
+def checkpoint_kind(path: Path) -> str:
+    """diffusers' name for the kind of a checkpoint (`v1`, `v2`, `xl_base`, `sd3`, `sd35_medium`, `sd35_large`,
+    `flux-dev`, `flux-schnell`, ...), which names the hub repository whose configuration it loads with. It is
+    inferred from the tensors' names and shapes (read from the header, no weights loaded)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS, infer_diffusers_model_type
+
+    from ...checkpoints import checkpoint_family, tensor_shapes
+
+    family = checkpoint_family(path)
+    shapes = {key: _Shape(shape) for key, shape in tensor_shapes(path).items()}
+    try:
+        kind = infer_diffusers_model_type(shapes)
+    except (KeyError, IndexError, AttributeError):  # a layout diffusers' rules do not expect
+        kind = None
+    expected = {"sd15": ("v1", "v2"), "sdxl": ("xl_base", "playground-v2-5"), "sd3": ("sd3", "sd35_medium",
+                "sd35_large"), "flux": ("flux-dev", "flux-schnell")}[family]
+    if kind not in expected or kind not in DIFFUSERS_DEFAULT_PIPELINE_PATHS:
+        kind = expected[0]  # what the names say, where the sizes are not a release's (a small or pruned model)
+    return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Stands for a tensor where only its shape is asked for."""
+
+    shape: tuple[int, ...]
+
+
+def checkpoint_config(path: Path, configs_dir: Path | None, token: str | None = None, download: bool = True) -> Path:
+    """The pipeline configuration a single-file checkpoint loads with, with no network once it is on this machine:
+    `configs_dir/<kind>` (a pipeline folder, weights optional), else the configuration of the kind's hub repository
+    in the hub cache (there when the model was pulled, or its configuration fetched before), else, with `download`
+    and network, that configuration fetched now (configs and tokenizers only, some megabytes) into `configs_dir`."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+    from huggingface_hub import snapshot_download
+
+    kind = checkpoint_kind(path)
+    repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    own = configs_dir / kind if configs_dir is not None else None
+    if own is not None and (own / "model_index.json").is_file():
+        return own
+    with contextlib.suppress(Exception):  # not in the cache: LocalEntryNotFoundError, OSError, ...
+        cached = Path(snapshot_download(repo, allow_patterns=CONFIG_FILES, local_files_only=True, token=token))
+        if (cached / "model_index.json").is_file():
+            return cached
+    missing = (f"{path.name} is a {kind} checkpoint, which loads with the configuration of {repo} (configs and "
+               f"tokenizers, no weights), and that is not on this machine")
+    if not download or offline() or own is None:
+        raise ModelNotFoundError(f"{missing}: run `easel models pull {path.name}` once with network access, or put "
+                                 f"a pipeline folder of that kind in {own or 'EASEL_HOME/configs'}.", param="model")
+    try:
+        return Path(snapshot_download(repo, allow_patterns=CONFIG_FILES, local_dir=own, token=token))
+    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+        raise ModelNotFoundError(f"{missing}, and the hub could not be reached to fetch it ({type(exc).__name__}). "
+                                 f"{reach_hub_hint()}", param="model") from None
+
+
+def pull_model(spec: ModelSpec, token: str | None = None, configs_dir: Path | None = None) -> str:
+    """Download a hub model into the hub cache (resumable); returns the snapshot folder. For a checkpoint file,
+    the configuration it loads with."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if spec.checkpoint:
+        return str(checkpoint_config(spec.local_path, configs_dir, token=token))
+    if spec.local_path is not None:
+        return str(spec.local_path)
+    try:
+        return snapshot_download(spec.source, token=token)
+    except GatedRepoError:
+        raise AuthenticationError(
+            f"{spec.name} is gated: accept its licence on the hub, then run `easel keys set hf` with a token.",
+            code="gated_model",
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"{spec.source!r} does not exist on the hub (or is private).", param="model") from None
+    except Exception as exc:  # network failures come in many types (httpx, OSError, offline mode)
+        raise ModelNotFoundError(
+            f"{spec.name} is not on this machine and the hub could not be reached to download it "
+            f"({type(exc).__name__}). {reach_hub_hint()}", param="model",
+        ) from None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc keeps them for the process otherwise, and a released
+    model would still show in the server's RSS)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(libc).malloc_trim(0)

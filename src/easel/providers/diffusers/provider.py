@@ -1,0 +1,131 @@
+"""The diffusers provider: a request checked against its model and add-ons before it is queued, and each batch run
+as one pipeline call with every adapter entered around it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...upscalers import HIRES_UPSCALERS
+from ..base import Batch, Progress, Provider, ProviderOutput
+from . import inputs, outputs
+from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles
+from .cache import LoadedPipeline, PipelineCache
+from .errors import pipeline_errors
+from .loading import LOAD_OPTIONS, Loader, pick_device, return_freed_memory
+from .previews import StepReporter
+from .prompt_weights import weigh_prompts
+from .upscalers import Upscalers
+
+if TYPE_CHECKING:
+    from ...catalog import ModelSpec
+    from ...types import ImageRequest
+
+OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making variations"}
+
+
+class DiffusersProvider(Provider):
+    """Runs local diffusers pipelines, Easel's built-in model included."""
+
+    name = "diffusers"
+
+    def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
+                 max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
+                 folders: dict[str, Path | None] | None = None):
+        """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
+        `folders`: the add-on folders by kind (`easel.addons.FOLDERS`: loras, embeddings, controlnets,
+        ip_adapters, upscalers, configs)."""
+        folders = folders or {}
+        self.loader = Loader(device, dtype, hf_token, folders.get("configs"), dict(defaults or {}))
+        self.cache = PipelineCache(max_cached, max_cache_bytes)
+        self.upscalers = Upscalers(folders.get("upscalers"), self.loader, self.cache)
+        # in the order they enter a call: a ControlNet puts its pipeline in place before an IP-Adapter loads into it
+        self.adapters: list[Adapter] = [Lora(folders.get("loras")), Embeddings(folders.get("embeddings")),
+                                        ControlNet(folders.get("controlnets"), self.loader),
+                                        IpAdapter(folders.get("ip_adapters"), self.loader)]
+
+    def use_adapter(self, adapter: Adapter) -> None:
+        """Take a plugin's adapter kind: it enters every call of a family it fits whose request asks for it."""
+        self.adapters.append(adapter)
+
+    def check(self, spec: ModelSpec, request: ImageRequest) -> None:
+        """Refuse before queueing: a bad load option, an add-on that is missing or made for another family, an
+        unknown upscaler, or a hub model that is not cached while offline."""
+        self.loader.options(spec, request.extra)
+        model = ModelFiles(spec, lambda: self.loader.pipeline_folder(spec))
+        for adapter, uses in self._active(spec, [request]):
+            adapter.check(model, uses)
+        if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
+            self.upscalers.model(request.hires_upscaler, download=False, param="hires_upscaler")
+        self.loader.check(spec)
+
+    def _active(self, spec: ModelSpec, requests: list[ImageRequest]) -> list[tuple[Adapter, Any]]:
+        """The adapters these requests use, with what they ask of each."""
+        fitting = (adapter for adapter in self.adapters if adapter.fits(spec.family))
+        return [(adapter, uses) for adapter in fitting if (uses := adapter.uses(requests))]
+
+    def load(self, spec: ModelSpec, options: dict[str, Any] | None = None) -> LoadedPipeline:
+        """The pipeline for `spec`, from the cache or loaded now."""
+        options = options or self.loader.options(spec, {})
+        return self.cache.get(self.loader.key(spec, options), lambda: self.loader.load(spec, options))
+
+    def warm(self, spec: ModelSpec) -> None:
+        self.load(spec)
+
+    def release(self) -> int:
+        import gc
+
+        held = self.cache.clear()
+        gc.collect()
+        if pick_device(self.loader.device) == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return_freed_memory()
+        return held
+
+    def upscale(self, image, scale: float, name: str, tile: int = 256):
+        """`image` through an upscaler model (see `Upscalers.upscale`); `scale` is its caller's to reach."""
+        return self.upscalers.upscale(image, name, tile)
+
+    def upscaler_model(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
+        return self.upscalers.model(name, download, param)
+
+    def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
+        """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
+        call, each image from its own seeded generator, and split the images back per request."""
+        spec, first = batch.spec, batch.first
+        adapters = self._active(spec, batch.requests)
+        options = {k: v for k, v in first.extra.items() if k not in LOAD_OPTIONS and k not in self._options}
+        loaded = self.load(spec, self.loader.options(spec, first.extra))           # 1. the pipeline
+        kwargs = inputs.for_batch(batch, options)                                  # 2. prompts, seeds, size, images
+        steps = StepReporter(progress, loaded, batch, inputs.total_steps(batch, kwargs))
+        with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]), contextlib.ExitStack() as stack:
+            loaded.calls += 1  # the add-ons this call uses are the last to go (see PipelineCache.trim)
+            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs)
+            for adapter, uses in adapters:                                         # 3. each adapter enters
+                call.kwargs = {**call.kwargs, **stack.enter_context(adapter.enter(call, uses))}
+            if spec.family.weights:
+                call.kwargs = weigh_prompts(loaded.pipe, call.kwargs)
+            call.pipe.scheduler = inputs.fresh_scheduler(loaded, first.scheduler)
+            out = call.pipe(**call.kwargs, callback_on_step_end=steps)             # 4. denoise
+        self.cache.trim(keep=loaded)  # what this call loaded counts against EASEL_MAX_CACHE_GB from now on
+        return outputs.per_request(batch, out, call.details, steps.latents)        # 5. images and records
+
+    @property
+    def _options(self) -> set[str]:
+        """The request options that adapters read (not the pipeline's arguments)."""
+        return {adapter.param for adapter in self.adapters if adapter.option is not None}
+
+
+def register(add, settings) -> None:
+    """Entry point of the `easel.providers` group."""
+    from ...addons import FOLDERS
+    from ...keys import get_key
+
+    add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
+                          int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
+                          defaults={"compile": settings.compile, "channels_last": settings.channels_last,
+                                    "fuse_qkv": settings.fuse_qkv},
+                          folders={kind.folder: settings.folder(kind.folder) for kind in FOLDERS}))
