@@ -11,11 +11,13 @@
         add(MY_FAMILY)                 # a ModelFamily: sizes, defaults, what requests may ask of it
         add(ModelSpec(name="my-model", family=MY_FAMILY, source="...", provider=MyProvider.name))
 
-`easel.testing.FakeProvider` stands in for a provider in a plugin's tests.
+`easel.testing.FakeProvider` stands in for a provider in a plugin's tests. A new kind of add-on for the local
+diffusers models is an `Adapter` given to `add` the same way (see `easel.providers.diffusers.adapters.base`).
 """
 
 from .catalog import ModelFamily, ModelSpec, OptionSpec
 from .providers.base import Batch, Progress, Provider, ProviderOutput, ProviderRegistry, StepCallback
+from .providers.diffusers.adapters import Adapter, Call
 
-__all__ = ["Batch", "ModelFamily", "ModelSpec", "OptionSpec", "Progress", "Provider", "ProviderOutput",
+__all__ = ["Adapter", "Batch", "Call", "ModelFamily", "ModelSpec", "OptionSpec", "Progress", "Provider", "ProviderOutput",
            "ProviderRegistry", "StepCallback"]
