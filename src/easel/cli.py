@@ -350,14 +350,12 @@ def to_image_request(base, *, model, size, aspect, steps, guidance, seed, negati
 
 
 def _request_from_file(path: Path):
-    """The request that made an image, from its embedded parameters. Its ControlNet units and image prompt come
-    back without their images, which an image's record does not keep (`_left_out` names them)."""
+    """The request that made an image, from its embedded parameters (see `request_json.from_record`)."""
     from PIL import Image
 
-    from .control import ControlUnit, IPAdapter
     from .errors import InvalidRequestError
     from .metadata import read_parameters
-    from .types import ImageRequest
+    from .request_json import from_record
 
     try:
         params = read_parameters(Image.open(path))
@@ -368,29 +366,7 @@ def _request_from_file(path: Path):
     if params.get("mode", "generate") != "generate":
         _err(f"Warning: {path.name} was made by {'an edit' if params['mode'] == 'edit' else 'a variation'} of an "
              "image that its record does not keep: this makes a new image from its prompt and settings.")
-    # the image again: a chat model's rewrite is not asked for again (its answer varies), the model receives the
-    # prompt it received
-    rewritten = bool(params.get("prompt_enhancer") and params.get("revised_prompt"))
-    ip_adapter = params.get("ip_adapter")
-    return ImageRequest(
-        prompt=params["revised_prompt"] if rewritten else params["prompt"], enhance_prompt=False,
-        negative_prompt=params.get("negative_prompt"), model=params["model"],
-        width=params["width"], height=params["height"], num_inference_steps=params["num_inference_steps"],
-        guidance_scale=params["guidance_scale"], seed=params["seed"], scheduler=params.get("scheduler"),
-        output_format=params.get("output_format", "png"), extra=params.get("extra", {}),
-        loras=params.get("loras", {}), control=[_recorded(ControlUnit, unit) for unit in params.get("control", [])],
-        ip_adapter=_recorded(IPAdapter, ip_adapter) if ip_adapter else None,
-        **({"hires_scale": params["hires"]["scale"], "hires_upscaler": params["hires"]["upscaler"],
-            "hires_strength": params["hires"]["strength"], "hires_steps": params["hires"]["steps"]}
-           if params.get("hires") else {}),
-    )
-
-
-def _recorded(cls, record: dict):
-    """A ControlUnit or IPAdapter from its record (without its image); what this version does not know is left."""
-    import dataclasses
-
-    return cls(**{k: v for k, v in record.items() if k in {f.name for f in dataclasses.fields(cls)} - {"image"}})
+    return from_record(params)
 
 
 def _left_out(request, source: Path):

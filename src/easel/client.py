@@ -123,12 +123,22 @@ class ServerClient:
         status, data = self.request(method, path, body, {"content-type": "application/json"} if body else None)
         return _answer(status, data)
 
-    # -- generations: jobs, followed as they run -------------------------------------------------------------------
+    # -- jobs, followed as they run --------------------------------------------------------------------------------
     def generate(self, requests: list[ImageRequest], on_step: Callable | None = None) -> list[dict[str, Any]]:
         """Queue every request at once (so that the server batches them), then follow each to its end; the final
-        job bodies, with `urls`."""
-        jobs = [self._json("POST", "/v1/jobs", _job_body(r))["id"] for r in requests]
+        job bodies, with `urls`. Any mode: the request travels whole (`request_json`), its images as files."""
+        jobs = [self._submit(r)["id"] for r in requests]
         return [self._follow(job_id, on_step) for job_id in jobs]
+
+    def _submit(self, request: ImageRequest) -> dict[str, Any]:
+        from .request_json import to_json
+
+        fields, images = to_json(request, images="files")
+        if not images:
+            return self._json("POST", "/v1/jobs", {"request": fields})
+        files = [(name, (f"{name}.png", _png(image), "image/png")) for name, image in images.items()]
+        body, content_type = _multipart({"request": json.dumps(fields)}, files)
+        return _answer(*self.request("POST", "/v1/jobs", body, {"content-type": content_type}))
 
     def _follow(self, job_id: str, on_step: Callable | None) -> dict[str, Any]:
         response = self.open("GET", f"/v1/jobs/{job_id}/events?previews=false")
@@ -147,30 +157,6 @@ class ServerClient:
                     response.read()  # the stream's end, so that the connection can carry the next request
                     return _outcome(body)
         raise GenerationError(f"The server's stream of job {job_id} ended before the job did.")
-
-    # -- edits and variations: the OpenAI routes, answered with links --------------------------------------------
-    def edit(self, request: ImageRequest) -> tuple[list[str], list[str]]:
-        """An edit or a variation; the signed links of its images, and the warnings of its result."""
-        files = [("image", ("image.png", _png(request.image), "image/png"))]
-        if request.mask is not None:
-            files.append(("mask", ("mask.png", _png(request.mask.convert("L")), "image/png")))
-        fields = {"prompt": request.prompt or None, "model": request.model, "n": request.num_images,
-                  "size": f"{request.width}x{request.height}" if request.width and request.height else request.size,
-                  "seed": request.seed, "num_inference_steps": request.num_inference_steps,
-                  "guidance_scale": request.guidance_scale, "negative_prompt": request.negative_prompt,
-                  "strength": request.strength, "response_format": "url", "output_format": request.output_format,
-                  "loras": json.dumps(request.loras) if request.loras else None,
-                  "options": json.dumps(request.extra) if request.extra else None,
-                  "enhance_prompt": None if request.enhance_prompt is None else str(request.enhance_prompt).lower()}
-        if request.mode == "edit":
-            fields.update(mask_blur=request.mask_blur, inpaint_full_res=request.inpaint_full_res,
-                          inpaint_full_res_padding=request.inpaint_full_res_padding)
-        route = "/v1/images/edits" if request.mode == "edit" else "/v1/images/variations"
-        data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items() if v is not None}
-        body, content_type = _multipart(data, files)
-        status, answer = self.request("POST", route, body, {"content-type": content_type})
-        body = _answer(status, answer)
-        return [item["url"] for item in body["data"]], body.get("warnings", [])
 
     # -- images ----------------------------------------------------------------------------------------------------
     def fetch(self, urls: list[str], warnings: list[str], workspace: Workspace, model: str) -> ImageResult:
@@ -248,36 +234,6 @@ def _outcome(body: dict[str, Any]) -> dict[str, Any]:
     raise error_from(status, error)
 
 
-def _ip_adapter_json(prompt) -> dict | None:
-    if prompt is None:
-        return None
-    from .control import ip_adapter_to_json
-
-    return ip_adapter_to_json(prompt)
-
-
-def _control_json(units: list) -> list | None:
-    if not units:
-        return None
-    from .control import units_to_json
-
-    return units_to_json(units)
-
-
-def _job_body(r: ImageRequest) -> dict[str, Any]:
-    """A request as the jobs API's body (the OpenAI generation fields plus Easel's extensions)."""
-    size = r.size or (f"{r.width}x{r.height}" if r.width and r.height else None)
-    body = {"prompt": r.prompt, "model": r.model, "n": r.num_images, "size": size, "aspect": r.aspect,
-            "seed": r.seed, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
-            "negative_prompt": r.negative_prompt, "scheduler": r.scheduler, "output_format": r.output_format,
-            "options": dict(r.extra) or None, "loras": dict(r.loras) or None, "enhance_prompt": r.enhance_prompt,
-            "control": _control_json(r.control), "ip_adapter": _ip_adapter_json(r.ip_adapter),
-            "hires_scale": r.hires_scale,
-            **({"hires_upscaler": r.hires_upscaler, "hires_strength": r.hires_strength, "hires_steps": r.hires_steps}
-               if r.hires_scale else {})}
-    return {k: v for k, v in body.items() if v is not None}
-
-
 def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -312,7 +268,5 @@ class ServerRunner:
 
         workspace = Workspace(self.settings.home, out_dir)
         named = [r.replace(model=r.model or self.settings.default_model) for r in requests]
-        if all(r.mode == "generate" for r in named):
-            return [self.client.fetch(job["urls"], job.get("warnings", []), workspace, r.model)
-                    for r, job in zip(named, self.client.generate(named, on_step))]
-        return [self.client.fetch(*self.client.edit(r), workspace=workspace, model=r.model) for r in named]
+        return [self.client.fetch(job["urls"], job.get("warnings", []), workspace, r.model)
+                for r, job in zip(named, self.client.generate(named, on_step))]

@@ -19,5 +19,5 @@ from .catalog import ModelFamily, ModelSpec, OptionSpec
 from .providers.base import Batch, Progress, Provider, ProviderOutput, ProviderRegistry, StepCallback
 from .providers.diffusers.adapters import Adapter, Call
 
-__all__ = ["Adapter", "Batch", "Call", "ModelFamily", "ModelSpec", "OptionSpec", "Progress", "Provider", "ProviderOutput",
-           "ProviderRegistry", "StepCallback"]
+__all__ = ["Adapter", "Batch", "Call", "ModelFamily", "ModelSpec", "OptionSpec", "Progress", "Provider",
+           "ProviderOutput", "ProviderRegistry", "StepCallback"]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from ..errors import GenerationError
+from ..request_json import to_json
 from ..store import History, now_iso
 from ..types import ImageRequest, ImageResult
 
@@ -28,12 +29,8 @@ def _iso(timestamp: float) -> str:
 
 
 def request_to_json(r: ImageRequest) -> str:
-    """What is kept of a request in the job record (images are not: they are inputs, not results)."""
-    skip = ("image", "mask", "control", "ip_adapter")
-    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in skip}
-    fields["control"] = [unit.record() for unit in r.control]
-    fields["ip_adapter"] = r.ip_adapter.record() if r.ip_adapter is not None else None
-    return json.dumps(fields)  # ASCII: text that is not valid Unicode can never fail the write
+    """What is kept of a request in the job record: every field but its images (inputs, not results)."""
+    return json.dumps(to_json(r, images="none")[0])  # ASCII: text that is not valid Unicode can never fail the write
 
 
 @dataclasses.dataclass(frozen=True)

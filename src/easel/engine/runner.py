@@ -11,15 +11,16 @@ from typing import Any
 import PIL.Image
 
 from .. import masks
-from ..control import preprocess
 from .._version import __version__
 from ..catalog import ModelCatalog, ModelSpec, default_catalog, operator_catalog
 from ..checks import CheckedRequest, check_request
 from ..config import Settings, get_settings
+from ..control import preprocess
 from ..enhance import PromptEnhancer
 from ..errors import ProviderError
 from ..prompts import lora_tags, revise_prompt
 from ..providers.base import Batch, Progress, ProviderOutput, ProviderRegistry, StepCallback
+from ..request_json import record
 from ..store import Workspace, now_iso
 from ..types import GeneratedImage, ImageRequest, ImageResult
 
@@ -29,31 +30,8 @@ log = logging.getLogger("easel.runner")
 def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
                      output: ProviderOutput) -> dict[str, Any]:
     """Everything needed to make an image again, as recorded in its file and in the history."""
-    params: dict[str, Any] = {
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "model": spec.name,
-        "seed": seed,
-        "num_inference_steps": request.num_inference_steps,
-        "guidance_scale": request.guidance_scale,
-        "width": request.width,
-        "height": request.height,
-        "scheduler": request.scheduler,
-        "mode": request.mode,
-        "output_format": request.output_format,
-        "version": __version__,
-        "created": now_iso(),
-    }
-    if request.strength is not None and request.mode != "generate":
-        params["strength"] = request.strength
-    if request.extra:
-        params["extra"] = dict(request.extra)
-    if request.loras:
-        params["loras"] = dict(request.loras)
-    if request.control:
-        params["control"] = [unit.record() for unit in request.control]
-    if request.ip_adapter is not None:
-        params["ip_adapter"] = request.ip_adapter.record()
+    params: dict[str, Any] = {**record(request), "model": spec.name, "seed": seed, "version": __version__,
+                              "created": now_iso()}
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
     if revised:
         params["revised_prompt"] = revised

@@ -8,12 +8,16 @@ import json
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..engine.jobs import FINAL, Job, JobStore
 from ..engine.queue import Engine
+from ..errors import InvalidRequestError, PayloadTooLargeError
 from ..metadata import encode_image
-from ..types import ImageResult
-from .openai.protocol import GenerationRequest
+from ..request_json import from_json
+from ..types import ImageResult, image_from_bytes
+from .openai.protocol import GenerationRequest, validated
+from .openai.serving import max_file_bytes
 
 
 def _body(job_or_row, request: Request) -> dict:
@@ -51,12 +55,65 @@ def sse(event: str, body: dict) -> str:
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/jobs", status_code=202)
-def create_job(body: GenerationRequest, request: Request) -> JSONResponse:
-    """Queue a generation (same body as /v1/images/generations) and return its id at once."""
+_JOB_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"anyOf": [GenerationRequest.model_json_schema(), {
+        "type": "object", "required": ["request"], "additionalProperties": False, "properties": {"request": {
+            "type": "object", "description": "Easel's whole request (any mode): the fields of easel.ImageRequest, "
+            "images as base64 PNG."}}}]}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["request"], "properties": {
+        "request": {"type": "string", "description": "Easel's request as JSON text; an image given as "
+                    "\"file:<name>\" is the file of that name in this form."}},
+        "additionalProperties": {"type": "string", "format": "binary"}}}}}}
+
+
+@router.post("/jobs", status_code=202, openapi_extra=_JOB_BODY)
+async def create_job(request: Request) -> JSONResponse:
+    """Queue a request and return its id at once: the body of /v1/images/generations, or Easel's whole request
+    (`{"request": {...}}`: generations, edits and variations; images as base64, or as the files of a multipart
+    form whose `request` field holds it)."""
+    checked = await _checked(request)
     # previews every 5 steps, asked for now: the client follows the job next, maybe on another replica
-    job = request.app.state.engine.submit(request.app.state.images.prepare(body).checked, preview_every=5)
+    job = await run_in_threadpool(request.app.state.engine.submit, checked, preview_every=5)
     return JSONResponse(job.snapshot(), status_code=202)
+
+
+async def _checked(request: Request):
+    """The job's checked request, read from its body (the check and the decoding off the event loop)."""
+    runner, images = request.app.state.runner, request.app.state.images
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=16, max_fields=1)
+        files = {key: await value.read() for key, value in form.multi_items() if hasattr(value, "read")}
+        text = form.get("request")
+        if not isinstance(text, str):
+            raise InvalidRequestError("Missing required parameter: 'request'.", param="request")
+        return await run_in_threadpool(lambda: runner.check(_from_json(_loads(text), files)))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("The body must be a JSON object.", param=None) from None
+    if isinstance(body, dict) and "request" in body:
+        extra = sorted(set(body) - {"request"})
+        if extra:
+            raise InvalidRequestError(f"Unknown parameter: '{extra[0]}'.", param=extra[0])
+        return await run_in_threadpool(lambda: runner.check(_from_json(body["request"], {})))
+    generation = validated(GenerationRequest, body)
+    return (await run_in_threadpool(images.prepare, generation)).checked
+
+
+def _loads(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequestError("`request` must be JSON text of Easel's request.", param="request") from None
+
+
+def _from_json(data, files: dict[str, bytes]):
+    """Easel's request from its JSON and the form's files (each decoded as an image, refused over the size limit)."""
+    limit = max_file_bytes(None)
+    for name, blob in files.items():
+        if len(blob) > limit:
+            raise PayloadTooLargeError(f"`{name}` is {len(blob)} bytes, over the {limit} allowed.", param=name)
+    return from_json(data, {name: image_from_bytes(blob, name) for name, blob in files.items()})
 
 
 @router.get("/jobs")

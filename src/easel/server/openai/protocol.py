@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...errors import InvalidRequestError
 
 Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 
@@ -146,3 +148,19 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def validated(model_cls: type[BaseModel], fields: Any):
+    """`fields` as `model_cls`, or a client's error naming the first field that is wrong (a route that reads its
+    own body validates here)."""
+    try:
+        return model_cls.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "missing":
+            raise InvalidRequestError(f"Missing required parameter: '{param}'.", param=param) from None
+        if first["type"] == "extra_forbidden":
+            raise InvalidRequestError(f"Unknown parameter: '{param}'.", param=param) from None
+        raise InvalidRequestError(f"Invalid value for '{param}': {first['msg']} (got {first.get('input')!r}).",
+                                  param=param) from None

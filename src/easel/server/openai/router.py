@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ... import masks
@@ -17,7 +16,7 @@ from ...openai_models import OPENAI_MODEL_NAMES
 from ...types import image_from_bytes
 from ..jobs import wait_for_job
 from .protocol import (EditRequest, ErrorResponse, GenerationRequest, ImagesResponse, ModelCard, ModelList,
-                       VariationRequest)
+                       VariationRequest, validated)
 from .serving import ImagesService, Prepared, max_file_bytes
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 507)}
@@ -58,17 +57,7 @@ async def _read_form(request: Request, model_cls):
                 raise InvalidRequestError(f"Unknown file parameter: '{key}'.", param=key)
         elif value != "":
             fields[key] = value
-    try:
-        params = model_cls.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "missing":
-            raise InvalidRequestError(f"Missing required parameter: '{param}'.", param=param) from None
-        if first["type"] == "extra_forbidden":
-            raise InvalidRequestError(f"Unknown parameter: '{param}'.", param=param) from None
-        raise InvalidRequestError(f"Invalid value for '{param}': {first['msg']} (got {first.get('input')!r}).",
-                                  param=param) from None
+    params = validated(model_cls, fields)
     limit = max_file_bytes(params.model)
     for name, blob in [("image", b) for b in images] + ([("mask", mask)] if mask is not None else []):
         if len(blob) > limit:
