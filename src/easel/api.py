@@ -181,6 +181,6 @@ def upscale(image, *, scale: float = 2.0, upscaler: str = "lanczos", tile: int =
     """`image` (a path, bytes or PIL image) `scale` times as large: by an image filter (lanczos, bicubic, nearest)
     or an upscaler model (a folder of EASEL_HOME/upscalers, or a hub id: SD's x4 upscaler), which works on tiles of
     `tile` pixels of the image (0: all at once), blended where they overlap."""
-    from .upscalers import upscale_with
-
-    return upscale_with(default_runner().registry.get("diffusers"), load_image(image), scale, upscaler, tile)
+    request = ImageRequest(prompt="", mode="upscale", image=load_image(image), scale=scale, upscaler=upscaler,
+                           tile=tile)
+    return default_runner().run(request, save=False)[0].image

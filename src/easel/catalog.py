@@ -362,6 +362,16 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
     return base.with_folders(folders, aliases) if folders else base
 
 
+
+# what an upscale job (mode "upscale") runs on: the diffusers provider's upscaler models and image filters
+UPSCALE = ModelFamily(name="upscale", size=(512, 512), size_step=1, max_side=16384, negative_prompt=False,
+                      max_prompt_chars=1000, schedulers=(), supports=("upscale",), aspects={}, takes=())
+
+
+def upscale_spec(upscaler: str) -> ModelSpec:
+    """The model an upscale job names: its upscaler (never a path of the catalog's)."""
+    return ModelSpec(name=upscaler, family=UPSCALE, source=f"upscale:{upscaler}", provider="diffusers")
+
 @lru_cache(maxsize=1)
 def default_catalog() -> ModelCatalog:
     return ModelCatalog.load()

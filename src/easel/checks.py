@@ -97,6 +97,8 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     Every problem raises `InvalidRequestError` (or a subclass) naming the parameter and the bad value; nothing is
     corrected silently.
     """
+    if request.mode == "upscale":
+        return _check_upscale(request, allow_paths)
     catalog = catalog or default_catalog()
     # a model named by a caller may be a folder only where the caller is the machine's user (not a server client)
     spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
@@ -118,6 +120,29 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
                           "was read as plain words")
     r.revised_prompt = revise_prompt(spec, model_prompt) or (model_prompt if model_prompt != r.prompt else None)
     return CheckedRequest(spec, r)
+
+
+def _check_upscale(request: ImageRequest, allow_paths: bool) -> CheckedRequest:
+    """An upscale: an image, a scale, an image filter or an upscaler model (by name; a path only for the machine's
+    user), a tile size and an output format. Whether the model exists is its provider's check."""
+    import PIL.Image
+
+    from .catalog import upscale_spec
+    from .upscalers import IMAGE_UPSCALERS, check_upscale
+
+    if not isinstance(request.image, PIL.Image.Image):
+        raise InvalidRequestError("`image` is required for mode 'upscale'.", param="image")
+    if not isinstance(request.prompt, str):
+        raise InvalidRequestError(f"`prompt` must be a string but is {request.prompt!r}.", param="prompt")
+    width, height = check_upscale(request.image, request.scale, request.upscaler, request.tile)
+    if request.upscaler not in IMAGE_UPSCALERS:
+        _require_model_name("upscaler", request.upscaler, allow_paths, "upscalers", "upscaler")
+    if request.output_format not in OUTPUT_FORMATS:
+        raise InvalidRequestError(f"`output_format` must be one of {', '.join(OUTPUT_FORMATS)} but is "
+                                  f"{request.output_format!r}.", param="output_format")
+    spec = upscale_spec(request.upscaler)
+    return CheckedRequest(spec, request.replace(model=spec.name, width=width, height=height, num_images=1,
+                                                extra={}, loras={}, control=[], ip_adapter=None, warnings=[]))
 
 
 def _check_prompts(r: ImageRequest, spec: ModelSpec, moderate: bool) -> None:

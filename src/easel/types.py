@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_INPUT_PIXELS = 4096 * 4096
-MODES = ("generate", "edit", "vary")
+MODES = ("generate", "edit", "vary", "upscale")
 _SIZE = re.compile(r"^\s*([0-9]{1,6})\s*[xX×]\s*([0-9]{1,6})\s*$")  # ASCII digits: int() takes any script
 
 
@@ -68,6 +68,11 @@ class ImageRequest:
     hires_upscaler: str = "lanczos"
     hires_strength: float = 0.55
     hires_steps: int | None = None
+    # an upscale (mode "upscale"): `image` `scale` times as large through `upscaler` (an image filter, or an upscaler
+    # model working on tiles of `tile` pixels; 0: the whole picture at once)
+    upscaler: str = "lanczos"
+    scale: float = 2.0
+    tile: int = 256
     enhanced_by: str | None = None  # set when a chat model rewrote the prompt (into `revised_prompt`)
     revised_prompt: str | None = None  # set by the check: what the model receives, where it differs from `prompt`
     warnings: list[str] = dataclasses.field(default_factory=list)  # set by the check: what the model will ignore

@@ -50,12 +50,13 @@ def resize(image: PIL.Image.Image, size: tuple[int, int], upscaler: str) -> PIL.
 
 
 def tiled(image: PIL.Image.Image, factor: int, tile: int, overlap: int,
-          upscale_tile: Callable[[PIL.Image.Image], PIL.Image.Image]) -> PIL.Image.Image:
+          upscale_tile: Callable[[PIL.Image.Image], PIL.Image.Image], progress=None) -> PIL.Image.Image:
     """`image` upscaled `factor` times by `upscale_tile`, one tile of at most `tile` pixels a side at a time (so
     that the memory an upscaler model needs is that of one tile, whatever the picture's size); neighbouring tiles
     overlap by `overlap` pixels and are blended across it with linear weights, which hides their seams. An
     upscaler whose output at a pixel depends only on the pixels around it gives the untiled result away from the
-    overlaps."""
+    overlaps. Each tile is a step of `progress` (a `providers.base.Progress`); once its callers stopped, the tiles
+    left are not made."""
     import math
 
     import numpy as np
@@ -64,7 +65,10 @@ def tiled(image: PIL.Image.Image, factor: int, tile: int, overlap: int,
     image = image.convert("RGB")
     width, height = image.size
     if width <= tile and height <= tile:
-        return upscale_tile(image)
+        out = upscale_tile(image)
+        if progress is not None:
+            progress.step(1, 1)
+        return out
     overlap = min(overlap, tile // 2)
 
     def starts(length: int) -> list[int]:
@@ -77,26 +81,30 @@ def tiled(image: PIL.Image.Image, factor: int, tile: int, overlap: int,
     total = np.zeros((height * factor, width * factor, 3), dtype=np.float64)
     weight = np.zeros((height * factor, width * factor, 1), dtype=np.float64)
     ramp = max(1, overlap * factor)
-    for top in starts(height):
-        for left in starts(width):
-            box = (left, top, min(left + tile, width), min(top + tile, height))
-            out = np.asarray(upscale_tile(image.crop(box)).convert("RGB"), dtype=np.float64)
-            h, w = out.shape[:2]
-            # weights that rise from the tile's inner edges over the overlap (1 at the picture's own edges)
-            wy = np.minimum(np.arange(h) + 1, ramp) if top > 0 else np.full(h, ramp)
-            wy = np.minimum(wy, (h - np.arange(h)) if box[3] < height else ramp)
-            wx = np.minimum(np.arange(w) + 1, ramp) if left > 0 else np.full(w, ramp)
-            wx = np.minimum(wx, (w - np.arange(w)) if box[2] < width else ramp)
-            mask = (wy[:, None] * wx[None, :])[..., None].astype(np.float64)
-            y, x = top * factor, left * factor
-            total[y:y + h, x:x + w] += out * mask
-            weight[y:y + h, x:x + w] += mask
-    return PIL.Image.fromarray(np.clip(np.round(total / weight), 0, 255).astype(np.uint8))
+    boxes = [(left, top, min(left + tile, width), min(top + tile, height))
+             for top in starts(height) for left in starts(width)]
+    for done, box in enumerate(boxes, 1):
+        left, top = box[:2]
+        if progress is not None and progress.stopped:
+            break
+        out = np.asarray(upscale_tile(image.crop(box)).convert("RGB"), dtype=np.float64)
+        h, w = out.shape[:2]
+        # weights that rise from the tile's inner edges over the overlap (1 at the picture's own edges)
+        wy = np.minimum(np.arange(h) + 1, ramp) if top > 0 else np.full(h, ramp)
+        wy = np.minimum(wy, (h - np.arange(h)) if box[3] < height else ramp)
+        wx = np.minimum(np.arange(w) + 1, ramp) if left > 0 else np.full(w, ramp)
+        wx = np.minimum(wx, (w - np.arange(w)) if box[2] < width else ramp)
+        mask = (wy[:, None] * wx[None, :])[..., None].astype(np.float64)
+        y, x = top * factor, left * factor
+        total[y:y + h, x:x + w] += out * mask
+        weight[y:y + h, x:x + w] += mask
+        if progress is not None:
+            progress.step(done, len(boxes))
+    return PIL.Image.fromarray(np.clip(np.round(total / np.maximum(weight, 1e-9)), 0, 255).astype(np.uint8))
 
 
-def upscale_with(provider, picture: PIL.Image.Image, scale: float, upscaler: str, tile: int = 256) -> PIL.Image.Image:
-    """`picture` `scale` times as large, by an image filter or by an upscaler model of `provider` (the one that
-    holds the caller's loaded models: a server's own, so that a model is in memory once)."""
+def check_upscale(picture, scale, upscaler, tile) -> tuple[int, int]:
+    """An upscale's settings, refused naming the one that is wrong; the size it makes."""
     import math
 
     from .errors import InvalidRequestError
@@ -109,11 +117,23 @@ def upscale_with(provider, picture: PIL.Image.Image, scale: float, upscaler: str
     if size[0] * size[1] > MAX_INPUT_PIXELS:
         raise InvalidRequestError(f"`scale` {scale} makes {size[0]}x{size[1]}, over the {MAX_INPUT_PIXELS} pixels "
                                   "Easel makes.", param="scale")
-    if upscaler in IMAGE_UPSCALERS:
-        return resize(picture, size, upscaler)
     if not isinstance(upscaler, str) or not upscaler.strip():
         raise InvalidRequestError(f"`upscaler` must be one of {', '.join(IMAGE_UPSCALERS)} or an upscaler model's "
                                   f"name but is {upscaler!r}.", param="upscaler")
     if isinstance(tile, bool) or not isinstance(tile, int) or not (tile == 0 or 32 <= tile <= 4096):
         raise InvalidRequestError(f"`tile` must be 0 (no tiles) or 32 to 4096 pixels but is {tile!r}.", param="tile")
-    return resize(provider.upscale(picture, scale, upscaler, tile), size, "lanczos")
+    return size
+
+
+def upscale_with(provider, picture: PIL.Image.Image, scale: float, upscaler: str, tile: int = 256,
+                 progress=None) -> PIL.Image.Image:
+    """`picture` `scale` times as large, by an image filter or by an upscaler model of `provider` (the one that
+    holds the caller's loaded models: a server's own, so that a model is in memory once); the settings checked
+    (`check_upscale`) before."""
+    size = (round(picture.width * scale), round(picture.height * scale))
+    if upscaler in IMAGE_UPSCALERS:
+        bigger = resize(picture, size, upscaler)
+        if progress is not None:
+            progress.step(1, 1)
+        return bigger
+    return resize(provider.upscale(picture, scale, upscaler, tile, progress), size, "lanczos")

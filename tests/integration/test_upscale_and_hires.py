@@ -70,6 +70,41 @@ def test_a1111_extras_upscales_with_the_servers_own_models(upscaler, easel_home)
     assert easel.api._runner is None, "the route made a runner (and a model cache) of its own"
 
 
+def test_an_upscale_is_a_job_of_the_engine(upscaler, easel_home):
+    """Upscaling is routed like any job: A1111's Extras queue one; through the jobs API it reports each tile as a
+    step, gives the library's pixels, and stops at the next tile when cancelled."""
+    import httpx
+    from servers import job_events
+
+    from easel.config import Settings
+    from easel.server.app import create_app
+
+    def b64(image) -> str:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        return base64.b64encode(png.getvalue()).decode()
+
+    expected = easel.upscale(picture(48), scale=4, upscaler="x4", tile=32)
+    app = create_app(Settings(home=easel_home / "server", upscalers_dir=easel_home / "upscalers", ui=False),
+                     warm=False)
+    with serving(app) as base:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=int(base.rsplit(":", 1)[1]), sampler="")
+        api.extra_single_image(picture(), upscaler_1="x4", upscaling_resize=4)
+        [extras] = httpx.get(f"{base}/v1/jobs").json()["data"]
+        assert extras["status"] == "succeeded"
+        body = {"prompt": "", "mode": "upscale", "image": b64(picture(48)), "upscaler": "x4", "scale": 4, "tile": 32}
+        job = httpx.post(f"{base}/v1/jobs", json={"request": body}).json()
+        events = job_events(base, job["id"])
+        steps = [(data["step"], data["total_steps"]) for name, data in events if name == "progress"]
+        assert steps[-1] == (4, 4), steps  # 2x2 tiles of 32 over 48 pixels
+        assert events[-1][0] == "succeeded"
+        made = Image.open(io.BytesIO(httpx.get(events[-1][1]["urls"][0]).content))
+        assert np.array_equal(np.asarray(made), np.asarray(expected))
+        many = httpx.post(f"{base}/v1/jobs", json={"request": {**body, "image": b64(picture(160))}}).json()
+        httpx.delete(f"{base}/v1/jobs/{many['id']}")
+        assert job_events(base, many["id"])[-1][0] == "cancelled"
+
+
 def test_hires_fix_on_the_builtin_model():
     steps = []
     made = easel.generate("a large red circle on the left on a blue background", size="64x64", seed=2,

@@ -26,7 +26,8 @@ def test_every_error_knows_its_status_and_openai_shape():
 def test_the_plugin_api_is_pinned():
     import easel.plugins
 
-    assert sorted(easel.plugins.__all__) == ["Batch", "ModelFamily", "ModelSpec", "OptionSpec", "Progress",
-                                             "Provider", "ProviderOutput", "ProviderRegistry", "StepCallback"]
+    assert sorted(easel.plugins.__all__) == ["Adapter", "Batch", "Call", "ModelFamily", "ModelSpec", "OptionSpec",
+                                             "Progress", "Provider", "ProviderOutput", "ProviderRegistry",
+                                             "StepCallback"]
     for name in easel.plugins.__all__:
         assert hasattr(easel.plugins, name), name

@@ -135,6 +135,9 @@ class Runner:
                    progress: Progress) -> list[tuple[list[int | None], ProviderOutput]]:
         """One provider call: the model receives the revised prompt and, for an edit, its frame (the whole picture
         or the painted area); its answer is checked against the contract and edits are pasted back."""
+        provider = self.registry.get(spec.provider)
+        if requests[0].mode == "upscale":  # no denoising: the provider's upscaler, tile by tile (alone in its batch)
+            return [([None], _upscaled(provider, requests[0], progress))]
         for unit in (unit for r in requests for unit in r.control if unit.map is None):
             unit.map = preprocess(unit)  # here, on the worker: a preprocessor may take a while
         frames = [masks.InpaintFrame(r.image, r.mask, (r.width, r.height), r.mask_blur or 0, r.inpaint_full_res,
@@ -147,7 +150,6 @@ class Runner:
                 changes["image"], changes["mask"] = frame.model_inputs()
             sent.append(r.replace(**changes) if changes else r)
         batch = Batch(spec, sent, [_seeds(spec, r) for r in requests])
-        provider = self.registry.get(spec.provider)
         first_pass = progress if not requests[0].hires_scale else _Shifted(progress, 0, steps_of(requests[0]))
         outputs = provider.run_batch(batch, first_pass)
         _check_contract(provider, outputs, batch.seeds)
@@ -213,6 +215,15 @@ class _Shifted(Progress):
     @property
     def stopped(self) -> bool:
         return self.progress.stopped
+
+
+def _upscaled(provider, r: ImageRequest, progress: Progress) -> ProviderOutput:
+    """An upscale job's output: its image `scale` times as large, and what it was made from."""
+    from ..upscalers import upscale_with
+
+    image = upscale_with(provider, r.image, r.scale, r.upscaler, r.tile, progress)
+    return ProviderOutput(images=[image], details={"upscale": {
+        "upscaler": r.upscaler, "scale": r.scale, "tile": r.tile, "from_size": f"{r.image.width}x{r.image.height}"}})
 
 
 def _check_contract(provider, outputs, seeds: list[list[int]]) -> None:

@@ -118,8 +118,10 @@ class Provider(abc.ABC):
         if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
             self.upscale(None, 1, request.hires_upscaler)
 
-    def upscale(self, image, scale: float, name: str, tile: int = 256):
-        """`image` through the upscaler model `name` (its caller resizes the result to the size it wants)."""
+    def upscale(self, image, scale: float, name: str, tile: int = 256, progress: Progress | None = None):
+        """`image` through the upscaler model `name` (its caller resizes the result to the size it wants), reporting
+        each tile to `progress`. A provider that runs upscaler models says so here; the engine routes upscale jobs
+        (mode "upscale") and the hires fix's model upscale to it."""
         from ..errors import UnsupportedError
 
         raise UnsupportedError(f"The {self.name} provider runs no upscaler models ({name!r}); use one of lanczos, "

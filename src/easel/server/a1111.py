@@ -21,8 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
-from ..catalog import (CONTROLNET_MARKER, IP_ADAPTER_MARKER, is_hub_id, lora_files, model_folders, names_a_file,
-                       upscaler_names)
+from ..catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, lora_files, model_folders, upscaler_names
 from ..control import PREPROCESSORS, ControlUnit, IPAdapter, png_base64, preprocess
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS, LATENT_UPSCALERS
 from ..engine.jobs import FINAL
@@ -541,25 +540,22 @@ class ExtraSingleImageRequest(BaseModel):
 
 @router.post("/extra-single-image")
 async def extra_single_image(body: ExtraSingleImageRequest, request: Request) -> dict[str, Any]:
-    """A1111's "Extras" upscale of one image: by a factor, or to a size; `upscaler_1` a filter or a model."""
-    from ..upscalers import upscale_with
-
+    """A1111's "Extras" upscale of one image: by a factor, or to a size; `upscaler_1` a filter or a model. It runs
+    as a job of the engine, like any (queued, within the time limit, cancelled when its client goes)."""
     if not body.image:
         raise InvalidRequestError("`image` is required (a base64 image).", param="image")
     picture = await run_in_threadpool(_decode, body.image, "image")
     scale = body.upscaling_resize if body.resize_mode == 0 else max(
         body.upscaling_resize_w / picture.width, body.upscaling_resize_h / picture.height)
     name = A1111_UPSCALERS.get(body.upscaler_1.strip().lower(), body.upscaler_1.strip())
-    provider = request.app.state.runner.registry.get("diffusers")
-    if name not in IMAGE_UPSCALERS:  # a model: only one of the upscalers folder (or a hub id), never a path
-        if names_a_file(name) and not is_hub_id(name):
-            raise InvalidRequestError(f"`upscaler_1` names an upscaler of the server's upscalers folder, not a path: "
-                                      f"{name!r}.", param="upscaler_1")
-        provider.upscaler_model(name, download=False, param="upscaler_1")
+    upscale = ImageRequest(prompt="", mode="upscale", image=picture, scale=scale, upscaler=name)
+    engine = request.app.state.engine
     try:
-        bigger = await run_in_threadpool(upscale_with, provider, picture, scale, name)  # the server's own models
+        checked = await run_in_threadpool(request.app.state.runner.check, upscale)
+        result = await wait_for_job(engine, await run_in_threadpool(engine.submit, checked), request)
     except EaselError as exc:
         raise exc.renamed({"scale": "upscaling_resize", "upscaler": "upscaler_1"}) from None
+    bigger = result.images[0].image
     if body.resize_mode == 1:
         bigger = bigger.resize((body.upscaling_resize_w, body.upscaling_resize_h))
     return {"html_info": "", "image": await run_in_threadpool(png_base64, bigger)}

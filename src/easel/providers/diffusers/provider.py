@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...upscalers import HIRES_UPSCALERS
+from ...upscalers import HIRES_UPSCALERS, IMAGE_UPSCALERS
 from ..base import Batch, Progress, Provider, ProviderOutput
 from . import inputs, outputs
 from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles
@@ -52,6 +52,10 @@ class DiffusersProvider(Provider):
     def check(self, spec: ModelSpec, request: ImageRequest) -> None:
         """Refuse before queueing: a bad load option, an add-on that is missing or made for another family, an
         unknown upscaler, or a hub model that is not cached while offline."""
+        if request.mode == "upscale":
+            if request.upscaler not in IMAGE_UPSCALERS:
+                self.upscalers.model(request.upscaler, download=False)
+            return
         self.loader.options(spec, request.extra)
         model = ModelFiles(spec, lambda: self.loader.pipeline_folder(spec))
         for adapter, uses in self._active(spec, [request]):
@@ -85,9 +89,9 @@ class DiffusersProvider(Provider):
         return_freed_memory()
         return held
 
-    def upscale(self, image, scale: float, name: str, tile: int = 256):
+    def upscale(self, image, scale: float, name: str, tile: int = 256, progress: Progress | None = None):
         """`image` through an upscaler model (see `Upscalers.upscale`); `scale` is its caller's to reach."""
-        return self.upscalers.upscale(image, name, tile)
+        return self.upscalers.upscale(image, name, tile, progress)
 
     def upscaler_model(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
         return self.upscalers.model(name, download, param)

@@ -33,7 +33,7 @@ class Upscalers:
         return self.loader.named_folder(name, self.folder, UPSCALER_MARKER, "upscaler", param, download,
                                         upscaler_names(self.folder))
 
-    def upscale(self, image, name: str, tile: int = 256):
+    def upscale(self, image, name: str, tile: int = 256, progress=None):
         """`image` through the upscaler model `name`, which makes it its own factor larger (its caller resizes to
         the size it wants), in tiles of `tile` pixels (0: whole) so that its memory stays that of one tile."""
         import torch
@@ -57,9 +57,7 @@ class Upscalers:
                                    generator=torch.Generator("cpu").manual_seed(0)).images[0]
 
         with loaded.lock, torch.no_grad():
-            if not tile:
-                return one(image.convert("RGB"))
-            return tiled(image, factor, tile, max(8, tile // 8), one)
+            return tiled(image, factor, tile or max(image.size), max(8, tile // 8), one, progress)
 
 
 def _load_pipeline(folder: Path, name: str, device: str, dtype) -> LoadedPipeline:
