@@ -135,3 +135,53 @@ def test_two_ingress_replicas_share_jobs_through_postgres(tmp_path):
             assert job_events(server.base, long["id"])[-1][0] == "cancelled"
             listed = httpx.get(f"{server.base}/v1/jobs", params={"limit": 50}).json()["data"]
             assert {j["id"] for j in listed} >= {j["id"] for j in made} | {long["id"]}
+
+
+def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models, monkeypatch):
+    """The operator's folders of every kind reach the model replicas: a LoRA, a ControlNet and a single-file
+    checkpoint (with the configuration it loads with) run there, with the pixels the library makes from the same
+    folders; nothing is downloaded."""
+    import shutil
+
+    from checkpoints import save_checkpoint
+    from diffusers import StableDiffusionPipeline
+    from tiny_pipelines import save_random_lora, save_tiny_controlnet
+
+    import easel
+    import easel.api
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_models["sd15"], home / "models" / "tiny")
+    save_checkpoint(StableDiffusionPipeline.from_pretrained(tiny_models["sd15"]),
+                    home / "models" / "tinyckpt.safetensors")
+    shutil.copytree(tiny_models["sd15"], home / "configs" / "v1")  # what the checkpoint loads with, weights and all
+    save_random_lora(StableDiffusionPipeline.from_pretrained(tiny_models["sd15"]), home / "loras" / "ink.safetensors",
+                     seed=3)
+    save_tiny_controlnet("sd15", home / "controlnets" / "edges", seed=1)
+    edges = Image.new("RGB", (64, 64), "black")
+    edges.paste((255, 255, 255), (16, 16, 48, 48))
+    png = io.BytesIO()
+    edges.save(png, format="PNG")
+    control = {"model": "edges", "image": base64.b64encode(png.getvalue()).decode(), "preprocessor": "none"}
+    base = {"prompt": "a lighthouse", "size": "64x64", "num_inference_steps": 2, "seed": 4,
+            "response_format": "b64_json"}
+    asks = [("tiny", {"loras": {"ink": 0.9}}), ("tiny", {"control": [control]}), ("tinyckpt", {})]
+    env = {"EASEL_RAY_MODELS": "tiny,tinyckpt", "HF_HUB_OFFLINE": "1"}
+    with RayServer(home, env) as server:
+        made = []
+        for model, extra in asks:
+            r = httpx.post(f"{server.base}/v1/images/generations", json={**base, "model": model, **extra}, timeout=600)
+            assert r.status_code == 200, r.text
+            made.append(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
+        jobs = httpx.get(f"{server.base}/v1/jobs").json()["data"]
+        assert {j["status"] for j in jobs} == {"succeeded"}
+        assert sorted(_cluster(server)["deployments"]) == ["model-tiny", "model-tinyckpt"]
+    monkeypatch.setenv("EASEL_HOME", str(home))
+    easel.api.reset_default_runner()
+    kw = dict(size="64x64", steps=2, seed=4, save=False)
+    expected = [easel.generate("a lighthouse", model="tiny", loras={"ink": 0.9}, **kw)[0].image,
+                easel.generate("a lighthouse", model="tiny", control=[{**control, "image": edges}], **kw)[0].image,
+                easel.generate("a lighthouse", model="tinyckpt", **kw)[0].image]
+    for (model, extra), got, want in zip(asks, made, expected):
+        assert got.tobytes() == want.tobytes(), (model, list(extra))

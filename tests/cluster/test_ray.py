@@ -8,7 +8,8 @@ pytestmark = pytest.mark.ray
 
 
 def test_ray_cluster_cases():
-    """Replica killed mid-batch, autoscaling, two ingress replicas on PostgreSQL (tests/cluster/ray_cases.py)."""
+    """Replica killed mid-batch, autoscaling, two ingress replicas on PostgreSQL, add-ons and a checkpoint on the
+    model replicas (tests/cluster/ray_cases.py)."""
     run_in_loopback_namespace(["tests/cluster/ray_cases.py"])
 
 

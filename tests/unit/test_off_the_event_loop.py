@@ -75,3 +75,39 @@ def test_the_blocking_work_of_a_request_runs_beside_the_event_loop(spied, name, 
     assert answer.status_code in (200, 202), answer.text[:300]
     assert {"check", "insert"} <= {what for what, _ in seen}, seen
     assert not [what for what, loop in seen if loop], f"{name} ran {seen} on the event loop"
+
+
+def test_a_control_map_is_made_by_the_engines_worker_not_by_the_check(monkeypatch):
+    """The check only validates a ControlNet unit (its preprocessor among the known ones); its map (Canny's edges,
+    which take a while on a large picture) is made by the runner, on the engine's worker."""
+    import easel.engine.runner as runner_module
+    from easel.catalog import default_catalog
+    from easel.checks import check_request
+    from easel.control import ControlUnit
+    from easel.errors import InvalidRequestError
+    from easel.types import ImageRequest
+
+    unit = ControlUnit("edges", Image.new("RGB", (64, 64), "white"), "canny")
+    checked = check_request(ImageRequest(prompt="a lighthouse", model="sd15", control=[unit]), default_catalog())
+    assert checked.request.control[0].map is None
+    with pytest.raises(InvalidRequestError) as caught:
+        check_request(ImageRequest(prompt="a lighthouse", model="sd15",
+                                   control=[ControlUnit("edges", unit.image, "sobel")]), default_catalog())
+    assert caught.value.param == "control" and "'sobel'" in caught.value.message
+    made = []
+    monkeypatch.setattr(runner_module, "preprocess", lambda u: made.append(u) or u.image)
+
+    seen = []
+
+    class Provider:
+        name = "diffusers"
+
+        def run_batch(self, batch, progress):
+            seen.extend(u.map for u in batch.first.control)
+            raise RuntimeError("enough")
+
+    runner = runner_module.Runner.__new__(runner_module.Runner)
+    runner.registry = type("Registry", (), {"get": staticmethod(lambda name: Provider())})()
+    with pytest.raises(RuntimeError, match="enough"):
+        runner._run_batch(checked.spec, [checked.request], runner_module.Progress())
+    assert len(made) == 1 and seen == [unit.image]  # made by the runner, before the model runs

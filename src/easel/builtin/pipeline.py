@@ -217,21 +217,13 @@ class ShapesPipelineOutput(BaseOutput):
     def records(self, split) -> list[tuple[list[str], dict[str, Any]]]:
         """Each request's warnings and details, as Easel records them (`split` turns a list per image into one per
         request): the words it ignored, the words it chose, and the caption as it read it."""
-        count = len(self.images)
-        out = []
-        for ignored, chosen, read in zip(split(self.ignored_words or [[]] * count),
-                                         split(self.chosen_words or [[]] * count),
-                                         split(self.read_as or [""] * count)):
-            warnings, details = [], {}
+        n, out = len(self.images), []
+        for ignored, chosen, read in zip(split(self.ignored_words or [[]] * n), split(self.chosen_words or [[]] * n),
+                                         split(self.read_as or [""] * n)):
             words = list(dict.fromkeys(w for group in ignored for w in group))
-            if words:
-                warnings.append(f"ignored words not in the built-in model's vocabulary: {', '.join(words)}")
-                details["ignored_words"] = words
-            if any(chosen):
-                details["chosen_words"] = chosen
-            if read and read[0]:
-                details["read_as"] = read[0]
-            out.append((warnings, details))
+            details = {"ignored_words": words, "chosen_words": chosen, "read_as": read[0] if read else ""}
+            out.append(([f"ignored words not in the built-in model's vocabulary: {', '.join(words)}"] if words else [],
+                        {k: v for k, v in details.items() if v and (k != "chosen_words" or any(v))}))
         return out
 
 
@@ -457,9 +449,61 @@ class ShapesPipeline(DiffusionPipeline):
     ):
         """Generate images; with `image`, start from it (`strength` < 1 keeps its layout); with `mask_image`
         too, repaint only the white part of the mask and keep the rest of `image`."""
-        # 1. check inputs
+        # 1. check inputs, and read the captions (the words a caption leaves out are chosen after its noise)
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, strength, image, mask_image)
         self._interrupt = False
+        texts, negs, ignored = self._captions(prompt, negative_prompt, num_images_per_prompt)
+        batch, size = len(texts), self.latent_size
+        noise = _randn((batch, self.unet.config.out_channels, size, size), generator, self.device, self.unet.dtype)
+        texts, negs, chosen, read_as = self._read(texts, negs, generator if image is None else None, image is None)
+
+        # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
+        cond, layout, regions = self._conditioning(texts, negs, do_cfg := guidance_scale > 1.0)
+
+        # 3. prepare timesteps (image to image: the last `strength` share of them)
+        timesteps = self._timesteps(num_inference_steps, strength if image is not None and mask_image is None else 1)
+
+        # 4. prepare latents (version 1: the latents are the picture)
+        original_pixels, original = self._original(image, batch)
+        mask = self._to_mask(mask_image, batch, size) if mask_image is not None else None
+        if original is not None and mask is None and strength < 1.0:
+            latents = self.scheduler.add_noise(original, noise, timesteps[:1].repeat(batch))
+        else:
+            latents = noise * self.scheduler.init_noise_sigma
+
+        # 5. denoising loop; an edit keeps the unmasked part on the original's noisy trajectory (both halves blend)
+        for i, t in enumerate(timesteps):
+            if self.interrupt:
+                break
+            latents = self._step(latents, t, cond, layout, regions, guidance_scale if do_cfg else None)
+            if mask is not None:
+                known = original if i + 1 == len(timesteps) else \
+                    self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2].repeat(batch))
+                latents = mask * latents + (1 - mask) * known
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "noise": noise}
+                out = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = out.pop("latents", latents)
+
+        # 6. decode and post-process
+        images = self._pictures(latents, mask, mask_image, original_pixels, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, ignored
+        return ShapesPipelineOutput(images=images, ignored_words=ignored, chosen_words=chosen, read_as=read_as)
+
+    def _timesteps(self, steps: int, strength: float):
+        self.scheduler.set_timesteps(steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        if strength < 1.0:
+            start = steps - max(1, int(round(steps * strength)))
+            timesteps = timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+        return timesteps
+
+    def _captions(self, prompt, negative_prompt, per_prompt: int) -> tuple[list[str], list[str], list[list[str]]]:
+        """One caption and negative per image, in the model's vocabulary, and the words each left out."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if negative_prompt is None:
             negatives = [""] * len(prompts)
@@ -469,24 +513,26 @@ class ShapesPipeline(DiffusionPipeline):
             negatives = list(negative_prompt)
         vocabulary = self.vocabulary
         cleaned = [split_known_words(p, vocabulary) for p in prompts]
-        ignored = [words for _, words in cleaned for _ in range(num_images_per_prompt)]
-        texts = [text for text, _ in cleaned for _ in range(num_images_per_prompt)]
-        negs = [split_known_words(n, vocabulary)[0] for n in negatives for _ in range(num_images_per_prompt)]
-        batch = len(texts)
-        size = self.latent_size
-        shape = (batch, self.unet.config.out_channels, size, size)
-        noise = _randn(shape, generator, self.device, self.unet.dtype)
+        ignored = [words for _, words in cleaned for _ in range(per_prompt)]
+        texts = [text for text, _ in cleaned for _ in range(per_prompt)]
+        negs = [split_known_words(n, vocabulary)[0] for n in negatives for _ in range(per_prompt)]
+        return texts, negs, ignored
+
+    def _read(self, texts: list[str], negs: list[str], generator, choose: bool):
+        """The captions as the model reads them, with the words they leave out chosen (text to image only), the
+        negatives steered away from the background, the chosen words and how each caption was read."""
         chosen = [[] for _ in texts]
         read = [read_caption(text) for text in texts]
         read_as = [new if new != text else "" for new, text in zip(read, texts)]
         texts = read
-        if image is None:  # text to image: the words a caption leaves out are chosen after its noise is drawn
-            gens = generator if isinstance(generator, list) else [generator] * batch
+        if choose:
+            gens = generator if isinstance(generator, list) else [generator] * len(texts)
             texts, chosen = map(list, zip(*(self.choose_left_out(t, g) for t, g in zip(texts, gens))))
         negs = [self.steer_background(text, neg) for text, neg in zip(texts, negs)]
+        return texts, negs, chosen, read_as
 
-        # 2. encode prompt (the unconditional half is the negative prompt, "" when none is given)
-        do_cfg = guidance_scale > 1.0
+    def _conditioning(self, texts: list[str], negs: list[str], do_cfg: bool):
+        """The text encoding, the layout maps and the region attention's arguments (negatives first with CFG)."""
         cond = self.encode_prompt(texts)
         layout = layout_maps(texts, self.latent_size, self.layout_channels).to(self.device, self.unet.dtype)
         if do_cfg:
@@ -496,64 +542,38 @@ class ShapesPipeline(DiffusionPipeline):
         regions = None
         if self.config.get("region_attention") and self.layout_channels >= 2:
             regions = region_kwargs((negs if do_cfg else []) + texts, layout, cond.shape[1])
+        return cond, layout, regions
 
-        # 3. prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        timesteps = self.scheduler.timesteps
-        if image is not None and mask_image is None and strength < 1.0:
-            start = num_inference_steps - max(1, int(round(num_inference_steps * strength)))
-            timesteps = timesteps[start:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(start)
-
-        # 4. prepare latents (version 1: the latents are the picture)
+    def _original(self, image, batch: int):
+        """The input image as pixels and as latents (latents given as they are), or (None, None)."""
         if isinstance(image, torch.Tensor) and image.shape[1] == self.unet.config.out_channels:
-            original_pixels, original = None, image.to(self.device, self.unet.dtype)  # latents, as they are
-        else:
-            original_pixels = self._to_pixels(image, batch) if image is not None else None
-            original = self.encode_image(original_pixels) if image is not None else None
-        mask = self._to_mask(mask_image, batch, size) if mask_image is not None else None
-        if original is not None and mask is None and strength < 1.0:
-            latents = self.scheduler.add_noise(original, noise, timesteps[:1].repeat(batch))
-        else:
-            latents = noise * self.scheduler.init_noise_sigma
+            return None, image.to(self.device, self.unet.dtype)
+        if image is None:
+            return None, None
+        pixels = self._to_pixels(image, batch)
+        return pixels, self.encode_image(pixels)
 
-        # 5. denoising loop
-        for i, t in enumerate(timesteps):
-            if self.interrupt:
-                break
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            if self.layout_channels:
-                model_input = torch.cat([model_input, layout], dim=1)
-            pred = self.unet(model_input, t, encoder_hidden_states=cond, cross_attention_kwargs=regions).sample
-            if do_cfg:
-                uncond, text = pred.chunk(2)
-                pred = uncond + guidance_scale * (text - uncond)
-            latents = self.scheduler.step(pred, t, latents).prev_sample
-            if mask is not None:
-                # keep the unmasked part on the original's noisy trajectory so that both halves blend
-                if i + 1 < len(timesteps):
-                    known = self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2].repeat(batch))
-                else:
-                    known = original
-                latents = mask * latents + (1 - mask) * known
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, "noise": noise}
-                out = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                latents = out.pop("latents", latents)
+    def _step(self, latents, t, cond, layout, regions, guidance: float | None):
+        """One denoising step (`guidance` None: no classifier-free guidance)."""
+        model_input = torch.cat([latents] * 2) if guidance is not None else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        if self.layout_channels:
+            model_input = torch.cat([model_input, layout], dim=1)
+        pred = self.unet(model_input, t, encoder_hidden_states=cond, cross_attention_kwargs=regions).sample
+        if guidance is not None:
+            uncond, text = pred.chunk(2)
+            pred = uncond + guidance * (text - uncond)
+        return self.scheduler.step(pred, t, latents).prev_sample
 
-        # 6. decode and post-process
+    def _pictures(self, latents, mask, mask_image, original_pixels, output_type: str):
+        """The decoded images on the palette; outside an edit's mask, exactly the original's pixels."""
         pixels = self.keep_to_palette((self.decode_latents(latents) + 1) / 2)
-        if mask is not None and original_pixels is not None:  # the unmasked pixels stay exactly the original's
-            full = mask if size == self.native_size else self._to_mask(mask_image, batch, self.native_size)
+        if mask is not None and original_pixels is not None:
+            full = mask if self.latent_size == self.native_size else \
+                self._to_mask(mask_image, len(latents), self.native_size)
             pixels = full * pixels + (1 - full) * (original_pixels + 1) / 2
         arrays = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-        images = arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, ignored
-        return ShapesPipelineOutput(images=images, ignored_words=ignored, chosen_words=chosen, read_as=read_as)
+        return arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]
 
 
 def _draw(n: int, generator: torch.Generator | None) -> int:
