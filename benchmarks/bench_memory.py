@@ -8,6 +8,9 @@ after any first image); then after every request the RSS and the cache's ledger 
 included), then after the idle unload. Goals: RSS <= the fresh RSS + the bound (plus the working memory of one
 call) through every request; after the idle unload, RSS within 10% of the fresh server's.
 
+On a CUDA machine the pipeline runs there (fp16) and the device memory torch holds (reserved, which is what other
+programs cannot have) is measured beside the RSS; the idle unload's goal there is to give it all back.
+
     python benchmarks/bench_memory.py [--size full|small]      # full: SD 1.5 itself (about 5 GB of RAM)
 """
 
@@ -30,6 +33,17 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 def rss() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def gpu_reserved() -> int | None:
+    """The device memory torch holds on CUDA (None on a machine without one)."""
+    import torch
+
+    return torch.cuda.memory_reserved() if torch.cuda.is_available() else None
+
+
+def gb(value: int | None) -> float | None:
+    return None if value is None else round(value / 1e9, 3)
 
 
 def prepare(work: Path, size: str) -> dict:
@@ -109,13 +123,14 @@ def main() -> None:
         assert job.state == "succeeded", (name, job.error)
         rows.append({"request": name, "rss_gb": round(rss() / 1e9, 3),
                      "over_fresh_gb": round((rss() - fresh) / 1e9, 3),
-                     "ledger_gb": round(provider.cache.resident_bytes() / 1e9, 3)})
+                     "ledger_gb": round(provider.cache.resident_bytes() / 1e9, 3),
+                     "gpu_reserved_gb": gb(gpu_reserved())})
         print(json.dumps(rows[-1]), flush=True)
     deadline = time.time() + args.idle + 30
     while engine.models_released_at is None and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)
-    released = rss()
+    released, released_gpu = rss(), gpu_reserved()
     engine.stop()
     peak_over = max(r["over_fresh_gb"] for r in rows)
     report = {
@@ -126,8 +141,11 @@ def main() -> None:
         "rss_after_idle_unload_gb": round(released / 1e9, 3),
         "after_unload_over_fresh": round(released / fresh, 3),
         "after_unload_over_started": round(released / started, 3), "released_at": engine.models_released_at,
+        "device": "cuda" if released_gpu is not None else "cpu",
+        "gpu_reserved_peak_gb": max((r["gpu_reserved_gb"] or 0) for r in rows) if released_gpu is not None else None,
+        "gpu_reserved_after_idle_unload_gb": gb(released_gpu),
     }
-    out = HERE / "results" / f"memory-{args.size}.json"
+    out = HERE / "results" / f"memory-{args.size}{'-cuda' if released_gpu is not None else ''}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "requests"}, indent=2))
 

@@ -181,3 +181,19 @@ def test_openai_sdk_and_cli_take_control_units(sd15, easel_home, tmp_path):
     listed = subprocess.run([sys.executable, "-m", "easel.cli", "models", "--json"], capture_output=True, text=True,
                             env={**os.environ}, check=True)
     assert {r["name"]: r["kind"] for r in json.loads(listed.stdout)}["edges"] == "controlnet"
+
+
+def test_a_controlnet_leaves_the_pipeline_in_its_dtype(sd15, monkeypatch):
+    """The ControlNet pipeline shares the loaded weights: building it keeps them in the model's dtype (diffusers'
+    `from_pipe` converts them to float32 in place unless told; on a GPU that doubled the model's memory)."""
+    import torch
+
+    monkeypatch.setenv("EASEL_DTYPE", "bfloat16")
+    easel.api.reset_default_runner()
+    made = easel.generate(PROMPT, model="tiny", size="64x64", steps=2, seed=4, save=False,
+                          control=[ControlUnit("edges", outline(), "invert")])
+    assert made[0].image.size == (64, 64)
+    provider = easel.api.default_runner().registry.get("diffusers")
+    [key] = provider.cache.keys()
+    pipe = provider.cache.get(key, None).pipe
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}

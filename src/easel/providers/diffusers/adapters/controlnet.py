@@ -73,9 +73,10 @@ class ControlNet(Adapter):
         family = call.spec.family
         multi = getattr(diffusers, family.controlnet_model.replace("ControlNet", "MultiControlNet"))
         controlnet = models[0] if len(models) == 1 else multi(models)
-        try:
-            controlled = getattr(diffusers, family.controlnet[call.first.mode]).from_pipe(call.loaded.pipe,
-                                                                                          controlnet=controlnet)
+        pipe = call.loaded.pipe
+        try:  # in the pipeline's dtype: from_pipe's default (float32) would convert the shared weights in place
+            controlled = getattr(diffusers, family.controlnet[call.first.mode]).from_pipe(
+                pipe, controlnet=controlnet, dtype=pipe.dtype)
         except Exception as exc:  # noqa: BLE001 - a ControlNet made for another architecture
             raise does_not_fit("The ControlNet", exc, "control") from None
         controlled.set_progress_bar_config(disable=True)
