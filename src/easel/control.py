@@ -111,19 +111,21 @@ def as_unit(value: Any, load_image) -> ControlUnit:
     return ControlUnit(**{**value, "image": load_image(value["image"], "control")})
 
 
-def image_from_base64(value: Any, param: str = "control") -> PIL.Image.Image:
-    """An image sent as base64 text (a data URL too), as JSON APIs carry them."""
+def image_from_base64(value: Any, param: str = "control", field: str | None = None) -> PIL.Image.Image:
+    """An image sent as base64 text (a data URL too), as JSON APIs carry them; errors name `field` (by default
+    `<param>.image`) and `param`."""
     import base64
     import binascii
 
     from .types import image_from_bytes
 
+    field = field or f"{param}.image"
     if not isinstance(value, str):
-        raise InvalidRequestError(f"`{param}.image` must be base64 text but is {type(value).__name__}.", param=param)
+        raise InvalidRequestError(f"`{field}` must be base64 text but is {type(value).__name__}.", param=param)
     try:
         data = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequestError(f"`{param}.image` is not base64 text.", param=param) from None
+        raise InvalidRequestError(f"`{field}` is not base64 text.", param=param) from None
     return image_from_bytes(data, param)
 
 

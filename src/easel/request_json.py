@@ -7,14 +7,13 @@ for its reader to name."""
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import io
 from typing import TYPE_CHECKING, Any
 
-from .control import ControlUnit, IPAdapter
+from .control import ControlUnit, IPAdapter, image_from_base64
 from .errors import InvalidRequestError
-from .types import ImageRequest, image_from_bytes
+from .types import ImageRequest
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -133,13 +132,7 @@ def _image(value: Any, name: str, files: dict[str, Any] | None):
             raise InvalidRequestError(f"`{name}` names the file {value[len(FILE):]!r}, which was not sent.",
                                       param=name)
         return files[value[len(FILE):]]
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"`{name}` must be base64 text but is {type(value).__name__}.", param=name)
-    try:
-        data = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError(f"`{name}` is not base64 text.", param=name) from None
-    return image_from_bytes(data, name)
+    return image_from_base64(value, name, name)
 
 
 def _list(value: Any, param: str) -> list:

@@ -10,6 +10,7 @@ import signal
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from netns import require_loopback_namespace
@@ -139,8 +140,8 @@ def test_two_ingress_replicas_share_jobs_through_postgres(tmp_path):
 
 def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models, monkeypatch):
     """The operator's folders of every kind reach the model replicas: a LoRA, a ControlNet and a single-file
-    checkpoint (with the configuration it loads with) run there, with the pixels the library makes from the same
-    folders; nothing is downloaded."""
+    checkpoint (with the configuration it loads with) run there, with the library's pixels from the same folders
+    (to rounding); nothing is downloaded."""
     import shutil
 
     from checkpoints import save_checkpoint
@@ -176,12 +177,17 @@ def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models
             made.append(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
         jobs = httpx.get(f"{server.base}/v1/jobs").json()["data"]
         assert {j["status"] for j in jobs} == {"succeeded"}
-        assert sorted(_cluster(server)["deployments"]) == ["model-tiny", "model-tinyckpt"]
+        assert sorted(_cluster(server)["deployments"]) == ["ingress", "model-tiny", "model-tinyckpt"]
     monkeypatch.setenv("EASEL_HOME", str(home))
     easel.api.reset_default_runner()
     kw = dict(size="64x64", steps=2, seed=4, save=False)
     expected = [easel.generate("a lighthouse", model="tiny", loras={"ink": 0.9}, **kw)[0].image,
                 easel.generate("a lighthouse", model="tiny", control=[{**control, "image": edges}], **kw)[0].image,
                 easel.generate("a lighthouse", model="tinyckpt", **kw)[0].image]
+    plain = np.asarray(easel.generate("a lighthouse", model="tiny", **kw)[0].image, dtype=np.int16)
     for (model, extra), got, want in zip(asks, made, expected):
-        assert got.tobytes() == want.tobytes(), (model, list(extra))
+        # the same pixels but for rounding: a replica runs torch on one thread (Ray's default), this process on all
+        difference = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(want, dtype=np.int16))
+        assert difference.max() <= 2 and difference.mean() < 0.05, (model, list(extra), difference.max())
+        if extra:  # and the add-on was used there: the image is not the plain one
+            assert np.abs(np.asarray(got, dtype=np.int16) - plain).mean() > 1, (model, list(extra))

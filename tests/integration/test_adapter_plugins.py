@@ -2,14 +2,11 @@
 UNet's skip connections for one call), and the library runs it on the models of the families it fits, records it,
 undoes it after the call, and refuses its option on other models, with no change to Easel's files."""
 
-import importlib
-import os
 import shutil
-import sys
-import textwrap
 
 import numpy as np
 import pytest
+from plugins import install_plugin, uninstall_plugin
 
 import easel
 from easel.errors import InvalidRequestError
@@ -44,19 +41,9 @@ def register(add, settings):
 
 @pytest.fixture
 def freeu_plugin(tmp_path, monkeypatch):
-    (tmp_path / "easel_freeu.py").write_text(PLUGIN)
-    dist = tmp_path / "easel_freeu-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: easel-freeu\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
-        [easel.providers]
-        freeu = easel_freeu:register
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    importlib.invalidate_caches()
-    yield
-    sys.modules.pop("easel_freeu", None)
+    """The plugin installed as a package outside the repository: a module and its .dist-info entry point."""
+    yield install_plugin(tmp_path, monkeypatch, "easel_freeu", PLUGIN)
+    uninstall_plugin("easel_freeu")
 
 
 def test_a_plugins_adapter_kind_runs_from_the_library(tiny_models, easel_home, freeu_plugin):

@@ -2,15 +2,13 @@
 ones, through the same hook."""
 
 import base64
-import importlib
 import io
 import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from plugins import install_plugin, uninstall_plugin
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -55,19 +53,8 @@ def register(add, settings):
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
     """The plugin installed as a package outside the repository: a module and its .dist-info entry point."""
-    (tmp_path / "easel_solid.py").write_text(PLUGIN)
-    dist = tmp_path / "easel_solid-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: easel-solid\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
-        [easel.providers]
-        solid = easel_solid:register
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    importlib.invalidate_caches()
-    yield tmp_path
-    sys.modules.pop("easel_solid", None)
+    yield install_plugin(tmp_path, monkeypatch, "easel_solid", PLUGIN)
+    uninstall_plugin("easel_solid")
 
 
 def test_a_third_party_provider_loads_through_the_entry_point_group(tmp_path, installed_plugin):

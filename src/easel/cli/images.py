@@ -269,14 +269,20 @@ def edit(
     """
     from .. import api
 
+    _run(local, as_json, lambda on_step: api.edit(
+        image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
+        negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked, inpaint_full_res_padding=padding,
+        output_format=output_format, out_dir=out, on_step=on_step, loras=_loras(lora), **_options(option, api.edit)))
+
+
+def _run(local: bool, as_json: bool, call) -> None:
+    """`call(on_step)`, a library call, with a progress bar, handed to a running server where one answers; its
+    result printed, or its error (`_fail`)."""
     try:
         _runner_for_jobs(local)
         with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
-            result = api.edit(image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
-                              negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
-                              inpaint_full_res_padding=padding, output_format=output_format, out_dir=out,
-                              on_step=bar.on_step, loras=_loras(lora), **_options(option, api.edit))
-    except Exception as exc:  # noqa: BLE001
+            result = call(bar.on_step)
+    except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's
         _fail(exc)
     _print_result(result, as_json)
 
@@ -308,15 +314,10 @@ def vary(
     """
     from .. import api
 
-    try:
-        _runner_for_jobs(local)
-        with _StepProgress(enabled=not as_json and sys.stderr.isatty()) as bar:
-            result = api.vary(image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps,
-                              guidance=guidance, seed=seed, negative_prompt=negative, output_format=output_format,
-                              out_dir=out, on_step=bar.on_step, loras=_loras(lora), **_options(option, api.vary))
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-    _print_result(result, as_json)
+    _run(local, as_json, lambda on_step: api.vary(
+        image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps, guidance=guidance,
+        seed=seed, negative_prompt=negative, output_format=output_format, out_dir=out, on_step=on_step,
+        loras=_loras(lora), **_options(option, api.vary)))
 
 
 @app.command()
