@@ -107,7 +107,7 @@ def main() -> None:
     runner = easel.api.default_runner()
     checked = runner.check(easel.ImageRequest(prompt="-", model=str(work / "model"), loras={"a": 0.8}))
     provider = runner.registry.get("diffusers")
-    loaded = provider.load(checked.spec, provider.memory_options(checked.spec, {}))
+    loaded = provider.load(checked.spec, provider.loader.options(checked.spec, {}))
 
     def use(name: str) -> float:
         started = time.perf_counter()

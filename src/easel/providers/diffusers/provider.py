@@ -93,9 +93,6 @@ class DiffusersProvider(Provider):
         """`image` through an upscaler model (see `Upscalers.upscale`); `scale` is its caller's to reach."""
         return self.upscalers.upscale(image, name, tile, progress)
 
-    def upscaler_model(self, name: str, download: bool = True, param: str = "upscaler") -> Path | None:
-        return self.upscalers.model(name, download, param)
-
     def run_batch(self, batch: Batch, progress: Progress) -> list[ProviderOutput]:
         """Run compatible requests (same mode, size, steps, guidance, scheduler and options) as one pipeline
         call, each image from its own seeded generator, and split the images back per request."""
