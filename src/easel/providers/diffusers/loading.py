@@ -125,7 +125,7 @@ class Loader:
             if spec.checkpoint:
                 config = checkpoint_config(spec.local_path, self.configs_dir, token=self.token)
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
-                                            torch_dtype=dtype)
+                                            dtype=dtype)
             else:
                 pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype)
         pipe.set_progress_bar_config(disable=True)

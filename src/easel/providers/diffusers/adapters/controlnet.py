@@ -60,7 +60,7 @@ class ControlNet(Adapter):
             denoiser = getattr(pipe, "unet", None) or pipe.transformer
             model_class = getattr(diffusers, call.spec.family.controlnet_model)
             try:
-                model = model_class.from_pretrained(folder, torch_dtype=denoiser.dtype)
+                model = model_class.from_pretrained(folder, dtype=denoiser.dtype)
             except Exception as exc:  # noqa: BLE001 - not a ControlNet, or a damaged one
                 raise does_not_fit(f"The ControlNet {Path(folder).name!r}", exc, "control") from None
             derived[(self.kind, folder)] = model.to(denoiser.device)
