@@ -10,8 +10,10 @@ Direct: 30 steps at the large size.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="easel-bench-hires-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the model files: gigabytes
     os.environ["EASEL_HOME"] = str(work)
     from bench_lora import build
 

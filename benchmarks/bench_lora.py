@@ -12,8 +12,10 @@ them. Goal: switching costs under 10% of a 30-step image.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,6 +68,7 @@ def main() -> None:
 
     side = 512 if args.size == "full" else 256
     work = Path(tempfile.mkdtemp(prefix="easel-bench-lora-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the model files: gigabytes
     os.environ["EASEL_HOME"] = str(work)  # its loras folder holds a and b
     pipe = build(args.size)
     pipe.save_pretrained(work / "model")

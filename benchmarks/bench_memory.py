@@ -17,8 +17,10 @@ programs cannot have) is measured beside the RSS; the idle unload's goal there i
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "full"], default="full")
     parser.add_argument("--idle", type=float, default=3.0, help="EASEL_IDLE_UNLOAD_S for the run")
+    parser.add_argument("--preprocessor", default="none", help="the ControlNet units' preprocessor: none (the map "
+                        "given as it is) or canny (which imports OpenCV on its first use: a library that stays)")
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # the child that writes the files
     args = parser.parse_args()
     if args.prepare is not None:
@@ -80,6 +84,7 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="easel-bench-memory-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the model files: gigabytes
     made = subprocess.run([sys.executable, __file__, "--size", args.size, "--prepare", str(work)],
                           capture_output=True, text=True, check=True)
     sizes = json.loads(made.stdout.splitlines()[-1])
@@ -101,8 +106,8 @@ def main() -> None:
     from transformers import CLIPTextModel  # noqa: F401
 
     torch.set_num_threads(os.cpu_count() or 2)
-    guide = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(guide).rectangle([16, 16, 48, 48], outline="black", width=3)
+    guide = Image.new("RGB", (64, 64), "black")  # an edge map, as the canny preprocessor would make one
+    ImageDraw.Draw(guide).rectangle([16, 16, 48, 48], outline="white", width=3)
 
     settings = Settings(home=work, max_cache_gb=bound / 1e9, idle_unload_s=args.idle)
     engine = Engine.from_settings(Runner(settings)).start()
@@ -115,7 +120,7 @@ def main() -> None:
     fresh = rss()
     base = dict(prompt="a lighthouse", model="sd15-layout", width=64, height=64, num_inference_steps=1, seed=1)
     uses = [("plain", {})] + [(f"lora{i}", {"loras": {f"lora{i}": 0.8}}) for i in range(6)] + \
-        [(f"control{i}", {"control": [ControlUnit(f"control{i}", guide, "canny")]}) for i in range(2)]
+        [(f"control{i}", {"control": [ControlUnit(f"control{i}", guide, args.preprocessor)]}) for i in range(2)]
     rows = []
     for name, use in uses:
         job = engine.submit(ImageRequest(**base, **use))
@@ -141,11 +146,13 @@ def main() -> None:
         "rss_after_idle_unload_gb": round(released / 1e9, 3),
         "after_unload_over_fresh": round(released / fresh, 3),
         "after_unload_over_started": round(released / started, 3), "released_at": engine.models_released_at,
-        "device": "cuda" if released_gpu is not None else "cpu",
+        "device": "cuda" if released_gpu is not None else "cpu", "preprocessor": args.preprocessor,
         "gpu_reserved_peak_gb": max((r["gpu_reserved_gb"] or 0) for r in rows) if released_gpu is not None else None,
         "gpu_reserved_after_idle_unload_gb": gb(released_gpu),
     }
-    out = HERE / "results" / f"memory-{args.size}{'-cuda' if released_gpu is not None else ''}.json"
+    tags = ("-cuda" if released_gpu is not None else "") + \
+        ("" if args.preprocessor == "none" else f"-{args.preprocessor}")
+    out = HERE / "results" / f"memory-{args.size}{tags}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "requests"}, indent=2))
 
