@@ -173,7 +173,7 @@ class ServerClient:
             match = _FILE_URL.search(url)
             image_id = match.group(1) if match else None
             here = Workspace(workspace.home).image_file(image_id) if image_id else None  # the server's own file
-            data = here.read_bytes() if here is not None else self._download(url)
+            data = here.read_bytes() if here is not None else self.download(url)
             picture = Image.open(io.BytesIO(data))
             params = read_parameters(picture) or {}
             fmt = {"JPEG": "jpeg", "WEBP": "webp"}.get(picture.format or "", "png")
@@ -192,7 +192,8 @@ class ServerClient:
         return ImageResult(images=images, model=first.get("model", model), prompt=first.get("prompt", ""),
                            revised_prompt=first.get("revised_prompt"), warnings=warnings)
 
-    def _download(self, url: str) -> bytes:
+    def download(self, url: str) -> bytes:
+        """The bytes behind a signed link of this server."""
         status, data = self.request("GET", url)
         if status != 200:
             _answer(status, data)

@@ -134,3 +134,26 @@ def test_a_local_folder_or_no_server_runs_in_process(server, tmp_path):
                  host=f"127.0.0.1:{server.port}")
     assert direct.returncode == 0, direct.stderr
     assert len(server_jobs(server)) == before
+
+
+def test_upscale_runs_as_a_job_of_the_server(server, tmp_path):
+    """`easel upscale` hands its job to the running server too (its engine, its copy of the model); `--local` and
+    no server run it here; the same pixels either way."""
+    small = tmp_path / "small.png"
+    Image.effect_mandelbrot((48, 40), (-2, -1.2, 0.8, 1.2), 60).convert("RGB").save(small)
+    expected = np.asarray(Image.open(small).resize((96, 80), Image.Resampling.LANCZOS))
+    before = len(server_jobs(server))
+    host = f"127.0.0.1:{server.port}"
+    done = cli("upscale", str(small), "--scale", "2", home=tmp_path / "client", host=host)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "small-x2.png")
+    jobs = server_jobs(server)
+    assert len(jobs) == before + 1 and jobs[0]["status"] == "succeeded"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "small-x2.png")), expected)
+    here = cli("upscale", str(small), "--scale", "2", "--local", "--output", str(tmp_path / "here.png"),
+               home=tmp_path / "client", host=host)
+    assert here.returncode == 0, here.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "here.png")), expected)
+    assert len(server_jobs(server)) == before + 1
+    refused = cli("upscale", str(small), "--scale", "20", home=tmp_path / "client", host=host)
+    assert refused.returncode == 2 and "`scale` must be a number from 1 to 8" in refused.stderr

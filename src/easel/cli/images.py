@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import (AsJson, Controls, Count, Format, Guidance, Local, Loras, Model, Negative, Options, Out, Seed, Size,
-               Steps, _err, _fail, _parse_value, _print_result, _runner_for_jobs, _StepProgress, app)
+               Steps, _err, _fail, _parse_value, _print_result, _runner_for_jobs, _settings, _StepProgress, app)
 
 
 def _controls(specs: list[str] | None) -> list:
@@ -330,17 +330,37 @@ def upscale(
                       "image, as NAME-x2.png).")] = None,
     tile: Annotated[int, typer.Option("--tile", help="An upscaler model works on tiles of this many pixels of the "
                     "image, blended where they overlap (0: all at once).")] = 256,
+    local: Local = False,
 ) -> None:
     """Enlarge an image with an image filter or an upscaler model.
 
     Example: easel upscale picture.png --scale 4
     """
-    from ..api import upscale as enlarge
-
     try:
-        bigger = enlarge(image, scale=scale, upscaler=upscaler, tile=tile)
+        bigger = _upscaled(image, scale, upscaler, tile, local)
         target = output or image.with_name(f"{image.stem}-x{scale:g}.png")
         bigger.save(target)
     except Exception as exc:  # noqa: BLE001 - _fail names what is not Easel's
         _fail(exc)
     typer.echo(str(target))
+
+
+def _upscaled(image: Path, scale: float, upscaler: str, tile: int, local: bool):
+    """The upscale as a job of a running server where one answers (its engine and its copy of the model; the job's
+    image stays in its workspace, as every job's does), else in this process; a model given by path runs here."""
+    import io
+
+    from PIL import Image
+
+    from ..api import load_image, upscale
+    from ..catalog import names_a_file
+    from ..client import ServerClient
+    from ..types import ImageRequest
+
+    client = None if local or names_a_file(upscaler) else ServerClient.find(_settings())
+    if client is None:
+        return upscale(image, scale=scale, upscaler=upscaler, tile=tile)
+    request = ImageRequest(prompt="", mode="upscale", image=load_image(image), scale=scale, upscaler=upscaler,
+                           tile=tile)
+    [job] = client.generate([request])
+    return Image.open(io.BytesIO(client.download(job["urls"][0])))
