@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from ...catalog import ModelSpec
 
 # load options any diffusers model accepts in `extra` (memory, then speed); part of the pipeline cache's key
-LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv")
+LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv",
+                "quantize")
 OFFLOAD_MODES = ("none", "model", "sequential")
+QUANTIZE_MODES = ("none", "fp8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
 # what a pipeline's configuration is made of (configs, tokenizers, the scheduler), never its weights
@@ -105,8 +107,18 @@ class Loader:
         if compile_mode not in COMPILE_MODES:
             raise InvalidRequestError(f"`compile` must be one of {', '.join(COMPILE_MODES)} but is "
                                       f"{compile_mode!r}.", param="compile")
-        return {"offload": offload, "compile": compile_mode,
+        quantize = extra.get("quantize", self.defaults.get("quantize", "none"))
+        if quantize not in QUANTIZE_MODES:
+            raise InvalidRequestError(f"`quantize` must be one of {', '.join(QUANTIZE_MODES)} but is {quantize!r}.",
+                                      param="quantize")
+        return {"offload": offload, "compile": compile_mode, "quantize": quantize,
                 **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
+
+    @staticmethod
+    def record(options: dict[str, Any]) -> dict[str, Any]:
+        """What an image's parameters keep of its load options: those that change its pixels (a server's default
+        included, which the request does not carry)."""
+        return {"quantize": options["quantize"]} if options["quantize"] != "none" else {}
 
     def key(self, spec: ModelSpec, options: dict[str, Any]) -> tuple:
         """The pipeline cache's key: the weights, where they run, and how they were loaded."""
@@ -130,6 +142,7 @@ class Loader:
                 pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         with pipeline_errors(spec, "loading"):
+            _quantize(pipe, options["quantize"])
             _place(pipe, device, options)
             _speed_up(pipe, device, options)
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
@@ -197,6 +210,16 @@ def _pipeline_class(path: str):
     import diffusers
 
     return getattr(diffusers, path)
+
+
+def _quantize(pipe, mode: str) -> None:
+    """fp8: the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by layer as each
+    runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as they are)."""
+    if mode == "fp8":
+        import torch
+
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
 
 
 def _place(pipe, device: str, options: dict[str, Any]) -> None:

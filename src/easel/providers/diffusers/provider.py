@@ -99,12 +99,13 @@ class DiffusersProvider(Provider):
         spec, first = batch.spec, batch.first
         adapters = self._active(spec, batch.requests)
         options = {k: v for k, v in first.extra.items() if k not in LOAD_OPTIONS and k not in self._options}
-        loaded = self.load(spec, self.loader.options(spec, first.extra))           # 1. the pipeline
+        load = self.loader.options(spec, first.extra)
+        loaded = self.load(spec, load)                                             # 1. the pipeline
         kwargs = inputs.for_batch(batch, options)                                  # 2. prompts, seeds, size, images
         steps = StepReporter(progress, loaded, batch, inputs.total_steps(batch, kwargs))
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]), contextlib.ExitStack() as stack:
             loaded.calls += 1  # the add-ons this call uses are the last to go (see PipelineCache.trim)
-            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs)
+            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs, Loader.record(load))
             for adapter, uses in adapters:                                         # 3. each adapter enters
                 call.kwargs = {**call.kwargs, **stack.enter_context(adapter.enter(call, uses))}
             if spec.family.weights:
@@ -128,5 +129,5 @@ def register(add, settings) -> None:
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
-                                    "fuse_qkv": settings.fuse_qkv},
+                                    "fuse_qkv": settings.fuse_qkv, "quantize": settings.quantize},
                           folders={kind.folder: settings.folder(kind.folder) for kind in FOLDERS}))

@@ -1,0 +1,55 @@
+"""`quantize=fp8`: the denoiser's weights stored as float8 (layerwise casting), per request or per server; a
+picture close to the unquantized one, the weights in a quarter of their memory, recorded, and a bad value refused."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import easel
+import easel.api
+from easel.errors import InvalidRequestError
+
+KW = dict(model="tiny", size="64x64", steps=2, seed=4, save=False)
+
+
+@pytest.fixture
+def sd15(tiny_models, easel_home):
+    shutil.copytree(tiny_models["sd15"], easel_home / "models" / "tiny")
+    easel.api.reset_default_runner()
+
+
+def denoiser_bytes() -> dict:
+    """The bytes of the loaded tiny UNets, by whether they are quantized."""
+    provider = easel.api.default_runner().registry.get("diffusers")
+    out = {}
+    for key in provider.cache.keys():
+        unet = provider.cache.get(key, None).pipe.unet
+        out[dict(key[3])["quantize"]] = sum(p.numel() * p.element_size() for p in unet.parameters())
+    return out
+
+
+def test_fp8_stores_the_denoiser_in_a_quarter_and_draws_nearly_the_same(sd15):
+    plain = np.asarray(easel.generate("a lighthouse", **KW)[0].image, dtype=np.int16)
+    made = easel.generate("a lighthouse", quantize="fp8", **KW)[0]
+    fp8 = np.asarray(made.image, dtype=np.int16)
+    other = np.asarray(easel.generate("a lighthouse", **{**KW, "seed": 5})[0].image, dtype=np.int16)
+    assert made.parameters["quantize"] == "fp8" and made.parameters["extra"] == {"quantize": "fp8"}
+    assert 0 < np.abs(fp8 - plain).mean() < np.abs(other - plain).mean() / 4  # close, not the same
+    sizes = denoiser_bytes()
+    assert sizes["fp8"] < sizes["none"] * 0.4  # the linear and conv weights at 1 byte of 4 (norms stay)
+    with pytest.raises(InvalidRequestError) as caught:
+        easel.generate("a lighthouse", quantize="int3", **KW)
+    assert caught.value.param == "quantize" and "'int3'" in caught.value.message
+
+
+def test_a_servers_default_quantization_is_recorded(sd15, monkeypatch):
+    monkeypatch.setenv("EASEL_QUANTIZE", "fp8")
+    easel.api.reset_default_runner()
+    made = easel.generate("a lighthouse", **KW)[0]
+    assert made.parameters["quantize"] == "fp8" and "extra" not in made.parameters
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    [key] = cache.keys()
+    assert torch.float8_e4m3fn in {p.dtype for p in cache.get(key, None).pipe.unet.parameters()}
+    assert easel.generate("a lighthouse", quantize="none", **KW)[0].parameters.get("quantize") is None
