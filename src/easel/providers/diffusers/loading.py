@@ -220,6 +220,9 @@ def _quantize(pipe, mode: str) -> None:
 
         denoiser = getattr(pipe, "unet", None) or pipe.transformer
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
+        for tensor in [*denoiser.parameters(), *denoiser.buffers()]:  # what stays in its dtype (norms, embeddings)
+            if tensor.dtype != torch.float8_e4m3fn:  # leaves the weights file: its mapping can close
+                tensor.data = tensor.data.clone()
 
 
 def _place(pipe, device: str, options: dict[str, Any]) -> None:
