@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: a free loopback port and a server's start-up wait."""
+"""Helpers shared by the benchmarks: a free loopback port, a server's start-up wait and this process's RSS."""
 
 import socket
 import time
@@ -22,3 +22,9 @@ def wait_healthy(base: str, timeout: float = 300) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{base} did not become healthy in {timeout}s")
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
