@@ -47,8 +47,6 @@ def to_json(r: ImageRequest, images: str = "base64") -> tuple[dict[str, Any], di
     out.update({name: getattr(r, name) for name in SET_BY_CHECK if getattr(r, name)})  # a checked request's
     out.update({name: picture(name, getattr(r, name)) for name in IMAGES})
     out["extra"], out["loras"] = dict(r.extra), dict(r.loras)
-    if r.warnings:
-        out["warnings"] = list(r.warnings)
     out["control"] = [{**{k: getattr(u, k) for k in _UNIT_FIELDS}, "image": picture(f"control.{i}", u.image)}
                       for i, u in enumerate(r.control)]
     prompt = r.ip_adapter
