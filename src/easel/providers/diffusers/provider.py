@@ -33,7 +33,7 @@ class DiffusersProvider(Provider):
     def __init__(self, device: str | None = None, dtype: str | None = None, max_cached: int = 2,
                  max_cache_bytes: int = 0, hf_token: str | None = None, defaults: dict[str, Any] | None = None,
                  folders: dict[str, Path | None] | None = None):
-        """`defaults`: the server's load options (compile, channels_last, fuse_qkv), below a request's own;
+        """`defaults`: the server's load options (compile, channels_last, fuse_qkv, quantize), below a request's own;
         `folders`: the add-on folders by kind (`easel.addons.FOLDERS`: loras, embeddings, controlnets,
         ip_adapters, upscalers, configs)."""
         folders = folders or {}
