@@ -1,5 +1,6 @@
-"""Tiny but real pipelines of the SD 1.5, SDXL, SD3 and FLUX families, built from configs with random weights
-and tokenizers written here (nothing comes from a hub), in the same layout `save_pretrained` gives real ones."""
+"""Tiny but real pipelines of the SD 1.5, SDXL, SD3, FLUX and Qwen-Image families, built from configs with random
+weights and tokenizers written here (nothing comes from a hub), in the same layout `save_pretrained` gives real ones;
+and their denoisers written as GGUF files, as ComfyUI-GGUF's converter writes them."""
 
 from __future__ import annotations
 
@@ -128,6 +129,66 @@ def build_flux():
         text_encoder=CLIPTextModel(_clip_config()), tokenizer=clip_tokenizer(),
         text_encoder_2=_t5(), tokenizer_2=t5_tokenizer(),
     )
+
+
+def _byte_level_tokenizer():
+    """A Qwen2 tokenizer over the 256 byte symbols of byte-level BPE (no merges), with the chat tokens Qwen-Image's
+    prompt template uses."""
+    from transformers import Qwen2Tokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    symbols = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(rest))]
+    tokenizer = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(symbols)}, merges=[], unk_token=None,
+                               bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return tokenizer
+
+
+def build_qwen_image():
+    """diffusers' own test configuration of Qwen-Image, at widths a GGUF block (32) divides."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    text = {"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "rope_theta": 1e6, "vocab_size": 272, "bos_token_id": 256, "eos_token_id": 256,
+            "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"}}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16,
+                                                               "num_heads": 2, "out_hidden_size": 32},
+                              hidden_size=32, vocab_size=272, vision_end_token_id=269, vision_start_token_id=270,
+                              vision_token_id=271)
+    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                             text_encoder=Qwen2_5_VLForConditionalGeneration(config).eval(),
+                             tokenizer=_byte_level_tokenizer())
+
+
+def save_gguf(denoiser, path: Path, quant: str, architecture: str) -> Path:
+    """`denoiser`'s weights as a GGUF file in diffusers' key names: 2-D weights whose rows a block divides quantized
+    as `quant` (Q8_0, Q4_0, ...), the rest kept as float32, as ComfyUI-GGUF keeps small tensors."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    writer = gguf.GGUFWriter(str(path), arch=architecture)
+    for name, tensor in denoiser.state_dict().items():
+        values = tensor.float().numpy()
+        if values.ndim == 2 and values.shape[-1] % block == 0:
+            packed = gguf.quants.quantize(values, qtype)
+            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}

@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tomllib
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import CHECKPOINT_SUFFIXES, checkpoint_family, is_checkpoint_name
+from .checkpoints import CHECKPOINT_SUFFIXES, checkpoint_family, gguf_file, is_checkpoint_name, is_gguf
 from .errors import EaselError, InvalidRequestError, ModelNotFoundError
 
 log = logging.getLogger("easel.catalog")
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "builtin"
+COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0", "BF16", "F16")
+GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
 
 # diffusers pipeline class -> Easel family, for models that are not in the catalog
 _CLASS_FAMILIES = {
@@ -79,6 +82,7 @@ class ModelFamily:
     append_quality_words: bool = False
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)
+    denoiser: str | None = None  # its denoiser's class (diffusers), where the family's GGUF files load into it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,11 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     steps: int | None = None
     guidance: float | None = None
+    # a GGUF denoiser: `file` in the hub repository `source` (or `source` a .gguf file), run with the rest of the
+    # pipeline `base` (a hub id or folder); `gguf_files`: (repo, file pattern) of a catalog model's GGUF files
+    file: str | None = None
+    base: str | None = None
+    gguf_files: tuple[str, str] | None = None
 
     @property
     def default_steps(self) -> int | None:
@@ -116,11 +125,22 @@ class ModelSpec:
     @property
     def checkpoint(self) -> bool:
         """The weights are one file in the original layout (A1111's and ComfyUI's checkpoints)."""
-        return self.local_path is not None and is_checkpoint_name(self.local_path.name)
+        return self.local_path is not None and is_checkpoint_name(self.local_path.name) and not self.gguf
+
+    @property
+    def gguf(self) -> bool:
+        """The denoiser is a GGUF file (on this machine, or `file` in a hub repository) and `base` the rest."""
+        return (self.file or self.source).lower().endswith(".gguf")
 
     def is_available_locally(self) -> bool:
         """True when the weights are in a folder, a checkpoint file or the hub cache, so the model loads with no
         network (a checkpoint's configuration aside: see `DiffusersProvider.checkpoint_config`)."""
+        if self.gguf:
+            from huggingface_hub import try_to_load_from_cache
+
+            here = self.local_path.is_file() if self.local_path else \
+                isinstance(try_to_load_from_cache(self.source, self.file), str)
+            return here and ModelSpec("base", self.family, self.base or "").is_available_locally()
         if self.checkpoint:
             return self.local_path.is_file()
         if self.local_path is not None:
@@ -142,9 +162,12 @@ MEMORY_OPTIONS = {
                           "reduce-overhead (CUDA graphs) or max-autotune; the first call of each shape compiles."),
     "channels_last": OptionSpec("channels_last", "bool", "The convolutional models in channels-last memory layout."),
     "fuse_qkv": OptionSpec("fuse_qkv", "bool", "Fuse the attention's query, key and value projections."),
-    "quantize": OptionSpec("quantize", "str", "none, or fp8: the denoiser's weights stored as float8 (a quarter of "
-                           "float32's memory, half of bfloat16's), each layer computed in the model's dtype."),
+    "quantize": OptionSpec("quantize", "str", "none; fp8: the denoiser's weights stored as float8 (a quarter of "
+                           "float32's memory, half of bfloat16's), each layer computed in the model's dtype; int8: "
+                           "as 8-bit integers (torchao, weight-only); nf4: 4-bit NormalFloat (bitsandbytes, CUDA)."),
 }
+BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
+                         "and configuration it runs with (a catalog model or hub id; default: its release's).")
 
 
 def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
@@ -153,6 +176,8 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
     local = raw.get("provider", "diffusers") == "diffusers"
     if name != "builtin" and local:
         options = {**MEMORY_OPTIONS, **options}
+    if raw.get("denoiser"):
+        options["base"] = BASE_OPTION
     if local and raw.get("negative_prompt"):
         raw.setdefault("negative_prompt_needs", raw.get("cfg_param", "guidance_scale"))
     return ModelFamily(
@@ -177,10 +202,12 @@ class ModelCatalog:
         self._broken: dict[str, EaselError] = {}  # operator's checkpoints that cannot run, by name: why
         for name, raw in data["models"].items():
             raw = dict(raw)
+            gguf = raw.pop("gguf", None)
             spec = ModelSpec(
                 name=name,
                 family=self.families[raw.pop("family")],
                 aliases=tuple(raw.pop("aliases", ())),
+                gguf_files=(gguf["repo"], gguf["file"]) if gguf else None,
                 **raw,
             )
             self.models[name] = spec
@@ -210,6 +237,9 @@ class ModelCatalog:
         prefix, _, remote = key.partition(":")
         if prefix in ("openai", "hf") and remote:
             return self._remote(prefix, remote.strip())
+        model, _, quant = key.rpartition(":")
+        if model.lower() in self._aliases and self.models[self._aliases[model.lower()]].gguf_files:
+            return self.gguf_spec(self.models[self._aliases[model.lower()]], quant)
         if allow_paths and "\x00" not in key and Path(key).expanduser().is_dir():
             path = Path(key).expanduser().resolve()
             return ModelSpec(name=str(path), family=self.family_of_folder(path), source=str(path))
@@ -288,8 +318,37 @@ class ModelCatalog:
             family = self.families["openai-gpt-image" if model.startswith("gpt-image") else "openai-compatible"]
         return ModelSpec(name=f"{prefix}:{model}", family=family, source=model, provider=family.provider)
 
-    def checkpoint_spec(self, name: str, path: Path) -> ModelSpec:
-        """A single-file checkpoint, its family read from its tensors' names."""
+    def listed(self) -> list[ModelSpec]:
+        """Every model by name (the catalog, plugins', the operator's folders and files), and each catalog model's
+        GGUF files that are in the hub cache (`flux-dev:Q4_0` after `easel models pull flux-dev:Q4_0`)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [self.gguf_spec(spec, quant) for spec in self.models.values() if spec.gguf_files
+                  for quant in COMMON_GGUF_QUANTS
+                  if isinstance(try_to_load_from_cache(spec.gguf_files[0], spec.gguf_files[1].format(quant=quant)), str)]
+        return [*self.models.values(), *cached]
+
+    def gguf_spec(self, model: ModelSpec, quant: str) -> ModelSpec:
+        """`model`'s denoiser as one of its GGUF files (`flux-dev:Q4_0`), with the rest of `model`'s pipeline."""
+        if not re.fullmatch(GGUF_QUANT_NAME, quant):
+            raise ModelNotFoundError(f"{model.name}:{quant} names no GGUF file: after the colon comes a quantization "
+                                     f"type such as Q4_0, Q4_K_S, Q5_K_M, Q8_0 or BF16, not {quant!r}.", param="model")
+        repo, pattern = model.gguf_files
+        return ModelSpec(name=f"{model.name}:{quant}", family=model.family, source=repo,
+                         file=pattern.format(quant=quant), base=model.source, gated=model.gated,
+                         steps=model.steps, guidance=model.guidance,
+                         description=f"{model.name}'s denoiser as GGUF {quant} ({repo}), the rest from {model.source}")
+
+    def checkpoint_spec(self, name: str, path: Path, base: ModelSpec | None = None) -> ModelSpec:
+        """A single-file checkpoint, its family read from its tensors' names; a GGUF denoiser with the pipeline
+        `base`, else that of the release it was made from."""
+        if is_gguf(path):
+            info = gguf_file(path)
+            release = self.models[info.base_model]
+            spec = ModelSpec(name=name, family=self.families[info.family], source=str(path.resolve()),
+                             base=release.source, steps=release.steps, guidance=release.guidance,
+                             description=f"{info.family} GGUF {info.quant} {path.name} ({release.name}'s denoiser)")
+            return with_base(spec, base) if base is not None else spec
         family = self.families[checkpoint_family(path)]
         return ModelSpec(name=name, family=family, source=str(path.resolve()),
                          description=f"{family.name} checkpoint {path.name}")
@@ -315,6 +374,19 @@ class ModelCatalog:
         if isinstance(cached, str):
             return self.family_of_folder(Path(cached).parent)
         return self.families["generic"]
+
+
+def with_base(spec: ModelSpec, base: ModelSpec) -> ModelSpec:
+    """A GGUF denoiser run with the text encoders, VAE and configuration of `base`, a pipeline of its family."""
+    if not spec.gguf:
+        raise InvalidRequestError(f"`base` is for GGUF denoisers, and {spec.name} is a whole pipeline.", param="base")
+    if base.gguf or base.checkpoint or base.provider != "diffusers" or \
+            base.family.name not in (spec.family.name, "generic"):
+        what = "a GGUF file" if base.gguf else "a single-file checkpoint" if base.checkpoint else \
+            f"a {base.family.name} model"
+        raise InvalidRequestError(f"`base` must be a {spec.family.name} pipeline (a catalog model, hub id or pipeline "
+                                  f"folder) but {base.name!r} is {what}.", param="base")
+    return dataclasses.replace(spec, base=base.source, gated=spec.gated or base.gated)
 
 
 def is_hub_id(name: str) -> bool:
@@ -361,7 +433,25 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
         name = known or (path.resolve().stem if path.is_file() else path.resolve().name)
         folders[name] = path
         aliases[configured] = name
-    return base.with_folders(folders, aliases) if folders else base
+    catalog = base.with_folders(folders, aliases) if folders else base
+    return _with_gguf_bases(catalog, settings.gguf_bases) if settings.gguf_bases.strip() else catalog
+
+
+def _with_gguf_bases(catalog: ModelCatalog, bases: str) -> ModelCatalog:
+    """The operator's GGUF files run with the pipeline named for their family (`EASEL_GGUF_BASES`)."""
+    named: dict[str, ModelSpec] = {}
+    for pair in filter(None, (p.strip() for p in bases.split(","))):
+        family, _, model = pair.partition("=")
+        if family.strip() not in catalog.families or not model.strip():
+            raise ValueError(f"EASEL_GGUF_BASES takes family=model pairs (families: flux, sd3, qwen-image) but has "
+                             f"{pair!r}.")
+        named[family.strip()] = catalog.resolve(model.strip())
+    copy = catalog._copy()
+    for name, spec in catalog.models.items():
+        base = named.get(spec.family.name)
+        if spec.gguf and spec.local_path is not None and base is not None:
+            copy.models[name] = catalog.checkpoint_spec(name, spec.local_path, base)
+    return copy
 
 
 

@@ -8,8 +8,8 @@ import re
 import secrets
 from typing import NamedTuple
 
-from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, is_hub_id, names_a_file
-from .errors import InvalidRequestError, UnsupportedError
+from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, is_hub_id, names_a_file, with_base
+from .errors import EaselError, InvalidRequestError, UnsupportedError
 from .moderation import check_prompt
 from .prompts import is_weighted, lora_tags, revise_prompt, unweighted
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
@@ -104,6 +104,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
             else catalog.resolve(default_model))
     r = request.replace(model=spec.name, extra=dict(request.extra), loras=request.loras)
+    spec = _check_base(r, spec, catalog, allow_paths)  # a GGUF denoiser's pipeline, where the caller names one
     _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt, LoRAs (named or tagged in the prompt)
     model_prompt = _check_loras(r, spec, allow_paths)
     _check_mode(r, spec)  # 2. what to do, and with which images (ControlNet's among them)
@@ -120,6 +121,22 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
                           "was read as plain words")
     r.revised_prompt = revise_prompt(spec, model_prompt) or (model_prompt if model_prompt != r.prompt else None)
     return CheckedRequest(spec, r)
+
+
+def _check_base(r: ImageRequest, spec: ModelSpec, catalog: ModelCatalog, allow_paths: bool) -> ModelSpec:
+    """`base`: the pipeline a GGUF denoiser runs with, named like a model (a folder only by the machine's user);
+    the request keeps its name, so that the image's record makes it again."""
+    base = r.extra.get("base")
+    if base is None:
+        return spec
+    if not isinstance(base, str) or not base.strip():
+        raise InvalidRequestError(f"`base` must name a model but is {base!r}.", param="base")
+    try:
+        base_spec = catalog.resolve(base, allow_paths=allow_paths)
+    except EaselError as exc:
+        raise InvalidRequestError(exc.message.replace("model", "base model", 1), param="base") from None
+    r.extra["base"] = base_spec.name
+    return with_base(spec, base_spec)
 
 
 def _check_upscale(request: ImageRequest, allow_paths: bool) -> CheckedRequest:

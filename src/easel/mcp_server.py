@@ -134,7 +134,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
         """The models Easel knows, with whether each is on this machine, and how to name remote ones."""
         catalog = runner.catalog
         rows = [{"name": s.name, "family": s.family.name, "local": s.is_available_locally(),
-                 "description": s.description} for s in catalog.models.values()]
+                 "description": s.description} for s in catalog.listed()]
         return json.dumps({"default": settings.default_model, "models": rows,
                            "remote": "openai:MODEL (e.g. openai:gpt-image-1) and hf:ORG/NAME run on remote "
                                      "services with the keys from `easel keys set openai|hf`."}, indent=2)

@@ -146,6 +146,8 @@ def _print_result(result, as_json: bool) -> None:
 
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, alias, hub id or local folder.")]
+Base = Annotated[Optional[str], typer.Option("--base", help="For a GGUF model: the pipeline of its family whose text "
+                                             "encoders and VAE it runs with (name, hub id or folder).")]
 Count = Annotated[int, typer.Option("-n", "--n", help="How many images (1-10).")]
 Size = Annotated[Optional[str], typer.Option("--size", help="WIDTHxHEIGHT, e.g. 1024x768.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps (model default when unset).")]

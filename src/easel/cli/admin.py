@@ -25,10 +25,12 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
 
     runner = _runner()
     rows = []
-    for spec in runner.catalog.models.values():  # the catalog, plugins' models, the operator's folders and files
-        rows.append({"name": spec.name, "kind": "checkpoint" if spec.checkpoint else "model",
-                     "family": spec.family.name, "source": spec.source, "local": spec.is_available_locally(),
-                     "gated": spec.gated, "description": spec.description})
+    for spec in runner.catalog.listed():  # the catalog, plugins', the operator's folders and files, cached GGUFs
+        kind = "gguf" if spec.gguf else "checkpoint" if spec.checkpoint else "model"
+        about = spec.description + (f" GGUF: {spec.name}:Q4_0 (Q8_0, Q5_K_S, ...)" if spec.gguf_files else "")
+        rows.append({"name": spec.name, "kind": kind, "family": spec.family.name, "source": spec.source,
+                     "base": spec.base, "local": spec.is_available_locally(), "gated": spec.gated,
+                     "description": about})
     for name, path in lora_files(runner.settings.loras_folder).items():
         rows.append({"name": name, "kind": "lora", "family": "lora", "source": str(path), "local": True,
                      "gated": False, "description": f"LoRA: loras={{'{name}': 0.8}} or <lora:{name}:0.8>"})

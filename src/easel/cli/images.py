@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import (AsJson, Controls, Count, Format, Guidance, Local, Loras, Model, Negative, Options, Out, Seed, Size,
+from . import (AsJson, Base, Controls, Count, Format, Guidance, Local, Loras, Model, Negative, Options, Out, Seed, Size,
                Steps, _err, _fail, _parse_value, _print_result, _runner_for_jobs, _settings, _StepProgress, app)
 
 
@@ -92,6 +92,11 @@ def _options(pairs: list[str] | None, command=None) -> dict:
     return out
 
 
+def _base(base: str | None) -> dict:
+    """`--base`: the `base` option of a GGUF model."""
+    return {"base": base} if base else {}
+
+
 # the library's parameters that a command's own option sets under another name
 OWN_FLAGS = {"inpaint_full_res": "--only-masked", "inpaint_full_res_padding": "--padding", "n": "-n",
              "negative_prompt": "--negative", "output_format": "--format", "out_dir": "--out"}
@@ -101,6 +106,7 @@ OWN_FLAGS = {"inpaint_full_res": "--only-masked", "inpaint_full_res_padding": "-
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     model: Model = None,
+    base: Base = None,
     n: Count = 1,
     batches: Annotated[int, typer.Option("--batches", min=1, max=100, help="Run that many batches of -n images "
                                          "one after another (A1111's batch count), seeds following on.")] = 1,
@@ -142,7 +148,7 @@ def generate(
         base = to_image_request(_request_from_file(from_file) if from_file is not None else None, model=model,
                                 size=size, aspect=aspect, steps=steps, guidance=guidance, seed=seed,
                                 negative=negative, scheduler=scheduler, n=n, output_format=output_format,
-                                options=_options(option), loras=_loras(lora))
+                                options={**_options(option), **_base(base)}, loras=_loras(lora))
         base = _with_addons(base, enhance, control, ip_adapter,
                             (hires, hires_upscaler, hires_strength, hires_steps) if hires is not None else None)
         if from_file is not None:
@@ -251,6 +257,7 @@ def edit(
     padding: Annotated[int, typer.Option("--padding", help="Pixels around the masked area with --only-masked.")]
     = 32,
     model: Model = None,
+    base: Base = None,
     n: Count = 1,
     steps: Steps = None,
     guidance: Guidance = None,
@@ -272,7 +279,7 @@ def edit(
     _run(local, as_json, lambda on_step: api.edit(
         image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
         negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked, inpaint_full_res_padding=padding,
-        output_format=output_format, out_dir=out, on_step=on_step, loras=_loras(lora), **_options(option, api.edit)))
+        output_format=output_format, out_dir=out, on_step=on_step, loras=_loras(lora), **_options(option, api.edit), **_base(base)))
 
 
 def _run(local: bool, as_json: bool, call) -> None:
@@ -295,6 +302,7 @@ def vary(
     strength: Annotated[Optional[float], typer.Option("--strength", help="0 keeps the image, 1 redraws it.")]
     = None,
     model: Model = None,
+    base: Base = None,
     n: Count = 1,
     size: Size = None,
     steps: Steps = None,
@@ -317,7 +325,7 @@ def vary(
     _run(local, as_json, lambda on_step: api.vary(
         image, prompt or "", strength=strength, model=model, n=n, size=size, steps=steps, guidance=guidance,
         seed=seed, negative_prompt=negative, output_format=output_format, out_dir=out, on_step=on_step,
-        loras=_loras(lora), **_options(option, api.vary)))
+        loras=_loras(lora), **_options(option, api.vary), **_base(base)))
 
 
 @app.command()

@@ -228,7 +228,7 @@ def checkpoint_name(title: str) -> str:
 
 def checkpoint_title(spec) -> str:
     """A1111's title of a model: a checkpoint's file name (the server's folders never show), else its name."""
-    return spec.local_path.name if spec.checkpoint else spec.name
+    return spec.local_path.name if spec.local_path is not None and spec.local_path.is_file() else spec.name
 
 
 def model_for(body: Txt2ImgRequest, state: A1111State) -> str:
@@ -388,7 +388,7 @@ def sd_models(request: Request) -> list[dict[str, Any]]:
     catalog = request.app.state.runner.catalog
     return [{"title": checkpoint_title(s), "model_name": s.name, "hash": None, "sha256": None,
              "filename": checkpoint_title(s), "config": None}
-            for s in catalog.models.values() if s.is_available_locally()]
+            for s in catalog.listed() if s.is_available_locally()]
 
 
 @router.get("/loras")

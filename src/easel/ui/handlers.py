@@ -117,11 +117,11 @@ class Handlers:
     def model_choices(self) -> list[tuple[str, str]]:
         """The models, the operator's checkpoint files among them (said as such, with their family)."""
         def label(spec) -> str:
-            if spec.checkpoint:
-                return f"{spec.name} ({spec.family.name} checkpoint)"
+            if spec.checkpoint or (spec.gguf and spec.local_path is not None):
+                return f"{spec.name} ({spec.family.name} {'GGUF' if spec.gguf else 'checkpoint'})"
             return spec.name + ("" if spec.is_available_locally() else " (download)")
 
-        return [(label(s), s.name) for s in self.catalog.models.values()]
+        return [(label(s), s.name) for s in self.catalog.listed()]
 
     def controlnet_choices(self) -> list[str]:
         return model_folders(self.settings.controlnets_folder, CONTROLNET_MARKER)
@@ -307,7 +307,7 @@ class Handlers:
         if axis == "styles":
             return ", ".join(name for name in STYLE_PRESETS if name != "none")[:200]
         if axis == "models":
-            local = [s.name for s in self.catalog.models.values() if s.is_available_locally()]
+            local = [s.name for s in self.catalog.listed() if s.is_available_locally()]
             return ", ".join(local[:MAX_COMPARE])
         return "1, 2, 3, 4"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...catalog import model_folders, names_a_file
-from ...errors import AuthenticationError, InvalidRequestError, ModelNotFoundError
+from ...checkpoints import gguf_file
+from ...errors import AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
 
@@ -21,11 +22,13 @@ if TYPE_CHECKING:
 
 # load options any diffusers model accepts in `extra` (memory, then speed); part of the pipeline cache's key
 LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv",
-                "quantize")
+                "quantize", "base")
 OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "fp8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
+# the weights of a pipeline's own denoiser, which a GGUF file replaces (not downloaded with its base)
+DENOISER_WEIGHTS = ["transformer/*.safetensors", "transformer/*.bin", "transformer/*.gguf"]
 # what a pipeline's configuration is made of (configs, tokenizers, the scheduler), never its weights
 CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/spiece*"]
 
@@ -114,17 +117,71 @@ class Loader:
         return {"offload": offload, "compile": compile_mode, "quantize": quantize,
                 **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
 
-    @staticmethod
-    def record(options: dict[str, Any]) -> dict[str, Any]:
-        """What an image's parameters keep of its load options: those that change its pixels (a server's default
-        included, which the request does not carry)."""
-        return {"quantize": options["quantize"]} if options["quantize"] != "none" else {}
+    def record(self, options: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+        """What an image's parameters keep of how its model was loaded: the load options that change its pixels (a
+        server's default included, which the request does not carry), and a GGUF denoiser's file and quantization."""
+        kept = {"quantize": options["quantize"]} if options["quantize"] != "none" else {}
+        if spec.gguf:
+            path = self.gguf_path(spec)
+            kept["gguf"] = {"file": path.name if spec.local_path else spec.file, "quant": gguf_file(path).quant}
+        return kept
 
     def key(self, spec: ModelSpec, options: dict[str, Any]) -> tuple:
         """The pipeline cache's key: the weights, where they run, and how they were loaded."""
         device = pick_device(self.device)
-        return (spec.source, device, str(pick_dtype(device, spec.family.dtype, self.dtype)),
+        weights = f"{spec.source}:{spec.file or ''}+{spec.base}" if spec.gguf else spec.source
+        return (weights, device, str(pick_dtype(device, spec.family.dtype, self.dtype)),
                 tuple(sorted(options.items())))
+
+    def gguf_path(self, spec: ModelSpec, download: bool = False) -> Path:
+        """A GGUF denoiser's file: on this machine, or in the hub cache (downloaded now where `download` allows)."""
+        if spec.local_path is not None:
+            return spec.local_path
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(spec.source, spec.file, token=self.token, local_files_only=not download))
+        except Exception as exc:  # noqa: BLE001 - not cached, or the hub failed in one of many ways
+            if not download or offline():
+                raise ModelNotFoundError(f"{spec.name} ({spec.file} of {spec.source}) is not in the hub cache: with "
+                                         f"network access, run `easel models pull {spec.name}`.", param="model") from None
+            raise ModelNotFoundError(f"{spec.file} of {spec.source} could not be downloaded ({type(exc).__name__}). "
+                                     f"{reach_hub_hint()}", param="model") from None
+
+    def base_folder(self, spec: ModelSpec, download: bool = True) -> Path:
+        """The pipeline a GGUF denoiser runs with: a folder, or a hub repository from the hub cache (downloaded
+        where it may be, without its own denoiser's weights, which the GGUF file replaces)."""
+        base = Path(spec.base)
+        if base.is_absolute():
+            return base
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec.base, local_files_only=True, token=self.token))
+        except Exception:  # noqa: BLE001 - not in the hub cache
+            if not download or offline():
+                raise ModelNotFoundError(f"{spec.name} runs with the text encoders and VAE of {spec.base}, which is "
+                                         f"not in the hub cache: with network access, run `easel models pull "
+                                         f"{spec.name}`, or name a pipeline of its family as `base`.",
+                                         param="model") from None
+            return Path(pull_model(spec, self.token))
+
+    def _gguf_denoiser(self, spec: ModelSpec, dtype):
+        """The GGUF file's denoiser, its Linear layers kept quantized (diffusers dequantizes each as it runs) and
+        its weights read from the file's mapping as they are needed (never copied whole into memory)."""
+        from diffusers import GGUFQuantizationConfig
+
+        path, base = self.gguf_path(spec, download=not offline()), self.base_folder(spec)
+        config = GGUFQuantizationConfig(compute_dtype=dtype)
+        try:
+            return _pipeline_class(spec.family.denoiser).from_single_file(
+                gguf_state_dict(path), config=str(base), subfolder="transformer", quantization_config=config,
+                dtype=dtype, local_files_only=True)
+        except (ValueError, RuntimeError, KeyError) as exc:  # its tensors' shapes are not the base's configuration's
+            detail = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+            raise InvalidRequestError(f"{path.name} does not fit the {spec.family.name} denoiser of {spec.base} "
+                                      f"({detail}): name the pipeline it was made for as `base`.",
+                                      param="base") from None
 
     def load(self, spec: ModelSpec, options: dict[str, Any]) -> LoadedPipeline:
         """`spec`'s pipeline, loaded now and placed on its device with `options` applied."""
@@ -134,7 +191,10 @@ class Loader:
         started = time.perf_counter()
         with pipeline_errors(spec, "loading"):
             cls = _pipeline_class(spec.family.pipeline)
-            if spec.checkpoint:
+            if spec.gguf:
+                pipe = cls.from_pretrained(self.base_folder(spec), transformer=self._gguf_denoiser(spec, dtype),
+                                           dtype=dtype)
+            elif spec.checkpoint:
                 config = checkpoint_config(spec.local_path, self.configs_dir, token=self.token)
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
                                             dtype=dtype)
@@ -151,7 +211,11 @@ class Loader:
     def pipeline_folder(self, spec: ModelSpec) -> Path | None:
         """The model's folder where it is on this machine already (none for a single file: its configs say less).
         A hub id is looked up in the hub cache only: the id itself never goes to `from_pretrained`, which would
-        open a folder of that name in the working directory."""
+        open a folder of that name in the working directory. A GGUF denoiser's: its base's."""
+        if spec.gguf:
+            with contextlib.suppress(ModelNotFoundError):
+                return self.base_folder(spec, download=False)
+            return None
         if spec.checkpoint:
             return None
         if spec.local_path is not None:
@@ -171,6 +235,11 @@ class Loader:
 
     def check(self, spec: ModelSpec) -> None:
         """Refuse before queueing a model that cannot load with no network while offline."""
+        if spec.gguf:
+            if offline():
+                self.gguf_path(spec)
+                self.base_folder(spec, download=False)
+            return
         if spec.checkpoint and offline():
             checkpoint_config(spec.local_path, self.configs_dir, download=False)
         if spec.local_path is None and offline() and not spec.is_available_locally():
@@ -200,6 +269,26 @@ class Loader:
             raise InvalidRequestError(f"No {what} {name!r} (the {root.name if root else what + 's'} folder has: "
                                       f"{', '.join(there) or 'none'}).", param=param)
         return path
+
+
+def gguf_state_dict(path: Path) -> dict[str, Any]:
+    """The tensors of a GGUF file by name, as diffusers' GGUF loader reads them but without copying: each one a view
+    of the file's read-only mapping (quantized ones as `GGUFParameter`), paged in as the model runs."""
+    import warnings
+
+    import gguf
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    tensors = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # it is never written
+        for tensor in gguf.GGUFReader(path).tensors:
+            weights = torch.from_numpy(tensor.data)
+            tensors[tensor.name] = weights if tensor.tensor_type in plain else \
+                GGUFParameter(weights, quant_type=tensor.tensor_type)
+    return tensors
 
 
 def _pipeline_class(path: str):
@@ -332,10 +421,16 @@ def pull_model(spec: ModelSpec, token: str | None = None, configs_dir: Path | No
 
     if spec.checkpoint:
         return str(checkpoint_config(spec.local_path, configs_dir, token=token))
-    if spec.local_path is not None:
+    if spec.local_path is not None and not spec.gguf:
         return str(spec.local_path)
     try:
+        if spec.gguf:  # the file, and the rest of the pipeline without the denoiser weights the file replaces
+            if not Path(spec.base).is_absolute():
+                snapshot_download(spec.base, token=token, ignore_patterns=DENOISER_WEIGHTS)
+            return str(Loader(token=token).gguf_path(spec, download=True))
         return snapshot_download(spec.source, token=token)
+    except EaselError:
+        raise
     except GatedRepoError:
         raise AuthenticationError(
             f"{spec.name} is gated: accept its licence on the hub, then run `easel keys set hf` with a token.",

@@ -105,7 +105,7 @@ class DiffusersProvider(Provider):
         steps = StepReporter(progress, loaded, batch, inputs.total_steps(batch, kwargs))
         with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]), contextlib.ExitStack() as stack:
             loaded.calls += 1  # the add-ons this call uses are the last to go (see PipelineCache.trim)
-            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs, Loader.record(load))
+            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs, self.loader.record(load, spec))
             for adapter, uses in adapters:                                         # 3. each adapter enters
                 call.kwargs = {**call.kwargs, **stack.enter_context(adapter.enter(call, uses))}
             if spec.family.weights:

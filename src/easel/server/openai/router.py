@@ -90,7 +90,7 @@ async def _complete(prepared: Prepared, request: Request, stream: bool, partial_
 
 def model_ids(request: Request) -> list[str]:
     """The server's models, and the OpenAI names it maps to its local model."""
-    return sorted(request.app.state.runner.catalog.models) + OPENAI_MODEL_NAMES
+    return sorted(s.name for s in request.app.state.runner.catalog.listed()) + OPENAI_MODEL_NAMES
 
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)
