@@ -53,3 +53,23 @@ def test_a_servers_default_quantization_is_recorded(sd15, monkeypatch):
     [key] = cache.keys()
     assert torch.float8_e4m3fn in {p.dtype for p in cache.get(key, None).pipe.unet.parameters()}
     assert easel.generate("a lighthouse", quantize="none", **KW)[0].parameters.get("quantize") is None
+
+
+def test_int8_stores_the_denoisers_linear_layers_in_8_bits(sd15):
+    plain = np.asarray(easel.generate("a lighthouse", **KW)[0].image, dtype=np.int16)
+    made = easel.generate("a lighthouse", quantize="int8", **KW)[0]
+    other = np.asarray(easel.generate("a lighthouse", **{**KW, "seed": 5})[0].image, dtype=np.int16)
+    assert made.parameters["quantize"] == "int8"
+    assert 0 < np.abs(np.asarray(made.image, dtype=np.int16) - plain).mean() < np.abs(other - plain).mean() / 4
+    provider = easel.api.default_runner().registry.get("diffusers")
+    [key] = [k for k in provider.cache.keys() if dict(k[3])["quantize"] == "int8"]
+    unet = provider.cache.get(key, None).pipe.unet
+    linear = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(type(w).__name__ == "Int8Tensor" and w.qdata.dtype == torch.int8 for w in linear)
+
+
+def test_nf4_is_refused_without_cuda_naming_what_works(sd15):
+    with pytest.raises(InvalidRequestError) as caught:
+        easel.generate("a lighthouse", quantize="nf4", **KW)
+    assert caught.value.param == "quantize" and "needs a CUDA GPU" in caught.value.message
+    assert "int8" in caught.value.message

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
+import logging
 import os
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv",
                 "quantize", "base")
 OFFLOAD_MODES = ("none", "model", "sequential")
-QUANTIZE_MODES = ("none", "fp8")
+QUANTIZE_MODES = ("none", "fp8", "int8", "nf4")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
 # the weights of a pipeline's own denoiser, which a GGUF file replaces (not downloaded with its base)
@@ -37,6 +39,7 @@ def quiet_libraries() -> None:
     """Keep transformers' and diffusers' notices about optional backends, and their progress bars, out of the
     user's terminal (transformers' first, before diffusers' import reaches into it)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import notices (int8)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     import transformers.utils.logging
 
@@ -111,11 +114,32 @@ class Loader:
             raise InvalidRequestError(f"`compile` must be one of {', '.join(COMPILE_MODES)} but is "
                                       f"{compile_mode!r}.", param="compile")
         quantize = extra.get("quantize", self.defaults.get("quantize", "none"))
+        self._check_quantize(spec, quantize, "quantize" in extra)
+        return {"offload": offload, "compile": compile_mode, "quantize": quantize,
+                **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
+
+    def _check_quantize(self, spec: ModelSpec, quantize: Any, asked: bool) -> None:
+        """A quantization this model can take here. A server's default does not apply to models that cannot take it
+        (a GGUF file, quantized already): only a request's own `quantize` is refused for them."""
         if quantize not in QUANTIZE_MODES:
             raise InvalidRequestError(f"`quantize` must be one of {', '.join(QUANTIZE_MODES)} but is {quantize!r}.",
                                       param="quantize")
-        return {"offload": offload, "compile": compile_mode, "quantize": quantize,
-                **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
+        if quantize == "none" or not asked and spec.gguf:
+            return
+        if spec.gguf:
+            raise InvalidRequestError(f"{spec.name} is a GGUF file, quantized already: `quantize` does not apply.",
+                                      param="quantize")
+        device = pick_device(self.device)
+        if quantize == "nf4" and device != "cuda":
+            raise InvalidRequestError(f"`quantize=nf4` needs a CUDA GPU (bitsandbytes' 4-bit kernels), and this runs "
+                                      f"on {device}: use int8 or fp8, or a GGUF file (flux-dev:Q4_0).",
+                                      param="quantize")
+        if quantize == "nf4" and spec.checkpoint:
+            raise InvalidRequestError("`quantize=nf4` loads pipeline folders and hub models, not single-file "
+                                      "checkpoints: use int8 or fp8.", param="quantize")
+        if quantize == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+            raise InvalidRequestError("`quantize=nf4` needs bitsandbytes: pip install 'easel[nf4]'.",
+                                      param="quantize")
 
     def record(self, options: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         """What an image's parameters keep of how its model was loaded: the load options that change its pixels (a
@@ -199,7 +223,8 @@ class Loader:
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
                                             dtype=dtype)
             else:
-                pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype)
+                pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype,
+                                           **_at_load(spec, options["quantize"], dtype))
         pipe.set_progress_bar_config(disable=True)
         with pipeline_errors(spec, "loading"):
             _quantize(pipe, options["quantize"])
@@ -301,13 +326,30 @@ def _pipeline_class(path: str):
     return getattr(diffusers, path)
 
 
+def _at_load(spec: ModelSpec, mode: str, dtype) -> dict[str, Any]:
+    """nf4: the denoiser quantized by bitsandbytes as it loads (diffusers' PipelineQuantizationConfig)."""
+    if mode != "nf4":
+        return {}
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    denoiser = "transformer" if spec.family.denoiser else "unet"
+    return {"quantization_config": PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit", components_to_quantize=[denoiser],
+        quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})}
+
+
 def _quantize(pipe, mode: str) -> None:
-    """fp8: the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by layer as each
-    runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as they are)."""
+    """After loading: fp8, the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by
+    layer as each runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as
+    they are); int8, its Linear layers' weights as 8-bit integers with a scale per row (torchao, weight-only)."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if mode == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(denoiser, Int8WeightOnlyConfig())
     if mode == "fp8":
         import torch
 
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
         for tensor in [*denoiser.parameters(), *denoiser.buffers()]:  # what stays in its dtype (norms, embeddings)
             if tensor.dtype != torch.float8_e4m3fn:  # leaves the weights file: its mapping can close
