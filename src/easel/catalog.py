@@ -18,7 +18,8 @@ from .errors import EaselError, InvalidRequestError, ModelNotFoundError
 log = logging.getLogger("easel.catalog")
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "builtin"
-COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0", "BF16", "F16")
+COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0", "BF16",
+                      "F16")
 GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
 
 # diffusers pipeline class -> Easel family, for models that are not in the catalog
@@ -67,7 +68,6 @@ class ModelFamily:
     # at 1 or below); None where that is not known (a remote service)
     negative_prompt_needs: str | None = None
     default_negative_prompt: str | None = None
-    offload: str | None = None
     keeps_native_size: bool = False  # the pipeline draws at its own size and takes no width/height
     latent_space: str | None = None  # what step previews decode: "pixels", "vae", "vae-packed", None (no previews)
     preview_decoder: str | None = None  # a tiny VAE (AutoencoderTiny, hub id) for previews, used when it is cached
@@ -154,7 +154,8 @@ class ModelSpec:
 
 # load options every diffusers family accepts, for memory and for speed (the built-in model needs none of them)
 MEMORY_OPTIONS = {
-    "offload": OptionSpec("offload", "str", "none, model or sequential CPU offload (accelerators only)."),
+    "offload": OptionSpec("offload", "str", "auto (the memory plan chooses from the model's size and the memory "
+                          "free), none, model, group or sequential CPU offload (accelerators only)."),
     "attention_slicing": OptionSpec("attention_slicing", "bool", "Compute attention in slices to save memory."),
     "vae_slicing": OptionSpec("vae_slicing", "bool", "Decode a batch one image at a time."),
     "vae_tiling": OptionSpec("vae_tiling", "bool", "Decode large images in tiles."),
@@ -324,8 +325,8 @@ class ModelCatalog:
         from huggingface_hub import try_to_load_from_cache
 
         cached = [self.gguf_spec(spec, quant) for spec in self.models.values() if spec.gguf_files
-                  for quant in COMMON_GGUF_QUANTS
-                  if isinstance(try_to_load_from_cache(spec.gguf_files[0], spec.gguf_files[1].format(quant=quant)), str)]
+                  for quant in COMMON_GGUF_QUANTS if isinstance(try_to_load_from_cache(
+                      spec.gguf_files[0], spec.gguf_files[1].format(quant=quant)), str)]
         return [*self.models.values(), *cached]
 
     def gguf_spec(self, model: ModelSpec, quant: str) -> ModelSpec:

@@ -96,6 +96,14 @@ class Runner:
         self.registry.get(checked.spec.provider).check(*checked)
         return checked
 
+    def footprint(self, spec: ModelSpec) -> dict[str, Any]:
+        """`spec`'s size and whether it fits this machine's memory, as its provider sees it."""
+        return self.registry.get(spec.provider).footprint(spec)
+
+    def memory(self) -> dict[str, Any]:
+        """The memory in use and free where the local models run (the diffusers provider's view)."""
+        return self.registry.get("diffusers").memory() if "diffusers" in self.registry.names() else {}
+
     def run(self, request: ImageRequest | CheckedRequest, *, save: bool = True, out_dir: Path | None = None,
             on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ImageResult:
         """Check, run and (by default) save one request; returns its images with their seeds and parameters."""

@@ -135,6 +135,14 @@ class Provider(abc.ABC):
         next request loads what it needs again. Returns the bytes it held; nothing to release by default."""
         return 0
 
+    def footprint(self, spec: ModelSpec) -> dict[str, Any]:
+        """How much memory `spec` needs and whether it fits on this machine (`easel models`); unknown by default."""
+        return {"size_gb": None, "fits": "unknown"}
+
+    def memory(self) -> dict[str, Any]:
+        """The memory its device has in use and free, and what its loaded models hold (`/health`)."""
+        return {}
+
     def describe(self) -> str:
         """One line for `easel providers`: what it runs and how it is configured."""
         return self.__doc__.strip().splitlines()[0] if self.__doc__ else ""

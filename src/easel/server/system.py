@@ -54,10 +54,12 @@ def health(request: Request) -> JSONResponse:
     """200 when the server can make images now: the default model is loaded, the engine's worker runs and the
     workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`).
     `engine` holds the queue depth, free disk space, when an idle spell released the models (EASEL_IDLE_UNLOAD_S;
-    the next job loads them again) and the last error the engine met."""
+    the next job loads them again) and the last error the engine met; `memory` the RAM (and GPU memory) free and in
+    use, and what the loaded models hold."""
     warmup, engine = request.app.state.warmup, request.app.state.engine
     engine_state = engine.health()
-    body = {"status": "ok", "model": warmup.model, "version": __version__, "engine": engine_state}
+    body = {"status": "ok", "model": warmup.model, "version": __version__, "engine": engine_state,
+            "memory": request.app.state.runner.memory()}
     if not warmup.ready.is_set():
         body["status"] = "error" if warmup.error else "loading"
         if warmup.error:

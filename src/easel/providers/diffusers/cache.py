@@ -35,6 +35,7 @@ class LoadedPipeline:
     used: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
     releases: dict[tuple, Callable[[], None]] = dataclasses.field(default_factory=dict)
     calls: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what every result of it says (a chosen offload)
     _tiny_decoder: Any = False  # False: not looked for yet; None: not on this machine
 
     def preview_decoder(self, spec: ModelSpec):

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ...catalog import model_folders, names_a_file
 from ...checkpoints import gguf_file
 from ...errors import AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError
+from . import memory
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 # load options any diffusers model accepts in `extra` (memory, then speed); part of the pipeline cache's key
 LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv",
                 "quantize", "base")
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("auto", "none", "model", "group", "sequential")  # auto: the memory plan chooses
 QUANTIZE_MODES = ("none", "fp8", "int8", "nf4")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
@@ -105,7 +107,7 @@ class Loader:
 
     def options(self, spec: ModelSpec, extra: dict[str, Any]) -> dict[str, Any]:
         """The load options of a request: its own, else the server's (`EASEL_COMPILE`, ...), else the family's."""
-        offload = extra.get("offload", spec.family.offload or "none")
+        offload = extra.get("offload", "auto")
         if offload not in OFFLOAD_MODES:
             raise InvalidRequestError(f"`offload` must be one of {', '.join(OFFLOAD_MODES)} but is {offload!r}.",
                                       param="offload")
@@ -168,7 +170,8 @@ class Loader:
         except Exception as exc:  # noqa: BLE001 - not cached, or the hub failed in one of many ways
             if not download or offline():
                 raise ModelNotFoundError(f"{spec.name} ({spec.file} of {spec.source}) is not in the hub cache: with "
-                                         f"network access, run `easel models pull {spec.name}`.", param="model") from None
+                                         f"network access, run `easel models pull {spec.name}`.",
+                                         param="model") from None
             raise ModelNotFoundError(f"{spec.file} of {spec.source} could not be downloaded ({type(exc).__name__}). "
                                      f"{reach_hub_hint()}", param="model") from None
 
@@ -207,14 +210,17 @@ class Loader:
                                       f"({detail}): name the pipeline it was made for as `base`.",
                                       param="base") from None
 
-    def load(self, spec: ModelSpec, options: dict[str, Any]) -> LoadedPipeline:
-        """`spec`'s pipeline, loaded now and placed on its device with `options` applied."""
+    def load(self, spec: ModelSpec, options: dict[str, Any], held: int = 0) -> LoadedPipeline:
+        """`spec`'s pipeline, loaded now and placed on its device with `options` applied, where the memory plan
+        says (refused before any weights load when it cannot fit; `held`: what the cache would let go first)."""
         quiet_libraries()
         device = pick_device(self.device)
         dtype = pick_dtype(device, spec.family.dtype, self.dtype)
         started = time.perf_counter()
         with pipeline_errors(spec, "loading"):
             cls = _pipeline_class(spec.family.pipeline)
+            folder = None if spec.checkpoint or spec.gguf else self.pipeline_folder(spec) or self._download(spec)
+            plan = self.plan(spec, options, held=held)
             if spec.gguf:
                 pipe = cls.from_pretrained(self.base_folder(spec), transformer=self._gguf_denoiser(spec, dtype),
                                            dtype=dtype)
@@ -223,15 +229,67 @@ class Loader:
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
                                             dtype=dtype)
             else:
-                pipe = cls.from_pretrained(self.pipeline_folder(spec) or self._download(spec), dtype=dtype,
-                                           **_at_load(spec, options["quantize"], dtype))
+                pipe = cls.from_pretrained(folder, dtype=dtype, **_at_load(spec, options["quantize"], dtype))
         pipe.set_progress_bar_config(disable=True)
         with pipeline_errors(spec, "loading"):
-            _quantize(pipe, options["quantize"])
-            _place(pipe, device, options)
+            placed = {**options, "offload": plan.offload}
+            if self._quantize_in_place(spec, options, plan):  # on a GPU in seconds, not on the CPU in minutes
+                _place(pipe, device, placed)
+                _quantize(pipe, options["quantize"])
+            else:  # before it moves (offloaded, or too big for the device unquantized)
+                _quantize(pipe, options["quantize"])
+                _place(pipe, device, placed)
             _speed_up(pipe, device, options)
+        chosen = [f"{spec.name} runs with {plan.offload} offload, which the memory plan chose: {plan.why}"] \
+            if plan.offload != "none" and options["offload"] == "auto" else []
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
-                              time.perf_counter() - started)
+                              time.perf_counter() - started, warnings=chosen)
+
+    def _quantize_in_place(self, spec: ModelSpec, options: dict[str, Any], plan: memory.Plan) -> bool:
+        """Whether the denoiser is quantized on its device after it moves there: only where it runs whole on the
+        device and its unquantized weights fit there too (else it is quantized first, where it loaded)."""
+        if plan.offload != "none" or options["quantize"] not in ("fp8", "int8"):
+            return plan.offload == "none"
+        try:
+            return self.plan(spec, {**options, "quantize": "none", "offload": "auto"}).offload == "none"
+        except InvalidRequestError:
+            return False
+
+    def plan(self, spec: ModelSpec, options: dict[str, Any], pixels: int | None = None, batch: int = 1,
+             held: int = 0) -> memory.Plan:
+        """Where `spec` goes (see `memory.choose`) from its files on this machine, for `batch` images of `pixels`
+        (default: its family's size); raises when it cannot fit. A model whose files are not here yet has no plan
+        before it downloads: it loads as its `offload` option says."""
+        device = pick_device(self.device)
+        need = self.needs(spec, options, pixels, batch)
+        if need is None:
+            return memory.Plan("none" if options["offload"] == "auto" else options["offload"], "size unknown")
+        device_free, ram_free = memory.free_memory(device)
+        return memory.choose(need, device, None if device_free is None else device_free + held, ram_free + held,
+                             options["offload"])
+
+    def needs(self, spec: ModelSpec, options: dict[str, Any], pixels: int | None = None,
+              batch: int = 1) -> memory.Needs | None:
+        """What `spec` needs loaded as `options` say, from its files (None: they are not on this machine)."""
+        device = pick_device(self.device)
+        dtype = str(pick_dtype(device, spec.family.dtype, self.dtype)).removeprefix("torch.")
+        pixels = pixels or spec.family.size[0] * spec.family.size[1]
+        if spec.checkpoint:
+            if not spec.local_path.is_file():
+                return None
+            from ...checkpoints import tensor_shapes
+
+            count = sum(math.prod(shape) for shape in tensor_shapes(spec.local_path).values())
+            per = memory.DTYPE_BYTES.get(dtype, 4)
+            return memory.Needs({"checkpoint": count * per}, memory.work_bytes(pixels, batch, per))
+        try:
+            gguf = self.gguf_path(spec) if spec.gguf else None
+            folder = self.base_folder(spec, download=False) if spec.gguf else self.pipeline_folder(spec)
+        except ModelNotFoundError:
+            return None
+        if folder is None or not (folder / "model_index.json").is_file():
+            return None
+        return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf)
 
     def pipeline_folder(self, spec: ModelSpec) -> Path | None:
         """The model's folder where it is on this machine already (none for a single file: its configs say less).
@@ -361,6 +419,9 @@ def _place(pipe, device: str, options: dict[str, Any]) -> None:
     memory options."""
     if device != "cpu" and options["offload"] == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif device != "cpu" and options["offload"] == "group":
+        pipe.enable_group_offload(onload_device=device, offload_device="cpu", offload_type="leaf_level",
+                                  use_stream=device == "cuda")
     elif device != "cpu" and options["offload"] == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from ..base import Batch
 
 
-def per_request(batch: Batch, out, details: dict[str, Any], latents=None) -> list[ProviderOutput]:
+def per_request(batch: Batch, out, details: dict[str, Any], latents=None, warnings: list[str] = ()
+                ) -> list[ProviderOutput]:
     """One `ProviderOutput` per request of `batch` from the pipeline's answer `out`; `details`: what the adapters
-    recorded; `latents`: the last step's."""
+    recorded; `latents`: the last step's; `warnings`: what each result says of how the model ran."""
     spec, first = batch.spec, batch.first
     flagged = getattr(out, "nsfw_content_detected", None)
     if flagged and any(flagged):
@@ -26,8 +27,8 @@ def per_request(batch: Batch, out, details: dict[str, Any], latents=None) -> lis
     images, resized = _to_requested_size(first, list(out.images))
     details = {**resized, **details}
     own = out.records(batch.split) if hasattr(out, "records") else [([], {})] * len(batch)
-    outputs = [ProviderOutput(images=group, warnings=list(warnings), details={**details, **extra})
-               for group, (warnings, extra) in zip(batch.split(images), own)]
+    outputs = [ProviderOutput(images=group, warnings=[*warnings, *said], details={**details, **extra})
+               for group, (said, extra) in zip(batch.split(images), own)]
     # the hires fix's latent upscale, where the second pass can denoise latents at the larger size (hires requests
     # run alone: one output)
     if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \

@@ -13,7 +13,9 @@ from . import inputs, outputs
 from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles
 from .cache import LoadedPipeline, PipelineCache
 from .errors import pipeline_errors
+from ...errors import InvalidRequestError
 from .loading import LOAD_OPTIONS, Loader, pick_device, return_freed_memory
+from .memory import GB, free_memory, rss
 from .previews import StepReporter
 from .prompt_weights import weigh_prompts
 from .upscalers import Upscalers
@@ -56,7 +58,10 @@ class DiffusersProvider(Provider):
             if request.upscaler not in IMAGE_UPSCALERS:
                 self.upscalers.model(request.upscaler, download=False)
             return
-        self.loader.options(spec, request.extra)
+        options = self.loader.options(spec, request.extra)
+        if self.loader.key(spec, options) not in self.cache.keys():  # a model that cannot fit: refused now
+            self.loader.plan(spec, options, request.width * request.height, request.num_images,
+                             held=self.cache.resident_bytes())
         model = ModelFiles(spec, lambda: self.loader.pipeline_folder(spec))
         for adapter, uses in self._active(spec, [request]):
             adapter.check(model, uses)
@@ -72,7 +77,8 @@ class DiffusersProvider(Provider):
     def load(self, spec: ModelSpec, options: dict[str, Any] | None = None) -> LoadedPipeline:
         """The pipeline for `spec`, from the cache or loaded now."""
         options = options or self.loader.options(spec, {})
-        return self.cache.get(self.loader.key(spec, options), lambda: self.loader.load(spec, options))
+        return self.cache.get(self.loader.key(spec, options),
+                              lambda: self.loader.load(spec, options, held=self.cache.resident_bytes()))
 
     def warm(self, spec: ModelSpec) -> None:
         self.load(spec)
@@ -88,6 +94,34 @@ class DiffusersProvider(Provider):
             torch.cuda.empty_cache()
         return_freed_memory()
         return held
+
+    def footprint(self, spec: ModelSpec) -> dict[str, Any]:
+        """Its size as it would load here (its files' headers, the dtype and quantization of the server's
+        options) and where the memory plan would put it: "yes", "with model offload", or why not."""
+        options = self.loader.options(spec, {})
+        need = self.loader.needs(spec, options)
+        if need is None:
+            return {"size_gb": None, "fits": "unknown until it is on this machine"}
+        try:
+            plan = self.loader.plan(spec, options, held=self.cache.resident_bytes())
+        except InvalidRequestError as exc:
+            return {"size_gb": round(need.weights / GB, 2), "fits": "no: " + exc.message.split(": ", 1)[1]
+                    .split(". ")[0]}
+        return {"size_gb": round(need.weights / GB, 2),
+                "fits": "yes" if plan.offload == "none" else f"with {plan.offload} offload"}
+
+    def memory(self) -> dict[str, Any]:
+        """Free and used memory of its device and of RAM (this process's share), and the loaded models' bytes."""
+        device = pick_device(self.loader.device)
+        device_free, ram_free = free_memory(device)
+        out = {"device": device, "ram_free_gb": round(ram_free / GB, 2), "process_rss_gb": round(rss() / GB, 2),
+               "models_bytes": self.cache.resident_bytes()}
+        if device_free is not None:
+            import torch
+
+            out.update(device_free_gb=round(device_free / GB, 2),
+                       device_used_gb=round(torch.cuda.memory_reserved() / GB, 2))
+        return out
 
     def upscale(self, image, scale: float, name: str, tile: int = 256, progress: Progress | None = None):
         """`image` through an upscaler model (see `Upscalers.upscale`); `scale` is its caller's to reach."""
@@ -113,7 +147,7 @@ class DiffusersProvider(Provider):
             call.pipe.scheduler = inputs.fresh_scheduler(loaded, first.scheduler)
             out = call.pipe(**call.kwargs, callback_on_step_end=steps)             # 4. denoise
         self.cache.trim(keep=loaded)  # what this call loaded counts against EASEL_MAX_CACHE_GB from now on
-        return outputs.per_request(batch, out, call.details, steps.latents)        # 5. images and records
+        return outputs.per_request(batch, out, call.details, steps.latents, loaded.warnings)  # 5. images, records
 
     @property
     def _options(self) -> set[str]:
