@@ -139,14 +139,14 @@ def test_two_ingress_replicas_share_jobs_through_postgres(tmp_path):
 
 
 def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models, monkeypatch):
-    """The operator's folders of every kind reach the model replicas: a LoRA, a ControlNet and a single-file
-    checkpoint (with the configuration it loads with) run there, with the library's pixels from the same folders
-    (to rounding); nothing is downloaded."""
+    """The operator's folders of every kind reach the model replicas: a LoRA, a ControlNet, a single-file
+    checkpoint (with the configuration it loads with) and a GGUF denoiser (with the base the operator names for its
+    family) run there, with the library's pixels from the same folders (to rounding); nothing is downloaded."""
     import shutil
 
     from checkpoints import save_checkpoint
-    from diffusers import StableDiffusionPipeline
-    from tiny_pipelines import save_random_lora, save_tiny_controlnet
+    from diffusers import FluxTransformer2DModel, StableDiffusionPipeline
+    from tiny_pipelines import save_gguf, save_random_lora, save_tiny_controlnet
 
     import easel
     import easel.api
@@ -157,6 +157,9 @@ def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models
     save_checkpoint(StableDiffusionPipeline.from_pretrained(tiny_models["sd15"]),
                     home / "models" / "tinyckpt.safetensors")
     shutil.copytree(tiny_models["sd15"], home / "configs" / "v1")  # what the checkpoint loads with, weights and all
+    save_gguf(FluxTransformer2DModel.from_pretrained(tiny_models["flux"], subfolder="transformer"),
+              home / "models" / "tinyflux.gguf", "Q8_0", "flux")
+    shutil.copytree(tiny_models["flux"], home / "flux-base")  # EASEL_GGUF_BASES names it for FLUX GGUF files
     save_random_lora(StableDiffusionPipeline.from_pretrained(tiny_models["sd15"]), home / "loras" / "ink.safetensors",
                      seed=3)
     save_tiny_controlnet("sd15", home / "controlnets" / "edges", seed=1)
@@ -167,8 +170,9 @@ def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models
     control = {"model": "edges", "image": base64.b64encode(png.getvalue()).decode(), "preprocessor": "none"}
     base = {"prompt": "a lighthouse", "size": "64x64", "num_inference_steps": 2, "seed": 4,
             "response_format": "b64_json"}
-    asks = [("tiny", {"loras": {"ink": 0.9}}), ("tiny", {"control": [control]}), ("tinyckpt", {})]
-    env = {"EASEL_RAY_MODELS": "tiny,tinyckpt", "HF_HUB_OFFLINE": "1"}
+    asks = [("tiny", {"loras": {"ink": 0.9}}), ("tiny", {"control": [control]}), ("tinyckpt", {}), ("tinyflux", {})]
+    env = {"EASEL_RAY_MODELS": "tiny,tinyckpt,tinyflux", "HF_HUB_OFFLINE": "1",
+           "EASEL_GGUF_BASES": f"flux={home / 'flux-base'}"}
     with RayServer(home, env) as server:
         made = []
         for model, extra in asks:
@@ -177,13 +181,16 @@ def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models
             made.append(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
         jobs = httpx.get(f"{server.base}/v1/jobs").json()["data"]
         assert {j["status"] for j in jobs} == {"succeeded"}
-        assert sorted(_cluster(server)["deployments"]) == ["ingress", "model-tiny", "model-tinyckpt"]
+        assert sorted(_cluster(server)["deployments"]) == ["ingress", "model-tiny", "model-tinyckpt",
+                                                           "model-tinyflux"]
     monkeypatch.setenv("EASEL_HOME", str(home))
+    monkeypatch.setenv("EASEL_GGUF_BASES", env["EASEL_GGUF_BASES"])
     easel.api.reset_default_runner()
     kw = dict(size="64x64", steps=2, seed=4, save=False)
     expected = [easel.generate("a lighthouse", model="tiny", loras={"ink": 0.9}, **kw)[0].image,
                 easel.generate("a lighthouse", model="tiny", control=[{**control, "image": edges}], **kw)[0].image,
-                easel.generate("a lighthouse", model="tinyckpt", **kw)[0].image]
+                easel.generate("a lighthouse", model="tinyckpt", **kw)[0].image,
+                easel.generate("a lighthouse", model="tinyflux", **kw)[0].image]
     plain = np.asarray(easel.generate("a lighthouse", model="tiny", **kw)[0].image, dtype=np.int16)
     for (model, extra), got, want in zip(asks, made, expected):
         # the same pixels but for rounding: a replica runs torch on one thread (Ray's default), this process on all

@@ -284,7 +284,7 @@ def test_speed_options_are_checked_before_anything_queues(tmp_path):
     provider = DiffusersProvider(defaults={"compile": "reduce-overhead"})
     assert provider.loader.options(spec, {})["compile"] == "reduce-overhead"
     assert provider.loader.options(spec, {"compile": "none", "channels_last": True}) == {
-        "offload": "none", "compile": "none", "quantize": "none", "attention_slicing": False, "vae_slicing": False,
+        "offload": "auto", "compile": "none", "quantize": "none", "attention_slicing": False, "vae_slicing": False,
         "vae_tiling": False, "channels_last": True, "fuse_qkv": False}
     with pytest.raises(InvalidRequestError) as info:
         provider.loader.options(spec, {"compile": "fast"})

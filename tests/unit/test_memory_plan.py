@@ -60,3 +60,27 @@ def test_needs_are_read_from_the_files_in_the_dtype_and_quantization_they_load_i
     gguf.write_bytes(b"0" * 123)
     assert memory.needs(folder, "float32", "none", 512 * 512, 1, gguf).components["unet"] == 123
     assert memory.needs(folder, "float32", "none", 2048 * 2048, 4).work > plain.work
+
+
+def test_a_quantized_model_is_quantized_before_it_moves_where_its_full_size_would_not_fit(tmp_path, monkeypatch):
+    """int8 on a GPU: quantized there (fast) where the bfloat16 weights fit too, else quantized first."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from easel.catalog import ModelSpec, default_catalog
+    from easel.providers.diffusers.loading import Loader
+
+    folder = tmp_path / "model"
+    (folder / "transformer").mkdir(parents=True)
+    save_file({"w": torch.zeros(1000, dtype=torch.bfloat16)}, str(folder / "transformer" / "m.safetensors"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    spec = ModelSpec(name="m", family=default_catalog().families["flux"], source=str(folder))
+    loader = Loader(device="cuda")
+    options = loader.options(spec, {"quantize": "int8"})
+    work = memory.work_bytes(1024 * 1024, 1, 2)
+    for free, in_place in ((work + 10_000, True), (work + 1_500, False)):  # 2000 bytes in bf16, 1000 in int8
+        monkeypatch.setattr(memory, "free_memory", lambda device, free=free: (int(free / memory.HEADROOM), 10**12))
+        plan = loader.plan(spec, options)
+        assert plan.offload == "none" and loader._quantize_in_place(spec, options, plan) is in_place

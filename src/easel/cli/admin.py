@@ -29,7 +29,7 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
         kind = "gguf" if spec.gguf else "checkpoint" if spec.checkpoint else "model"
         about = spec.description + (f" GGUF: {spec.name}:Q4_0 (Q8_0, Q5_K_S, ...)" if spec.gguf_files else "")
         local = spec.is_available_locally()
-        size = runner.footprint(spec) if local else {"size_gb": None, "fits": "unknown until it is on this machine"}
+        size = runner.footprint(spec) if local else {"size_gb": None, "fits": "unknown (not downloaded)"}
         rows.append({"name": spec.name, "kind": kind, "family": spec.family.name, "source": spec.source,
                      "base": spec.base, "local": local, "gated": spec.gated, **size, "description": about})
     for name, path in lora_files(runner.settings.loras_folder).items():
@@ -56,7 +56,7 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
 
     table = Table("model", "family", "local", "size", "fits here", "source", "about")
     for r in rows:
-        size = f"{r['size_gb']:.1f} GB" if r.get("size_gb") is not None else ""
+        size = f"{r['size_gb']:.2f} GB" if r.get("size_gb") is not None else ""
         table.add_row(r["name"], r["family"], "yes" if r["local"] else "no", size, r.get("fits", ""),
                       r["source"] + (" (gated)" if r["gated"] else ""), escape(r["description"]))
     Console().print(table)

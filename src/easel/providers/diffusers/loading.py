@@ -41,7 +41,8 @@ def quiet_libraries() -> None:
     """Keep transformers' and diffusers' notices about optional backends, and their progress bars, out of the
     user's terminal (transformers' first, before diffusers' import reaches into it)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import notices (int8)
+    for name in ("torchao", "torch.utils._pytree"):  # torchao's import notices (its CUDA kernels, on a CPU build)
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     import transformers.utils.logging
 
@@ -198,7 +199,7 @@ class Loader:
         its weights read from the file's mapping as they are needed (never copied whole into memory)."""
         from diffusers import GGUFQuantizationConfig
 
-        path, base = self.gguf_path(spec, download=not offline()), self.base_folder(spec)
+        path, base = self.gguf_path(spec), self.base_folder(spec)
         config = GGUFQuantizationConfig(compute_dtype=dtype)
         try:
             return _pipeline_class(spec.family.denoiser).from_single_file(
@@ -219,11 +220,10 @@ class Loader:
         started = time.perf_counter()
         with pipeline_errors(spec, "loading"):
             cls = _pipeline_class(spec.family.pipeline)
-            folder = None if spec.checkpoint or spec.gguf else self.pipeline_folder(spec) or self._download(spec)
+            folder = self._files(spec)  # downloaded first where they may be: the plan reads their headers
             plan = self.plan(spec, options, held=held)
             if spec.gguf:
-                pipe = cls.from_pretrained(self.base_folder(spec), transformer=self._gguf_denoiser(spec, dtype),
-                                           dtype=dtype)
+                pipe = cls.from_pretrained(folder, transformer=self._gguf_denoiser(spec, dtype), dtype=dtype)
             elif spec.checkpoint:
                 config = checkpoint_config(spec.local_path, self.configs_dir, token=self.token)
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
@@ -244,6 +244,14 @@ class Loader:
             if plan.offload != "none" and options["offload"] == "auto" else []
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
                               time.perf_counter() - started, warnings=chosen)
+
+    def _files(self, spec: ModelSpec) -> Path | None:
+        """The pipeline folder a model loads from (a GGUF denoiser's base, its file fetched too), downloading what
+        is missing where it may; None for a single-file checkpoint."""
+        if spec.gguf:
+            self.gguf_path(spec, download=not offline())
+            return self.base_folder(spec)
+        return None if spec.checkpoint else self.pipeline_folder(spec) or self._download(spec)
 
     def _quantize_in_place(self, spec: ModelSpec, options: dict[str, Any], plan: memory.Plan) -> bool:
         """Whether the denoiser is quantized on its device after it moves there: only where it runs whole on the
@@ -284,9 +292,9 @@ class Loader:
             return memory.Needs({"checkpoint": count * per}, memory.work_bytes(pixels, batch, per))
         try:
             gguf = self.gguf_path(spec) if spec.gguf else None
-            folder = self.base_folder(spec, download=False) if spec.gguf else self.pipeline_folder(spec)
         except ModelNotFoundError:
             return None
+        folder = self.pipeline_folder(spec)
         if folder is None or not (folder / "model_index.json").is_file():
             return None
         return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf)
@@ -400,17 +408,19 @@ def _quantize(pipe, mode: str) -> None:
     """After loading: fp8, the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by
     layer as each runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as
     they are); int8, its Linear layers' weights as 8-bit integers with a scale per row (torchao, weight-only)."""
+    import torch
+
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if mode == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
         quantize_(denoiser, Int8WeightOnlyConfig())
     if mode == "fp8":
-        import torch
-
         denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
-        for tensor in [*denoiser.parameters(), *denoiser.buffers()]:  # what stays in its dtype (norms, embeddings)
-            if tensor.dtype != torch.float8_e4m3fn:  # leaves the weights file: its mapping can close
+    if mode in ("fp8", "int8"):  # what stays as it was (norms, embeddings; int8's convolutions) leaves the weights
+        for tensor in [*denoiser.parameters(), *denoiser.buffers()]:  # file, whose mapping can then close
+            plain = type(tensor.data) is torch.Tensor and tensor.dtype != torch.float8_e4m3fn
+            if plain and tensor.device.type == "cpu":
                 tensor.data = tensor.data.clone()
 
 

@@ -101,7 +101,7 @@ class DiffusersProvider(Provider):
         options = self.loader.options(spec, {})
         need = self.loader.needs(spec, options)
         if need is None:
-            return {"size_gb": None, "fits": "unknown until it is on this machine"}
+            return {"size_gb": None, "fits": "unknown (not downloaded)"}
         try:
             plan = self.loader.plan(spec, options, held=self.cache.resident_bytes())
         except InvalidRequestError as exc:
