@@ -172,7 +172,8 @@ def test_add_ons_and_a_checkpoint_reach_the_model_replicas(tmp_path, tiny_models
             "response_format": "b64_json"}
     asks = [("tiny", {"loras": {"ink": 0.9}}), ("tiny", {"control": [control]}), ("tinyckpt", {}), ("tinyflux", {})]
     env = {"EASEL_RAY_MODELS": "tiny,tinyckpt,tinyflux", "HF_HUB_OFFLINE": "1",
-           "EASEL_GGUF_BASES": f"flux={home / 'flux-base'}"}
+           "EASEL_GGUF_BASES": f"flux={home / 'flux-base'}",
+           "EASEL_RAY_CPUS_PER_REPLICA": "0.5"}  # three model deployments on two cores
     with RayServer(home, env) as server:
         made = []
         for model, extra in asks:
