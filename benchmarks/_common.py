@@ -28,3 +28,28 @@ def rss() -> int:
     """This process's resident memory in bytes (Linux)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def own_process(parser, case):
+    """For the benchmarks that run each case in a process of its own (its RSS and peak its own): with `--case NAME
+    --home DIR`, run `case(home, name, side, steps)` here, print its JSON and return None; else the arguments."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(case(args.home, args.case, args.side, args.steps)))
+        return None
+    return args
+
+
+def run_case(script: str, name: str, home, side: int, steps: int):
+    """`script`'s case `name` in a new process (see `own_process`): the finished process, its JSON last on stdout."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, script, "--case", name, "--home", str(home), "--side", str(side),
+                           "--steps", str(steps)], capture_output=True, text=True)

@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import rss  # noqa: E402 - beside this file
+from _common import own_process, rss, run_case  # noqa: E402 - beside this file
 
 # black-forest-labs/FLUX.1-dev's transformer/config.json
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -155,11 +154,7 @@ def main() -> None:
     parser.add_argument("--quants", default="Q4_0,Q8_0")
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(case(args.home, args.case, args.side, args.steps)))
+    if (args := own_process(parser, case)) is None:
         return
     home = Path(tempfile.mkdtemp(prefix="easel-bench-gguf-"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)  # the GGUF files: 7-13 GB each
@@ -173,8 +168,7 @@ def main() -> None:
             print(json.dumps({"wrote": quant, "gb": round(size / 1e9, 3), "s": round(time.perf_counter() - t)}),
                   flush=True)
         model = "base" if quant == "base" else f"flux-dev-{quant}"
-        done = subprocess.run([sys.executable, __file__, "--case", model, "--home", str(home), "--side",
-                               str(args.side), "--steps", str(args.steps)], capture_output=True, text=True)
+        done = run_case(__file__, model, home, args.side, args.steps)
         if done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
         row = json.loads(done.stdout.splitlines()[-1])

@@ -17,7 +17,6 @@ import atexit
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import rss  # noqa: E402 - beside this file
+from _common import own_process, rss, run_case  # noqa: E402 - beside this file
 
 
 def stored_bytes(tensor) -> int:
@@ -67,11 +66,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["small", "full"], default="full")
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(case(args.home, args.case, args.side, args.steps)))
+    if (args := own_process(parser, case)) is None:
         return
 
     from bench_lora import build
@@ -81,8 +76,8 @@ def main() -> None:
     build(args.size).save_pretrained(home / "models" / "sd15-layout")
     rows = []
     for quantize in ("none", "fp8", "int8"):
-        done = subprocess.run([sys.executable, __file__, "--case", quantize, "--home", str(home), "--side",
-                               str(args.side), "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+        done = run_case(__file__, quantize, home, args.side, args.steps)
+        done.check_returncode()
         rows.append(json.loads(done.stdout.splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     plain = rows[0]

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from bench_gguf import FLUX_DEV, write_base, write_gguf  # noqa: E402 - beside this file
+from _common import own_process, run_case  # noqa: E402 - beside this file
+from bench_gguf import FLUX_DEV, write_base, write_gguf  # noqa: E402
 
 CASES = {"bf16": ("flux-dev-bf16", {}), "int8": ("flux-dev-bf16", {"quantize": "int8"}),
          "nf4": ("flux-dev-bf16", {"quantize": "nf4"}), "Q4_0": ("flux-dev-Q4_0", {"base": "BASE"}),
@@ -106,11 +106,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quantize-flux-gpu.json")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(case(args.home, args.case, args.side, args.steps)))
+    if (args := own_process(parser, case)) is None:
         return
     import torch
 
@@ -122,8 +118,7 @@ def main() -> None:
               "steps": args.steps, "files": build(home, cases), "cases": []}
     print(json.dumps(report["files"]), flush=True)
     for name in cases:
-        done = subprocess.run([sys.executable, __file__, "--case", name, "--home", str(home), "--side",
-                               str(args.side), "--steps", str(args.steps)], capture_output=True, text=True)
+        done = run_case(__file__, name, home, args.side, args.steps)
         row = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else \
             {"case": name, "error": done.stderr.strip().splitlines()[-1][:400] if done.stderr.strip() else "?"}
         report["cases"].append(row)
