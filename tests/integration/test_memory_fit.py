@@ -33,6 +33,9 @@ def test_a_model_that_cannot_fit_is_refused_before_it_loads(sd15, monkeypatch):
     assert caught.value.param == "model" and caught.value.code == "model_too_large"
     assert "needs about" in caught.value.message and "0.0 GB is free of RAM" in caught.value.message
     assert easel.api.default_runner().registry.get("diffusers").cache.keys() == []  # nothing loaded
+    runner = easel.api.default_runner()
+    said = runner.footprint(runner.catalog.resolve("tiny"))  # what `easel models` says of it here
+    assert said["fits"] == "no" and "needs about" in said["why"] and said["size_gb"] is not None
     monkeypatch.undo()
     assert easel.generate("a lighthouse", **KW)[0].image.size == (64, 64)
 

@@ -97,16 +97,15 @@ class DiffusersProvider(Provider):
 
     def footprint(self, spec: ModelSpec) -> dict[str, Any]:
         """Its size as it would load here (its files' headers, the dtype and quantization of the server's
-        options) and where the memory plan would put it: "yes", "with model offload", or why not."""
+        options) and where the memory plan would put it: "yes", "with model offload", or "no" and why."""
         options = self.loader.options(spec, {})
         need = self.loader.needs(spec, options)
         if need is None:
             return {"size_gb": None, "fits": "unknown (not downloaded)"}
         try:
             plan = self.loader.plan(spec, options, held=self.cache.resident_bytes())
-        except InvalidRequestError as exc:
-            return {"size_gb": round(need.weights / GB, 2), "fits": "no: " + exc.message.split(": ", 1)[1]
-                    .split(". ")[0]}
+        except InvalidRequestError as exc:  # the plan's own words say why
+            return {"size_gb": round(need.weights / GB, 2), "fits": "no", "why": exc.message}
         return {"size_gb": round(need.weights / GB, 2),
                 "fits": "yes" if plan.offload == "none" else f"with {plan.offload} offload"}
 
