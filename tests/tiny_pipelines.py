@@ -91,11 +91,15 @@ def build_sdxl():
     )
 
 
-def _flow_vae(latent_channels: int):
+def _flow_vae(latent_channels: int, blocks: int = 1):
+    """A tiny VAE; `blocks` 4 downsamples 8 times, as the real ones do (pipelines that resize their input images to
+    a megapixel, or assume the factor, need it)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                         latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,) * blocks,
+                         down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks,
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
                          use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
 
 
@@ -169,6 +173,216 @@ def build_qwen_image():
                              tokenizer=_byte_level_tokenizer())
 
 
+def _qwen_tokenizer(chat: bool = False):
+    """The byte-level tokenizer with Qwen's vision tokens (259-262), and a chat template where asked."""
+    tokenizer = _byte_level_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
+    if chat:
+        tokenizer.chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tokenizer
+
+
+def _qwen_vl(hidden: int = 16):
+    """A Qwen2.5-VL encoder (text and vision) at diffusers' test sizes, its vision tokens those of `_qwen_tokenizer`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = {"hidden_size": hidden, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "rope_theta": 1e6, "vocab_size": 272, "bos_token_id": 256, "eos_token_id": 256,
+            "rope_scaling": {"mrope_section": [1, 1, 2] if hidden == 16 else [2, 2, 4], "rope_type": "default",
+                             "type": "default"}}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16,
+                                                               "num_heads": 2, "out_hidden_size": hidden},
+                              hidden_size=hidden, vocab_size=272, vision_start_token_id=259, vision_end_token_id=260,
+                              image_token_id=261, video_token_id=262, vision_token_id=261)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def _qwen_edit_parts():
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    tokenizer = _qwen_tokenizer()
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                                 chat_template=tokenizer.chat_template)
+    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                text_encoder=_qwen_vl(), tokenizer=tokenizer, processor=processor)
+
+
+def build_qwen_image_edit():
+    from diffusers import QwenImageEditPipeline
+
+    return QwenImageEditPipeline(**_qwen_edit_parts())
+
+
+def build_qwen_image_edit_plus():
+    from diffusers import QwenImageEditPlusPipeline
+
+    return QwenImageEditPlusPipeline(**_qwen_edit_parts())
+
+
+def build_flux_kontext():
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline(**{**build_flux().components, "vae": _flow_vae(1, blocks=4)})
+
+
+def build_chroma():
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32,
+                                           approximator_layers=1, approximator_num_channels=16)
+    return ChromaPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(1),
+                          text_encoder=_t5().eval(), tokenizer=t5_tokenizer(), image_encoder=None,
+                          feature_extractor=None)
+
+
+def _qwen3(causal: bool, layers: int = 2):
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=272, max_position_embeddings=512)
+    return (Qwen3ForCausalLM if causal else Qwen3Model)(config).eval()
+
+
+def build_z_image():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5,
+                                           qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+                                           axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
+    with torch.no_grad():  # made with torch.empty: fixed, as diffusers' tests fix them
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], layers_per_block=1,
+                        latent_channels=16, norm_num_groups=32, sample_size=32, scaling_factor=0.3611,
+                        shift_factor=0.1159)
+    return ZImagePipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                          text_encoder=_qwen3(causal=False), tokenizer=_qwen_tokenizer(chat=True))
+
+
+def build_flux2_klein():
+    """FLUX.2 [klein]: its Qwen3 encoder deep enough for the layers the pipeline reads (9, 18 and 27)."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+                                          guidance_embeds=False)
+    vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                             up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1,
+                             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
+    return Flux2KleinPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                              text_encoder=_qwen3(causal=True, layers=28), tokenizer=_qwen_tokenizer(chat=True),
+                              is_distilled=True)
+
+
+def _gemma_tokenizer():
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "\u2581": 5}
+    for c in string.ascii_letters + string.digits + ",.!?'-:\n":
+        vocab.setdefault(c, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
+def _gemma2(hidden: int = 8, head_dim: int = 16, layers: int = 1):
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(Gemma2Config(head_dim=head_dim, hidden_size=hidden, intermediate_size=64,
+                                    num_attention_heads=2, num_hidden_layers=layers, num_key_value_heads=2,
+                                    vocab_size=80, max_position_embeddings=8192, attn_implementation="eager")).eval()
+
+
+def _dc_vae():
+    from diffusers import AutoencoderDC
+
+    return AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                         encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                         decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+                         decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
+                         decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+                         decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+                         upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+                         scaling_factor=0.41407)
+
+
+def _sana_transformer(**kw):
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(0)
+    return SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
+                                  attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
+                                  cross_attention_dim=8, caption_channels=8, sample_size=32, **kw)
+
+
+def build_sana():
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
+
+    return SanaPipeline(transformer=_sana_transformer(), vae=_dc_vae(), scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=7.0), text_encoder=_gemma2(), tokenizer=_gemma_tokenizer())
+
+
+def build_sana_sprint():
+    from diffusers import SanaSprintPipeline, SCMScheduler
+
+    return SanaSprintPipeline(transformer=_sana_transformer(qk_norm="rms_norm_across_heads", guidance_embeds=True),
+                              vae=_dc_vae(), scheduler=SCMScheduler(), text_encoder=_gemma2(),
+                              tokenizer=_gemma_tokenizer())
+
+
+def build_lumina2():
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    torch.manual_seed(0)
+    transformer = Lumina2Transformer2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=8, num_layers=2,
+                                            num_attention_heads=1, num_kv_heads=1, multiple_of=16,
+                                            ffn_dim_multiplier=None, norm_eps=1e-5, scaling_factor=1.0,
+                                            axes_dim_rope=[4, 2, 2], cap_feat_dim=8)
+    return Lumina2Pipeline(transformer=transformer, vae=_flow_vae(4, blocks=4).eval(),
+                           scheduler=FlowMatchEulerDiscreteScheduler(),
+                           text_encoder=_gemma2(head_dim=4, layers=2), tokenizer=_gemma_tokenizer())
+
+
+def build_hidream():
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    transformer = HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                                 num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
+                                                 caption_channels=[32, 16], text_emb_dim=64, num_routed_experts=4,
+                                                 num_activated_experts=2, axes_dims_rope=(4, 2, 2),
+                                                 max_resolution=(32, 32), llama_layers=(0, 1)).eval()
+    vae = _flow_vae(4, blocks=4)
+    clip = dict(hidden_act="gelu", max_position_embeddings=128)
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=272,
+                                         pad_token_id=256, bos_token_id=256, eos_token_id=256)).eval()
+    llama_tokenizer = _byte_level_tokenizer()
+    return HiDreamImagePipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(**clip)), tokenizer=clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(**clip)), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5().eval(), tokenizer_3=t5_tokenizer(), text_encoder_4=llama, tokenizer_4=llama_tokenizer)
+
+
 def save_gguf(denoiser, path: Path, quant: str, architecture: str) -> Path:
     """`denoiser`'s weights as a GGUF file in diffusers' key names: 2-D weights whose rows a block divides quantized
     as `quant` (Q8_0, Q4_0, ...), the rest kept as float32, as ComfyUI-GGUF keeps small tensors."""
@@ -192,6 +406,11 @@ def save_gguf(denoiser, path: Path, quant: str, architecture: str) -> Path:
 
 
 BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
+# the families of 2025-26, at the sizes of diffusers' own tests (Qwen-Image-Edit's processor needs torchvision)
+NEW_FAMILIES = {"flux-kontext": build_flux_kontext, "flux2-klein": build_flux2_klein, "z-image": build_z_image,
+                "chroma": build_chroma, "hidream": build_hidream, "sana": build_sana, "sana-sprint": build_sana_sprint,
+                "lumina2": build_lumina2, "qwen-image-edit": build_qwen_image_edit,
+                "qwen-image-edit-plus": build_qwen_image_edit_plus}
 
 
 def save_tiny(family: str, folder: Path) -> Path:

@@ -132,22 +132,26 @@ def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None,
          **options: Any) -> ImageResult:
     """Repaint the white part of `mask` in `image` to match `prompt`, keeping the rest (inpainting).
 
-    Without a mask, the image's fully transparent pixels are the area to repaint; with neither, the whole picture
-    changes as the prompt says (image-to-image). The edit blends in over `mask_blur` pixels (4); with
-    `inpaint_full_res` the model sees only the painted area (plus `inpaint_full_res_padding`), at full resolution.
+    Without a mask, the image's fully transparent pixels are the area to repaint. With neither, a model that edits
+    by instruction (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2) does what the prompt says ("make it winter"), and
+    `image` may be a list of images where it takes several ("the cat of the first on the sofa of the second");
+    any other model changes the whole picture as the prompt says (image-to-image). The edit blends in over
+    `mask_blur` pixels (4); with `inpaint_full_res` the model sees only the painted area (plus
+    `inpaint_full_res_padding`), at full resolution.
     """
-    picture = load_image(image, "image")
-    mode = masks.edit_mode(picture, mask, model)
-    mask_image = None if mode == "vary" else load_image(mask, "mask") if mask is not None else masks.from_alpha(picture)
+    pictures = [load_image(one, "image") for one in (image if isinstance(image, (list, tuple)) else [image])]
+    if not pictures:
+        from .errors import InvalidRequestError
+
+        raise InvalidRequestError("`image` must name at least one image.", param="image")
+    picture = pictures[0]
+    mask_image = load_image(mask, "mask") if mask is not None else masks.edit_area(picture)
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None,
                                steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
-                               scheduler=None, output_format=output_format, options=options, mode=mode,
+                               scheduler=None, output_format=output_format, options=options, mode="edit",
                                image=picture, mask=mask_image, strength=strength)
-    if mode == "edit":
-        request = request.replace(mask_blur=mask_blur, inpaint_full_res=inpaint_full_res,
-                                  inpaint_full_res_padding=inpaint_full_res_padding)
-    elif strength is None:
-        request = request.replace(strength=masks.WHOLE_PICTURE_STRENGTH)
+    request = request.replace(references=pictures[1:], mask_blur=mask_blur, inpaint_full_res=inpaint_full_res,
+                              inpaint_full_res_padding=inpaint_full_res_padding)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 

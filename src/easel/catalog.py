@@ -22,15 +22,6 @@ COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1"
                       "F16")
 GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
 
-# diffusers pipeline class -> Easel family, for models that are not in the catalog
-_CLASS_FAMILIES = {
-    "ShapesPipeline": "builtin",
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-    "QwenImagePipeline": "qwen-image",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +74,15 @@ class ModelFamily:
     quality_words: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, OptionSpec] = dataclasses.field(default_factory=dict)
     denoiser: str | None = None  # its denoiser's class (diffusers), where the family's GGUF files load into it
+    # "instruction": an edit without a mask follows the prompt ("make it winter"), its images the pipeline's own
+    # input (`input_images` of them at most); None: such an edit is an image-to-image of the whole picture
+    edits: str | None = None
+    input_images: int = 1
+    pipelines: dict[str, str] = dataclasses.field(default_factory=dict)  # pipeline class by mode, beside `pipeline`
+    area_param: str | None = None  # the pipeline argument that takes the output's area (it sizes by area and aspect)
+    edit_needs_mask: bool = False  # an edit must name its area (a mask, or the image's transparency)
+    warning: str | None = None  # said with every image it makes (a pipeline Easel runs without knowing it)
+    requires: tuple[str, ...] = ()  # modules its pipeline cannot load without (beyond Easel's own dependencies)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +188,7 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         supports=tuple(raw.pop("supports")),
         aspects={k: tuple(v) for k, v in raw.pop("aspects").items()},
         takes=tuple(raw.pop("takes", ("steps", "guidance", "seed"))),
+        requires=tuple(raw.pop("requires", ())),
         options=options,
         **raw,
     )
@@ -198,6 +199,12 @@ class ModelCatalog:
 
     def __init__(self, data: dict[str, Any]):
         self.families = {name: _family(name, raw) for name, raw in data["families"].items()}
+        # a pipeline folder's class -> its family (the first family of a class: sd15 before sd-turbo)
+        self._class_families = {"ShapesPipeline": "builtin"}
+        for name, family in self.families.items():
+            if family.provider == "diffusers" and family.pipeline.isidentifier() and \
+                    family.pipeline != "DiffusionPipeline":
+                self._class_families.setdefault(family.pipeline, name)
         self.models: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
         self._broken: dict[str, EaselError] = {}  # operator's checkpoints that cannot run, by name: why
@@ -256,6 +263,7 @@ class ModelCatalog:
     def _copy(self) -> ModelCatalog:
         copy = ModelCatalog.__new__(ModelCatalog)
         copy.families, copy.models, copy._aliases = dict(self.families), dict(self.models), dict(self._aliases)
+        copy._class_families = self._class_families
         copy._broken = dict(self._broken)
         return copy
 
@@ -366,7 +374,9 @@ class ModelCatalog:
             raise ModelNotFoundError(f"{str(path)!r} has a model_index.json that cannot be read.",
                                      param="model") from None
         class_name = info.get("_class_name", "") if isinstance(info, dict) else ""
-        return self.families[_CLASS_FAMILIES.get(class_name, "generic")]
+        if class_name in self._class_families:
+            return self.families[self._class_families[class_name]]
+        return generic_family(self.families["generic"], class_name)
 
     def _family_of_hub_id(self, repo_id: str) -> ModelFamily:
         from huggingface_hub import try_to_load_from_cache
@@ -375,6 +385,43 @@ class ModelCatalog:
         if isinstance(cached, str):
             return self.family_of_folder(Path(cached).parent)
         return self.families["generic"]
+
+
+def generic_family(generic: ModelFamily, class_name: str) -> ModelFamily:
+    """A pipeline class Easel has no family for, run with the defaults its `__call__` declares (steps, guidance,
+    size, whether it reads a negative prompt) where it declares them, and a warning that says so."""
+    return dataclasses.replace(generic, **_declared_defaults(class_name))
+
+
+@lru_cache(maxsize=64)
+def _declared_defaults(class_name: str) -> dict[str, Any]:
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.DiffusionPipeline):
+        return {"warning": f"{class_name or 'this pipeline'} is not a diffusers pipeline class Easel knows: it runs "
+                           "with generic defaults"}
+    params = inspect.signature(cls.__call__).parameters
+    declared = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    changes: dict[str, Any] = {"pipeline": class_name}
+    if isinstance(declared.get("num_inference_steps"), int):
+        changes["steps"] = declared["num_inference_steps"]
+    if "guidance_scale" not in params and "true_cfg_scale" in params:
+        changes["cfg_param"] = "true_cfg_scale"
+    cfg = changes.get("cfg_param", "guidance_scale")
+    if isinstance(declared.get(cfg), (int, float)) and not isinstance(declared.get(cfg), bool):
+        changes["guidance"] = float(declared[cfg])
+    if isinstance(declared.get("width"), int) and isinstance(declared.get("height"), int):
+        changes["size"] = (declared["width"], declared["height"])
+        changes["aspects"] = {"1:1": changes["size"]}
+    changes["negative_prompt"] = "negative_prompt" in params
+    changes["negative_prompt_needs"] = cfg if "negative_prompt" in params else None
+    used = ", ".join(f"{k} {changes[k]}" for k in ("steps", "guidance") if k in changes)
+    changes["warning"] = (f"{class_name} runs as a generic diffusers pipeline: Easel has no family for it, so its "
+                          f"defaults are those its signature declares ({used or 'none'}) and Easel's own otherwise")
+    return changes
 
 
 def with_base(spec: ModelSpec, base: ModelSpec) -> ModelSpec:
@@ -424,7 +471,7 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
                 continue
             folders[path.name] = path
     aliases: dict[str, str] = {}
-    for configured in (settings.default_model, settings.openai_model):
+    for configured in (settings.default_model, settings.openai_model, settings.openai_edit_model):
         if not configured or configured.strip().lower() in base._aliases:
             continue
         path = Path(configured.strip()).expanduser()

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from .catalog import ModelCatalog, ModelSpec, OptionSpec, default_catalog, is_hub_id, names_a_file, with_base
 from .errors import EaselError, InvalidRequestError, UnsupportedError
+from .masks import WHOLE_PICTURE_STRENGTH
 from .moderation import check_prompt
 from .prompts import is_weighted, lora_tags, revise_prompt, unweighted
 from .types import MODES, OUTPUT_FORMATS, ImageRequest, parse_size
@@ -103,7 +104,8 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     # a model named by a caller may be a folder only where the caller is the machine's user (not a server client)
     spec = (catalog.resolve(request.model, allow_paths=allow_paths) if request.model
             else catalog.resolve(default_model))
-    r = request.replace(model=spec.name, extra=dict(request.extra), loras=request.loras)
+    r = request.replace(model=spec.name, extra=dict(request.extra), loras=request.loras,
+                        warnings=list(request.warnings))
     spec = _check_base(r, spec, catalog, allow_paths)  # a GGUF denoiser's pipeline, where the caller names one
     _check_prompts(r, spec, moderate)  # 1. prompt and negative prompt, LoRAs (named or tagged in the prompt)
     model_prompt = _check_loras(r, spec, allow_paths)
@@ -282,9 +284,18 @@ def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
     family = spec.family
     if r.mode not in MODES:
         raise InvalidRequestError(f"`mode` must be one of {', '.join(MODES)} but is {r.mode!r}.", param="mode")
+    if r.mode == "edit" and r.mask is None and r.image is not None:
+        _whole_picture_edit(r, spec)
+    if r.references and not (r.mode == "edit" and r.mask is None and family.edits == "instruction"):
+        raise InvalidRequestError(f"{spec.name} takes one input image here but got {1 + len(r.references)}: several "
+                                  "images go to a model that edits by instruction from several (flux2-klein, "
+                                  "qwen-image-edit-plus, qwen-image-2) in an edit without a mask.", param="image")
     if r.mode not in family.supports:
         what = {"edit": "edits (inpainting)", "vary": "variations (image-to-image)"}.get(r.mode, r.mode)
         raise UnsupportedError(f"{spec.name} does not support {what}.", param="model")
+    if r.mode == "edit" and r.mask is not None and family.edits == "instruction" and "edit" not in family.pipelines:
+        raise UnsupportedError(f"{spec.name} edits by instruction only and takes no mask: leave the mask out (and say "
+                               "in the prompt what to change).", param="mask")
     if r.mode in ("edit", "vary") and r.image is None:
         raise InvalidRequestError(f"`image` is required for mode {r.mode!r}.", param="image")
     if r.mode == "edit" and r.mask is not None and r.mask.size != r.image.size:
@@ -296,12 +307,41 @@ def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
         r.strength = _require_number("strength", r.strength, 0.01, 1.0)
     elif r.mode == "vary":
         r.strength = 0.6
+    if r.mode == "edit" and r.mask is None:  # an instruction edit: the pipeline takes the images as they are
+        if r.strength is not None:
+            r.warnings.append(f"{spec.name} edits by instruction: `strength` ({r.strength}) does not apply")
+            r.strength = None
+        return
     if r.mode == "edit":
         r.mask_blur = _require_int("mask_blur", DEFAULT_MASK_BLUR if r.mask_blur is None else r.mask_blur, 0, 64)
         if not isinstance(r.inpaint_full_res, bool):
             raise InvalidRequestError(f"`inpaint_full_res` must be true or false but is {r.inpaint_full_res!r}.",
                                       param="inpaint_full_res")
         r.inpaint_full_res_padding = _require_int("inpaint_full_res_padding", r.inpaint_full_res_padding, 0, 512)
+
+
+def _whole_picture_edit(r: ImageRequest, spec: ModelSpec) -> None:
+    """An edit with no mask and no transparent area: an instruction edit on a model that edits that way, else the
+    whole picture changed as the prompt says (image-to-image at WHOLE_PICTURE_STRENGTH unless a strength is given),
+    as OpenAI's gpt-image models do; refused where the model does neither, or needs the area named (dall-e-2)."""
+    family = spec.family
+    if family.edits == "instruction":
+        if 1 + len(r.references) > family.input_images:
+            raise InvalidRequestError(f"{spec.name} edits from at most {family.input_images} image"
+                                      f"{'s' if family.input_images > 1 else ''} but got {1 + len(r.references)}.",
+                                      param="image")
+        return
+    if "edit" not in family.supports:
+        return  # refused as an edit
+    if family.edit_needs_mask:
+        raise InvalidRequestError(f"{spec.name} edits the area a mask names (or the image's transparent pixels), and "
+                                  "neither was given.", param="mask")
+    if "vary" not in family.supports:
+        raise UnsupportedError(f"{spec.name} has no image-to-image: an edit needs a mask (the area to repaint).",
+                               param="mask")
+    r.mode = "vary"
+    if r.strength is None:
+        r.strength = WHOLE_PICTURE_STRENGTH
 
 
 def _check_numbers(r: ImageRequest, spec: ModelSpec, request: ImageRequest) -> None:
@@ -426,7 +466,9 @@ def _check_choices(r: ImageRequest, spec: ModelSpec) -> None:
 
 def _ignored(spec: ModelSpec, r: ImageRequest) -> list[str]:
     """What the model will receive but not use, said in the result rather than dropped silently."""
-    family, warnings = spec.family, []
+    family, warnings = spec.family, [*r.warnings]
+    if family.warning:
+        warnings.append(family.warning)
     needs = family.negative_prompt_needs
     negative = (r.negative_prompt or "").strip() and r.negative_prompt != family.default_negative_prompt
     if needs and negative:

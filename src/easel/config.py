@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     configs_dir: Path | None = Field(None, description="Folder of the pipeline configurations single-file "
                                      "checkpoints load with (default: HOME/configs).")
     openai_model: str | None = Field(None, description="Easel model behind dall-e-2/3 and gpt-image-*.")
+    openai_edit_model: str | None = Field(None, description="Easel model behind edits that name dall-e-2 or "
+                                          "gpt-image-* (one that edits by instruction: flux-kontext, "
+                                          "qwen-image-edit, flux2-klein); default: the openai_model.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(32, ge=1, description="Jobs that may wait; more are answered 429.")
     max_batch_images: int = Field(8, ge=1, description="Images the engine runs in one model call.")

@@ -37,14 +37,11 @@ def has_transparency(image: PIL.Image.Image) -> bool:
 WHOLE_PICTURE_STRENGTH = 0.8  # an edit of the whole picture: the prompt shows, the picture's layout stays
 
 
-def edit_mode(image: PIL.Image.Image, mask: PIL.Image.Image | None, model: str | None) -> str:
-    """"edit" (repaint the mask, or the transparent area), or for an edit with neither (no mask, an opaque picture)
-    "vary": the whole picture changed as the prompt says, as gpt-image models do (at WHOLE_PICTURE_STRENGTH unless
-    a strength is given). dall-e-2 keeps its documented
-    rule (a mask or transparency is required), so there the edit stays one and is refused."""
-    if mask is not None or has_transparency(image) or (model or "").endswith("dall-e-2"):
-        return "edit"
-    return "vary"
+def edit_area(image: PIL.Image.Image) -> PIL.Image.Image | None:
+    """The area an edit with no mask repaints: the image's fully transparent pixels, or None (an opaque picture):
+    then the edit follows the prompt on a model that edits by instruction, and elsewhere changes the whole picture
+    (image-to-image at WHOLE_PICTURE_STRENGTH, as gpt-image models do; see `checks`)."""
+    return from_alpha(image) if has_transparency(image) else None
 
 
 def binary(mask: PIL.Image.Image) -> PIL.Image.Image:

@@ -37,18 +37,15 @@ def to_image_request(prompt: str, *, model: str | None = None, n: int = 1, size:
                      steps: int | None = None, guidance_scale: float | None = None, strength: float | None = None,
                      image=None, mask=None, mask_blur: int | None = None, only_masked: bool = False) -> ImageRequest:
     """The tools' arguments as a request: the front's one mapping. An image makes it an edit, repainting the
-    mask's white area, or with no mask the image's transparent area, or with neither the whole picture."""
+    mask's white area, or with no mask the image's transparent area, or with neither doing what the prompt says
+    (by instruction on a model that edits that way, else to the whole picture)."""
     if image is None:
         return ImageRequest(prompt=prompt, model=model, num_images=n, size=size, aspect=aspect, seed=seed,
                             negative_prompt=negative_prompt, num_inference_steps=steps,
                             guidance_scale=guidance_scale)
-    mode = masks.edit_mode(image, mask, model)
-    request = ImageRequest(prompt=prompt, model=model, num_images=n, seed=seed, strength=strength, mode=mode,
-                           image=image.convert("RGB"))
-    if mode == "vary":
-        return request.replace(strength=masks.WHOLE_PICTURE_STRENGTH if strength is None else strength)
-    return request.replace(mask=masks.binary(mask) if mask else masks.from_alpha(image), mask_blur=mask_blur,
-                           inpaint_full_res=only_masked)
+    area = masks.binary(mask) if mask else masks.edit_area(image)  # None: by instruction, or the whole picture
+    return ImageRequest(prompt=prompt, model=model, num_images=n, seed=seed, strength=strength, mode="edit",
+                        image=image.convert("RGB"), mask=area, mask_blur=mask_blur, inpaint_full_res=only_masked)
 
 
 def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 IMAGES = ("image", "mask")
 UNITS = ("control", "ip_adapter")
+LISTS = ("references",)  # lists of images
 SET_BY_CHECK = ("revised_prompt", "enhanced_by", "warnings")  # written in records, never taken from a client
 FILE = "file:"  # an image given as a named file beside the JSON: "file:<name>"
 _UNIT_FIELDS = [f.name for f in dataclasses.fields(ControlUnit) if f.name != "map"]
@@ -42,10 +43,11 @@ def to_json(r: ImageRequest, images: str = "base64") -> tuple[dict[str, Any], di
             return FILE + name
         return _base64(image)
 
-    kept = [f.name for f in dataclasses.fields(r) if f.name not in (*IMAGES, *UNITS, *SET_BY_CHECK)]
+    kept = [f.name for f in dataclasses.fields(r) if f.name not in (*IMAGES, *UNITS, *LISTS, *SET_BY_CHECK)]
     out = {name: getattr(r, name) for name in kept}
     out.update({name: getattr(r, name) for name in SET_BY_CHECK if getattr(r, name)})  # a checked request's
     out.update({name: picture(name, getattr(r, name)) for name in IMAGES})
+    out["references"] = [picture(f"references.{i}", image) for i, image in enumerate(r.references)]
     out["extra"], out["loras"] = dict(r.extra), dict(r.loras)
     out["control"] = [{**{k: getattr(u, k) for k in _UNIT_FIELDS}, "image": picture(f"control.{i}", u.image)}
                       for i, u in enumerate(r.control)]
@@ -66,9 +68,11 @@ def from_json(data: Any, files: dict[str, PIL.Image.Image] | None = None) -> Ima
                                   f"{', '.join(sorted(fields))}).", param=unknown[0])
     if "prompt" not in data:
         raise InvalidRequestError("Missing required parameter: 'prompt'.", param="prompt")
-    values = {k: v for k, v in data.items() if k not in (*IMAGES, *UNITS)}
+    values = {k: v for k, v in data.items() if k not in (*IMAGES, *UNITS, *LISTS)}
     for name in IMAGES:
         values[name] = _image(data.get(name), name, files)
+    values["references"] = [_image(one, f"references.{i}", files)
+                            for i, one in enumerate(_list(data.get("references"), "references"))]
     values["control"] = [_unit(unit, i, files) for i, unit in enumerate(_list(data.get("control"), "control"))]
     values["ip_adapter"] = _ip_adapter(data.get("ip_adapter"), files)
     return ImageRequest(**values)
@@ -79,6 +83,8 @@ def record(r: ImageRequest) -> dict[str, Any]:
     out = {name: getattr(r, name) for name in RECORDED}
     if r.strength is not None and r.mode != "generate":
         out["strength"] = r.strength
+    if r.mode == "edit" and r.mask is None:  # after the check: an edit by instruction, of this many images
+        out["edit"], out["input_images"] = "instruction", 1 + len(r.references)
     if r.extra:
         out["extra"] = dict(r.extra)
     if r.loras:

@@ -33,7 +33,9 @@ class ImageRequest:
     `size` ("1024x1792") or `aspect` ("16:9", one of the model family's presets) may stand in for `width` and
     `height`; `extra` holds options of one model family (e.g. Qwen-Image's `true_cfg_scale`). `image`, `mask`
     and `strength` are for edits (inpainting) and variations (image-to-image); `mask_blur`, `inpaint_full_res` and
-    `inpaint_full_res_padding` shape an edit as A1111's fields of those names do.
+    `inpaint_full_res_padding` shape an edit as A1111's fields of those names do. An edit without a mask follows
+    the prompt as an instruction on a model that edits that way (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2), with
+    `references` as its further input images; on any other model it changes the whole picture (image-to-image).
     """
 
     prompt: str
@@ -53,6 +55,7 @@ class ImageRequest:
     mode: str = "generate"
     image: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
     mask: PIL.Image.Image | None = dataclasses.field(default=None, repr=False)
+    references: list[PIL.Image.Image] = dataclasses.field(default_factory=list, repr=False)  # more input images
     strength: float | None = None
     mask_blur: int | None = None  # pixels over which an edit blends into the picture (default 4, as in A1111)
     inpaint_full_res: bool = False  # the model sees only the painted area (plus the padding), at full resolution

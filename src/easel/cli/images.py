@@ -247,9 +247,14 @@ def _left_out(request, source: Path):
 @app.command()
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to change.")],
-    prompt: Annotated[str, typer.Argument(help="What the masked area should show.")],
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="White = repaint. Default: the transparent part "
-                                                 "(or, with none, the whole picture as the prompt says).")] = None,
+    prompt: Annotated[str, typer.Argument(help="What the masked area should show, or with no mask what to change "
+                                          "(\"make it winter\").")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="White = repaint. Default: the transparent part; "
+                                                 "with none, what the prompt says, by instruction on a model that "
+                                                 "edits that way, else to the whole picture.")] = None,
+    more: Annotated[Optional[list[Path]], typer.Option("--image", help="Another input image, for a model that edits "
+                                                       "from several (qwen-image-edit-plus, flux2-klein); repeatable.")]
+    = None,
     mask_blur: Annotated[Optional[int], typer.Option("--mask-blur", help="Pixels over which the edit blends in "
                                                      "(default 4).")] = None,
     only_masked: Annotated[bool, typer.Option("--only-masked", help="The model sees only the masked area (plus "
@@ -270,15 +275,16 @@ def edit(
     option: Options = None,
     lora: Loras = None,
 ) -> None:
-    """Repaint part of an image (inpainting).
+    """Repaint part of an image (inpainting), or edit it by instruction.
 
-    Example: easel edit scene.png "a green triangle" --mask mask.png
+    Examples: easel edit scene.png "a green triangle" --mask mask.png;
+    easel edit photo.png "make it winter" --model flux-kontext
     """
     from .. import api
 
     _run(local, as_json, lambda on_step: api.edit(
-        image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance, seed=seed,
-        negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked, inpaint_full_res_padding=padding,
+        [image, *more] if more else image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance,
+        seed=seed, negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked, inpaint_full_res_padding=padding,
         output_format=output_format, out_dir=out, on_step=on_step, loras=_loras(lora), **_options(option, api.edit),
         **_base(base)))
 

@@ -313,7 +313,8 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
 
 @router.post("/img2img")
 async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
-    """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting."""
+    """Image to image with `denoising_strength`; with `mask` (white = repaint), inpainting; on a model that edits by
+    instruction, without a mask, the prompt's edit of `init_images` (several where the model takes them)."""
     try:
         if not body.init_images:
             raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
@@ -324,6 +325,11 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
             return await _run(body, request, "edit", image=image, mask=mask, strength=body.denoising_strength,
                               mask_blur=body.mask_blur, inpaint_full_res=body.inpaint_full_res,
                               inpaint_full_res_padding=body.inpaint_full_res_padding)
+        spec = request.app.state.engine.runner.catalog.resolve(model_for(body, _state(request)), allow_paths=False)
+        if spec.family.edits == "instruction":  # "make it winter": the prompt is the edit, the images its input
+            more = [(await run_in_threadpool(_decode, one, "init_images")).convert("RGB")
+                    for one in body.init_images[1:]]
+            return await _run(body, request, "edit", image=image, references=more)
         return await _run(body, request, "vary", image=image, strength=body.denoising_strength)
     except EaselError as exc:
         raise exc.renamed(PARAMS) from None

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     signer = UrlSigner(load_secret(settings.home / "server_secret", settings.server_secret), clock=clock)
     app.state.settings, app.state.runner, app.state.engine, app.state.warmup = settings, runner, engine, warmup
     app.state.signer, app.state.local_model = signer, local_model
-    app.state.images = ImagesService(runner, signer, local_model)
+    app.state.images = ImagesService(runner, signer, local_model, settings.openai_edit_model)
     app.state.a1111 = a1111.A1111State(local_model)
 
     for exc_type in (EaselError, RequestValidationError, HTTPException, Exception):

@@ -369,9 +369,10 @@ class Ingress:
 
 # -- building the application ------------------------------------------------------------------------------------------
 def deployed_models(settings: Settings) -> list[str]:
-    """The models that get a model deployment: EASEL_RAY_MODELS, else the server's model."""
+    """The models that get a model deployment: EASEL_RAY_MODELS, else the server's model (and its edit model)."""
     names = [m.strip() for m in settings.ray_models.split(",") if m.strip()]
-    return names or [settings.openai_model or settings.default_model]
+    served = [settings.openai_model or settings.default_model, settings.openai_edit_model]
+    return names or list(dict.fromkeys(name for name in served if name))
 
 
 def _deployment_name(model: str) -> str:

@@ -365,9 +365,7 @@ class Handlers:
     def inpaint(self, value, prompt, strength, seed, mask_blur=4, only_masked=False, padding=32,
                 progress=gr.Progress()):
         try:
-            image, mask = self.editor_parts(value)
-            if mask is None:
-                raise gr.Error("Paint over the part to change (the brush marks the mask).", print_exception=False)
+            image, mask = self.editor_parts(value)  # nothing painted: the prompt's edit of the whole picture
             job = self.submit(to_image_request(prompt, mode="edit", image=image, mask=mask, strength=strength,
                                                seed=seed, mask_blur=mask_blur, only_masked=only_masked,
                                                padding=padding))

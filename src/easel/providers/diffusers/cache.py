@@ -45,14 +45,18 @@ class LoadedPipeline:
             self._tiny_decoder = _load_tiny_decoder(spec.family.preview_decoder, self.pipe)
         return self._tiny_decoder
 
-    def for_mode(self, mode: str):
-        """The pipeline for a mode; edit and variation pipelines share the loaded weights (`from_pipe`)."""
-        if mode == "generate" or getattr(self.pipe, "supports_image_input", False):
+    def for_mode(self, mode: str, classes: dict[str, str] | None = None):
+        """The pipeline for a mode ("instruction": the pipeline itself, which takes the images); edit and variation
+        pipelines share the loaded weights (`from_pipe`): the family's class for the mode (`classes`) where it
+        names one, else diffusers' AutoPipeline's."""
+        if mode in ("generate", "instruction") or getattr(self.pipe, "supports_image_input", False):
             return self.pipe
         if mode not in self.derived:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+            import diffusers
 
-            auto = AutoPipelineForInpainting if mode == "edit" else AutoPipelineForImage2Image
+            named = (classes or {}).get(mode)
+            auto = getattr(diffusers, named) if named else \
+                diffusers.AutoPipelineForInpainting if mode == "edit" else diffusers.AutoPipelineForImage2Image
             try:
                 self.derived[mode] = auto.from_pipe(self.pipe)
                 self.derived[mode].set_progress_bar_config(disable=True)

@@ -58,6 +58,8 @@ def _text_inputs(batch: Batch, options: dict[str, Any]) -> dict[str, Any]:
     }
     if not spec.family.keeps_native_size:
         kwargs.update(width=first.width, height=first.height)
+    if spec.family.area_param:
+        kwargs[spec.family.area_param] = first.width * first.height
     if any(r.negative_prompt for r in batch.requests):
         kwargs["negative_prompt"] = [r.negative_prompt or "" for r, seeds in batch for _ in seeds]
     return kwargs
@@ -72,6 +74,9 @@ def _image_inputs(batch: Batch) -> dict[str, Any]:
     request, count = batch.first, len(batch.all_seeds)
     if request.mode not in ("edit", "vary"):
         return {}
+    if pipeline_mode(batch) == "instruction":  # as given: the pipeline sizes its inputs as its model was trained
+        images = [image.convert("RGB") for image in (request.image, *request.references)]
+        return {"image": images if len(images) > 1 else images[0]}
     strength = request.strength if request.strength is not None else 1.0
     if batch.latents is not None:  # taken as they are
         latents = batch.latents[None]
@@ -83,6 +88,14 @@ def _image_inputs(batch: Batch) -> dict[str, Any]:
     if request.mode == "edit" and request.mask is not None:
         kwargs["mask_image"] = request.mask.convert("L").resize(image.size)
     return kwargs
+
+
+def pipeline_mode(batch: Batch) -> str:
+    """The request's mode, or "instruction" for an edit without a mask on a model that edits by instruction."""
+    request = batch.first
+    if request.mode == "edit" and request.mask is None and batch.spec.family.edits == "instruction":
+        return "instruction"
+    return request.mode
 
 
 def total_steps(batch: Batch, kwargs: dict[str, Any]) -> int:

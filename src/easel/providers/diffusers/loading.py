@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...catalog import model_folders, names_a_file
 from ...checkpoints import gguf_file
-from ...errors import AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError
+from ...errors import AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError, UnsupportedError
 from . import memory
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
@@ -325,7 +325,14 @@ class Loader:
         return pull_model(spec, self.token)
 
     def check(self, spec: ModelSpec) -> None:
-        """Refuse before queueing a model that cannot load with no network while offline."""
+        """Refuse before queueing a model that cannot load: a module its pipeline needs is missing, or it is not on
+        this machine while offline."""
+        for module in spec.family.requires:
+            if importlib.util.find_spec(module) is None:
+                raise UnsupportedError(
+                    f"{spec.name} needs {module}, which is not installed: transformers builds its text encoder's "
+                    f"processor only with it. Install the {module} build of your torch (with torch's CPU wheel: pip "
+                    f"install {module} --index-url https://download.pytorch.org/whl/cpu).", param="model")
         if spec.gguf:
             if offline():
                 self.gguf_path(spec)

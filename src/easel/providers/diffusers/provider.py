@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from ...catalog import ModelSpec
     from ...types import ImageRequest
 
-OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making variations"}
+OPERATIONS = {"generate": "generating", "edit": "inpainting", "vary": "making variations",
+              "instruction": "editing by instruction"}
 
 
 class DiffusersProvider(Provider):
@@ -136,9 +137,11 @@ class DiffusersProvider(Provider):
         loaded = self.load(spec, load)                                             # 1. the pipeline
         kwargs = inputs.for_batch(batch, options)                                  # 2. prompts, seeds, size, images
         steps = StepReporter(progress, loaded, batch, inputs.total_steps(batch, kwargs))
-        with loaded.lock, pipeline_errors(spec, OPERATIONS[first.mode]), contextlib.ExitStack() as stack:
+        mode = inputs.pipeline_mode(batch)
+        with loaded.lock, pipeline_errors(spec, OPERATIONS[mode]), contextlib.ExitStack() as stack:
             loaded.calls += 1  # the add-ons this call uses are the last to go (see PipelineCache.trim)
-            call = Call(loaded, batch, loaded.for_mode(first.mode), kwargs, self.loader.record(load, spec))
+            call = Call(loaded, batch, loaded.for_mode(mode, spec.family.pipelines), kwargs,
+                        self.loader.record(load, spec))
             for adapter, uses in adapters:                                         # 3. each adapter enters
                 call.kwargs = {**call.kwargs, **stack.enter_context(adapter.enter(call, uses))}
             if spec.family.weights:

@@ -120,7 +120,9 @@ async def generations(body: GenerationRequest, request: Request):
                            "description": "The image to edit (also sent as `image[]`, up to 16)."},
                  "mask": {**_FILE, "description": "Transparent where the image should change."}}, ["image"]))
 async def edits(request: Request):
-    """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`)."""
+    """Repaint the transparent area of `mask` (or of the image) in `image` (multipart; `image` or `image[]`); with
+    neither, on a model that edits by instruction, do what the prompt says with the images (several where it takes
+    them), else change the whole picture as the prompt says."""
     params, images, mask = await _read_form(request, EditRequest)
     if mask is not None and mask.size != images[0].size:
         raise InvalidRequestError(
@@ -128,10 +130,9 @@ async def edits(request: Request):
             f"but is {mask.width}x{mask.height}.", param="mask")
     service: ImagesService = request.app.state.images
 
-    def prepare() -> Prepared:
-        if masks.edit_mode(images[0], mask, params.model) == "vary":  # no mask, no transparency: the whole picture
-            return service.prepare(params, "vary", images[:1], event_prefix="image_edit")
-        return service.prepare(params, "edit", images, masks.from_openai(mask, images[0]))
+    def prepare() -> Prepared:  # no mask and no transparency: by instruction, or the whole picture (see checks)
+        area = masks.from_openai(mask, images[0]) if mask is not None else masks.edit_area(images[0])
+        return service.prepare(params, "edit", images, area)
 
     prepared = await run_in_threadpool(prepare)
     return await _complete(prepared, request, bool(params.stream), params.partial_images)

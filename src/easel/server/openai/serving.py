@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from ...checks import CheckedRequest
 from ...control import ip_adapter_from_json, units_from_json
 from ...errors import InvalidRequestError, UnsupportedError
-from ... import masks
 from ...metadata import encode_image, prompt_of
 from ...prompts import OPENAI_STYLES, with_style
 from ...openai_models import check_openai_rules, rules_for
@@ -73,12 +72,11 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         num_images=1 if req.n is None else req.n, size=None if req.size in (None, "auto") else req.size,
         num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale, seed=req.seed,
         negative_prompt=req.negative_prompt, output_format=getattr(req, "output_format", None) or "png",
-        mode=mode, image=images[0] if images else None, mask=mask,
+        mode=mode, image=images[0] if images else None, mask=mask, references=list(images[1:]) if images else [],
         moderation=getattr(req, "moderation", None) or "auto",
         mask_blur=getattr(req, "mask_blur", None), inpaint_full_res=bool(getattr(req, "inpaint_full_res", False)),
         inpaint_full_res_padding=_given(getattr(req, "inpaint_full_res_padding", None), 32),
-        strength=_given(getattr(req, "strength", None),
-                        masks.WHOLE_PICTURE_STRENGTH if mode == "vary" and isinstance(req, EditRequest) else None),
+        strength=getattr(req, "strength", None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler,
         extra=_json_object(req.options, "options", "option: value"),
         loras=_json_object(req.loras, "loras", "name: weight"), enhance_prompt=req.enhance_prompt,
@@ -120,15 +118,15 @@ class Prepared:
 class ImagesService:
     """Generations, edits and variations on top of a Runner; signs URLs for `response_format=url`."""
 
-    def __init__(self, runner: Runner, signer: UrlSigner, local_model: str):
+    def __init__(self, runner: Runner, signer: UrlSigner, local_model: str, edit_model: str | None = None):
         self.runner = runner
         self.signer = signer
         self.local_model = local_model
+        self.edit_model = edit_model or local_model  # what OpenAI's names edit with (EASEL_OPENAI_EDIT_MODEL)
 
     # -- request mapping -------------------------------------------------------------------------------------------
     def prepare(self, req: GenerationRequest | EditRequest | VariationRequest, mode: str = "generate",
-                images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None,
-                event_prefix: str | None = None) -> Prepared:
+                images: list[PIL.Image.Image] | None = None, mask: PIL.Image.Image | None = None) -> Prepared:
         openai = rules_for(req.model)
         if openai is not None:
             check_openai_rules(*openai, req)
@@ -146,7 +144,7 @@ class ImagesService:
         if partial is not None and not 0 <= partial <= 3:
             raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
                                       param="partial_images")
-        request = to_image_request(req, mode, images, mask, self.local_model)
+        request = to_image_request(req, mode, images, mask, self.edit_model if mode == "edit" else self.local_model)
         # the one check: every client mistake is a 400 before any work (or any stream) starts
         checked = self.runner.check(request)
         spec = checked.spec
@@ -158,7 +156,7 @@ class ImagesService:
             checked.request.num_inference_steps = max(1, round(spec.default_steps * factor))
         return Prepared(checked=checked, response_format=req.response_format or "b64_json", quality=quality,
                         styled_prompt=styled_prompt(req), inputs=list(images or []), output_compression=compression,
-                        event_prefix=event_prefix or ("image_edit" if mode == "edit" else "image_generation"))
+                        event_prefix="image_edit" if mode == "edit" else "image_generation")
 
     # -- responses -------------------------------------------------------------------------------------------------
     def encode(self, prepared: Prepared, image) -> bytes:
