@@ -287,9 +287,10 @@ def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
     if r.mode == "edit" and r.mask is None and r.image is not None:
         _whole_picture_edit(r, spec)
     if r.references and not (r.mode == "edit" and r.mask is None and family.edits == "instruction"):
-        raise InvalidRequestError(f"{spec.name} takes one input image here but got {1 + len(r.references)}: several "
-                                  "images go to a model that edits by instruction from several (flux2-klein, "
-                                  "qwen-image-edit-plus, qwen-image-2) in an edit without a mask.", param="image")
+        r.warnings.append(f"{spec.name} takes one input image here: the first of the {1 + len(r.references)} given "
+                          "was used (several go to a model that edits by instruction from several, such as "
+                          "flux2-klein or qwen-image-edit-plus, in an edit without a mask)")
+        r.references = []
     if r.mode not in family.supports:
         what = {"edit": "edits (inpainting)", "vary": "variations (image-to-image)"}.get(r.mode, r.mode)
         raise UnsupportedError(f"{spec.name} does not support {what}.", param="model")

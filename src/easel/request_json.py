@@ -47,7 +47,8 @@ def to_json(r: ImageRequest, images: str = "base64") -> tuple[dict[str, Any], di
     out = {name: getattr(r, name) for name in kept}
     out.update({name: getattr(r, name) for name in SET_BY_CHECK if getattr(r, name)})  # a checked request's
     out.update({name: picture(name, getattr(r, name)) for name in IMAGES})
-    out["references"] = [picture(f"references.{i}", image) for i, image in enumerate(r.references)]
+    out["references"] = [] if images == "none" else [picture(f"references.{i}", image)
+                                                     for i, image in enumerate(r.references)]
     out["extra"], out["loras"] = dict(r.extra), dict(r.loras)
     out["control"] = [{**{k: getattr(u, k) for k in _UNIT_FIELDS}, "image": picture(f"control.{i}", u.image)}
                       for i, u in enumerate(r.control)]
@@ -73,6 +74,8 @@ def from_json(data: Any, files: dict[str, PIL.Image.Image] | None = None) -> Ima
         values[name] = _image(data.get(name), name, files)
     values["references"] = [_image(one, f"references.{i}", files)
                             for i, one in enumerate(_list(data.get("references"), "references"))]
+    if None in values["references"]:
+        raise InvalidRequestError("`references` must be a list of images, not of null.", param="references")
     values["control"] = [_unit(unit, i, files) for i, unit in enumerate(_list(data.get("control"), "control"))]
     values["ip_adapter"] = _ip_adapter(data.get("ip_adapter"), files)
     return ImageRequest(**values)

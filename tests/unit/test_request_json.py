@@ -25,7 +25,8 @@ def every_field() -> ImageRequest:
         prompt="a lighthouse", negative_prompt="fog", model="sd15", num_images=3, width=512, height=384,
         size="512x384", aspect="4:3", num_inference_steps=12, guidance_scale=6.5, seed=42, scheduler="euler_a",
         output_format="webp", extra={"offload": "model", "true_cfg_scale": 4.0}, mode="edit",
-        image=picture("red"), mask=picture(255, "L"), strength=0.7, mask_blur=8, inpaint_full_res=True,
+        image=picture("red"), mask=picture(255, "L"), references=[picture("green"), picture("yellow")],
+        strength=0.7, mask_blur=8, inpaint_full_res=True,
         inpaint_full_res_padding=16, moderation="low", loras={"ink": 0.8, "paper": -0.2}, enhance_prompt=True,
         control=[ControlUnit("edges", picture("white"), "canny", 0.8, 0.1, 0.9, 50, 150),
                  ControlUnit("depth", picture("grey"), "invert", 1.2)],
@@ -41,6 +42,8 @@ def same(a: ImageRequest, b: ImageRequest, skip=()) -> None:
         x, y = getattr(a, field.name), getattr(b, field.name)
         if field.name in ("image", "mask"):
             assert np.array_equal(np.asarray(x), np.asarray(y)), field.name
+        elif field.name == "references":
+            assert [np.asarray(i).tolist() for i in x] == [np.asarray(i).tolist() for i in y]
         elif field.name == "control":
             assert [(u.record(), np.asarray(u.image).tolist()) for u in x] == \
                    [(u.record(), np.asarray(u.image).tolist()) for u in y]
@@ -61,11 +64,12 @@ def test_every_field_round_trips_with_its_images_inline_or_as_files():
     text = json.dumps({k: v for k, v in inline.items() if k not in SET_BY_CHECK})  # JSON, all of it
     same(from_json(json.loads(text)), request, skip=SET_BY_CHECK)
     by_name, files = to_json(request, images="files")
-    assert set(files) == {"image", "mask", "control.0", "control.1", "ip_adapter"}
+    assert set(files) == {"image", "mask", "references.0", "references.1", "control.0", "control.1", "ip_adapter"}
     assert by_name["control"][1]["image"] == "file:control.1"
     same(from_json({k: v for k, v in by_name.items() if k not in SET_BY_CHECK}, files), request, skip=SET_BY_CHECK)
     record_only, files = to_json(request, images="none")  # the job record: every field, no image
     assert not files and record_only["image"] is None and record_only["control"][0]["image"] is None
+    assert record_only["references"] == []
     assert record_only["revised_prompt"] == "a tall lighthouse" and record_only["warnings"] == ["ignored: fog"]
 
 
