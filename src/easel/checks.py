@@ -332,14 +332,14 @@ def _whole_picture_edit(r: ImageRequest, spec: ModelSpec) -> None:
                                       f"{'s' if family.input_images > 1 else ''} but got {1 + len(r.references)}.",
                                       param="image")
         return
-    if "edit" not in family.supports:
-        return  # refused as an edit
     if family.edit_needs_mask:
         raise InvalidRequestError(f"{spec.name} edits the area a mask names (or the image's transparent pixels), and "
                                   "neither was given.", param="mask")
     if "vary" not in family.supports:
-        raise UnsupportedError(f"{spec.name} has no image-to-image: an edit needs a mask (the area to repaint).",
-                               param="mask")
+        if "edit" in family.supports:
+            raise UnsupportedError(f"{spec.name} has no image-to-image: an edit needs a mask (the area to repaint).",
+                                   param="mask")
+        return  # refused as an edit
     r.mode = "vary"
     if r.strength is None:
         r.strength = WHOLE_PICTURE_STRENGTH

@@ -111,17 +111,22 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
     @server.tool()
     async def edit_image(image: str, prompt: str, mask: str | None = None, model: str | None = None,
                          seed: int | None = None, strength: float | None = None, mask_blur: int | None = None,
-                         only_masked: bool = False, ctx: Context | None = None) -> list[TextContent | ImageContent]:
-        """Repaint part of an image to match `prompt` (inpainting). `image` and `mask`: an image id returned by
-        generate_image or base64 PNG data (or a file path, over stdio). The mask's white area is repainted; without
-        a mask, the image's transparent area; with neither, the whole picture changes as the prompt says.
+                         only_masked: bool = False, more_images: list[str] | None = None,
+                         ctx: Context | None = None) -> list[TextContent | ImageContent]:
+        """Repaint part of an image to match `prompt` (inpainting), or edit it by instruction. `image`, `mask` and
+        `more_images`: image ids returned by generate_image or base64 PNG data (or file paths, over stdio). The
+        mask's white area is repainted; without a mask, the image's transparent area; with neither, the prompt says
+        what to change ("make it winter"): by instruction on a model that edits that way (flux-kontext,
+        qwen-image-edit, flux2-klein; `more_images` for those that take several), else to the whole picture.
         mask_blur: pixels over which the edit blends in (default 4); only_masked: the model sees only the masked
         area, at full resolution (for small areas)."""
         try:
             picture = _load_image(image, "image", runner, allow_paths)
             mask_image = _load_image(mask, "mask", runner, allow_paths) if mask else None
+            more = [_load_image(one, "more_images", runner, allow_paths).convert("RGB") for one in more_images or []]
             request = to_image_request(prompt, model=model, seed=seed, strength=strength, image=picture,
                                        mask=mask_image, mask_blur=mask_blur, only_masked=only_masked)
+            request = request.replace(references=more)
         except EaselError as exc:
             raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
         return await run_tool(engine, request, ctx)

@@ -123,3 +123,50 @@ def test_an_error_is_renamed_into_a_fronts_own_terms():
     renamed = info.value.renamed({"num_inference_steps": "steps"})
     assert renamed.param == "steps" and "`steps`" in renamed.message and "num_inference_steps" not in str(renamed)
     assert renamed.renamed({"n": "-n"}).param == "steps"  # other names leave it as it is
+
+
+def _picture(size=(64, 64)):
+    from PIL import Image
+
+    return Image.new("RGB", size, (200, 30, 30))
+
+
+def test_an_edit_without_a_mask_is_decided_by_the_models_family():
+    image, other = _picture(), _picture((96, 64))
+    # a model that edits by instruction: the images go in as they are, strength does not apply
+    kontext = check(model="flux-kontext", mode="edit", image=image, strength=0.5).request
+    assert (kontext.mode, kontext.mask, kontext.strength) == ("edit", None, None)
+    assert any("`strength` (0.5) does not apply" in w for w in kontext.warnings)
+    plus = check(model="qwen-image-edit-plus", mode="edit", image=image, references=[other, other]).request
+    assert len(plus.references) == 2
+    # OpenAI's gpt-image models edit by instruction too, from up to 16 images
+    assert check(model="openai:gpt-image-1", mode="edit", image=image, references=[other]).request.mode == "edit"
+    # any other model: the whole picture, image-to-image at 0.8 unless a strength is given
+    whole = check(mode="edit", image=image).request
+    assert (whole.mode, whole.strength) == ("vary", 0.8)
+    assert check(model="sd-turbo", mode="edit", image=image).request.mode == "vary"  # it has no inpainting
+    assert check(mode="edit", image=image, strength=0.3).request.strength == 0.3
+    # several images to a model that takes one: the first, said
+    first = check(mode="edit", image=image, references=[other]).request
+    assert first.references == [] and any("the first of the 2 given was used" in w for w in first.warnings)
+
+
+@pytest.mark.parametrize("fields, param, fragment", [
+    ({"model": "flux-kontext", "references": [_picture()]}, "image", "at most 1 image but got 2"),
+    ({"model": "qwen-image-edit-plus", "references": [_picture()] * 3}, "image", "at most 3 images but got 4"),
+    ({"model": "qwen-image-edit-plus", "mask": _picture().convert("L")}, "mask", "takes no mask"),
+    ({"model": "openai:dall-e-2"}, "mask", "edits the area a mask names"),
+    ({"model": "sd-turbo", "mask": _picture().convert("L")}, "model", "does not support edits"),
+    ({"model": "sana"}, "model", "does not support edits"),
+])
+def test_what_an_edit_cannot_be_is_refused_naming_the_parameter(fields, param, fragment):
+    with pytest.raises((InvalidRequestError, UnsupportedError)) as info:
+        check(mode="edit", image=_picture(), **fields)
+    assert info.value.param == param and fragment in info.value.message, info.value.message
+
+
+def test_a_family_without_image_to_image_refuses_a_variation():
+    for model in ("sana", "hidream-full", "lumina2", "flux2-klein", "qwen-image-edit"):
+        with pytest.raises(UnsupportedError) as info:
+            check(model=model, mode="vary", image=_picture())
+        assert info.value.param == "model" and "does not support variations" in info.value.message

@@ -146,10 +146,12 @@ class OpenAIProvider(Provider):
             if request.mode == "generate":
                 response = client.images.generate(prompt=request.prompt, **args)
             elif request.mode == "edit":
-                files = {"image": ("image.png", _png(request.image), "image/png")}
-                if request.mask is not None:
-                    files["mask"] = ("mask.png", _png(masks.to_openai(request.image, request.mask)), "image/png")
-                response = client.images.edit(prompt=request.prompt, image=files["image"], mask=files.get("mask"),
+                images = [(f"image{i}.png", _png(image), "image/png")
+                          for i, image in enumerate([request.image, *request.references])]
+                mask = None if request.mask is None else \
+                    ("mask.png", _png(masks.to_openai(request.image, request.mask)), "image/png")
+                response = client.images.edit(prompt=request.prompt, image=images if len(images) > 1 else images[0],
+                                              mask=mask,
                                               **_without(args, "style", "moderation", "extra_body"),
                                               extra_body=args.get("extra_body"))
             else:
