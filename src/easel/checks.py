@@ -294,7 +294,8 @@ def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
     if r.mode not in family.supports:
         what = {"edit": "edits (inpainting)", "vary": "variations (image-to-image)"}.get(r.mode, r.mode)
         raise UnsupportedError(f"{spec.name} does not support {what}.", param="model")
-    if r.mode == "edit" and r.mask is not None and family.edits == "instruction" and "edit" not in family.pipelines:
+    if r.mode == "edit" and r.mask is not None and family.edits == "instruction" and family.provider == "diffusers" \
+            and "edit" not in family.pipelines:  # a remote service's edits take masks too
         raise UnsupportedError(f"{spec.name} edits by instruction only and takes no mask: leave the mask out (and say "
                                "in the prompt what to change).", param="mask")
     if r.mode in ("edit", "vary") and r.image is None:
