@@ -143,7 +143,7 @@ def main() -> None:
         report["families"].append(row)
         print(json.dumps(row), flush=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
-        del bare
+        bare = None  # noqa: F841 - its memory goes before the next family's
         easel.api.reset_default_runner()
         shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)

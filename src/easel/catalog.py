@@ -85,6 +85,22 @@ class ModelFamily:
     requires: tuple[str, ...] = ()  # modules its pipeline cannot load without (beyond Easel's own dependencies)
 
 
+    @property
+    def does(self) -> str:
+        """What it does, as a user reads it: "generate, edit by instruction (up to 3 images), inpaint"."""
+        out = ["generate"] if "generate" in self.supports else []
+        if "edit" in self.supports and self.edits == "instruction":
+            out.append("edit by instruction" + (f" (up to {self.input_images} images)" if self.input_images > 1
+                                                else ""))
+            if self.provider != "diffusers" or "edit" in self.pipelines:
+                out.append("inpaint")
+        elif "edit" in self.supports:
+            out.append("inpaint")
+        if "vary" in self.supports:
+            out.append("image-to-image")
+        return ", ".join(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A model Easel can run: its name, family, where its weights come from, and its defaults."""

@@ -92,7 +92,8 @@ def test_every_front_draws_each_family(models_folder, easel_home, tmp_path):
         tiny = {f"tiny-{family}" for family in FAMILIES}
         assert tiny <= {m.id for m in client.models.list().data} and tiny <= set(api.util_get_model_names())
         for family in FAMILIES:
-            answer = client.images.generate(model=f"tiny-{family}", prompt=PROMPT, size="64x64", response_format="b64_json",
+            answer = client.images.generate(model=f"tiny-{family}", prompt=PROMPT, size="64x64",
+                                            response_format="b64_json",
                                             extra_body={"num_inference_steps": 2, "seed": 3})
             assert np.array_equal(decoded(answer.data[0].b64_json), expected[family]), family
             a1111 = api.txt2img(prompt=PROMPT, width=64, height=64, steps=2, seed=3,
@@ -100,8 +101,8 @@ def test_every_front_draws_each_family(models_folder, easel_home, tmp_path):
                                 override_settings={"sd_model_checkpoint": f"tiny-{family}"})
             assert np.array_equal(pixels(a1111.image), expected[family]), family
     env = {**os.environ, "EASEL_HOST": "off"}
-    cli = subprocess.run([sys.executable, "-m", "easel.cli", "generate", PROMPT, "-m", "tiny-z-image", "--size", "64x64",
-                          "--steps", "2", "--seed", "3", "--out", str(tmp_path), "--json"],
+    cli = subprocess.run([sys.executable, "-m", "easel.cli", "generate", PROMPT, "-m", "tiny-z-image", "--size",
+                          "64x64", "--steps", "2", "--seed", "3", "--out", str(tmp_path), "--json"],
                          capture_output=True, text=True, env=env)
     assert cli.returncode == 0, cli.stderr
     assert np.array_equal(pixels(Image.open(json.loads(cli.stdout.splitlines()[-1])["path"])), expected["z-image"])
@@ -112,6 +113,9 @@ def test_every_front_draws_each_family(models_folder, easel_home, tmp_path):
     for name in ("flux-kontext", "flux2-klein", "qwen-image-edit", "qwen-image-edit-plus", "qwen-image-2",
                  "z-image-turbo", "chroma", "hidream-full", "sana", "sana-sprint", "lumina2", "flux2-dev"):
         assert name in rows, name  # the catalog's entries too, with their hub ids
+    assert rows["qwen-image-edit-plus"]["does"] == "edit by instruction (up to 3 images)"
+    assert rows["flux-kontext"]["does"] == "generate, edit by instruction, inpaint"
+    assert rows["tiny-chroma"]["does"] == "generate, inpaint, image-to-image"
 
 
 def bare_edit(folder, images, width, height, seed, **kwargs) -> np.ndarray:

@@ -30,8 +30,9 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
         about = spec.description + (f" GGUF: {spec.name}:Q4_0 (Q8_0, Q5_K_S, ...)" if spec.gguf_files else "")
         local = spec.is_available_locally()
         size = runner.footprint(spec) if local else {"size_gb": None, "fits": "unknown (not downloaded)"}
-        rows.append({"name": spec.name, "kind": kind, "family": spec.family.name, "source": spec.source,
-                     "base": spec.base, "local": local, "gated": spec.gated, **size, "description": about})
+        rows.append({"name": spec.name, "kind": kind, "family": spec.family.name, "does": spec.family.does,
+                     "source": spec.source, "base": spec.base, "local": local, "gated": spec.gated, **size,
+                     "description": about})
     for name, path in lora_files(runner.settings.loras_folder).items():
         rows.append({"name": name, "kind": "lora", "family": "lora", "source": str(path), "local": True,
                      "gated": False, "description": f"LoRA: loras={{'{name}': 0.8}} or <lora:{name}:0.8>"})
@@ -54,10 +55,10 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("model", "family", "local", "size", "fits here", "source", "about")
+    table = Table("model", "family", "does", "local", "size", "fits here", "source", "about")
     for r in rows:
         size = f"{r['size_gb']:.2f} GB" if r.get("size_gb") is not None else ""
-        table.add_row(r["name"], r["family"], "yes" if r["local"] else "no", size, r.get("fits", ""),
+        table.add_row(r["name"], r["family"], r.get("does", ""), "yes" if r["local"] else "no", size, r.get("fits", ""),
                       r["source"] + (" (gated)" if r["gated"] else ""), escape(r["description"]))
     Console().print(table)
 

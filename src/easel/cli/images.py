@@ -284,9 +284,9 @@ def edit(
 
     _run(local, as_json, lambda on_step: api.edit(
         [image, *more] if more else image, prompt, mask=mask, model=model, n=n, steps=steps, guidance=guidance,
-        seed=seed, negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked, inpaint_full_res_padding=padding,
-        output_format=output_format, out_dir=out, on_step=on_step, loras=_loras(lora), **_options(option, api.edit),
-        **_base(base)))
+        seed=seed, negative_prompt=negative, mask_blur=mask_blur, inpaint_full_res=only_masked,
+        inpaint_full_res_padding=padding, output_format=output_format, out_dir=out, on_step=on_step,
+        loras=_loras(lora), **_options(option, api.edit), **_base(base)))
 
 
 def _run(local: bool, as_json: bool, call) -> None:
