@@ -430,7 +430,8 @@ def install_in_hub_cache(folder: Path, hub_cache: Path, repo_id: str) -> Path:
 
 
 LORA_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0"],
-                "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+                "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+                "transformer": ["to_q", "to_k", "to_v"]}
 
 
 def save_random_lora(pipe, target: Path, seed: int, rank: int = 4, parts=("unet", "text_encoder")) -> Path:

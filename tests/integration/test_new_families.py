@@ -22,7 +22,7 @@ import torch
 import webuiapi
 from PIL import Image
 from servers import serving
-from tiny_pipelines import NEW_FAMILIES
+from tiny_pipelines import NEW_FAMILIES, save_random_lora
 
 import easel
 import easel.api
@@ -79,6 +79,19 @@ def test_each_family_draws_with_its_defaults_and_its_seed(family, folders):
     assert np.array_equal(pixels(easel.generate(PROMPT, model=str(folder), **KW)[0].image), pixels(made[0].image))
     other = easel.generate(PROMPT, model=str(folder), **{**KW, "seed": 4})
     assert not np.array_equal(pixels(other[0].image), pixels(made[0].image))
+
+
+@pytest.mark.parametrize("family", ["flux-kontext", "z-image", "chroma", "sana", "lumina2", "hidream"])
+def test_a_lora_loads_into_each_family(family, folders, easel_home):
+    from diffusers import DiffusionPipeline
+
+    (easel_home / "loras").mkdir(parents=True)
+    save_random_lora(DiffusionPipeline.from_pretrained(folders[family]), easel_home / "loras" / "style.safetensors",
+                     seed=1, parts=("transformer",))
+    plain = easel.generate(PROMPT, model=str(folders[family]), **KW)
+    styled = easel.generate(PROMPT, model=str(folders[family]), loras={"style": 1.0}, **KW)
+    assert styled[0].parameters["loras"] == {"style": 1.0}
+    assert np.abs(pixels(styled[0].image) - pixels(plain[0].image)).mean() > 0.05
 
 
 def test_every_front_draws_each_family(models_folder, easel_home, tmp_path):
