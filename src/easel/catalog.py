@@ -83,6 +83,9 @@ class ModelFamily:
     edit_needs_mask: bool = False  # an edit must name its area (a mask, or the image's transparency)
     warning: str | None = None  # said with every image it makes (a pipeline Easel runs without knowing it)
     requires: tuple[str, ...] = ()  # modules its pipeline cannot load without (beyond Easel's own dependencies)
+    # components its releases leave out, by name: (class, hub repository), loaded from there where a folder lacks
+    # them (HiDream's fourth text encoder, Llama 3.1 8B Instruct)
+    components: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
     @property
@@ -205,6 +208,7 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         aspects={k: tuple(v) for k, v in raw.pop("aspects").items()},
         takes=tuple(raw.pop("takes", ("steps", "guidance", "seed"))),
         requires=tuple(raw.pop("requires", ())),
+        components={name: tuple(where) for name, where in raw.pop("components", {}).items()},
         options=options,
         **raw,
     )

@@ -242,3 +242,29 @@ def test_the_edit_model_serves_only_edits(models_folder, easel_home):
         assert made.status_code == 200, made.text
     own = easel.generate("a red circle", model="builtin", size="1024x1024", seed=1, save=False)
     assert np.array_equal(decoded(made.json()["data"][0]["b64_json"]), pixels(own[0].image))
+
+
+def test_a_component_the_release_leaves_out_comes_from_its_own_repository(folders, hub_cache, tmp_path):
+    """HiDream's releases have no fourth text encoder: Easel loads Llama 3.1 8B Instruct's repository for it."""
+    from tiny_pipelines import install_in_hub_cache
+
+    full = folders["hidream"]
+    release = tmp_path / "hidream-release"
+    shutil.copytree(full, release, ignore=shutil.ignore_patterns("text_encoder_4", "tokenizer_4"))
+    with pytest.raises(EaselError) as missing:
+        easel.generate(PROMPT, model=str(release), **KW)
+    assert missing.value.param == "model" and "meta-llama/Llama-3.1-8B-Instruct" in missing.value.message
+    llama = tmp_path / "llama"
+    shutil.copytree(full / "text_encoder_4", llama)
+    shutil.copytree(full / "tokenizer_4", llama, dirs_exist_ok=True)
+    install_in_hub_cache(llama, hub_cache, "meta-llama/Llama-3.1-8B-Instruct")
+    try:
+        runner = easel.api.default_runner()
+        spec, loader = runner.catalog.resolve(str(release)), runner.registry.get("diffusers").loader
+        need = loader.needs(spec, loader.options(spec, {}))  # the memory plan counts what it borrows
+        assert need.components["text_encoder_4"] == loader.needs(
+            runner.catalog.resolve(str(full)), loader.options(spec, {})).components["text_encoder_4"]
+        made = easel.generate(PROMPT, model=str(release), **KW)
+        assert np.array_equal(pixels(made[0].image), pixels(easel.generate(PROMPT, model=str(full), **KW)[0].image))
+    finally:
+        shutil.rmtree(hub_cache / "models--meta-llama--Llama-3.1-8B-Instruct")

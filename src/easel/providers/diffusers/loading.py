@@ -222,14 +222,17 @@ class Loader:
             cls = _pipeline_class(spec.family.pipeline)
             folder = self._files(spec)  # downloaded first where they may be: the plan reads their headers
             plan = self.plan(spec, options, held=held)
+            borrowed = self._components(spec, folder, dtype) if folder is not None else {}
             if spec.gguf:
-                pipe = cls.from_pretrained(folder, transformer=self._gguf_denoiser(spec, dtype), dtype=dtype)
+                pipe = cls.from_pretrained(folder, transformer=self._gguf_denoiser(spec, dtype), dtype=dtype,
+                                           **borrowed)
             elif spec.checkpoint:
                 config = checkpoint_config(spec.local_path, self.configs_dir, token=self.token)
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
                                             dtype=dtype)
             else:
-                pipe = cls.from_pretrained(folder, dtype=dtype, **_at_load(spec, options["quantize"], dtype))
+                pipe = cls.from_pretrained(folder, dtype=dtype, **_at_load(spec, options["quantize"], dtype),
+                                           **borrowed)
         pipe.set_progress_bar_config(disable=True)
         with pipeline_errors(spec, "loading"):
             placed = {**options, "offload": plan.offload}
@@ -244,6 +247,31 @@ class Loader:
             if plan.offload != "none" and options["offload"] == "auto" else []
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
                               time.perf_counter() - started, warnings=chosen)
+
+    def _components(self, spec: ModelSpec, folder: Path, dtype) -> dict[str, Any]:
+        """The family's components that `folder` lacks, from their own repositories (hub cache first; downloaded
+        where the model's own files may be)."""
+        import transformers
+
+        out = {}
+        for name, (class_name, repo) in spec.family.components.items():
+            if not (Path(folder) / name).is_dir():
+                where = self.component_folder(repo, download=not offline())
+                cls = getattr(transformers, class_name)
+                out[name] = cls.from_pretrained(where, dtype=dtype) if issubclass(cls, transformers.PreTrainedModel) \
+                    else cls.from_pretrained(where)
+        return out
+
+    def component_folder(self, repo: str, download: bool) -> Path:
+        """A family component's repository from the hub cache, or downloaded; not there: how to get it."""
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(repo, local_files_only=not download, token=self.token))
+        except Exception:  # noqa: BLE001 - not cached, gated or unreachable: said as one
+            raise ModelNotFoundError(f"This model needs {repo} beside its own files (its releases leave it out), and "
+                                     f"it is not on this machine: accept its licence on the hub and run `easel models "
+                                     f"pull` for the model with network access.", param="model") from None
 
     def _files(self, spec: ModelSpec) -> Path | None:
         """The pipeline folder a model loads from (a GGUF denoiser's base, its file fetched too), downloading what
@@ -297,7 +325,12 @@ class Loader:
         folder = self.pipeline_folder(spec)
         if folder is None or not (folder / "model_index.json").is_file():
             return None
-        return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf)
+        borrowed = {}
+        for name, (_, repo) in spec.family.components.items():
+            if not (folder / name).is_dir():
+                with contextlib.suppress(ModelNotFoundError):
+                    borrowed[name] = self.component_folder(repo, download=False)
+        return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf, borrowed)
 
     def pipeline_folder(self, spec: ModelSpec) -> Path | None:
         """The model's folder where it is on this machine already (none for a single file: its configs say less).
@@ -333,6 +366,11 @@ class Loader:
                     f"{spec.name} needs {module}, which is not installed: transformers builds its text encoder's "
                     f"processor only with it. Install the {module} build of your torch (with torch's CPU wheel: pip "
                     f"install {module} --index-url https://download.pytorch.org/whl/cpu).", param="model")
+        if offline() and spec.family.components:
+            folder = self.pipeline_folder(spec)
+            for name, (_, repo) in spec.family.components.items():
+                if folder is None or not (folder / name).is_dir():
+                    self.component_folder(repo, download=False)
         if spec.gguf:
             if offline():
                 self.gguf_path(spec)
@@ -544,6 +582,8 @@ def pull_model(spec: ModelSpec, token: str | None = None, configs_dir: Path | No
     if spec.local_path is not None and not spec.gguf:
         return str(spec.local_path)
     try:
+        for _, repo in {*spec.family.components.values()}:  # what its releases leave out
+            snapshot_download(repo, token=token)
         if spec.gguf:  # the file, and the rest of the pipeline without the denoiser weights the file replaces
             if not Path(spec.base).is_absolute():
                 snapshot_download(spec.base, token=token, ignore_patterns=DENOISER_WEIGHTS)

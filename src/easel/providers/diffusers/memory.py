@@ -80,11 +80,15 @@ def _component_params(folder: str, stamp: int) -> tuple[tuple[str, int], ...]:
     return tuple(out.items())
 
 
-def needs(folder: Path | None, dtype: str, quantize: str, pixels: int, batch: int, gguf: Path | None = None) -> Needs:
+def needs(folder: Path | None, dtype: str, quantize: str, pixels: int, batch: int, gguf: Path | None = None,
+          borrowed: dict[str, Path] | None = None) -> Needs:
     """A pipeline's needs: its folder's components in `dtype` (the denoiser quantized, or a GGUF file's bytes as
-    they stay), and the working memory of a call making `batch` images of `pixels` each."""
+    they stay), those it borrows from other repositories (`borrowed`: name -> folder), and the working memory of a
+    call making `batch` images of `pixels` each."""
     per = DTYPE_BYTES.get(dtype, 4)
     params = component_params(folder) if folder is not None else {}
+    for name, where in (borrowed or {}).items():
+        params[name] = sum(parameters(f) for f in where.glob("*.safetensors"))
     sizes = {name: int(count * per) for name, count in params.items()}
     for name in DENOISERS:
         if name in sizes and gguf is not None:
