@@ -151,26 +151,9 @@ def _byte_level_tokenizer():
 
 def build_qwen_image():
     """diffusers' own test configuration of Qwen-Image, at widths a GGUF block (32) divides."""
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from diffusers import QwenImagePipeline
 
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    text = {"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "rope_theta": 1e6, "vocab_size": 272, "bos_token_id": 256, "eos_token_id": 256,
-            "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"}}
-    config = Qwen2_5_VLConfig(text_config=text, vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16,
-                                                               "num_heads": 2, "out_hidden_size": 32},
-                              hidden_size=32, vocab_size=272, vision_end_token_id=269, vision_start_token_id=270,
-                              vision_token_id=271)
-    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
-                             text_encoder=Qwen2_5_VLForConditionalGeneration(config).eval(),
-                             tokenizer=_byte_level_tokenizer())
+    return QwenImagePipeline(**_qwen_image_parts(heads=2, width=32), tokenizer=_byte_level_tokenizer())
 
 
 def _qwen_tokenizer(chat: bool = False):
@@ -200,21 +183,28 @@ def _qwen_vl(hidden: int = 16):
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def _qwen_edit_parts():
+def _qwen_image_parts(heads: int, width: int) -> dict:
+    """Qwen-Image's transformer, VAE and Qwen2.5-VL encoder at diffusers' test sizes (`width`: the encoder's)."""
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
 
     torch.manual_seed(0)
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
-                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+                                              attention_head_dim=16, num_attention_heads=heads,
+                                              joint_attention_dim=width, guidance_embeds=False,
+                                              axes_dims_rope=(8, 4, 4))
     vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
                                  temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                text_encoder=_qwen_vl(width))
+
+
+def _qwen_edit_parts():
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
     tokenizer = _qwen_tokenizer()
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                                  chat_template=tokenizer.chat_template)
-    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
-                text_encoder=_qwen_vl(), tokenizer=tokenizer, processor=processor)
+    return dict(**_qwen_image_parts(heads=3, width=16), tokenizer=tokenizer, processor=processor)
 
 
 def build_qwen_image_edit():
