@@ -61,7 +61,8 @@ class ModelFamily:
     default_negative_prompt: str | None = None
     keeps_native_size: bool = False  # the pipeline draws at its own size and takes no width/height
     latent_space: str | None = None  # what step previews decode: "pixels", "vae", "vae-packed", None (no previews)
-    preview_decoder: str | None = None  # a tiny VAE (AutoencoderTiny, hub id) for previews, used when it is cached
+    # a tiny VAE (AutoencoderTiny, hub id): previews use it when it is cached, `decoder=tiny` for the images
+    preview_decoder: str | None = None
     loras: bool = False  # its pipeline loads LoRA adapters (diffusers' load_lora_weights, peft)
     embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
     weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
@@ -186,6 +187,9 @@ MEMORY_OPTIONS = {
                            "float32's memory, half of bfloat16's), each layer computed in the model's dtype; int8: "
                            "as 8-bit integers (torchao, weight-only); nf4: 4-bit NormalFloat (bitsandbytes, CUDA)."),
 }
+DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: the family's tiny autoencoder "
+                            "(TAESD and its successors) decodes the images, in a fraction of the time, with a little "
+                            "less fine detail.")
 BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
                          "and configuration it runs with (a catalog model or hub id; default: its release's).")
 
@@ -195,7 +199,7 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
     options = {k: OptionSpec(name=k, **v) for k, v in raw.pop("options", {}).items()}
     local = raw.get("provider", "diffusers") == "diffusers"
     if name != "builtin" and local:
-        options = {**MEMORY_OPTIONS, **options}
+        options = {**MEMORY_OPTIONS, "decoder": DECODER_OPTION, **options}
     if raw.get("denoiser"):
         options["base"] = BASE_OPTION
     if local and raw.get("negative_prompt"):

@@ -2,8 +2,9 @@
 
 from .base import Adapter, Call, ModelFiles
 from .controlnet import ControlNet
+from .decoder import TinyDecoder
 from .embeddings import Embeddings
 from .ip_adapter import IpAdapter
 from .lora import Lora
 
-__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles"]
+__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "TinyDecoder"]

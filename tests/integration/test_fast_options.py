@@ -1,0 +1,58 @@
+"""Options that cut the work: `decoder=tiny` decodes the final images with the family's tiny autoencoder (TAESD),
+from the hub cache, recorded, the same seed giving the same pixels; refused clearly where a family has none or
+where it is not on this machine."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderTiny
+from tiny_pipelines import install_in_hub_cache
+
+import easel
+from easel.errors import EaselError
+
+KW = dict(size="64x64", steps=2, seed=3, save=False)
+
+
+@pytest.fixture
+def taesd(hub_cache, tmp_path):
+    """A tiny TAESD of the tiny SD 1.5's latent space (4 channels, one upsampling), as `madebyollin/taesd`."""
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(4, 4), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(tmp_path / "taesd")
+    install_in_hub_cache(tmp_path / "taesd", hub_cache, "madebyollin/taesd")
+    yield
+    import shutil
+
+    shutil.rmtree(hub_cache / "models--madebyollin--taesd")
+
+
+def pixels(result):
+    return np.asarray(result[0].image.convert("RGB"), dtype=np.int16)
+
+
+def test_the_tiny_decoder_makes_the_final_image(tiny_models, taesd):
+    folder = str(tiny_models["sd15"])
+    full = easel.generate("a red kite", model=folder, **KW)
+    tiny = easel.generate("a red kite", model=folder, decoder="tiny", **KW)
+    assert not np.array_equal(pixels(tiny), pixels(full))
+    assert tiny[0].parameters["extra"] == {"decoder": "tiny"} and tiny[0].parameters["decoder"] == "madebyollin/taesd"
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="tiny", **KW)), pixels(tiny))
+    # the pipeline's own VAE is back for the next call
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **KW)), pixels(full))
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="full", **KW)), pixels(full))
+    # image-to-image through it too
+    varied = easel.vary(full[0].image, model=folder, decoder="tiny", steps=2, seed=3, save=False)
+    assert varied[0].parameters["decoder"] == "madebyollin/taesd"
+
+
+def test_a_tiny_decoder_that_cannot_be_had_is_refused_naming_decoder(tiny_models, tmp_path):
+    with pytest.raises(EaselError) as missing:  # not in the hub cache, and offline
+        easel.generate("a red kite", model=str(tiny_models["sd15"]), decoder="tiny", **KW)
+    assert missing.value.param == "decoder" and "easel models pull madebyollin/taesd" in missing.value.message
+    with pytest.raises(EaselError) as wrong:
+        easel.generate("a red kite", model=str(tiny_models["sd15"]), decoder="sharp", **KW)
+    assert wrong.value.param == "decoder" and "'sharp'" in wrong.value.message
+    with pytest.raises(EaselError) as none:  # a family without one
+        easel.generate("a red kite", model="qwen-image", decoder="tiny", **KW)
+    assert none.value.param == "decoder" and "has no tiny decoder" in none.value.message
