@@ -190,6 +190,9 @@ MEMORY_OPTIONS = {
 DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: the family's tiny autoencoder "
                             "(TAESD and its successors) decodes the images, in a fraction of the time, with a little "
                             "less fine detail.")
+CACHE_OPTION = OptionSpec("cache", "str", "Step caching: deepcache (UNet models), first_block or taylorseer "
+                          "(transformer models), with its parameter after a colon (deepcache:3 runs the whole UNet "
+                          "every 3rd step; first_block:0.08; taylorseer:4); off by default.")
 BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
                          "and configuration it runs with (a catalog model or hub id; default: its release's).")
 
@@ -199,7 +202,7 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
     options = {k: OptionSpec(name=k, **v) for k, v in raw.pop("options", {}).items()}
     local = raw.get("provider", "diffusers") == "diffusers"
     if name != "builtin" and local:
-        options = {**MEMORY_OPTIONS, "decoder": DECODER_OPTION, **options}
+        options = {**MEMORY_OPTIONS, "decoder": DECODER_OPTION, "cache": CACHE_OPTION, **options}
     if raw.get("denoiser"):
         options["base"] = BASE_OPTION
     if local and raw.get("negative_prompt"):

@@ -56,3 +56,28 @@ def test_a_tiny_decoder_that_cannot_be_had_is_refused_naming_decoder(tiny_models
     with pytest.raises(EaselError) as none:  # a family without one
         easel.generate("a red kite", model="qwen-image", decoder="tiny", **KW)
     assert none.value.param == "decoder" and "has no tiny decoder" in none.value.message
+
+
+@pytest.mark.parametrize("family, cache", [("sd15", "deepcache:2"), ("sdxl", "deepcache"), ("flux", "first_block:0.5"),
+                                           ("flux", "taylorseer:2")])
+def test_step_caching_skips_work_and_keeps_its_seed(tiny_models, family, cache):
+    folder = str(tiny_models[family])
+    kw = {**KW, "steps": 8}
+    plain = easel.generate("a red kite", model=folder, **kw)
+    cached = easel.generate("a red kite", model=folder, cache=cache, **kw)
+    assert not np.array_equal(pixels(cached), pixels(plain))  # steps were skipped
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, cache=cache, **kw)), pixels(cached))
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **kw)), pixels(plain))  # off again
+    method = cache.split(":")[0]
+    assert cached[0].parameters["cache"]["method"] == method and cached[0].parameters["extra"] == {"cache": cache}
+
+
+@pytest.mark.parametrize("family, cache, fragment", [("sd15", "first_block", "its step caches are deepcache"),
+                                                     ("flux", "deepcache", "not deepcache"),
+                                                     ("sd15", "deepcache:1", "between 2 and 10"),
+                                                     ("sd3", "first_block", "takes none of diffusers' step caches"),
+                                                     ("sd15", "warp", "must be one of")])
+def test_a_step_cache_that_does_not_fit_is_refused(tiny_models, family, cache, fragment):
+    with pytest.raises(EaselError) as refused:
+        easel.generate("a red kite", model=str(tiny_models[family]), cache=cache, **KW)
+    assert refused.value.param == "cache" and fragment in refused.value.message, refused.value.message

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ...upscalers import HIRES_UPSCALERS, IMAGE_UPSCALERS
 from ..base import Batch, Progress, Provider, ProviderOutput
 from . import inputs, outputs
-from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles, TinyDecoder
+from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles, StepCache, TinyDecoder
 from .cache import LoadedPipeline, PipelineCache
 from .errors import pipeline_errors
 from ...errors import InvalidRequestError
@@ -46,7 +46,8 @@ class DiffusersProvider(Provider):
         # in the order they enter a call: a ControlNet puts its pipeline in place before an IP-Adapter loads into it
         self.adapters: list[Adapter] = [Lora(folders.get("loras")), Embeddings(folders.get("embeddings")),
                                         ControlNet(folders.get("controlnets"), self.loader),
-                                        IpAdapter(folders.get("ip_adapters"), self.loader), TinyDecoder(self.loader)]
+                                        IpAdapter(folders.get("ip_adapters"), self.loader), TinyDecoder(self.loader),
+                                        StepCache()]
 
     def use_adapter(self, adapter: Adapter) -> None:
         """Take a plugin's adapter kind: it enters every call of a family it fits whose request asks for it."""

@@ -6,5 +6,7 @@ from .decoder import TinyDecoder
 from .embeddings import Embeddings
 from .ip_adapter import IpAdapter
 from .lora import Lora
+from .step_cache import StepCache
 
-__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "TinyDecoder"]
+__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "StepCache",
+           "TinyDecoder"]
