@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         "overrides it); reduce-overhead suits a GPU server.")
     channels_last: bool = Field(False, description="Channels-last memory layout for local models' convolutions.")
     fuse_qkv: bool = Field(False, description="Fused QKV attention projections for local models.")
+    decoder: Literal["full", "tiny"] = Field("full", description="tiny: local models decode with their family's tiny "
+                                             "autoencoder where it is in the hub cache (a request's `decoder` "
+                                             "overrides it).")
+    step_cache: str = Field("none", description="Step caching for local models where it fits (deepcache[:N] on UNet "
+                            "models, first_block[:T] or taylorseer[:N] on transformer ones); a request's `cache` "
+                            "overrides it.")
     host: str = Field("127.0.0.1:8000", description="The Easel server that `easel generate/edit/vary` hand their "
                       "jobs to when it answers (host:port or a URL); off: always run in-process.")
     warm_sizes: str = Field("", description="Comma-separated sizes (512x512,1024x768) the server runs once at start, "

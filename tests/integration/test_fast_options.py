@@ -9,6 +9,7 @@ from diffusers import AutoencoderTiny
 from tiny_pipelines import install_in_hub_cache
 
 import easel
+import easel.api
 from easel.errors import EaselError
 
 KW = dict(size="64x64", steps=2, seed=3, save=False)
@@ -81,3 +82,22 @@ def test_a_step_cache_that_does_not_fit_is_refused(tiny_models, family, cache, f
     with pytest.raises(EaselError) as refused:
         easel.generate("a red kite", model=str(tiny_models[family]), cache=cache, **KW)
     assert refused.value.param == "cache" and fragment in refused.value.message, refused.value.message
+
+
+def test_the_servers_settings_apply_where_they_fit(tiny_models, taesd, monkeypatch):
+    """EASEL_DECODER=tiny and EASEL_STEP_CACHE=deepcache: every request that names neither, where they fit; a
+    request's own `decoder=full` or `cache=none` wins."""
+    folder = str(tiny_models["sd15"])
+    kw = {**KW, "steps": 6}
+    tiny_cached = pixels(easel.generate("a red kite", model=folder, decoder="tiny", cache="deepcache", **kw))
+    plain = pixels(easel.generate("a red kite", model=folder, **kw))
+    monkeypatch.setenv("EASEL_DECODER", "tiny")
+    monkeypatch.setenv("EASEL_STEP_CACHE", "deepcache")
+    easel.api.reset_default_runner()
+    made = easel.generate("a red kite", model=folder, **kw)
+    assert np.array_equal(pixels(made), tiny_cached) and made[0].parameters["decoder"] == "madebyollin/taesd"
+    assert made[0].parameters["cache"] == {"method": "deepcache", "interval": 3}
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="full", cache="none", **kw)),
+                          plain)
+    flux = easel.generate("a red kite", model=str(tiny_models["flux"]), **KW)  # neither fits a FLUX model here
+    assert "cache" not in flux[0].parameters and "decoder" not in flux[0].parameters

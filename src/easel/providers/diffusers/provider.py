@@ -46,8 +46,9 @@ class DiffusersProvider(Provider):
         # in the order they enter a call: a ControlNet puts its pipeline in place before an IP-Adapter loads into it
         self.adapters: list[Adapter] = [Lora(folders.get("loras")), Embeddings(folders.get("embeddings")),
                                         ControlNet(folders.get("controlnets"), self.loader),
-                                        IpAdapter(folders.get("ip_adapters"), self.loader), TinyDecoder(self.loader),
-                                        StepCache()]
+                                        IpAdapter(folders.get("ip_adapters"), self.loader),
+                                        TinyDecoder(self.loader, self.loader.defaults.get("decoder", "full")),
+                                        StepCache(self.loader.defaults.get("cache", "none"))]
 
     def use_adapter(self, adapter: Adapter) -> None:
         """Take a plugin's adapter kind: it enters every call of a family it fits whose request asks for it."""
@@ -74,7 +75,8 @@ class DiffusersProvider(Provider):
     def _active(self, spec: ModelSpec, requests: list[ImageRequest]) -> list[tuple[Adapter, Any]]:
         """The adapters these requests use, with what they ask of each."""
         fitting = (adapter for adapter in self.adapters if adapter.fits(spec.family))
-        return [(adapter, uses) for adapter in fitting if (uses := adapter.uses(requests))]
+        return [(adapter, uses) for adapter in fitting if (uses := adapter.uses(requests) or (
+            adapter.default(spec) if adapter.param not in requests[0].extra else None))]
 
     def load(self, spec: ModelSpec, options: dict[str, Any] | None = None) -> LoadedPipeline:
         """The pipeline for `spec`, from the cache or loaded now."""
@@ -166,5 +168,6 @@ def register(add, settings) -> None:
     add(DiffusersProvider(settings.device, settings.dtype, settings.max_cached_pipelines,
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
-                                    "fuse_qkv": settings.fuse_qkv, "quantize": settings.quantize},
+                                    "fuse_qkv": settings.fuse_qkv, "quantize": settings.quantize,
+                                    "decoder": settings.decoder, "cache": settings.step_cache},
                           folders={kind.folder: settings.folder(kind.folder) for kind in FOLDERS}))

@@ -94,6 +94,11 @@ class Adapter:
         """What the requests (one, or a batch that shares the call) ask of this adapter; falsy: nothing."""
         return requests[0].extra.get(self.param)
 
+    def default(self, spec: ModelSpec) -> Any:
+        """What the server's setting asks of this adapter for `spec`'s requests that do not name its option;
+        falsy: nothing."""
+        return None
+
     def check(self, model: ModelFiles, uses: Any) -> None:
         """Refuse before the job is queued what this model cannot take: raise InvalidRequestError naming `param`
         (an add-on that is missing, or made for another family, read from its config or keys)."""

@@ -18,14 +18,23 @@ DECODERS = ("full", "tiny")
 class TinyDecoder(Adapter):
     kind = param = "decoder"
 
-    def __init__(self, loader):
+    def __init__(self, loader, default: str = "full"):
+        """`default`: the server's (EASEL_DECODER), for the families whose tiny decoder is in the hub cache."""
         from ....catalog import DECODER_OPTION
 
-        self.loader, self.option = loader, DECODER_OPTION
+        self.loader, self.option, self.default_value = loader, DECODER_OPTION, default
 
     def uses(self, requests) -> str | None:
         value = requests[0].extra.get("decoder")
         return None if value in (None, "full") else value
+
+    def default(self, spec) -> str | None:
+        if self.default_value != "tiny" or spec.family.preview_decoder is None:
+            return None
+        with contextlib.suppress(ModelNotFoundError):  # where it is in the hub cache
+            self.folder(spec.family.preview_decoder, download=False)
+            return "tiny"
+        return None
 
     def check(self, model: ModelFiles, uses) -> None:
         spec = model.spec

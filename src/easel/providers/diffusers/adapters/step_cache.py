@@ -42,14 +42,23 @@ def parse(value) -> tuple[str, float]:
 class StepCache(Adapter):
     kind = param = "cache"
 
-    def __init__(self):
+    def __init__(self, default: str = "none"):
+        """`default`: the server's (EASEL_STEP_CACHE), for the models it fits."""
         from ....catalog import CACHE_OPTION
 
-        self.option = CACHE_OPTION
+        self.option, self.default_value = CACHE_OPTION, None if default in ("", "none") else default
+        if self.default_value is not None:
+            parse(self.default_value)  # a bad setting stops the server at start, not each request
 
     def uses(self, requests):
         value = requests[0].extra.get("cache")
         return None if value in (None, "none", "") else value
+
+    def default(self, spec):
+        if self.default_value is None:
+            return None
+        unet = METHODS[parse(self.default_value)[0]][4] == "UNet"
+        return self.default_value if unet == (spec.family.pipeline in UNET_PIPELINES) else None
 
     def check(self, model: ModelFiles, uses) -> None:
         method, _ = parse(uses)

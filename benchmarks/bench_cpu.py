@@ -1,0 +1,155 @@
+"""Cutting the work on a CPU: full-size SD 1.5 (512x512, fp32, random weights from its configs) through bare
+diffusers and through Easel, plain and with each option that does less, round by round in one process:
+
+  1-step images (turbo-style, no guidance): bare diffusers / Easel plain / Easel `decoder=tiny` (TAESD's
+  architecture) -- the decode is most of a 1-step image on a CPU;
+  20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3`.
+
+Each case's seconds per image, per step and for the decode (from the step callbacks' clock), and the process's
+peak RSS; ratios against bare diffusers and Easel plain. Timing does not depend on the weights' values.
+
+    python benchmarks/bench_cpu.py [--rounds 2] [--steps 20]     # writes results/cpu-cut-the-work.json
+    python benchmarks/bench_cpu.py --tiny                       # the harness on tiny pipelines (no speed figure)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="easel-bench-cpu-hf-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+PROMPT = "a lighthouse on a cliff at dawn, oil painting"
+
+
+def build(home: Path, tiny: bool) -> Path:
+    """The pipeline as a folder, and a tiny autoencoder of TAESD's architecture in the hub cache."""
+    import torch
+    from diffusers import AutoencoderTiny
+    from tiny_pipelines import install_in_hub_cache, save_tiny
+
+    folder = home / "sd15"
+    if tiny:
+        save_tiny("sd15", folder)
+        taesd = AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(4, 4),
+                                num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
+    else:
+        from bench_gpu import full_size
+
+        full_size("sd15").save_pretrained(folder, safe_serialization=True)
+        torch.manual_seed(0)
+        taesd = AutoencoderTiny()  # TAESD's architecture: 2.4 M parameters against the VAE's 83.7 M
+    taesd.save_pretrained(home / "taesd")
+    install_in_hub_cache(home / "taesd", Path(os.environ["HF_HOME"]) / "hub", "madebyollin/taesd")
+    return folder
+
+
+class Clock:
+    """Step callbacks' times: per-step seconds, and the decode's (from the last step to the end)."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def diffusers(self, pipe, i, t, tensors):
+        self.marks.append(time.perf_counter())
+        return {}
+
+    def easel(self, *_):
+        self.marks.append(time.perf_counter())
+
+
+def run(call, clock: Clock) -> dict:
+    clock.marks.clear()
+    start = time.perf_counter()
+    call()
+    end = time.perf_counter()
+    steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    return {"s": end - start, "step_s": statistics.median(steps) if steps else None,
+            "decode_s": end - clock.marks[-1] if clock.marks else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import resource
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    import easel
+    from easel.api import reset_default_runner
+
+    home = Path(tempfile.mkdtemp(prefix="easel-bench-cpu-"))
+    os.environ["EASEL_HOME"] = str(home / "easel")
+    reset_default_runner()
+    side = 64 if args.tiny else 512
+    folder = build(home, args.tiny)
+    bare = StableDiffusionPipeline.from_pretrained(folder)
+    bare.set_progress_bar_config(disable=True)
+    clock = Clock()
+
+    def diffusers_image(steps: int, guidance: float):
+        bare.scheduler = EulerDiscreteScheduler.from_config(bare.scheduler.config)
+        return bare(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
+                    generator=torch.Generator().manual_seed(1), callback_on_step_end=clock.diffusers).images[0]
+
+    def easel_image(steps: int, guidance: float, **options):
+        return easel.generate(PROMPT, model=str(folder), size=f"{side}x{side}", steps=steps, guidance=guidance,
+                              seed=1, scheduler="euler", save=False, on_step=clock.easel, **options)
+
+    cases = {
+        "1-step: bare diffusers": lambda: diffusers_image(1, 0.0),
+        "1-step: Easel": lambda: easel_image(1, 0.0),
+        "1-step: Easel decoder=tiny": lambda: easel_image(1, 0.0, decoder="tiny"),
+        f"{args.steps} guided steps: bare diffusers": lambda: diffusers_image(args.steps, 7.5),
+        f"{args.steps} guided steps: Easel": lambda: easel_image(args.steps, 7.5),
+        f"{args.steps} guided steps: Easel cache=deepcache:3": lambda: easel_image(args.steps, 7.5,
+                                                                                   cache="deepcache:3"),
+    }
+    easel_image(1, 0.0)  # warm: loading, first-call allocations
+    easel_image(1, 0.0, decoder="tiny")
+    diffusers_image(1, 0.0)
+    timings: dict[str, list[dict]] = {name: [] for name in cases}
+    out = args.out or HERE / "results" / ("cpu-cut-the-work-tiny.json" if args.tiny else "cpu-cut-the-work.json")
+    report = {"what": __doc__.splitlines()[0], "model": "tiny SD 1.5" if args.tiny else
+              "SD 1.5's full-size architecture from configs, fp32, random weights", "side": side,
+              "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "cases": {}}
+    for round_ in range(args.rounds):
+        for name, call in cases.items():
+            timings[name].append(run(call, clock))
+            row = timings[name][-1]
+            print(json.dumps({"round": round_, "case": name, **{k: round(v, 3) if v else v for k, v in row.items()}}),
+                  flush=True)
+        for name, rows in timings.items():
+            report["cases"][name] = {k: round(statistics.median(r[k] for r in rows), 3) if rows[0][k] is not None
+                                     else None for k in rows[0]}
+        report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+        c = report["cases"]
+        report["ratios"] = {
+            "1-step bare / Easel decoder=tiny (goal >= 4)":
+                round(c["1-step: bare diffusers"]["s"] / c["1-step: Easel decoder=tiny"]["s"], 2),
+            "1-step Easel / bare (goal <= 1.02)": round(c["1-step: Easel"]["s"] / c["1-step: bare diffusers"]["s"], 3),
+            f"{args.steps} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)":
+                round(c[f"{args.steps} guided steps: Easel"]["s"]
+                      / c[f"{args.steps} guided steps: Easel cache=deepcache:3"]["s"], 2),
+            f"{args.steps} steps Easel / bare (goal <= 1.02)":
+                round(c[f"{args.steps} guided steps: Easel"]["s"] / c[f"{args.steps} guided steps: bare diffusers"]["s"],
+                      3)}
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
