@@ -136,17 +136,15 @@ def main() -> None:
             report["cases"][name] = {k: round(statistics.median(r[k] for r in rows), 3) if rows[0][k] is not None
                                      else None for k in rows[0]}
         report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
-        c = report["cases"]
+        c, n = report["cases"], args.steps
         report["ratios"] = {
             "1-step bare / Easel decoder=tiny (goal >= 4)":
                 round(c["1-step: bare diffusers"]["s"] / c["1-step: Easel decoder=tiny"]["s"], 2),
             "1-step Easel / bare (goal <= 1.02)": round(c["1-step: Easel"]["s"] / c["1-step: bare diffusers"]["s"], 3),
-            f"{args.steps} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)":
-                round(c[f"{args.steps} guided steps: Easel"]["s"]
-                      / c[f"{args.steps} guided steps: Easel cache=deepcache:3"]["s"], 2),
-            f"{args.steps} steps Easel / bare (goal <= 1.02)":
-                round(c[f"{args.steps} guided steps: Easel"]["s"] / c[f"{args.steps} guided steps: bare diffusers"]["s"],
-                      3)}
+            f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)":
+                round(c[f"{n} guided steps: Easel"]["s"] / c[f"{n} guided steps: Easel cache=deepcache:3"]["s"], 2),
+            f"{n} steps Easel / bare (goal <= 1.02)":
+                round(c[f"{n} guided steps: Easel"]["s"] / c[f"{n} guided steps: bare diffusers"]["s"], 3)}
         out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
 
