@@ -84,6 +84,9 @@ class ModelFamily:
     edit_needs_mask: bool = False  # an edit must name its area (a mask, or the image's transparency)
     warning: str | None = None  # said with every image it makes (a pipeline Easel runs without knowing it)
     requires: tuple[str, ...] = ()  # modules its pipeline cannot load without (beyond Easel's own dependencies)
+    # few-step LoRA presets by name (`speed=fast` is the first): lora ("org/repo/file" on the hub), weight, and the
+    # scheduler, steps and guidance it needs
+    speed: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # components its releases leave out, by name: (class, hub repository), loaded from there where a folder lacks
     # them (HiDream's fourth text encoder, Llama 3.1 8B Instruct)
     components: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
@@ -205,6 +208,10 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         options = {**MEMORY_OPTIONS, "decoder": DECODER_OPTION, "cache": CACHE_OPTION, **options}
     if raw.get("denoiser"):
         options["base"] = BASE_OPTION
+    if raw.get("speed"):
+        names = ", ".join(raw["speed"])
+        options["speed"] = OptionSpec("speed", "str", f"fast, or a few-step LoRA preset by name ({names}): its LoRA "
+                                      "from the hub, with the scheduler, steps and guidance it needs.")
     if local and raw.get("negative_prompt"):
         raw.setdefault("negative_prompt_needs", raw.get("cfg_param", "guidance_scale"))
     return ModelFamily(

@@ -112,6 +112,7 @@ def check_request(request: ImageRequest, catalog: ModelCatalog | None = None,
     _check_mode(r, spec)  # 2. what to do, and with which images (ControlNet's among them)
     _check_control(r, spec, allow_paths)
     _check_ip_adapter(r, spec, allow_paths)
+    _check_speed(r, spec)
     _check_numbers(r, spec, request)  # 3. count, size, steps, guidance, seed, and the hires fix's
     _check_hires(r, spec, allow_paths)
     _check_choices(r, spec)  # 4. scheduler, output format, family options
@@ -320,6 +321,25 @@ def _check_mode(r: ImageRequest, spec: ModelSpec) -> None:
             raise InvalidRequestError(f"`inpaint_full_res` must be true or false but is {r.inpaint_full_res!r}.",
                                       param="inpaint_full_res")
         r.inpaint_full_res_padding = _require_int("inpaint_full_res_padding", r.inpaint_full_res_padding, 0, 512)
+
+
+def _check_speed(r: ImageRequest, spec: ModelSpec) -> None:
+    """`speed`: a few-step LoRA preset of the family (`fast`: its first), as the LoRA (`hub:` its file) and the
+    scheduler, steps and guidance it needs, where the request does not set them."""
+    name = r.extra.pop("speed", None)
+    if name is None:
+        return
+    presets = spec.family.speed
+    if not isinstance(name, str) or (name != "fast" and name not in presets):
+        raise InvalidRequestError(f"`speed` for {spec.name} must be fast or one of {', '.join(presets)} but is "
+                                  f"{name!r}.", param="speed")
+    preset = presets[next(iter(presets)) if name == "fast" else name]
+    r.loras = {**r.loras, f"hub:{preset['lora']}": preset.get("weight", 1.0)}
+    r.scheduler = r.scheduler or preset.get("scheduler")
+    if r.num_inference_steps is None:
+        r.num_inference_steps = preset["steps"]
+    if r.guidance_scale is None:
+        r.guidance_scale = preset["guidance"]
 
 
 def _whole_picture_edit(r: ImageRequest, spec: ModelSpec) -> None:

@@ -101,3 +101,38 @@ def test_the_servers_settings_apply_where_they_fit(tiny_models, taesd, monkeypat
                           plain)
     flux = easel.generate("a red kite", model=str(tiny_models["flux"]), **KW)  # neither fits a FLUX model here
     assert "cache" not in flux[0].parameters and "decoder" not in flux[0].parameters
+
+
+def test_speed_fast_applies_the_familys_few_step_lora(tiny_models, hub_cache, tmp_path):
+    """`speed=fast`: LCM-LoRA from the hub cache, with the LCM scheduler, 4 steps and guidance 1 (a request's own
+    steps win); the same image as naming all of it by hand; refused clearly where the LoRA is not here."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+    from tiny_pipelines import save_random_lora
+
+    folder = str(tiny_models["sd15"])
+    kw = dict(size="64x64", seed=3, save=False)
+    with pytest.raises(EaselError) as missing:
+        easel.generate("a red kite", model=folder, speed="fast", **kw)
+    assert missing.value.param == "loras" and "hf download latent-consistency/lcm-lora-sdv1-5" in missing.value.message
+    (tmp_path / "lcm").mkdir()
+    save_random_lora(StableDiffusionPipeline.from_pretrained(folder), tmp_path / "lcm" / "pytorch_lora_weights.safetensors",
+                     seed=2)
+    install_in_hub_cache(tmp_path / "lcm", hub_cache, "latent-consistency/lcm-lora-sdv1-5")
+    try:
+        fast = easel.generate("a red kite", model=folder, speed="fast", **kw)
+        params = fast[0].parameters
+        assert (params["num_inference_steps"], params["guidance_scale"], params["scheduler"]) == (4, 1.0, "lcm")
+        assert params["loras"] == {"hub:latent-consistency/lcm-lora-sdv1-5/pytorch_lora_weights.safetensors": 1.0}
+        by_hand = easel.generate("a red kite", model=folder, steps=4, guidance=1.0, scheduler="lcm",
+                                 loras={"hub:latent-consistency/lcm-lora-sdv1-5/pytorch_lora_weights.safetensors": 1.0},
+                                 **kw)
+        assert np.array_equal(pixels(fast), pixels(by_hand))
+        assert easel.generate("a red kite", model=folder, speed="lcm", steps=2, **kw)[0].parameters[
+            "num_inference_steps"] == 2
+        with pytest.raises(EaselError) as unknown:
+            easel.generate("a red kite", model=folder, speed="warp", **kw)
+        assert unknown.value.param == "speed" and "fast or one of lcm, hyper" in unknown.value.message
+    finally:
+        shutil.rmtree(hub_cache / "models--latent-consistency--lcm-lora-sdv1-5")

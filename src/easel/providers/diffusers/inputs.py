@@ -20,6 +20,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "heun": ("HeunDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),  # LCM-LoRA's
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),  # Hyper-SD's few-step LoRAs
 }
 
 

@@ -41,8 +41,11 @@ class Lora(Adapter):
         return requests[0].loras
 
     def file(self, name: str) -> Path:
-        """A LoRA's file: `<name>.safetensors` in the loras folder, or a path (which the request check allows only
-        where the caller is the machine's user). Unknown: an error listing the LoRAs there are."""
+        """A LoRA's file: `<name>.safetensors` in the loras folder, a path (which the request check allows only
+        where the caller is the machine's user), or `hub:org/repo/file` (a `speed` preset's: the hub cache, or
+        downloaded where models may be). Unknown: an error listing the LoRAs there are."""
+        if name.startswith("hub:"):
+            return _from_hub(name.removeprefix("hub:"))
         if names_a_file(name):
             path = Path(name).expanduser()
         else:  # in the loras folder only (none configured: no LoRA by name)
@@ -93,6 +96,19 @@ class Lora(Adapter):
                 pipe.delete_adapters(adapter)
             raise does_not_fit(f"The LoRA {name!r}", exc, "loras") from None
         return adapter
+
+
+def _from_hub(name: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    from ..loading import offline
+
+    org, repo, file = name.split("/", 2)
+    try:
+        return Path(hf_hub_download(f"{org}/{repo}", file, local_files_only=offline()))
+    except Exception:  # noqa: BLE001 - not cached while offline, or the hub unreachable
+        raise InvalidRequestError(f"The LoRA {file} of {org}/{repo} is not on this machine: with network access, run "
+                                  f"`hf download {org}/{repo} {file}`.", param="loras") from None
 
 
 def _release(pipe, held: _Loaded, key: tuple, adapter: str) -> None:
