@@ -117,8 +117,8 @@ def test_speed_fast_applies_the_familys_few_step_lora(tiny_models, hub_cache, tm
         easel.generate("a red kite", model=folder, speed="fast", **kw)
     assert missing.value.param == "loras" and "hf download latent-consistency/lcm-lora-sdv1-5" in missing.value.message
     (tmp_path / "lcm").mkdir()
-    save_random_lora(StableDiffusionPipeline.from_pretrained(folder), tmp_path / "lcm" / "pytorch_lora_weights.safetensors",
-                     seed=2)
+    save_random_lora(StableDiffusionPipeline.from_pretrained(folder),
+                     tmp_path / "lcm" / "pytorch_lora_weights.safetensors", seed=2)
     install_in_hub_cache(tmp_path / "lcm", hub_cache, "latent-consistency/lcm-lora-sdv1-5")
     try:
         fast = easel.generate("a red kite", model=folder, speed="fast", **kw)
