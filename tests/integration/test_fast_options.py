@@ -136,3 +136,29 @@ def test_speed_fast_applies_the_familys_few_step_lora(tiny_models, hub_cache, tm
         assert unknown.value.param == "speed" and "fast or one of lcm, hyper" in unknown.value.message
     finally:
         shutil.rmtree(hub_cache / "models--latent-consistency--lcm-lora-sdv1-5")
+
+
+def test_openai_quality_low_decodes_with_the_tiny_autoencoder_where_it_is_here(tiny_models, taesd, easel_home):
+    import base64
+    import io
+    import shutil
+
+    import httpx
+    from PIL import Image
+    from servers import serving
+
+    from easel.config import Settings
+    from easel.server.app import create_app
+
+    (easel_home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_models["sd15"], easel_home / "models" / "tiny")
+    body = {"prompt": "a red kite", "model": "tiny", "size": "64x64", "seed": 3, "num_inference_steps": 2}
+    with serving(create_app(Settings(home=easel_home, ui=False), warm=False)) as url:
+        low = httpx.post(f"{url}/v1/images/generations", json={**body, "quality": "low"}, timeout=120).json()
+        full = httpx.post(f"{url}/v1/images/generations", json=body, timeout=120).json()
+    tiny = easel.generate("a red kite", model=str(tiny_models["sd15"]), decoder="tiny", **KW)
+
+    def decoded(answer):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["data"][0]["b64_json"]))), dtype=np.int16)
+
+    assert np.array_equal(decoded(low), pixels(tiny)) and not np.array_equal(decoded(full), pixels(tiny))

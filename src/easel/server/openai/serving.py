@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...checks import CheckedRequest
 from ...control import ip_adapter_from_json, units_from_json
-from ...errors import InvalidRequestError, UnsupportedError
+from ...errors import EaselError, InvalidRequestError, UnsupportedError
 from ...metadata import encode_image, prompt_of
 from ...prompts import OPENAI_STYLES, with_style
 from ...openai_models import check_openai_rules, rules_for
@@ -152,6 +152,11 @@ class ImagesService:
         # the one check: every client mistake is a 400 before any work (or any stream) starts
         checked = self.runner.check(request)
         spec = checked.spec
+        if quality == "low" and spec.family.preview_decoder and "decoder" not in request.extra:
+            with contextlib.suppress(EaselError):  # the tiny decoder where it is on this machine; else as asked
+                checked = self.runner.check(request.replace(extra={**request.extra, "decoder": "tiny"}))
+                checked.request.warnings.append(f"quality=low: decoded with {spec.family.preview_decoder}, the "
+                                                "family's tiny autoencoder (less fine detail, a fraction of the time)")
         if getattr(req, "background", None) == "transparent":
             raise UnsupportedError(f"{spec.name} cannot make transparent backgrounds; use opaque or auto.",
                                    param="background")
