@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--one-step", action="store_true", help="the 1-step cases only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import resource
@@ -113,13 +114,18 @@ def main() -> None:
         "1-step: bare diffusers": lambda: diffusers_image(1, 0.0),
         "1-step: Easel": lambda: easel_image(1, 0.0),
         "1-step: Easel decoder=tiny": lambda: easel_image(1, 0.0, decoder="tiny"),
+        "1-step: Easel decoder=tiny channels_last quantize=int8": lambda: easel_image(
+            1, 0.0, decoder="tiny", channels_last=True, quantize="int8"),
         f"{args.steps} guided steps: bare diffusers": lambda: diffusers_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel": lambda: easel_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel cache=deepcache:3": lambda: easel_image(args.steps, 7.5,
                                                                                    cache="deepcache:3"),
     }
+    if args.one_step:
+        cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
     easel_image(1, 0.0, decoder="tiny")
+    easel_image(1, 0.0, decoder="tiny", channels_last=True, quantize="int8")
     diffusers_image(1, 0.0)
     timings: dict[str, list[dict]] = {name: [] for name in cases}
     out = args.out or HERE / "results" / ("cpu-cut-the-work-tiny.json" if args.tiny else "cpu-cut-the-work.json")
@@ -137,14 +143,22 @@ def main() -> None:
                                      else None for k in rows[0]}
         report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
         c, n = report["cases"], args.steps
+
+        def ratio(a: str, b: str) -> float:
+            return round(c[a]["s"] / c[b]["s"], 3)
+
         report["ratios"] = {
-            "1-step bare / Easel decoder=tiny (goal >= 4)":
-                round(c["1-step: bare diffusers"]["s"] / c["1-step: Easel decoder=tiny"]["s"], 2),
-            "1-step Easel / bare (goal <= 1.02)": round(c["1-step: Easel"]["s"] / c["1-step: bare diffusers"]["s"], 3),
-            f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)":
-                round(c[f"{n} guided steps: Easel"]["s"] / c[f"{n} guided steps: Easel cache=deepcache:3"]["s"], 2),
-            f"{n} steps Easel / bare (goal <= 1.02)":
-                round(c[f"{n} guided steps: Easel"]["s"] / c[f"{n} guided steps: bare diffusers"]["s"], 3)}
+            "1-step bare / Easel decoder=tiny (goal >= 4)": ratio("1-step: bare diffusers",
+                                                                  "1-step: Easel decoder=tiny"),
+            "1-step bare / Easel decoder=tiny channels_last quantize=int8": ratio(
+                "1-step: bare diffusers", "1-step: Easel decoder=tiny channels_last quantize=int8"),
+            "1-step Easel / bare (goal <= 1.02)": ratio("1-step: Easel", "1-step: bare diffusers")}
+        if not args.one_step:
+            report["ratios"].update({
+                f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)": ratio(
+                    f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3"),
+                f"{n} steps Easel / bare (goal <= 1.02)": ratio(f"{n} guided steps: Easel",
+                                                                f"{n} guided steps: bare diffusers")})
         out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
 
