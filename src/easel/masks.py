@@ -5,7 +5,7 @@
     web UI      the editor's brush layers: painted = repaint                      from_layers
     diffusers   white = repaint, the image's size                                  (Easel's own)
 
-`edit_mode` tells an edit from a whole-picture change (no mask, no transparency); `InpaintFrame` is what every
+`edit_area` is the area an edit with no mask repaints (the transparent pixels, or none); `InpaintFrame` is what every
 provider's edit goes through: the mask feathered over `mask_blur` pixels, optionally only the masked area shown to
 the model at full resolution, and the answer pasted back with every pixel beyond the band kept exactly.
 """

@@ -122,8 +122,7 @@ class ImagesService:
         self.runner = runner
         self.signer = signer
         self.local_model = local_model
-        self.edit_model = edit_model or local_model  # what OpenAI's names edit with (EASEL_OPENAI_EDIT_MODEL)
-        self.own_edit_model = bool(edit_model)
+        self.edit_model = edit_model  # what OpenAI's names edit with (EASEL_OPENAI_EDIT_MODEL; None: local_model)
 
     # -- request mapping -------------------------------------------------------------------------------------------
     def prepare(self, req: GenerationRequest | EditRequest | VariationRequest, mode: str = "generate",
@@ -145,10 +144,11 @@ class ImagesService:
         if partial is not None and not 0 <= partial <= 3:
             raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
                                       param="partial_images")
-        if mode == "edit" and mask is None and req.model == "dall-e-2" and not self.own_edit_model:
+        if mode == "edit" and mask is None and req.model == "dall-e-2" and self.edit_model is None:
             raise InvalidRequestError("dall-e-2 edits the area a mask names (or the image's transparent pixels), and "
                                       "neither was given.", param="mask")  # its documented rule
-        request = to_image_request(req, mode, images, mask, self.edit_model if mode == "edit" else self.local_model)
+        local = (self.edit_model or self.local_model) if mode == "edit" else self.local_model
+        request = to_image_request(req, mode, images, mask, local)
         # the one check: every client mistake is a 400 before any work (or any stream) starts
         checked = self.runner.check(request)
         spec = checked.spec
