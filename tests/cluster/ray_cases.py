@@ -56,8 +56,10 @@ def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
         _wait(lambda: _running(server) == 2, 120, "both replicas running")
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=300)
 
+        # long enough a batch (48 steps) that the replicas are busy whenever the kill lands, not between batches
         def one(i: int):
-            res = client.images.generate(prompt=PROMPT, size="256x256", extra_body={"seed": 1000 + i})
+            res = client.images.generate(prompt=PROMPT, size="256x256",
+                                         extra_body={"seed": 1000 + i, "num_inference_steps": 48})
             return Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json)))
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -79,7 +81,8 @@ def test_a_replica_killed_mid_batch_loses_no_request(tmp_path):
             png = httpx.get(job["urls"][0])
             assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (256, 256)
         # the same seed gives the same image, whichever replica ran it, retried or not
-        again = client.images.generate(prompt=PROMPT, size="256x256", extra_body={"seed": 1000})
+        again = client.images.generate(prompt=PROMPT, size="256x256",
+                                       extra_body={"seed": 1000, "num_inference_steps": 48})
         first = Image.open(io.BytesIO(base64.b64decode(again.data[0].b64_json)))
         assert first.tobytes() == images[0].tobytes()
         # the web UI, served by the ingress, makes images through the replicas too

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ...catalog import model_folders, names_a_file
 from ...checkpoints import gguf_file
 from ...errors import AuthenticationError, EaselError, InvalidRequestError, ModelNotFoundError, UnsupportedError
-from . import memory
+from . import components, memory
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
 
@@ -222,7 +222,7 @@ class Loader:
             cls = _pipeline_class(spec.family.pipeline)
             folder = self._files(spec)  # downloaded first where they may be: the plan reads their headers
             plan = self.plan(spec, options, held=held)
-            borrowed = self._components(spec, folder, dtype) if folder is not None else {}
+            borrowed = components.load(spec, folder, dtype, self.token) if folder is not None else {}
             if spec.gguf:
                 pipe = cls.from_pretrained(folder, transformer=self._gguf_denoiser(spec, dtype), dtype=dtype,
                                            **borrowed)
@@ -247,31 +247,6 @@ class Loader:
             if plan.offload != "none" and options["offload"] == "auto" else []
         return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config),
                               time.perf_counter() - started, warnings=chosen)
-
-    def _components(self, spec: ModelSpec, folder: Path, dtype) -> dict[str, Any]:
-        """The family's components that `folder` lacks, from their own repositories (hub cache first; downloaded
-        where the model's own files may be)."""
-        import transformers
-
-        out = {}
-        for name, (class_name, repo) in spec.family.components.items():
-            if not (Path(folder) / name).is_dir():
-                where = self.component_folder(repo, download=not offline())
-                cls = getattr(transformers, class_name)
-                out[name] = cls.from_pretrained(where, dtype=dtype) if issubclass(cls, transformers.PreTrainedModel) \
-                    else cls.from_pretrained(where)
-        return out
-
-    def component_folder(self, repo: str, download: bool) -> Path:
-        """A family component's repository from the hub cache, or downloaded; not there: how to get it."""
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(repo, local_files_only=not download, token=self.token))
-        except Exception:  # noqa: BLE001 - not cached, gated or unreachable: said as one
-            raise ModelNotFoundError(f"This model needs {repo} beside its own files (its releases leave it out), and "
-                                     f"it is not on this machine: accept its licence on the hub and run `easel models "
-                                     f"pull` for the model with network access.", param="model") from None
 
     def _files(self, spec: ModelSpec) -> Path | None:
         """The pipeline folder a model loads from (a GGUF denoiser's base, its file fetched too), downloading what
@@ -329,7 +304,7 @@ class Loader:
         for name, (_, repo) in spec.family.components.items():
             if not (folder / name).is_dir():
                 with contextlib.suppress(ModelNotFoundError):
-                    borrowed[name] = self.component_folder(repo, download=False)
+                    borrowed[name] = components.folder_of(repo, False, self.token)
         return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf, borrowed)
 
     def pipeline_folder(self, spec: ModelSpec) -> Path | None:
@@ -370,7 +345,7 @@ class Loader:
             folder = self.pipeline_folder(spec)
             for name, (_, repo) in spec.family.components.items():
                 if folder is None or not (folder / name).is_dir():
-                    self.component_folder(repo, download=False)
+                    components.folder_of(repo, False, self.token)
         if spec.gguf:
             if offline():
                 self.gguf_path(spec)
