@@ -12,20 +12,25 @@ if TYPE_CHECKING:
     from ...catalog import ModelSpec
 
 
+def missing(spec: ModelSpec, folder: Path | None) -> dict[str, tuple[str, str]]:
+    """The family's components that `folder` (None: not on this machine) lacks: name -> (class, repository)."""
+    return {name: where for name, where in spec.family.components.items()
+            if folder is None or not (Path(folder) / name).is_dir()}
+
+
 def load(spec: ModelSpec, folder: Path, dtype, token: str | None) -> dict[str, Any]:
-    """The family's components that `folder` lacks, from their own repositories (hub cache first; downloaded where
-    the model's own files may be), by name, for `from_pretrained`."""
+    """The components `folder` lacks, from their own repositories (hub cache first; downloaded where the model's
+    own files may be), by name, for `from_pretrained`."""
     import transformers
 
     from .loading import offline
 
     out = {}
-    for name, (class_name, repo) in spec.family.components.items():
-        if not (Path(folder) / name).is_dir():
-            where = folder_of(repo, not offline(), token)
-            cls = getattr(transformers, class_name)
-            out[name] = cls.from_pretrained(where, dtype=dtype) if issubclass(cls, transformers.PreTrainedModel) \
-                else cls.from_pretrained(where)
+    for name, (class_name, repo) in missing(spec, folder).items():
+        where = folder_of(repo, not offline(), token)
+        cls = getattr(transformers, class_name)
+        out[name] = cls.from_pretrained(where, dtype=dtype) if issubclass(cls, transformers.PreTrainedModel) \
+            else cls.from_pretrained(where)
     return out
 
 

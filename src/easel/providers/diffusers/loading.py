@@ -301,10 +301,9 @@ class Loader:
         if folder is None or not (folder / "model_index.json").is_file():
             return None
         borrowed = {}
-        for name, (_, repo) in spec.family.components.items():
-            if not (folder / name).is_dir():
-                with contextlib.suppress(ModelNotFoundError):
-                    borrowed[name] = components.folder_of(repo, False, self.token)
+        for name, (_, repo) in components.missing(spec, folder).items():
+            with contextlib.suppress(ModelNotFoundError):
+                borrowed[name] = components.folder_of(repo, False, self.token)
         return memory.needs(folder, dtype, options["quantize"], pixels, batch, gguf, borrowed)
 
     def pipeline_folder(self, spec: ModelSpec) -> Path | None:
@@ -342,10 +341,8 @@ class Loader:
                     f"processor only with it. Install the {module} build of your torch (with torch's CPU wheel: pip "
                     f"install {module} --index-url https://download.pytorch.org/whl/cpu).", param="model")
         if offline() and spec.family.components:
-            folder = self.pipeline_folder(spec)
-            for name, (_, repo) in spec.family.components.items():
-                if folder is None or not (folder / name).is_dir():
-                    components.folder_of(repo, False, self.token)
+            for _, repo in components.missing(spec, self.pipeline_folder(spec)).values():
+                components.folder_of(repo, False, self.token)
         if spec.gguf:
             if offline():
                 self.gguf_path(spec)
