@@ -69,7 +69,8 @@ def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
                               param=param)
 
 
-REQUEST_FIELDS = ("enhance_prompt", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps")
+REQUEST_FIELDS = ("enhance_prompt", "hires_scale", "hires_size", "hires_upscaler", "hires_strength",
+                  "hires_steps")
 
 
 def to_image_request(prompt: str, *, model, n, size, aspect, width, height, steps, guidance, seed,
@@ -127,7 +128,7 @@ def generate(prompt: str, *, model: str | None = None, n: int = 1, size: str | N
 def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None, n: int = 1,
          size: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
          negative_prompt: str | None = None, strength: float | None = None, mask_blur: int | None = None,
-         inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32, output_format: str = "png",
+         scheduler: str | None = None, inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32, output_format: str = "png",
          save: bool = True, out_dir: str | Path | None = None, on_step: StepCallback | None = None,
          **options: Any) -> ImageResult:
     """Repaint the white part of `mask` in `image` to match `prompt`, keeping the rest (inpainting).
@@ -148,7 +149,7 @@ def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None,
     mask_image = load_image(mask, "mask") if mask is not None else masks.edit_area(picture)
     request = to_image_request(prompt, model=model, n=n, size=size, aspect=None, width=None, height=None,
                                steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
-                               scheduler=None, output_format=output_format, options=options, mode="edit",
+                               scheduler=scheduler, output_format=output_format, options=options, mode="edit",
                                image=picture, mask=mask_image, strength=strength)
     request = request.replace(references=pictures[1:], mask_blur=mask_blur, inpaint_full_res=inpaint_full_res,
                               inpaint_full_res_padding=inpaint_full_res_padding)
@@ -157,15 +158,15 @@ def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None,
 
 def vary(image: Any, prompt: str = "", *, model: str | None = None, n: int = 1, size: str | None = None,
          strength: float | None = None, steps: int | None = None, guidance: float | None = None,
-         seed: int | None = None, negative_prompt: str | None = None, output_format: str = "png", save: bool = True,
-         out_dir: str | Path | None = None, on_step: StepCallback | None = None, **options: Any) -> ImageResult:
+         seed: int | None = None, negative_prompt: str | None = None, scheduler: str | None = None,
+         output_format: str = "png", save: bool = True, out_dir: str | Path | None = None,
+         on_step: StepCallback | None = None, **options: Any) -> ImageResult:
     """Variations of `image` (image-to-image): `strength` near 0 keeps it, 1 redraws it; `prompt` steers them."""
     picture = load_image(image, "image")
     request = to_image_request(prompt or prompt_of(picture), model=model, n=n, size=size, aspect=None,
                                width=None, height=None, steps=steps, guidance=guidance, seed=seed,
-                               negative_prompt=negative_prompt, scheduler=None, output_format=output_format,
-                               options=options,
-                               mode="vary", image=picture, strength=strength)
+                               negative_prompt=negative_prompt, scheduler=scheduler, output_format=output_format,
+                               options=options, mode="vary", image=picture, strength=strength)
     return default_runner().run(request, save=save, out_dir=Path(out_dir) if out_dir else None, on_step=on_step)
 
 

@@ -65,6 +65,7 @@ class ModelFamily:
     preview_decoder: str | None = None
     loras: bool = False  # its pipeline loads LoRA adapters (diffusers' load_lora_weights, peft)
     embeddings: bool = False  # its pipeline loads textual-inversion embeddings (load_textual_inversion)
+    clip_skip: bool = False  # its CLIP text encoder may end early (A1111's clip skip: the `clip_skip` option)
     weights: bool = False  # it weighs prompt words as A1111 writes them (`(word:1.3)`, `[word]`, `BREAK`)
     prompt_style: str | None = None  # how a prompt enhancer writes for it: "tags" or "prose"; None: never rewritten
     # its ControlNet pipelines (diffusers) by mode, where it has them, and the class of its control models
@@ -196,6 +197,8 @@ DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: t
 CACHE_OPTION = OptionSpec("cache", "str", "Step caching: deepcache (UNet models), first_block or taylorseer "
                           "(transformer models), with its parameter after a colon (deepcache:3 runs the whole UNet "
                           "every 3rd step; first_block:0.08; taylorseer:4); off by default.")
+CLIP_SKIP_OPTION = OptionSpec("clip_skip", "int", "Text-encoder layers skipped at its end (A1111's clip skip 2 is "
+                              "1): what models trained on them want.", ge=1, le=11)
 BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
                          "and configuration it runs with (a catalog model or hub id; default: its release's).")
 
@@ -208,6 +211,8 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         options = {**MEMORY_OPTIONS, "decoder": DECODER_OPTION, "cache": CACHE_OPTION, **options}
     if raw.get("denoiser"):
         options["base"] = BASE_OPTION
+    if raw.get("clip_skip"):
+        options["clip_skip"] = CLIP_SKIP_OPTION
     if raw.get("speed"):
         names = ", ".join(raw["speed"])
         options["speed"] = OptionSpec("speed", "str", f"fast, or a few-step LoRA preset by name ({names}): its LoRA "

@@ -438,8 +438,10 @@ def _check_hires(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     within the model's limit. Whether an upscaler model exists is its provider's check."""
     from .upscalers import HIRES_UPSCALERS
 
+    if r.hires_size is not None:
+        _hires_size(r, spec)
     if r.hires_scale is None or r.hires_scale == 1:
-        r.hires_scale = None
+        r.hires_scale, r.hires_size = None, None
         return
     r.hires_scale = _require_number("hires_scale", r.hires_scale, 1.0, 4.0)
     if r.mode != "generate":
@@ -461,6 +463,24 @@ def _check_hires(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
             raise InvalidRequestError(f"`hires_scale` {r.hires_scale} makes the {name} "
                                       f"{round(value * r.hires_scale)}, over the {limit} {spec.name} takes.",
                                       param="hires_scale")
+
+
+def _hires_size(r: ImageRequest, spec: ModelSpec) -> None:
+    """An exact final size for the hires fix: the scale that covers it (the picture is cropped to it after the
+    upscale, centred, as A1111 does with hr_resize_x/y); in the model's size steps, up to 4 times the first pass."""
+    if r.hires_scale is not None and r.hires_scale != 1:
+        raise InvalidRequestError("Give `hires_scale` or `hires_size`, not both.", param="hires_size")
+    width, height = parse_size(r.hires_size, "hires_size")
+    step, limit = spec.family.size_step, spec.family.max_side
+    for name, value in (("width", width), ("height", height)):
+        if value % step or not step <= value <= limit:
+            raise InvalidRequestError(f"`hires_size` {r.hires_size!r} has a {name} of {value}: it must be a multiple "
+                                      f"of {step} from {step} to {limit} for {spec.name}.", param="hires_size")
+    scale = max(width / r.width, height / r.height)
+    if not 1 <= scale <= 4:
+        raise InvalidRequestError(f"`hires_size` {r.hires_size!r} is {scale:.2f} times the first pass's "
+                                  f"{r.width}x{r.height}: the hires fix upscales 1 to 4 times.", param="hires_size")
+    r.hires_size, r.hires_scale = f"{width}x{height}", scale
 
 
 def _check_choices(r: ImageRequest, spec: ModelSpec) -> None:

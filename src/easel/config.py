@@ -102,6 +102,12 @@ class Settings(BaseSettings):
                                      "the job records, shared by a cluster's replicas; unset: SQLite in the home.")
     server_secret: str | None = Field(None, description="Hex key that signs image links; a cluster's replicas share "
                                       "it (unset: one created in HOME/server_secret).")
+    webhook_secret: str | None = Field(None, description="Key that signs webhook calls (HMAC-SHA256; unset: one "
+                                       "created in HOME/webhook_secret, which receivers are given).")
+    webhook_allow_private: bool = Field(False, description="Allow webhook URLs on loopback or private addresses "
+                                        "(a receiver on this machine or its network).")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Times a webhook call is tried (pauses of 1, 2, 4, "
+                                  "... s between).")
     ray_models: str = Field("", description="`easel serve --ray`: comma-separated models with a model deployment "
                             "each (default: the server's model).")
     ray_replicas: int = Field(1, ge=1, description="Replicas per model deployment (without ray_autoscale).")

@@ -61,6 +61,9 @@ SQLITE_MIGRATIONS = [
     """
     ALTER TABLE jobs ADD COLUMN preview BLOB;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    """,
 ]
 
 # PostgreSQL: the same tables (64-bit seeds, a sequence for the newest-first order); the version is in easel_schema.
@@ -92,6 +95,9 @@ POSTGRES_MIGRATIONS = [
     """,
     """
     ALTER TABLE jobs ADD COLUMN preview BYTEA;
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
     """,
 ]
 

@@ -44,6 +44,17 @@ def edit_area(image: PIL.Image.Image) -> PIL.Image.Image | None:
     return from_alpha(image) if has_transparency(image) else None
 
 
+def with_markup(image: PIL.Image.Image, markup: PIL.Image.Image) -> PIL.Image.Image:
+    """OpenAI's `markup`: a transparent PNG of marks drawn over `image` (its size) to guide an edit, laid on it. It
+    must have transparent pixels (else it would hide the whole picture)."""
+    if not has_transparency(markup):
+        raise InvalidRequestError("`markup` must be a PNG with transparent pixels (the marks opaque, the rest clear).",
+                                  param="markup")
+    base = image.convert("RGBA")
+    base.alpha_composite(markup.convert("RGBA"))
+    return base.convert(image.mode if image.mode in ("RGB", "RGBA", "L") else "RGB")
+
+
 def binary(mask: PIL.Image.Image) -> PIL.Image.Image:
     """Any grey mask as black and white (over half = repaint)."""
     return mask.convert("L").point(lambda v: 255 if v > 127 else 0)

@@ -10,18 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import mimetypes
 from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
-from mcp.types import ImageContent, TextContent
+from mcp.types import ImageContent, ResourceLink, TextContent
 
 from ._version import __version__
 from .config import Settings, get_settings
 from .engine.queue import Engine
 from .engine.runner import Runner
+from .server.files import UrlSigner, load_secret
 from .errors import EaselError, InvalidRequestError, NotFoundError
 from .tools import describe
 from . import masks
@@ -68,9 +70,11 @@ def _load_image(value: str, param: str, runner: Runner, allow_paths: bool):
                         param=param)
 
 
-async def run_tool(engine: Engine, request: ImageRequest, ctx: Context | None) -> list[TextContent | ImageContent]:
-    """Run a tool's request as an engine job, reporting its steps as MCP progress; a line naming the saved images
-    and their ids, then the images. Errors are tool errors in the tools' own terms."""
+async def run_tool(engine: Engine, request: ImageRequest, ctx: Context | None,
+                   signer: UrlSigner | None = None) -> list[TextContent | ImageContent | ResourceLink]:
+    """Run a tool's request as an engine job, reporting its steps as MCP progress; a line naming the saved images,
+    their ids and links, then the images, then a link to each (for clients that drop image blocks): over HTTP a
+    signed URL (valid 60 minutes), over stdio the saved file. Errors are tool errors in the tools' own terms."""
 
     async def report(job) -> None:
         if ctx is not None and job.total_steps and job.step:
@@ -80,9 +84,17 @@ async def run_tool(engine: Engine, request: ImageRequest, ctx: Context | None) -
         result = await engine.submit(request).wait_async(report)
     except EaselError as exc:
         raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
+    http = getattr(ctx.request_context, "request", None) if ctx is not None else None
+    links = [signer.url(str(http.base_url), im.id) if http is not None and signer is not None
+             else Path(im.path).resolve().as_uri() if im.path else None for im in result.images]
     ids = ", ".join(im.id for im in result.images if im.id)
-    contents: list[TextContent | ImageContent] = [TextContent(type="text", text=f"{describe(result)} Image id: {ids}.")]
+    shown = ", ".join(link for link in links if link)
+    line = f"{describe(result)} Image id: {ids}." + (f" Link: {shown}" if shown and http is not None else "")
+    contents: list[TextContent | ImageContent | ResourceLink] = [TextContent(type="text", text=line)]
     contents += [Image(data=im.to_bytes("png"), format="png").to_image_content() for im in result.images]
+    contents += [ResourceLink(type="resource_link", uri=link, name=Path(im.path or im.id).name,
+                              mime_type=f"image/{im.output_format}")
+                 for im, link in zip(result.images, links) if link]
     return contents
 
 
@@ -91,6 +103,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
     settings = settings or get_settings()
     runner = Runner(settings, allow_paths=allow_paths)
     engine = Engine.from_settings(runner).start()
+    signer = UrlSigner(load_secret(settings.home / "server_secret", settings.server_secret))
     server = MCPServer(name="easel", version=__version__,
                        instructions="Make images from text with Easel: generate_image, edit_image "
                        "(inpainting) and list_models. Images are saved in Easel's workspace; every result names the "
@@ -106,7 +119,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
         model: a name from list_models (default: the configured model); size: WIDTHxHEIGHT; aspect: e.g. 16:9."""
         request = to_image_request(prompt, model=model, n=n, size=size, aspect=aspect, seed=seed,
                                    negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale)
-        return await run_tool(engine, request, ctx)
+        return await run_tool(engine, request, ctx, signer)
 
     @server.tool()
     async def edit_image(image: str, prompt: str, mask: str | None = None, model: str | None = None,
@@ -129,7 +142,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
             request = request.replace(references=more)
         except EaselError as exc:
             raise ToolError(exc.renamed(TOOL_PARAMS).message) from None
-        return await run_tool(engine, request, ctx)
+        return await run_tool(engine, request, ctx, signer)
 
     @server.tool()
     def list_models() -> str:
@@ -140,6 +153,21 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
         return json.dumps({"default": settings.default_model, "models": rows,
                            "remote": "openai:MODEL (e.g. openai:gpt-image-1) and hf:ORG/NAME run on remote "
                                      "services with the keys from `easel keys set openai|hf`."}, indent=2)
+
+    @server.custom_route("/v1/files/{image_id}/content", methods=["GET"], include_in_schema=False)
+    async def file_content(request):
+        """A saved image through the signed link a tool's result gave (the same links `easel serve` signs)."""
+        from starlette.responses import JSONResponse, Response
+
+        image_id = request.path_params["image_id"]
+        query = request.query_params
+        found = runner.workspace().read_image(image_id) if signer.verify(
+            image_id, query.get("expires"), query.get("signature")) else None
+        if found is None:
+            return JSONResponse({"error": {"message": "This link does not exist or has expired.",
+                                           "type": "not_found_error", "param": None, "code": "not_found"}},
+                                status_code=404)
+        return Response(found[1], media_type=mimetypes.guess_type(found[0])[0] or "application/octet-stream")
 
     return server, engine
 
@@ -162,7 +190,8 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765,
 
             from .server.middleware import frame
 
-            app = frame(server.streamable_http_app(host=host), settings.server_keys, public=lambda path: False,
+            app = frame(server.streamable_http_app(host=host), settings.server_keys,
+                        public=lambda path: path.startswith("/v1/files/"),  # signed links: the signature is the key
                         max_json_bytes=MAX_MCP_BODY_BYTES, max_multipart_bytes=MAX_MCP_BODY_BYTES)
             uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -115,8 +115,9 @@ def from_record(params: dict[str, Any]) -> ImageRequest:
         loras=dict(params.get("loras", {})),
         control=[_known(ControlUnit, unit) for unit in params.get("control", [])],
         ip_adapter=_known(IPAdapter, prompt) if prompt else None,
-        **({"hires_scale": hires["scale"], "hires_upscaler": hires["upscaler"], "hires_strength": hires["strength"],
-            "hires_steps": hires["steps"]} if hires else {}))
+        **({"hires_scale": None if hires.get("size") else hires["scale"], "hires_size": hires.get("size"),
+            "hires_upscaler": hires["upscaler"], "hires_strength": hires["strength"], "hires_steps": hires["steps"]}
+           if hires else {}))
 
 
 def _known(cls, fields: dict[str, Any]):

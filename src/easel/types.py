@@ -68,6 +68,7 @@ class ImageRequest:
     # hires fix (A1111's enable_hr): make the image at its size, upscale it by `hires_scale` with `hires_upscaler`,
     # then image-to-image at `hires_strength` for `hires_steps` (None: the request's steps)
     hires_scale: float | None = None
+    hires_size: str | None = None  # or an exact final size, "WxH" (A1111's hr_resize_x/y): made to cover it, cropped
     hires_upscaler: str = "lanczos"
     hires_strength: float = 0.55
     hires_steps: int | None = None

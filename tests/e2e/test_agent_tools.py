@@ -49,12 +49,18 @@ async def _session_calls(session: ClientSession, tmp_path: Path, paths_allowed: 
     assert "prompt" in tools["generate_image"].input_schema["properties"]
 
     made = await session.call_tool("generate_image", {"prompt": PROMPT, "size": "32x32", "seed": 4})
-    assert not made.is_error and [c.type for c in made.content] == ["text", "image"]
-    text, image = made.content
-    assert "seed 4" in text.text and image.mime_type == "image/png"
+    assert not made.is_error and [c.type for c in made.content] == ["text", "image", "resource_link"]
+    text, image, link = made.content
+    assert "seed 4" in text.text and image.mime_type == "image/png" and link.mime_type == "image/png"
     picture = Image.open(io.BytesIO(base64.b64decode(image.data)))
     assert picture.size == (32, 32)
-    image_id = text.text.split("Image id: ")[1].rstrip(".")
+    image_id = text.text.split("Image id: ")[1].split(".")[0]
+    # a link a client that drops image blocks can open: the saved file (stdio), or a signed URL that needs no key
+    uri = str(link.uri)
+    opened = Path(uri.removeprefix("file://")).read_bytes() if paths_allowed else httpx.get(uri).content
+    assert opened == base64.b64decode(image.data) and (uri in text.text) != paths_allowed
+    if not paths_allowed:
+        assert httpx.get(uri.replace("signature=", "signature=0")).status_code == 404
 
     models = json.loads((await session.call_tool("list_models", {})).content[0].text)
     assert models["default"] == "builtin" and any(m["name"] == "builtin" and m["local"] for m in models["models"])

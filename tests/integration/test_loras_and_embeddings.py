@@ -74,6 +74,15 @@ def test_loras_change_the_image_and_leave_no_trace_when_not_asked_for(sd15_with_
     assert not np.array_equal(both, pixels(styled)) and not np.array_equal(both, before)
 
 
+def test_a_compiled_model_switches_loras_with_the_pixels_of_eager(sd15_with_loras):
+    """`compile` on a CPU folds the weights into the graph (inductor's freezing): a LoRA made active afterwards must
+    still count, and one made inactive must stop counting (each switch recompiles: slow here, about 30 s)."""
+    kw = dict(model=sd15_with_loras, size="64x64", steps=2, seed=7, save=False)
+    for loras in ({}, {"watercolor": 0.8}, {}):
+        eager = pixels(easel.generate(PROMPT, loras=loras, **kw))
+        assert np.abs(pixels(easel.generate(PROMPT, loras=loras, compile="default", **kw)) - eager).max() <= 2
+
+
 def test_bad_loras_are_clear_errors(sd15_with_loras):
     kw = dict(model=sd15_with_loras, size="64x64", steps=2, save=False)
     with pytest.raises(easel.InvalidRequestError, match="No LoRA 'nope'.*ink, watercolor") as caught:

@@ -80,6 +80,9 @@ class Job:
     preview_steps: set[int] = dataclasses.field(default_factory=set)  # steps whose images someone wants
     preview_all: bool = False  # previews of every image of the job, not only its first
     preview: list | None = None  # the latest preview images, while the job runs
+    queue_position: int | None = None  # queued: how many jobs run before it (0: it is next)
+    eta_s: float | None = None  # queued or running: seconds until it finishes, from the engine's recent pace
+    webhook: dict[str, Any] | None = None  # where its final JSON is POSTed, and how that went (server.webhooks)
     done_callbacks: list = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _reserved: queue.Queue | None = None  # the submitter's listener, subscribed before the job could start
@@ -199,9 +202,15 @@ class Job:
         """The job's JSON; the same shape as `JobStore.describe` gives for its record once it left memory."""
         error = self.error.to_dict() if hasattr(self.error, "to_dict") else (
             {"message": str(self.error)} if self.error is not None else None)
-        return job_json(self.id, self.state, self.step, self.total_steps, int(self.created),
+        body = job_json(self.id, self.state, self.step, self.total_steps, int(self.created),
                         [im.id for im in self.result.images] if self.result else [],
                         list(self.result.warnings) if self.result else [], error)
+        if self.state not in FINAL:
+            body["queue_position"] = self.queue_position
+            body["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
+        if self.webhook is not None:
+            body["webhook"] = dict(self.webhook)
+        return body
 
 
 class _LoopListener:
@@ -264,13 +273,20 @@ class JobStore:
             (now_iso(), job.state, job.step, job.total_steps, json.dumps(body["image_ids"]),
              json.dumps(body["warnings"]), json.dumps(body["error"]) if "error" in body else None, job.id))
 
+    def set_webhook(self, job: Job) -> None:
+        """The job's webhook delivery as it stands (its URL, attempts, outcome)."""
+        self.db.execute("UPDATE jobs SET webhook = ? WHERE id = ?", (json.dumps(job.webhook), job.id))
+
     @staticmethod
     def describe(row: dict[str, Any]) -> dict[str, Any]:
         """A recorded job in the shape of `Job.snapshot`."""
         created = int(dt.datetime.fromisoformat(row["created"]).timestamp())
-        return job_json(row["id"], row["state"], row["step"], row["total_steps"], created,
+        body = job_json(row["id"], row["state"], row["step"], row["total_steps"], created,
                         json.loads(row["image_ids"] or "[]"), json.loads(row.get("warnings") or "[]"),
                         json.loads(row["error"]) if row["error"] else None)
+        if row.get("webhook"):
+            body["webhook"] = json.loads(row["webhook"])
+        return body
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -55,6 +55,8 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         self.last_error: dict[str, Any] | None = None
         self._pending: list[Job] = []
+        self._running: list[Job] = []
+        self._step_s: float | None = None  # the recent pace: seconds per denoising step (a moving average)
         self._keys: dict[str, tuple] = {}
         self._finished: collections.deque[Job] = collections.deque()
         self._unsynced: dict[str, Job] = {}  # finished jobs whose record could not be written yet
@@ -198,7 +200,24 @@ class Engine:
     def _enqueue(self, job: Job) -> None:
         """Hand a new job to the worker (called with the lock held)."""
         self._pending.append(job)
+        self._queue_moved(tell=False)
         self._cond.notify_all()
+
+    def _queue_moved(self, tell: bool = True) -> None:
+        """Each waiting job's place and each job's estimated time to finish, from the recent pace (called with the
+        lock held); with `tell`, the waiting jobs' followers hear their new place."""
+        pace = self._step_s
+        ahead = 0
+        for job in self._running:
+            left = max(0, job.total_steps - job.step)
+            job.eta_s = None if pace is None else left * pace
+            ahead = max(ahead, left)  # a batch's jobs step together
+        for place, job in enumerate(self._pending):
+            ahead += job.total_steps
+            moved = job.queue_position != place
+            job.queue_position, job.eta_s = place, None if pace is None else ahead * pace
+            if tell and moved and job.listeners:
+                job.publish(JobEvent(job.snapshot()))
 
     def get(self, job_id: str) -> Job | dict[str, Any]:
         """The live job, or the record of one from before this process."""
@@ -222,6 +241,7 @@ class Engine:
             if job.state == "queued" and job in self._pending:
                 self._pending.remove(job)
                 self._finish(job, "cancelled")
+                self._queue_moved()
                 return job
         if job.state not in FINAL:  # running, or taken into a batch that is forming: it stops at its first step
             job.cancel_requested.set()
@@ -252,6 +272,7 @@ class Engine:
     # -- the worker's side -----------------------------------------------------------------------------------------
     def _take_batch(self) -> list[Job]:
         with self._cond:
+            self._running = []
             while not self._pending and not self._stop:
                 self._cond.wait(0.5)
                 self._release_finished()
@@ -274,6 +295,10 @@ class Engine:
                 if remaining <= 0 or key[0] == "solo":
                     break
                 self._cond.wait(remaining)
+            self._running = batch
+            for job in batch:
+                job.queue_position = None
+            self._queue_moved()
             return batch
 
     def _finish(self, job: Job, state: str, error: Any = None) -> None:
@@ -394,28 +419,29 @@ class Engine:
 
         def on_step(step: int, total: int, preview=None) -> None:
             now_step = time.perf_counter()
-            self.metrics.step_seconds.observe(now_step - last_step[0])
-            last_step[0] = now_step
+            took, last_step[0] = now_step - last_step[0], now_step
+            self.metrics.step_seconds.observe(took)
             shown = _render_previews(batch, step, preview) if preview is not None else {}
-            at = 0
             for job in batch:
                 if job.state != "running":
-                    at += job.request.num_images
                     continue
                 if job.cancel_requested.is_set():
                     # stopped at this step: its caller hears so now; its images are dropped at the end
                     self._finish(job, "cancelled")
-                    at += job.request.num_images
                     continue
                 job.step, job.total_steps = step, total
                 previews = shown.get(job.id, ())
                 if previews:
                     job.preview = list(previews)
                     self._share_preview(job)
-                at += job.request.num_images
-                job.publish(JobEvent(job.snapshot(), previews))
-                if step == total or step % 5 == 0:
-                    self._record(job)
+            with self._cond:  # the pace, and so every job's estimate, before the step's events go out
+                self._step_s = took if self._step_s is None else 0.7 * self._step_s + 0.3 * took
+                self._queue_moved(tell=False)
+            for job in batch:
+                if job.state == "running":
+                    job.publish(JobEvent(job.snapshot(), tuple(shown.get(job.id, ()))))
+                    if step == total or step % 5 == 0:
+                        self._record(job)
 
         def should_stop() -> bool:
             return all(j.cancel_requested.is_set() or self._timed_out(j) for j in batch)

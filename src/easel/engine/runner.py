@@ -22,7 +22,7 @@ from ..prompts import lora_tags, revise_prompt
 from ..providers.base import Batch, Progress, ProviderOutput, ProviderRegistry, StepCallback
 from ..request_json import record
 from ..store import Workspace, now_iso
-from ..types import GeneratedImage, ImageRequest, ImageResult
+from ..types import GeneratedImage, ImageRequest, ImageResult, parse_size
 
 log = logging.getLogger("easel.runner")
 
@@ -176,8 +176,12 @@ class Runner:
 
         step = spec.family.size_step
         size = (round(r.width * r.hires_scale / step) * step, round(r.height * r.hires_scale / step) * step)
+        final = parse_size(r.hires_size) if r.hires_size else size  # an exact size: the upscale covers it, cropped
+        size = (max(size[0], final[0]), max(size[1], final[1]))
+        left, top = (size[0] - final[0]) // 2, (size[1] - final[1]) // 2
+        box = (left, top, left + final[0], top + final[1])
         # the second pass refines the picture: image-to-image only (a ControlNet or an image prompt guided the first)
-        second = r.replace(mode="vary", width=size[0], height=size[1], size=f"{size[0]}x{size[1]}",
+        second = r.replace(mode="vary", width=final[0], height=final[1], size=f"{final[0]}x{final[1]}",
                            strength=r.hires_strength, num_images=1, hires_scale=None, control=[], ip_adapter=None,
                            num_inference_steps=r.hires_steps or r.num_inference_steps)
         done, each = steps_of(r.replace(hires_scale=None)), steps_of(second)
@@ -192,6 +196,8 @@ class Runner:
                 factor = image.width / output.latents[i].shape[-1]  # the VAE's
                 latents = resize_latents(output.latents[i], (round(size[0] / factor), round(size[1] / factor)),
                                          r.hires_upscaler)
+                f_left, f_top = round(left / factor), round(top / factor)
+                latents = latents[..., f_top:f_top + round(final[1] / factor), f_left:f_left + round(final[0] / factor)]
                 big = resize(image, size, picture_filter(r.hires_upscaler))  # what the latents show, for the record
             elif latent:  # the built-in model's latents are its pixels
                 big = resize(image, size, picture_filter(r.hires_upscaler))
@@ -199,6 +205,7 @@ class Runner:
                 big = resize(image, size, r.hires_upscaler)
             else:
                 big = resize(provider.upscale(image, r.hires_scale, r.hires_upscaler), size, "lanczos")
+            big = big.crop(box) if big.size != final else big
             again = provider.run_batch(Batch(spec, [second.replace(image=big)], [[seed]], latents),
                                        _Shifted(progress, done + i * each, total))
             _check_contract(provider, again, [[seed]])
@@ -206,7 +213,8 @@ class Runner:
         output.latents = None
         output.details["hires"] = {"scale": r.hires_scale, "upscaler": r.hires_upscaler,
                                    "strength": r.hires_strength, "steps": second.num_inference_steps,
-                                   "first_pass_size": f"{r.width}x{r.height}"}
+                                   "first_pass_size": f"{r.width}x{r.height}",
+                                   **({"size": r.hires_size} if r.hires_size else {})}
 
 
 class _Shifted(Progress):

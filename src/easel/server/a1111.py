@@ -8,10 +8,8 @@ of its current step every few steps as `current_image`."""
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import json
-import re
 import time
 import uuid
 from typing import Any
@@ -21,14 +19,15 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import masks
-from ..catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, lora_files, model_folders, upscaler_names
-from ..control import PREPROCESSORS, ControlUnit, IPAdapter, png_base64, preprocess
+from ..catalog import lora_files, upscaler_names
+from ..control import png_base64
 from ..upscalers import A1111_UPSCALERS, IMAGE_UPSCALERS, LATENT_UPSCALERS
 from ..engine.jobs import FINAL
 from ..errors import EaselError, InvalidRequestError, JobCancelledError, NotFoundError
-from ..metadata import a1111_parameters, encode_image
+from ..metadata import A1111_SAMPLERS, a1111_parameters, encode_image
 
-from ..types import ImageRequest, image_from_bytes
+from ..types import ImageRequest
+from .a1111_control import checkpoint_name, control_units, decode, image_prompt
 from .jobs import wait_for_job
 
 PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
@@ -36,11 +35,18 @@ PREVIEW_EVERY = 5  # steps between two preview images that /progress can show
 PARAMS = {"num_inference_steps": "steps", "guidance_scale": "cfg_scale", "n": "batch_size", "image": "init_images",
           "strength": "denoising_strength", "scheduler": "sampler_name", "hires_scale": "hr_scale",
           "hires_upscaler": "hr_upscaler", "hires_strength": "denoising_strength",
-          "hires_steps": "hr_second_pass_steps",
+          "hires_steps": "hr_second_pass_steps", "schedule_type": "scheduler", "hires_size": "hr_resize_x",
           "model": "override_settings.sd_model_checkpoint"}
 # A1111 sampler names -> Easel scheduler names
-SAMPLERS = {"Euler a": "euler_a", "Euler": "euler", "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++_karras",
-            "DDIM": "ddim", "UniPC": "unipc", "PLMS": "pndm", "PNDM": "pndm", "LMS": "lms", "Heun": "heun"}
+SAMPLERS = {**{sampler: easel for easel, (sampler, schedule) in A1111_SAMPLERS.items() if schedule is None},
+            "DPM++ 2M Karras": "dpm++_karras", "LMS Karras": "lms_karras", "PNDM": "pndm"}  # and older names
+# A1111 1.9's schedule types (its `scheduler` field), name -> label. Easel honours automatic (the sampler's own) and
+# karras (the sampler's Karras-sigma variant, where the model has it); any other is said not to apply
+SCHEDULE_TYPES = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
+                  "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
+                  "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal", "ddim": "DDIM",
+                  "beta": "Beta"}
+HONOURED_SCHEDULES = ("automatic", "karras")
 
 
 class Txt2ImgRequest(BaseModel):
@@ -68,6 +74,8 @@ class Txt2ImgRequest(BaseModel):
     hr_resize_x: int = 0
     hr_resize_y: int = 0
     denoising_strength: float | None = None
+    scheduler: str | None = None  # A1111 1.9's schedule type ("Karras"), beside the sampler
+    clip_skip: int | None = None
     force_task_id: str | None = None
     send_images: bool = True
 
@@ -98,94 +106,15 @@ def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
     """A1111's hires fix (`enable_hr`): its scale (or target size), upscaler, second-pass steps and strength."""
     if not body.enable_hr:
         return {}
-    scale = body.hr_scale
-    if body.hr_resize_x or body.hr_resize_y:  # a target size instead of a factor: the larger factor it needs
-        scale = max(body.hr_resize_x / body.width, body.hr_resize_y / body.height)
+    size = {"hires_scale": body.hr_scale}
+    if body.hr_resize_x or body.hr_resize_y:  # an exact size instead of a factor (one side 0: from the aspect)
+        x = body.hr_resize_x or round(body.hr_resize_y * body.width / body.height)
+        y = body.hr_resize_y or round(body.hr_resize_x * body.height / body.width)
+        size = {"hires_size": f"{x}x{y}"}
     upscaler = (body.hr_upscaler or "Latent").strip()
-    return {"hires_scale": scale, "hires_upscaler": A1111_UPSCALERS.get(upscaler.lower(), upscaler),
+    return {**size, "hires_upscaler": A1111_UPSCALERS.get(upscaler.lower(), upscaler),
             "hires_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
             "hires_steps": body.hr_second_pass_steps or None}
-
-
-# the ControlNet extension's preprocessor ("module") names -> Easel's (modules named ip-adapter* make image prompts)
-CONTROL_MODULES = {"none": "none", "canny": "canny", "invert (from white bg & black line)": "invert",
-                   "invert": "invert"}
-
-
-def _controlnet_args(scripts: dict[str, Any]) -> list:
-    script = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None) if scripts else None
-    args = script.get("args", []) if isinstance(script, dict) else []
-    if not isinstance(args, list):
-        raise InvalidRequestError("`alwayson_scripts.controlnet.args` must be a list.", param="alwayson_scripts")
-    return args
-
-
-def _is_ip_adapter(arg) -> bool:
-    return isinstance(arg, dict) and str(arg.get("module") or "").lower().startswith("ip-adapter")
-
-
-def image_prompt(scripts: dict[str, Any]) -> IPAdapter | None:
-    """The ControlNet extension's IP-Adapter unit (a module named ip-adapter*, as the extension runs them): its
-    model, image and weight as an image prompt; one at most."""
-    units = [(i, arg) for i, arg in enumerate(_controlnet_args(scripts)) if _is_ip_adapter(arg)
-             and arg.get("enabled", True)]
-    if not units:
-        return None
-    i, arg = units[0]
-    where = f"alwayson_scripts.controlnet.args[{i}]"
-    if len(units) > 1:
-        raise InvalidRequestError("One IP-Adapter unit at a time.", param=where)
-    image = arg.get("image") or arg.get("input_image")
-    if isinstance(image, dict):
-        image = image.get("image")
-    if not image:
-        raise InvalidRequestError(f"`{where}.image` is required.", param=f"{where}.image")
-    try:
-        scale = float(arg.get("weight", 1.0))
-    except (TypeError, ValueError):
-        raise InvalidRequestError(f"`{where}.weight` must be a number.", param=f"{where}.weight") from None
-    return IPAdapter(checkpoint_name(str(arg.get("model") or "")), _decode(image, f"{where}.image"), scale)
-
-
-def control_units(scripts: dict[str, Any]) -> list[ControlUnit]:
-    """The units of the ControlNet extension's request (`alwayson_scripts.controlnet.args`, any case), enabled
-    ones only; each error names the field as the client sent it."""
-    units = []
-    for i, arg in enumerate(_controlnet_args(scripts)):
-        where = f"alwayson_scripts.controlnet.args[{i}]"
-        if not isinstance(arg, dict):
-            raise InvalidRequestError(f"`{where}` must be an object.", param=where)
-        if not arg.get("enabled", True) or _is_ip_adapter(arg):  # image prompts: `image_prompt`
-            continue
-        module = str(arg.get("module") or "none")
-        if module not in CONTROL_MODULES:
-            raise InvalidRequestError(f"`{where}.module` must be one of {', '.join(CONTROL_MODULES)} but is "
-                                      f"{module!r}.", param=f"{where}.module")
-        image = arg.get("image") or arg.get("input_image")
-        if isinstance(image, dict):  # {"image": ..., "mask": ...} in some versions
-            image = image.get("image")
-        if not image:
-            raise InvalidRequestError(f"`{where}.image` is required (txt2img has no picture to use instead).",
-                                      param=f"{where}.image")
-        try:
-            units.append(ControlUnit(
-                model=checkpoint_name(str(arg.get("model") or "")), image=_decode(image, f"{where}.image"),
-                preprocessor=CONTROL_MODULES[module], weight=float(arg.get("weight", 1.0)),
-                start=float(arg.get("guidance_start", 0.0)), end=float(arg.get("guidance_end", 1.0)),
-                low_threshold=int(arg.get("threshold_a", 100)) if module == "canny" else 100,
-                high_threshold=int(arg.get("threshold_b", 200)) if module == "canny" else 200))
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"`{where}` has a value of the wrong type: {exc}.", param=where) from None
-    return units
-
-
-def _decode(value: str, param: str):
-    data = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError(f"`{param}` must be a base64 image.", param=param) from None
-    return image_from_bytes(raw, param)
 
 
 MAX_TASKS = 1000  # task ids remembered for /progress and /interrupt; the oldest go first
@@ -197,6 +126,7 @@ class A1111State:
 
     def __init__(self, default_model: str):
         self.model = default_model
+        self.clip_skip = 1  # CLIP_stop_at_last_layers, as /options last set it
         self.tasks: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.latest: str | None = None
 
@@ -221,11 +151,6 @@ def _state(request: Request) -> A1111State:
     return request.app.state.a1111
 
 
-def checkpoint_name(title: str) -> str:
-    """A checkpoint as A1111 clients name it: its title (`file.safetensors [hash]`), its file name or its name."""
-    return re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", title.strip())
-
-
 def checkpoint_title(spec) -> str:
     """A1111's title of a model: a checkpoint's file name (the server's folders never show), else its name."""
     return spec.local_path.name if spec.local_path is not None and spec.local_path.is_file() else spec.name
@@ -239,17 +164,59 @@ def model_for(body: Txt2ImgRequest, state: A1111State) -> str:
     return checkpoint_name(name) if name else state.model
 
 
+def schedule_type(value: str | None) -> str | None:
+    """A1111's `scheduler` field (a schedule type's name or label, any case) as its name; None: not given."""
+    if value is None or not value.strip():
+        return None
+    key = value.strip().lower().replace(" ", "_")
+    for name, label in SCHEDULE_TYPES.items():
+        if key in (name, label.lower().replace(" ", "_")):
+            return name
+    raise InvalidRequestError(f"`scheduler` must be one of {', '.join(SCHEDULE_TYPES.values())} but is {value!r}.",
+                              param="schedule_type")
+
+
 def scheduler_for(body: Txt2ImgRequest, spec) -> tuple[str | None, list[str]]:
-    """A1111 sampler -> Easel scheduler; one the model lacks falls back to the model's own, with a warning."""
-    name = body.sampler_name or body.sampler_index
+    """A1111's sampler and schedule type -> Easel's scheduler (Karras: the sampler's Karras-sigma variant); what the
+    model lacks falls back to the model's own, with a warning that says so."""
+    name, schedule = body.sampler_name or body.sampler_index, schedule_type(body.scheduler)
+    warnings = []
+    if schedule not in (None, *HONOURED_SCHEDULES) or (schedule == "karras" and not name):
+        warnings.append(f"schedule type {SCHEDULE_TYPES[schedule]!r} is not available here"
+                        f"{'' if name else ' without a sampler'}; used the sampler's own")
     if not name:
-        return None, []
+        return None, warnings
     if name not in SAMPLERS:
         raise InvalidRequestError(f"`sampler_name` must be one of {', '.join(SAMPLERS)} but is {name!r}.",
                                   param="sampler_name")
-    if SAMPLERS[name] not in spec.family.schedulers:
-        return None, [f"sampler {name!r} is not available for {spec.name}; used its default scheduler"]
-    return SAMPLERS[name], []
+    easel = SAMPLERS[name]
+    if schedule == "karras" and not easel.endswith("_karras"):
+        if f"{easel}_karras" in spec.family.schedulers:
+            easel = f"{easel}_karras"
+        else:
+            warnings.append(f"schedule type 'Karras' is not available with sampler {name!r} for {spec.name}; used "
+                            "the sampler's own")
+    if easel not in spec.family.schedulers:
+        return None, [*warnings, f"sampler {name!r} is not available for {spec.name}; used its default scheduler"]
+    return easel, warnings
+
+
+def clip_skip_for(body: Txt2ImgRequest, spec, default: int = 1) -> tuple[dict[str, Any], list[str]]:
+    """A1111's clip skip (`override_settings.CLIP_stop_at_last_layers`, or `clip_skip`: 1 uses the text encoder's
+    last layer, 2 the one before, ...) as the model's `clip_skip` option (layers skipped), where its family has one;
+    elsewhere said not to apply (A1111 too leaves SDXL's text encoders whole unless told)."""
+    param = "override_settings.CLIP_stop_at_last_layers"
+    value = body.override_settings.get("CLIP_stop_at_last_layers")
+    if value is None:
+        param, value = "clip_skip", body.clip_skip if body.clip_skip is not None else default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+        raise InvalidRequestError(f"`{param}` must be a whole number from 1 to 12 but is {value!r}.", param=param)
+    if value == 1:
+        return {}, []
+    if "clip_skip" not in spec.family.options:
+        return {}, [f"clip skip {value} does not apply to {spec.name} ({spec.family.name}): its text encoders were "
+                    "used whole"]
+    return {"clip_skip": value - 1}, []
 
 
 def _info(body: Txt2ImgRequest, first: dict[str, Any], seeds: list[int], texts: list[str], task_id: str,
@@ -271,8 +238,11 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     """Run the request's `n_iter` batches one after another (seeds following on, as in A1111) as one task."""
     engine, state = request.app.state.engine, _state(request)
     model = model_for(body, state)
-    scheduler, warnings = scheduler_for(body, engine.runner.catalog.resolve(model, allow_paths=False))
-    base = await run_in_threadpool(to_image_request, body, model, scheduler, mode, **fields)  # decodes images
+    spec = engine.runner.catalog.resolve(model, allow_paths=False)
+    scheduler, warnings = scheduler_for(body, spec)
+    extra, skipped = clip_skip_for(body, spec, state.clip_skip)
+    warnings += skipped
+    base = await run_in_threadpool(to_image_request, body, model, scheduler, mode, extra=extra, **fields)
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
     images, seeds, texts, first, detected = [], [], [], {}, []
     interrupted = False
@@ -318,16 +288,16 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
     try:
         if not body.init_images:
             raise InvalidRequestError("Missing required parameter: 'init_images'.", param="init_images")
-        image = (await run_in_threadpool(_decode, body.init_images[0], "init_images")).convert("RGB")
+        image = (await run_in_threadpool(decode, body.init_images[0], "init_images")).convert("RGB")
         if body.mask:
-            mask = masks.from_a1111(await run_in_threadpool(_decode, body.mask, "mask"),
+            mask = masks.from_a1111(await run_in_threadpool(decode, body.mask, "mask"),
                                     bool(body.inpainting_mask_invert))
             return await _run(body, request, "edit", image=image, mask=mask, strength=body.denoising_strength,
                               mask_blur=body.mask_blur, inpaint_full_res=body.inpaint_full_res,
                               inpaint_full_res_padding=body.inpaint_full_res_padding)
         spec = request.app.state.engine.runner.catalog.resolve(model_for(body, _state(request)), allow_paths=False)
         if spec.family.edits == "instruction":  # "make it winter": the prompt is the edit, the images its input
-            more = [(await run_in_threadpool(_decode, one, "init_images")).convert("RGB")
+            more = [(await run_in_threadpool(decode, one, "init_images")).convert("RGB")
                     for one in body.init_images[1:]]
             return await _run(body, request, "edit", image=image, references=more)
         return await _run(body, request, "vary", image=image, strength=body.denoising_strength)
@@ -335,39 +305,51 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
         raise exc.renamed(PARAMS) from None
 
 
-def progress_of(engine, job_id: str, with_image: bool) -> dict[str, Any]:
-    """A1111's progress answer for one job: live while it is in memory, from its record after."""
+IDLE = {"progress": 0.0, "eta_relative": 0.0, "state": {
+    "skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "", "job_no": 0,
+    "sampling_step": 0, "sampling_steps": 0}, "current_image": None, "textinfo": None}
+
+
+def progress_of(engine, job_id: str, with_image: bool, job_count: int) -> dict[str, Any]:
+    """A1111's progress answer for one job: live while it is in memory, from its record after; `job_count`: the
+    API's tasks still queued or running."""
     job = engine.get(job_id)
+    eta = None
     if isinstance(job, dict):  # finished and released: its record
         job_state, step, total, elapsed, preview = job["state"], job["step"], job["total_steps"] or 1, 0.0, None
     else:
         job_state, step, total, elapsed = job.state, job.step, job.total_steps or 1, time.time() - job.created
-        preview = job.preview[0] if job.preview else None
+        preview, eta = job.preview[0] if job.preview else None, job.eta_s
     image = None
     if with_image and preview is not None:
         image = base64.b64encode(encode_image(preview, "png", {})).decode()
     done = 1.0 if job_state in FINAL else step / total
-    return {"progress": round(done, 4),
-            "eta_relative": round(elapsed / done - elapsed, 2) if 0 < done < 1 else 0.0,
+    if eta is None:  # no pace measured yet: from this job's own elapsed time
+        eta = elapsed / done - elapsed if 0 < done < 1 else 0.0
+    return {"progress": round(done, 4), "eta_relative": 0.0 if job_state in FINAL else round(eta, 2),
             "state": {"skipped": False, "interrupted": job_state == "cancelled", "job": job_id,
-                      "job_count": 0 if job_state in FINAL else 1, "job_timestamp": "", "job_no": 0,
-                      "sampling_step": step, "sampling_steps": total, "status": job_state},
+                      "job_count": job_count, "job_timestamp": "", "job_no": 0, "sampling_step": step,
+                      "sampling_steps": total, "status": job_state,
+                      "queue_position": None if isinstance(job, dict) else job.queue_position},
             "current_image": image, "textinfo": None}
 
 
 @router.get("/progress")
 def progress(request: Request, id_task: str | None = None, skip_current_image: bool = False) -> dict[str, Any]:
-    """Progress of the task `id_task` (or of the latest task started through this API)."""
-    state = _state(request)
-    task = id_task or state.latest
-    if task is None:
-        return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "sampling_step": 0,
-                                                                 "sampling_steps": 0, "interrupted": False,
-                                                                 "skipped": False, "job": ""},
-                "current_image": None, "textinfo": None}
-    if task not in state.tasks:
-        raise NotFoundError(f"No task {task!r}.", param="id_task")
-    return progress_of(request.app.state.engine, state.tasks[task], not skip_current_image)
+    """Progress of the task `id_task`, or as A1111 answers without one: of the task running now (else the next
+    queued), and when none of this API's tasks is queued or running, idle: progress 0 and job_count 0 (clients
+    such as SillyTavern wait for that after a model switch)."""
+    state, engine = _state(request), request.app.state.engine
+    if id_task is not None and id_task not in state.tasks:
+        raise NotFoundError(f"No task {id_task!r}.", param="id_task")
+    live = [(task, engine.jobs[job_id]) for task, job_id in state.tasks.items()
+            if job_id in engine.jobs and engine.jobs[job_id].state not in FINAL]
+    if id_task is None:
+        current = sorted(live, key=lambda pair: pair[1].state != "running")  # running first, then oldest queued
+        if not current:
+            return IDLE
+        id_task = current[0][0]
+    return progress_of(engine, state.tasks[id_task], not skip_current_image, len(live))
 
 
 @router.post("/interrupt")
@@ -443,14 +425,18 @@ def get_options(request: Request) -> dict[str, Any]:
         model = checkpoint_title(request.app.state.runner.catalog.resolve(model, allow_paths=False))
     except EaselError:
         pass
-    return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "samples_format": "png",
-            "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+    return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, "samples_format": "png", "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": _state(request).clip_skip, "eta_noise_seed_delta": 0}
 
 
 @router.post("/options")
 def set_options(options: dict[str, Any], request: Request) -> None:
-    """Only `sd_model_checkpoint` is honoured (the model later requests use); other options are ignored."""
-    name = options.get("sd_model_checkpoint")
+    """`sd_model_checkpoint` (the model later requests use) and `CLIP_stop_at_last_layers` (their clip skip) are
+    honoured; other options are ignored."""
+    name, skip = options.get("sd_model_checkpoint"), options.get("CLIP_stop_at_last_layers")
+    if skip is not None and (isinstance(skip, bool) or not isinstance(skip, int) or not 1 <= skip <= 12):
+        raise InvalidRequestError(f"`CLIP_stop_at_last_layers` must be a whole number from 1 to 12 but is {skip!r}.",
+                                  param="CLIP_stop_at_last_layers")
     if name is not None:
         if not isinstance(name, str):
             raise InvalidRequestError(f"`sd_model_checkpoint` must be a string but is {name!r}.",
@@ -460,62 +446,27 @@ def set_options(options: dict[str, Any], request: Request) -> None:
         except EaselError as exc:
             raise exc.renamed({"model": "sd_model_checkpoint"}) from None
         _state(request).model = spec.name
+    if skip is not None:
+        _state(request).clip_skip = skip
 
 
-# the ControlNet extension's own routes (at the server's root, as the extension serves them)
-controlnet_router = APIRouter(prefix="/controlnet", tags=["a1111"])
+@router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    """A1111 1.9's schedule types that Easel honours (the `scheduler` field): the sampler's own, and Karras."""
+    return [{"name": name, "label": SCHEDULE_TYPES[name], "aliases": None, "default_rho": 7.0 if name == "karras"
+             else -1, "need_inner_model": False} for name in HONOURED_SCHEDULES]
 
 
-@controlnet_router.get("/version")
-def controlnet_version() -> dict[str, Any]:
-    return {"version": 2}
+@router.get("/sd-vae")
+def sd_vae() -> list[dict[str, Any]]:
+    """No separate VAE files: each model decodes with its own (A1111's "Automatic")."""
+    return []
 
 
-@controlnet_router.get("/model_list")
-def controlnet_models(request: Request) -> dict[str, Any]:
-    """The ControlNet models of the server's controlnets folder, then its IP-Adapters, by name (never a path)."""
-    settings = request.app.state.runner.settings
-    return {"model_list": model_folders(settings.controlnets_folder, CONTROLNET_MARKER)
-            + model_folders(settings.ip_adapters_folder, IP_ADAPTER_MARKER)}
-
-
-@controlnet_router.get("/module_list")
-def controlnet_modules() -> dict[str, Any]:
-    image_prompts = ["ip-adapter_clip_sd15", "ip-adapter_clip_sdxl"]
-    return {"module_list": [*CONTROL_MODULES, *image_prompts], "module_detail": {
-        **{name: {"model_free": False, "sliders": [], "description": PREPROCESSORS[easel]}
-           for name, easel in CONTROL_MODULES.items()},
-        **{name: {"model_free": False, "sliders": [], "description": "an image prompt through an IP-Adapter model"}
-           for name in image_prompts}}}
-
-
-class DetectRequest(BaseModel):
-    controlnet_module: str = "none"
-    controlnet_input_images: list[str] = []
-    controlnet_images: list[str] = []  # the name older clients (webuiapi) send
-    controlnet_processor_res: int = 512
-    controlnet_threshold_a: float = 100
-    controlnet_threshold_b: float = 200
-
-
-@controlnet_router.post("/detect")
-async def controlnet_detect(body: DetectRequest) -> dict[str, Any]:
-    """Each image through a preprocessor: the maps a ControlNet would receive, as base64 PNG."""
-    if body.controlnet_module not in CONTROL_MODULES:
-        raise InvalidRequestError(f"`controlnet_module` must be one of {', '.join(CONTROL_MODULES)} but is "
-                                  f"{body.controlnet_module!r}.", param="controlnet_module")
-    images = body.controlnet_input_images or body.controlnet_images
-    if not images:
-        raise InvalidRequestError("`controlnet_input_images` needs at least one image.",
-                                  param="controlnet_input_images")
-    out = []
-    for i, value in enumerate(images):
-        unit = ControlUnit(model="-", image=_decode(value, f"controlnet_input_images[{i}]"),
-                           preprocessor=CONTROL_MODULES[body.controlnet_module],
-                           low_threshold=max(1, min(255, int(body.controlnet_threshold_a))),
-                           high_threshold=max(1, min(255, int(body.controlnet_threshold_b))))
-        out.append(await run_in_threadpool(lambda u: png_base64(preprocess(u)), unit))
-    return {"images": out, "info": "Success"}
+@router.get("/sd-modules")
+def sd_modules() -> list[dict[str, Any]]:
+    """No separate text-encoder or VAE modules (Forge's): each model loads its own."""
+    return []
 
 
 @router.get("/upscalers")
@@ -550,7 +501,7 @@ async def extra_single_image(body: ExtraSingleImageRequest, request: Request) ->
     as a job of the engine, like any (queued, within the time limit, cancelled when its client goes)."""
     if not body.image:
         raise InvalidRequestError("`image` is required (a base64 image).", param="image")
-    picture = await run_in_threadpool(_decode, body.image, "image")
+    picture = await run_in_threadpool(decode, body.image, "image")
     scale = body.upscaling_resize if body.resize_mode == 0 else max(
         body.upscaling_resize_w / picture.width, body.upscaling_resize_h / picture.height)
     name = A1111_UPSCALERS.get(body.upscaler_1.strip().lower(), body.upscaler_1.strip())

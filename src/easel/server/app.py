@@ -17,13 +17,14 @@ from ..engine.queue import Engine
 from ..engine.runner import Runner
 from ..errors import EaselError
 from ..keys import key_is_valid
-from . import a1111, hf, jobs, kdeps, system
+from . import a1111, a1111_control, comfyui, hf, jobs, kdeps, system
 from . import errors as server_errors
 from .files import UrlSigner, load_secret
 from .middleware import ApiKeys, BodyLimit, CatchErrors, RequestId
 from .openai import router as openai_router
 from .openai.serving import DEFAULT_MAX_FILE_BYTES as MAX_UPLOAD_BYTES
 from .openai.serving import ImagesService
+from .webhooks import Webhooks
 
 
 def create_app(settings: Settings | None = None, runner: Runner | None = None,
@@ -45,15 +46,19 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
         else:
             warmup.ready.set()
         yield
+        webhooks.stop()
         engine.stop()
 
     app = FastAPI(title="Easel", version=__version__, lifespan=lifespan,
                   description="Text to image: the OpenAI Images API, the image_generator route and jobs.")
     signer = UrlSigner(load_secret(settings.home / "server_secret", settings.server_secret), clock=clock)
+    webhooks = Webhooks(_webhook_secret(settings), engine.store, settings.webhook_allow_private,
+                        settings.webhook_attempts)
     app.state.settings, app.state.runner, app.state.engine, app.state.warmup = settings, runner, engine, warmup
-    app.state.signer, app.state.local_model = signer, local_model
+    app.state.signer, app.state.local_model, app.state.webhooks = signer, local_model, webhooks
     app.state.images = ImagesService(runner, signer, local_model, settings.openai_edit_model)
     app.state.a1111 = a1111.A1111State(local_model)
+    app.state.comfy = comfyui.ComfyState(settings.home / "comfy_inputs")
 
     for exc_type in (EaselError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, server_errors.handle)
@@ -74,11 +79,19 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(hf.router)
     app.include_router(a1111.router)
-    app.include_router(a1111.controlnet_router)
+    app.include_router(a1111_control.controlnet_router)
     app.include_router(kdeps.router)
+    app.include_router(comfyui.router)
     if settings.ui:
         mount_ui(app, engine, settings.server_keys)
     return app
+
+
+def _webhook_secret(settings: Settings) -> bytes:
+    """EASEL_WEBHOOK_SECRET as its bytes (any text), else the one created once in HOME/webhook_secret (hex)."""
+    if settings.webhook_secret:
+        return settings.webhook_secret.encode()
+    return load_secret(settings.home / "webhook_secret").hex().encode()
 
 
 def mount_ui(app: FastAPI, engine: Engine, keys: list[str]) -> None:

@@ -27,10 +27,21 @@ def _body(job_or_row, request: Request) -> dict:
 
 
 def with_urls(body: dict, request: Request) -> dict:
+    return linked(body, request.app.state.signer, str(request.base_url))
+
+
+def linked(body: dict, signer, base: str) -> dict:
+    """A job's JSON with a signed link to each of its images."""
     if body["image_ids"]:
-        signer, base = request.app.state.signer, str(request.base_url)
         body = {**body, "urls": [signer.url(base, image_id) for image_id in body["image_ids"]]}
     return body
+
+
+def call_back(request: Request, job: Job, url: str | None) -> None:
+    """Have the job's final JSON (with its images' links) POSTed to `url` (a checked webhook URL), if one."""
+    if url is not None:
+        signer, base = request.app.state.signer, str(request.base_url)
+        request.app.state.webhooks.watch(job, url, lambda done: linked(done.snapshot(), signer, base))
 
 
 async def wait_for_job(engine: Engine, job: Job, request: Request) -> ImageResult:
@@ -71,33 +82,38 @@ async def create_job(request: Request) -> JSONResponse:
     """Queue a request and return its id at once: the body of /v1/images/generations, or Easel's whole request
     (`{"request": {...}}`: generations, edits and variations; images as base64, or as the files of a multipart
     form whose `request` field holds it)."""
-    checked = await _checked(request)
+    checked, webhook = await _checked(request)
     # previews every 5 steps, asked for now: the client follows the job next, maybe on another replica
     job = await run_in_threadpool(request.app.state.engine.submit, checked, preview_every=5)
+    call_back(request, job, webhook)
     return JSONResponse(job.snapshot(), status_code=202)
 
 
 async def _checked(request: Request):
-    """The job's checked request, read from its body (the check and the decoding off the event loop)."""
-    runner, images = request.app.state.runner, request.app.state.images
+    """The job's checked request, read from its body (the check and the decoding off the event loop), and the
+    webhook URL it names (checked too), if one."""
+    runner, images, webhooks = request.app.state.runner, request.app.state.images, request.app.state.webhooks
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=16, max_fields=1)
+        form = await request.form(max_files=16, max_fields=2)
         files = {key: await value.read() for key, value in form.multi_items() if hasattr(value, "read")}
-        text = form.get("request")
+        text, webhook = form.get("request"), form.get("webhook")
         if not isinstance(text, str):
             raise InvalidRequestError("Missing required parameter: 'request'.", param="request")
-        return await run_in_threadpool(lambda: runner.check(_from_json(_loads(text), files)))
+        webhook = None if webhook is None else await run_in_threadpool(webhooks.check, webhook)
+        return await run_in_threadpool(lambda: runner.check(_from_json(_loads(text), files))), webhook
     try:
         body = await request.json()
     except ValueError:
         raise InvalidRequestError("The body must be a JSON object.", param=None) from None
     if isinstance(body, dict) and "request" in body:
-        extra = sorted(set(body) - {"request"})
+        extra = sorted(set(body) - {"request", "webhook"})
         if extra:
             raise InvalidRequestError(f"Unknown parameter: '{extra[0]}'.", param=extra[0])
-        return await run_in_threadpool(lambda: runner.check(_from_json(body["request"], {})))
+        webhook = None if body.get("webhook") is None else await run_in_threadpool(webhooks.check, body["webhook"])
+        return await run_in_threadpool(lambda: runner.check(_from_json(body["request"], {}))), webhook
     generation = validated(GenerationRequest, body)
-    return (await run_in_threadpool(images.prepare, generation)).checked
+    webhook = None if generation.webhook is None else await run_in_threadpool(webhooks.check, generation.webhook)
+    return (await run_in_threadpool(images.prepare, generation)).checked, webhook
 
 
 def _loads(text: str):

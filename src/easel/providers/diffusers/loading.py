@@ -479,11 +479,20 @@ def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
             if module is not None:
                 module.to(memory_format=torch.channels_last)
     if options["compile"] != "none":
-        mode = options["compile"]
+        how = compile_arguments(options["compile"], device)
         if denoiser is not None:
-            denoiser.compile(mode=mode, fullgraph=False, dynamic=False)
+            denoiser.compile(fullgraph=False, dynamic=False, **how)
         if vae is not None:
-            vae.decoder.compile(mode=mode, fullgraph=False, dynamic=False)
+            vae.decoder.compile(fullgraph=False, dynamic=False, **how)
+
+
+def compile_arguments(mode: str, device: str) -> dict[str, Any]:
+    """torch.compile's arguments for a compile mode. On a CPU, inductor's freezing (weights folded into the graph
+    and pre-packed for oneDNN) is what makes a compiled model faster: without it a compiled SD 1.5 UNet step is
+    slower than eager there, with it about 1.2x faster; CUDA graphs (reduce-overhead) do not exist there."""
+    if device != "cpu":
+        return {"mode": mode}
+    return {"options": {"freezing": True, **({"max_autotune": True} if mode == "max-autotune" else {})}}
 
 
 def checkpoint_kind(path: Path) -> str:

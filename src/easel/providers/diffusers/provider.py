@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from ...upscalers import HIRES_UPSCALERS, IMAGE_UPSCALERS
 from ..base import Batch, Progress, Provider, ProviderOutput
 from . import inputs, outputs
-from .adapters import Adapter, Call, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles, StepCache, TinyDecoder
+from .adapters import (Adapter, Call, ClipSkip, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles, StepCache,
+                       TinyDecoder)
 from .cache import LoadedPipeline, PipelineCache
 from .errors import pipeline_errors
 from ...errors import InvalidRequestError
@@ -48,7 +49,7 @@ class DiffusersProvider(Provider):
                                         ControlNet(folders.get("controlnets"), self.loader),
                                         IpAdapter(folders.get("ip_adapters"), self.loader),
                                         TinyDecoder(self.loader, self.loader.defaults.get("decoder", "full")),
-                                        StepCache(self.loader.defaults.get("cache", "none"))]
+                                        StepCache(self.loader.defaults.get("cache", "none")), ClipSkip()]
 
     def use_adapter(self, adapter: Adapter) -> None:
         """Take a plugin's adapter kind: it enters every call of a family it fits whose request asks for it."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import InvalidRequestError
 
-Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
+Quality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"]
 
 
 class ImageParams(BaseModel):
@@ -20,8 +20,11 @@ class ImageParams(BaseModel):
     model: str | None = None
     n: int | None = Field(None, description="How many images, 1-10 (dall-e-3: 1).")
     size: str | None = Field(None, description="WIDTHxHEIGHT or auto.")
-    response_format: Literal["url", "b64_json"] | None = Field(None, description="Default b64_json.")
+    response_format: Literal["url", "b64_json"] | None = Field(None, description="Default url for dall-e-2 and "
+                                                               "dall-e-3 (as OpenAI's), else b64_json.")
     user: str | None = None
+    safety_identifier: str | None = Field(None, description="An identifier of the end user (like `user`: kept in "
+                                          "no record, used for nothing).")
     # --- Easel extensions -------------------------------------------------------------------------------------
     negative_prompt: str | None = Field(None, description="Easel: what the image should not show.")
     seed: int | None = Field(None, description="Easel: seed of the first image.")
@@ -47,10 +50,14 @@ class ImageParams(BaseModel):
                                 {"type": "object"}, {"type": "string"}, {"type": "null"}]})
     hires_scale: float | None = Field(None, description="Easel: A1111's hires fix: make the image at its size, "
                                       "upscale it by this factor (1-4), then image-to-image.")
+    hires_size: str | None = Field(None, description="Easel: the hires fix to an exact size (WxH) instead of a "
+                                   "factor: upscaled to cover it, then cropped to it (A1111's hr_resize_x/y).")
     hires_upscaler: str = Field("lanczos", description="Easel: the hires fix's upscaler: lanczos, bicubic, nearest "
                                 "or an upscaler model of the server's upscalers folder.")
     hires_strength: float = Field(0.55, description="Easel: the hires fix's denoising strength.")
     hires_steps: int | None = Field(None, description="Easel: the hires fix's steps (default: the request's).")
+    webhook: str | None = Field(None, description="Easel: a URL that hears the job's end: its final JSON, signed "
+                                "(X-Easel-Signature), POSTed there and tried again until it answers 2xx.")
     enhance_prompt: bool | None = Field(None, description="Easel: have the server's chat model rewrite the prompt "
                                         "into a detailed one (the answer's revised_prompt): true, false, or unset "
                                         "for the server's rule (short prompts, where a chat model is configured).")
@@ -68,6 +75,13 @@ class GenerationRequest(ImageParams):
     moderation: Literal["low", "auto"] | None = None
     stream: bool | None = None
     partial_images: int | None = Field(None, description="0-3 previews while streaming.")
+    complexity: Literal["low", "medium", "high"] | None = Field(
+        None, description="Planning before drawing: low draws the prompt as written; medium and high have the "
+        "server's chat model rewrite it into a detailed one first (`enhance_prompt`, which wins where both are given).")
+    # GIF and SVG output (gpt-image's previews) are not made here: refused by name, never silently ignored
+    frame_count: Any = Field(None, json_schema_extra={"type": "integer"})
+    frame_duration_ms: Any = Field(None, json_schema_extra={"type": "integer"})
+    svg: Any = Field(None, json_schema_extra={"type": "object"})
     # --- Easel extensions -------------------------------------------------------------------------------------
     aspect: str | None = Field(None, description="Easel: an aspect preset of the model (16:9) or any W:H.")
 

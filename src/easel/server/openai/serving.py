@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from ..files import UrlSigner
 
 
-QUALITY_STEPS = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
+QUALITY_STEPS = {"low": 0.5, "standard": 1.0, "medium": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5, "xhigh": 2.0,
+                 "max": 2.5}
+URL_BY_DEFAULT = ("dall-e-2", "dall-e-3")  # OpenAI's default response_format for these is url; b64_json otherwise
+STILL_ONLY = ("frame_count", "frame_duration_ms", "svg")  # GIF and SVG output's fields
 MAX_FILE_BYTES = {"dall-e-2": 4 * 1024 * 1024}
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 
@@ -79,11 +82,19 @@ def to_image_request(req: GenerationRequest | EditRequest | VariationRequest, mo
         strength=getattr(req, "strength", None),
         aspect=getattr(req, "aspect", None), scheduler=req.scheduler,
         extra=_json_object(req.options, "options", "option: value"),
-        loras=_json_object(req.loras, "loras", "name: weight"), enhance_prompt=req.enhance_prompt,
+        loras=_json_object(req.loras, "loras", "name: weight"), enhance_prompt=_enhance(req),
         control=units_from_json(req.control),
-        hires_scale=req.hires_scale, hires_upscaler=req.hires_upscaler, hires_strength=req.hires_strength,
-        hires_steps=req.hires_steps, ip_adapter=ip_adapter_from_json(req.ip_adapter),
+        hires_scale=req.hires_scale, hires_size=req.hires_size, hires_upscaler=req.hires_upscaler,
+        hires_strength=req.hires_strength, hires_steps=req.hires_steps, ip_adapter=ip_adapter_from_json(req.ip_adapter),
     )
+
+
+def _enhance(req) -> bool | None:
+    """`enhance_prompt`, else what `complexity` asks for (low: the prompt as written; medium, high: rewritten)."""
+    complexity = getattr(req, "complexity", None)
+    if req.enhance_prompt is not None or complexity is None:
+        return req.enhance_prompt
+    return complexity != "low"
 
 
 def _json_object(value, param: str, shape: str) -> dict:
@@ -109,6 +120,7 @@ class Prepared:
     inputs: list[Any]
     output_compression: int | None
     event_prefix: str
+    always_revised: bool = False  # dall-e-3 answers a revised_prompt every time, the prompt as drawn where no other
 
     @property
     def request(self) -> ImageRequest:
@@ -144,6 +156,10 @@ class ImagesService:
         if partial is not None and not 0 <= partial <= 3:
             raise InvalidRequestError(f"`partial_images` must be between 0 and 3 but is {partial}.",
                                       param="partial_images")
+        for name in STILL_ONLY:
+            if getattr(req, name, None) is not None:
+                raise UnsupportedError(f"`{name}` applies to GIF or SVG output, and Easel makes still images "
+                                       "(png, jpeg or webp): leave it out.", param=name)
         if mode == "edit" and mask is None and req.model == "dall-e-2" and self.edit_model is None:
             raise InvalidRequestError("dall-e-2 edits the area a mask names (or the image's transparent pixels), and "
                                       "neither was given.", param="mask")  # its documented rule
@@ -163,9 +179,11 @@ class ImagesService:
         factor = QUALITY_STEPS.get(quality, 1.0)
         if req.num_inference_steps is None and spec.default_steps and factor != 1.0:
             checked.request.num_inference_steps = max(1, round(spec.default_steps * factor))
-        return Prepared(checked=checked, response_format=req.response_format or "b64_json", quality=quality,
+        default_format = "url" if req.model in URL_BY_DEFAULT else "b64_json"
+        return Prepared(checked=checked, response_format=req.response_format or default_format, quality=quality,
                         styled_prompt=styled_prompt(req), inputs=list(images or []), output_compression=compression,
-                        event_prefix="image_edit" if mode == "edit" else "image_generation")
+                        event_prefix="image_edit" if mode == "edit" else "image_generation",
+                        always_revised=req.model == "dall-e-3")
 
     # -- responses -------------------------------------------------------------------------------------------------
     def encode(self, prepared: Prepared, image) -> bytes:
@@ -174,6 +192,8 @@ class ImagesService:
 
     def image_data(self, prepared: Prepared, result: ImageResult, base_url: str) -> list[ImageData]:
         revised = result.revised_prompt or prepared.styled_prompt
+        if revised is None and prepared.always_revised:
+            revised = prepared.request.prompt
         data = []
         for im in result.images:
             if prepared.response_format == "url":

@@ -1,6 +1,7 @@
 """Adapters: each kind of add-on as one module behind one interface (`base.Adapter`)."""
 
 from .base import Adapter, Call, ModelFiles
+from .clip_skip import ClipSkip
 from .controlnet import ControlNet
 from .decoder import TinyDecoder
 from .embeddings import Embeddings
@@ -8,5 +9,5 @@ from .ip_adapter import IpAdapter
 from .lora import Lora
 from .step_cache import StepCache
 
-__all__ = ["Adapter", "Call", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "StepCache",
+__all__ = ["Adapter", "Call", "ClipSkip", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "StepCache",
            "TinyDecoder"]

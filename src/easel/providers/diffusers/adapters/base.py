@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,3 +109,21 @@ class Adapter:
         """Prepare `call` and yield the arguments this adapter adds to the pipeline call; undo on exit, so that the
         next call runs as if this one had never been. Called with the pipeline's lock held."""
         yield {}
+
+
+class ShortHashes:
+    """A1111's short hash of add-on files (sha256, 12 hex digits), which its infotext names them by; each file read
+    once per change."""
+
+    def __init__(self):
+        self._known: dict[tuple, str] = {}  # (file, mtime) -> short hash
+
+    def __call__(self, path: Path) -> str:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if key not in self._known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._known[key] = digest.hexdigest()[:12]
+        return self._known[key]

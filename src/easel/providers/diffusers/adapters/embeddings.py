@@ -11,7 +11,7 @@ from typing import Any
 
 from ....catalog import lora_files
 from ..errors import does_not_fit
-from .base import Adapter, Call
+from .base import Adapter, Call, ShortHashes
 
 
 class Embeddings(Adapter):
@@ -20,6 +20,7 @@ class Embeddings(Adapter):
 
     def __init__(self, folder: Path | None):
         self.folder = folder
+        self.hashes = ShortHashes()
 
     def fits(self, family) -> bool:
         return family.embeddings
@@ -45,6 +46,7 @@ class Embeddings(Adapter):
                 raise does_not_fit(f"The embedding {name!r}", exc, "prompt") from None
             loaded.add(name)
         call.details["embeddings"] = list(uses)
+        call.details["embedding_hashes"] = {name: self.hashes(path) for name, path in uses.items()}
         yield {}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from ....catalog import lora_files, names_a_file
 from ....errors import InvalidRequestError
 from .. import fit
 from ..errors import does_not_fit, refuse
-from .base import Adapter, Call, ModelFiles
+from .base import Adapter, Call, ModelFiles, ShortHashes
 
 
 @dataclasses.dataclass
@@ -32,7 +31,7 @@ class Lora(Adapter):
 
     def __init__(self, folder: Path | None):
         self.folder = folder
-        self._hashes: dict[tuple, str] = {}  # (file, mtime) -> A1111's short hash (sha256, 12 hex digits)
+        self.hashes = ShortHashes()
 
     def fits(self, family) -> bool:
         return family.loras
@@ -76,9 +75,7 @@ class Lora(Adapter):
             adapter = held.names[key]
             active.append(adapter)
             call.loaded.touch((self.kind, adapter), release=functools.partial(_release, pipe, held, key, adapter))
-            if key not in self._hashes:
-                self._hashes[key] = _sha256(path)[:12]
-            hashes[Path(name).stem if os.sep in name else name] = self._hashes[key]
+            hashes[Path(name).stem if os.sep in name else name] = self.hashes(path)
         call.details["lora_hashes"] = hashes
         try:
             pipe.enable_lora()
@@ -114,11 +111,3 @@ def _from_hub(name: str) -> Path:
 def _release(pipe, held: _Loaded, key: tuple, adapter: str) -> None:
     held.names.pop(key, None)
     pipe.delete_adapters([adapter])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
