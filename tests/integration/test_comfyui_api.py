@@ -14,7 +14,7 @@ import pytest
 import websockets
 from PIL import Image
 from servers import serving
-from tiny_pipelines import save_random_lora
+from tiny_pipelines import save_random_lora, save_tiny_controlnet
 
 import easel
 
@@ -34,6 +34,7 @@ def comfy(tiny_models, easel_home):
     (easel_home / "loras").mkdir()
     save_random_lora(StableDiffusionPipeline.from_pretrained(tiny_models["sd15"]),
                      easel_home / "loras" / "ink.safetensors", seed=2)
+    save_tiny_controlnet("sd15", easel_home / "controlnets" / "edges", seed=1)
     easel.api.reset_default_runner()
     app = create_app(Settings(home=easel_home, ui=False, api_keys="sk-comfy"), warm=False)
     with serving(app) as base:
@@ -163,6 +164,20 @@ def test_a_comfyui_client_library_runs_img2img_inpaint_loras_and_the_hires_fix(c
                           steps=2, guidance=6.0, scheduler="euler", strength=1.0, save=False)[0].image
     assert np.array_equal(pixels(made), np.asarray(expected.convert("RGB"), dtype=np.int16))
 
+    # a ControlNet on both conditionings (its image as it is: ComfyUI's preprocessors are nodes of their own)
+    graph = txt2img()
+    graph["16"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "edges"}}
+    graph["17"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+    graph["18"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["16", 0], "image": ["17", 0], "strength": 0.8,
+        "start_percent": 0.0, "end_percent": 1.0}}
+    graph["3"]["inputs"].update(positive=["18", 0], negative=["18", 1])
+    [made] = api.queue_and_wait_images(titled(graph), "SaveImage").values()
+    from easel.control import ControlUnit
+
+    unit = ControlUnit("edges", Image.open(comfy_tmp() / "holed.png").convert("RGB"), "none", weight=0.8)
+    assert np.array_equal(pixels(made), library(control=[unit]))
+
     # a LoRA chain, clip skip, and a latent upscale into a second sampler (the hires fix)
     graph = txt2img()
     graph["12"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1],
@@ -221,6 +236,14 @@ def test_workflows_easel_cannot_run_are_refused_in_comfyuis_shape(comfy):
     errors = queued(skip).json()["node_errors"]
     assert list(errors) == ["13"] and "clip_skip" in errors["13"]["errors"][0]["message"]
     assert queued(None).json()["error"]["type"] == "no_prompt"
+    loop = txt2img()  # a LoRA whose model is its own output
+    loop["12"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["12", 0], "lora_name": "ink.safetensors",
+                                                                 "strength_model": 1.0}}
+    loop["3"]["inputs"]["model"] = ["12", 0]
+    answer = queued(loop)
+    assert answer.status_code == 400 and "loop" in json.dumps(answer.json())
+    large = txt2img(size=4096)  # over the model's largest side: named at the latent's node
+    assert list(queued(large).json()["node_errors"]) == ["5"]
     assert httpx.post(f"{comfy}/prompt", json={"prompt": txt2img()}).status_code == 401  # keys apply
     assert httpx.get(f"{comfy}/view", params={"filename": "../../etc/passwd"}, headers=AUTH).status_code == 404
 
@@ -256,3 +279,24 @@ def test_queue_interrupt_history_and_the_socket_need_a_key(comfy):
     assert httpx.get(f"{comfy}/history/nope", headers=AUTH).json() == {}
     b64 = base64.b64encode(b"x").decode()
     assert httpx.post(f"{comfy}/upload/image", files={"image": ("x.png", b64)}, headers=AUTH).status_code == 400
+
+
+def test_previews_come_as_comfyuis_binary_frames_when_asked_for(comfy):
+    """With a preview method in `extra_data` (ComfyUI sends none by default), the socket carries binary frames:
+    event 1 (a preview), format 2 (PNG), then the PNG of the image at that step."""
+    from websockets.sync.client import connect
+
+    frames = []
+    with connect(f"{comfy.replace('http', 'ws')}/ws?clientId=previews", additional_headers=AUTH) as ws:
+        queued = httpx.post(f"{comfy}/prompt", headers=AUTH, json={
+            "prompt": txt2img(steps=6), "client_id": "previews", "extra_data": {"preview_method": "auto"}})
+        prompt_id = queued.json()["prompt_id"]
+        while True:
+            out = ws.recv(timeout=300)
+            if isinstance(out, bytes):
+                frames.append(out)
+            elif json.loads(out)["type"] == "executing" and json.loads(out)["data"]["node"] is None \
+                    and json.loads(out)["data"]["prompt_id"] == prompt_id:
+                break
+    assert frames and frames[0][:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02"
+    assert Image.open(io.BytesIO(frames[0][8:])).size == (64, 64)

@@ -31,8 +31,8 @@ def every_field() -> ImageRequest:
         control=[ControlUnit("edges", picture("white"), "canny", 0.8, 0.1, 0.9, 50, 150),
                  ControlUnit("depth", picture("grey"), "invert", 1.2)],
         ip_adapter=IPAdapter("ip-sd15", picture("blue"), 0.4), hires_scale=1.5, hires_size="96x128",
-        hires_upscaler="latent",
-        hires_strength=0.4, hires_steps=9, upscaler="4x-ultra", scale=3.0, tile=128, enhanced_by="chat", revised_prompt="a tall lighthouse",
+        hires_upscaler="latent", hires_strength=0.4, hires_steps=9, upscaler="4x-ultra", scale=3.0, tile=128,
+        enhanced_by="chat", revised_prompt="a tall lighthouse",
         warnings=["ignored: fog"])
 
 

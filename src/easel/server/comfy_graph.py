@@ -21,7 +21,7 @@ SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_
 LATENT_METHODS = {"nearest-exact": "latent-nearest-exact", "bilinear": "latent", "area": "latent",
                   "bicubic": "latent-bicubic", "bislerp": "latent"}
 OUTPUT_NODES = ("SaveImage", "PreviewImage")
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = 2**63 - 1  # Easel's seeds are 63-bit
 
 
 class GraphError(Exception):
@@ -222,8 +222,13 @@ class _Reader:
         self.controls: dict[str, ControlUnit] = {}
         self.extra: dict[str, Any] = {}
         self.guidance: float | None = None
+        self.steps = 0
 
     def node(self, link, want: tuple[str, ...], user: str, name: str) -> tuple[str, dict]:
+        self.steps += 1
+        if self.steps > 4 * len(self.prompt) + 16:  # every link was followed more than a graph without a loop needs
+            raise GraphError("The workflow's links go round in a loop.", user, self.prompt[user]["class_type"],
+                             "unsupported_graph", name, name)
         node_id = str(link[0])
         node = self.prompt[node_id]
         if node["class_type"] not in want:
@@ -318,6 +323,7 @@ class _Reader:
         if kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             fields.update(width=self.value(latent, "width", 512), height=self.value(latent, "height", 512),
                           num_images=self.value(latent, "batch_size", 1))
+            self.nodes.update(width=latent_id, height=latent_id, size=latent_id, n=latent_id)
             return "generate"
         mask = None
         if kind == "SetLatentNoiseMask":

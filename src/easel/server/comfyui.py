@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import platform
 import re
 import struct
@@ -32,6 +33,7 @@ from ..types import image_from_bytes
 from . import comfy_graph
 from .comfy_graph import Choices, GraphError
 
+log = logging.getLogger(__name__)
 MAX_HISTORY = 1000  # finished prompts kept for /history; the oldest go first
 MAX_INPUTS = 500  # uploaded images kept; the oldest go first
 PREVIEW_EVERY = 5
@@ -302,7 +304,18 @@ def _fit_scheduler(plan: comfy_graph.Plan, spec) -> None:
 
 
 async def _report(state: ComfyState, prompt: Prompt) -> None:
-    """The prompt's life as ComfyUI's socket messages to its client, and its history entry at the end."""
+    """The prompt's life as ComfyUI's socket messages to its client, and its history entry at the end (written
+    whatever happens to the messages: a client that waits for it always hears the end)."""
+    try:
+        await _follow(state, prompt)
+    except Exception as exc:  # noqa: BLE001 - a message that could not be made; the job itself goes on
+        log.warning("ComfyUI prompt %s: its progress messages stopped: %s", prompt.id, exc)
+        await asyncio.to_thread(prompt.job.done.wait)
+    finally:
+        await _finish(state, prompt)
+
+
+async def _follow(state: ComfyState, prompt: Prompt) -> None:
     client, plan, job = prompt.client_id, prompt.plan, prompt.job
     started = False
     async with job.follow_async() as events:
@@ -322,6 +335,10 @@ async def _report(state: ComfyState, prompt: Prompt) -> None:
                 for preview in event.previews[:1] if prompt.previews else []:  # binary: event 1, format 2 (PNG)
                     png = await run_in_threadpool(encode_image, preview, "png", {})
                     await state.send(client, struct.pack(">II", 1, 2) + png)
+
+
+async def _finish(state: ComfyState, prompt: Prompt) -> None:
+    client, plan, job = prompt.client_id, prompt.plan, prompt.job
     now = int(time.time() * 1000)
     if job.state == "succeeded":
         for node in (plan.decoder, *plan.outputs):
