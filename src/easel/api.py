@@ -129,8 +129,8 @@ def edit(image: Any, prompt: str, *, mask: Any = None, model: str | None = None,
          size: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
          negative_prompt: str | None = None, strength: float | None = None, mask_blur: int | None = None,
          scheduler: str | None = None, inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32,
-         output_format: str = "png", save: bool = True, out_dir: str | Path | None = None, on_step: StepCallback | None = None,
-         **options: Any) -> ImageResult:
+         output_format: str = "png", save: bool = True, out_dir: str | Path | None = None,
+         on_step: StepCallback | None = None, **options: Any) -> ImageResult:
     """Repaint the white part of `mask` in `image` to match `prompt`, keeping the rest (inpainting).
 
     Without a mask, the image's fully transparent pixels are the area to repaint. With neither, a model that edits

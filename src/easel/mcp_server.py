@@ -154,13 +154,17 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
                            "remote": "openai:MODEL (e.g. openai:gpt-image-1) and hf:ORG/NAME run on remote "
                                      "services with the keys from `easel keys set openai|hf`."}, indent=2)
 
-    @server.custom_route("/v1/files/{image_id}/content", methods=["GET"], include_in_schema=False)
-    async def file_content(request):
-        """A saved image through the signed link a tool's result gave (the same links `easel serve` signs)."""
-        from starlette.responses import JSONResponse, Response
+    server.custom_route("/v1/files/{image_id}/content", methods=["GET"], include_in_schema=False)(
+        _file_content(runner, signer))
+    return server, engine
 
-        image_id = request.path_params["image_id"]
-        query = request.query_params
+
+def _file_content(runner: Runner, signer: UrlSigner):
+    """The HTTP transport's route for the signed links a tool's result gives (the same links `easel serve` signs)."""
+    from starlette.responses import JSONResponse, Response
+
+    async def file_content(request):
+        image_id, query = request.path_params["image_id"], request.query_params
         found = runner.workspace().read_image(image_id) if signer.verify(
             image_id, query.get("expires"), query.get("signature")) else None
         if found is None:
@@ -169,7 +173,7 @@ def build_server(settings: Settings | None = None, allow_paths: bool = True):
                                 status_code=404)
         return Response(found[1], media_type=mimetypes.guess_type(found[0])[0] or "application/octet-stream")
 
-    return server, engine
+    return file_content
 
 
 MAX_MCP_BODY_BYTES = 72 * 1024 * 1024  # a 50 MB image, base64-encoded, in one tool call

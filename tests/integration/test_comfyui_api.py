@@ -116,6 +116,23 @@ def test_open_webui_runs_the_stock_workflow_and_hears_comfyuis_messages(comfy):
     executed = next(m["data"] for m in messages if m["type"] == "executed")
     assert executed["node"] == "9" and executed["output"]["images"][0]["type"] == "output"
     assert kinds[-2:] == ["execution_success", "executing"]
+    # its edits: the picture uploaded to /api/upload/image (with `type: input`), its name put in the LoadImage node
+    picture = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    uploaded = httpx.post(f"{comfy}/api/upload/image", headers=AUTH, data={"type": "input"},
+                          files={"image": ("photo.png", png.getvalue(), "image/png")}).json()
+    assert uploaded["type"] == "input" and uploaded["subfolder"] == ""
+    graph = txt2img()
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": uploaded["name"]}}
+    graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.7)
+    [made], _ = open_webui_generate(comfy, graph)
+    expected = easel.vary(picture, PROMPT, model="tiny", negative_prompt="fog", seed=5, steps=2, guidance=6.0,
+                          scheduler="euler", strength=0.7, save=False)[0].image
+    assert np.array_equal(pixels(made), np.asarray(expected.convert("RGB"), dtype=np.int16))
+    shown = httpx.get(f"{comfy}/view", params={"filename": uploaded["name"], "type": "input"}, headers=AUTH)
+    assert np.array_equal(pixels(shown.content), np.asarray(picture, dtype=np.int16))
 
 
 def test_a_comfyui_client_library_runs_img2img_inpaint_loras_and_the_hires_fix(comfy):

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_HISTORY = 1000  # finished prompts kept for /history; the oldest go first
 MAX_INPUTS = 500  # uploaded images kept; the oldest go first
 PREVIEW_EVERY = 5
+CHOICES_TTL_S = 5.0
 _FILE = re.compile(r"([0-9a-f]{16,64})\.(png|jpg|jpeg|webp)")
 
 
@@ -74,6 +75,7 @@ class ComfyState:
         self.prompts: collections.OrderedDict[str, Prompt] = collections.OrderedDict()
         self.sockets: dict[str, set[WebSocket]] = collections.defaultdict(set)
         self.counter = 0
+        self.choices: tuple[float, Choices] | None = None
 
     def live(self) -> list[Prompt]:
         return [p for p in self.prompts.values() if not p.done]
@@ -108,12 +110,18 @@ def _state(request) -> ComfyState:
 
 
 def choices(request) -> Choices:
-    runner = request.app.state.runner
-    settings = runner.settings
-    models = sorted(s.name for s in runner.catalog.listed() if s.is_available_locally())
-    images = sorted(p.name for p in _state(request).inputs.glob("*") if _FILE.fullmatch(p.name))
-    return Choices(models=models, loras=[f"{n}.safetensors" for n in lora_files(settings.loras_folder)],
-                   controlnets=model_folders(settings.controlnets_folder, CONTROLNET_MARKER), images=images)
+    """What the server offers a workflow's choice inputs, read again at most every CHOICES_TTL_S seconds (listing
+    the models reads the hub cache: a tenth of a second) and after every upload."""
+    state = _state(request)
+    if state.choices is None or time.monotonic() - state.choices[0] > CHOICES_TTL_S:
+        runner = request.app.state.runner
+        settings = runner.settings
+        models = sorted(s.name for s in runner.catalog.listed() if s.is_available_locally())
+        images = sorted(p.name for p in state.inputs.glob("*") if _FILE.fullmatch(p.name))
+        state.choices = time.monotonic(), Choices(
+            models=models, loras=[f"{n}.safetensors" for n in lora_files(settings.loras_folder)],
+            controlnets=model_folders(settings.controlnets_folder, CONTROLNET_MARKER), images=images)
+    return state.choices[1]
 
 
 router = APIRouter(tags=["comfyui"])
@@ -195,6 +203,7 @@ async def upload_image(request: Request) -> dict[str, Any]:
     if len(blob) > request_limit():
         raise PayloadTooLargeError(f"`image` is {len(blob)} bytes, over the {request_limit()} allowed.", param="image")
     name = await run_in_threadpool(_keep_input, _state(request).inputs, blob)
+    _state(request).choices = None  # the new image is a choice of LoadImage from now on
     return {"name": name, "subfolder": "", "type": "input"}
 
 
@@ -264,9 +273,11 @@ async def queue_prompt(request: Request):
         checked = await run_in_threadpool(_checked, request.app.state.runner, plan)
     except GraphError as exc:
         return JSONResponse(exc.body(outputs if exc.node else []), status_code=400)
-    job = await run_in_threadpool(engine.submit, checked, preview_every=PREVIEW_EVERY)
+    extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    previews = extra.get("preview_method", "none") not in ("none", None)  # off by default, as in ComfyUI
+    job = await run_in_threadpool(engine.submit, checked, preview_every=PREVIEW_EVERY if previews else 0)
     state.counter += 1
-    prompt = Prompt(state.counter, prompt_id, graph, body.get("extra_data") or {}, plan, job, body.get("client_id"))
+    prompt = Prompt(state.counter, prompt_id, graph, extra, plan, job, body.get("client_id"))
     state.remember(prompt)
     asyncio.create_task(_report(state, prompt))
     await state.send(None, state.status())
