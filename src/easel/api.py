@@ -58,7 +58,14 @@ def load_image(value: Any, param: str = "image") -> PIL.Image.Image:
     if isinstance(value, PIL.Image.Image):
         return value
     if isinstance(value, (str, Path)):
-        return image_from_bytes(Path(value).read_bytes(), param)
+        try:
+            data = Path(value).expanduser().read_bytes()
+        except OSError as exc:
+            from .errors import InvalidRequestError
+
+            raise InvalidRequestError(f"`{param}`: cannot read {str(value)!r} ({exc.strerror or exc}).",
+                                      param=param) from None
+        return image_from_bytes(data, param)
     if isinstance(value, (bytes, bytearray)):
         return image_from_bytes(bytes(value), param)
     if isinstance(value, io.IOBase) or hasattr(value, "read"):

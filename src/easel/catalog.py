@@ -247,6 +247,7 @@ class ModelCatalog:
         self.models: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
         self._broken: dict[str, EaselError] = {}  # operator's checkpoints that cannot run, by name: why
+        self.unusable: dict[str, str] = {}  # files and folders of the models folder left out, by file name: why
         for name, raw in data["models"].items():
             raw = dict(raw)
             gguf = raw.pop("gguf", None)
@@ -303,7 +304,7 @@ class ModelCatalog:
         copy = ModelCatalog.__new__(ModelCatalog)
         copy.families, copy.models, copy._aliases = dict(self.families), dict(self.models), dict(self._aliases)
         copy._class_families = self._class_families
-        copy._broken = dict(self._broken)
+        copy._broken, copy.unusable = dict(self._broken), dict(self.unusable)
         return copy
 
     def with_models(self, families: list[ModelFamily], models: list[ModelSpec],
@@ -341,8 +342,9 @@ class ModelCatalog:
                 try:
                     copy.models[name] = self.checkpoint_spec(name, path)
                 except EaselError as exc:  # one broken file must not take every model down; naming it says why
-                    log.warning("models folder: %s cannot run: %s", path.name, exc.message)
+                    log.debug("models folder: %s cannot run: %s", path.name, exc.message)  # `easel models` says it
                     copy._broken[name.lower()] = copy._broken[path.name.lower()] = exc
+                    copy.unusable[path.name] = exc.message
                     continue
                 copy._aliases[path.name.lower()] = name
             else:
@@ -496,6 +498,7 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
     those are folders or checkpoints (by name, and by the operator's own spelling). Clients reach these by name; a
     path a client names is never opened."""
     folders: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
     root = settings.models_folder
     if root.is_dir():
         for path in sorted(root.iterdir()):
@@ -506,7 +509,7 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
                 base.family_of_folder(path)
             except ModelNotFoundError as exc:  # one broken folder must not take every model down
                 if (path / "model_index.json").exists():
-                    log.warning("models folder: skipped %s: %s", path.name, exc.message)
+                    skipped[path.name] = exc.message  # said by `easel models`, not by every command
                 continue
             folders[path.name] = path
     aliases: dict[str, str] = {}
@@ -520,7 +523,8 @@ def operator_catalog(base: ModelCatalog, settings) -> ModelCatalog:
         name = known or (path.resolve().stem if path.is_file() else path.resolve().name)
         folders[name] = path
         aliases[configured] = name
-    catalog = base.with_folders(folders, aliases) if folders else base
+    catalog = base.with_folders(folders, aliases) if folders else base._copy()
+    catalog.unusable.update(skipped)
     return _with_gguf_bases(catalog, settings.gguf_bases) if settings.gguf_bases.strip() else catalog
 
 

@@ -436,7 +436,7 @@ def _check_ip_adapter(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> No
 def _check_hires(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     """The hires fix: a scale (1 or none: off), an upscaler, the second pass's strength and steps; the final size
     within the model's limit. Whether an upscaler model exists is its provider's check."""
-    from .upscalers import HIRES_UPSCALERS
+    from .upscalers import A1111_HIRES_NAMES, A1111_UPSCALERS, HIRES_UPSCALERS
 
     if r.hires_size is not None:
         _hires_size(r, spec)
@@ -450,8 +450,10 @@ def _check_hires(r: ImageRequest, spec: ModelSpec, allow_paths: bool) -> None:
     if "vary" not in spec.family.supports:
         raise UnsupportedError(f"{spec.name} has no image-to-image pass for the hires fix.", param="hires_scale")
     if not isinstance(r.hires_upscaler, str) or not r.hires_upscaler.strip() or len(r.hires_upscaler) > 200:
-        raise InvalidRequestError(f"`hires_upscaler` must be one of {', '.join(HIRES_UPSCALERS)} or an upscaler "
-                                  f"model's name but is {r.hires_upscaler!r}.", param="hires_upscaler")
+        raise InvalidRequestError(f"`hires_upscaler` must be one of {', '.join(HIRES_UPSCALERS)} (or A1111's "
+                                  f"names: {', '.join(repr(n) for n in A1111_HIRES_NAMES)}), or an upscaler model's "
+                                  f"name, but is {r.hires_upscaler!r}.", param="hires_upscaler")
+    r.hires_upscaler = A1111_UPSCALERS.get(r.hires_upscaler.strip().lower(), r.hires_upscaler)  # "Latent (bicubic)"
     if r.hires_upscaler not in HIRES_UPSCALERS:
         _require_model_name("hires_upscaler", r.hires_upscaler, allow_paths, "upscalers", "hires_upscaler")
     r.hires_strength = _require_number("hires_strength", r.hires_strength, 0.01, 1.0)

@@ -22,6 +22,8 @@ A1111_UPSCALERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "nearest"
                    "latent": "latent", "latent (antialiased)": "latent-antialiased",
                    "latent (bicubic)": "latent-bicubic", "latent (bicubic antialiased)": "latent-bicubic-antialiased",
                    "latent (nearest)": "latent-nearest", "latent (nearest-exact)": "latent-nearest-exact"}
+A1111_HIRES_NAMES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                     "Latent (nearest)", "Latent (nearest-exact)", "Lanczos", "Nearest")  # as A1111 spells them
 
 
 def resize_latents(latents, size: tuple[int, int], upscaler: str):

@@ -207,3 +207,16 @@ def test_a_webhook_hears_the_jobs_end_signed_and_retried(easel_home, monkeypatch
     final = json.loads(sent)
     assert final["status"] == "succeeded" and final["urls"][0].startswith(base)
     assert receiver.calls[0][1] == sent  # every attempt sends the same body
+
+
+def test_a_streamed_answer_says_its_warnings_as_the_plain_one_does(server):
+    """A prompt enhancement asked for in vain is said in the plain answer's `warnings`, and in the streamed
+    answer's completed event too."""
+    openai = client(server)
+    plain = openai.images.generate(model="builtin", prompt="a red circle", size="64x64",
+                                   extra_body={"enhance_prompt": True})
+    said = plain.model_extra["warnings"]
+    assert any("used as written" in w for w in said)
+    events = list(openai.images.generate(model="gpt-image-1", prompt="a red circle", size="1024x1024", stream=True,
+                                         extra_body={"enhance_prompt": True}))
+    assert events[-1].type == "image_generation.completed" and events[-1].model_extra["warnings"] == said

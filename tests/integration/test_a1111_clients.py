@@ -127,3 +127,14 @@ def test_a1111_pngs_are_read_by_show_and_from(sd15, easel_home, tmp_path):
     expected = easel.generate(PROMPT, negative_prompt="fog", scheduler="dpm++_karras", guidance=6.5,
                               clip_skip=1, **{**KW, "seed": 11})
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB"), dtype=np.int16), pixels(expected))
+
+
+def test_a1111s_hires_upscaler_names_work_on_every_front():
+    """"Latent (bicubic)" is A1111's name of a latent upscaler: the library (and so the OpenAI route and the CLI)
+    takes it too, and a refusal lists both Easel's names and A1111's."""
+    made = easel.generate("a red circle", model="builtin", size="64x64", steps=2, hires_scale=1.5,
+                          hires_upscaler="Latent (bicubic)", save=False)
+    assert made[0].parameters["hires"]["upscaler"] == "latent-bicubic" and made[0].image.size == (96, 96)
+    with pytest.raises(easel.InvalidRequestError) as refused:
+        easel.generate("a red circle", model="builtin", size="64x64", hires_scale=1.5, hires_upscaler="", save=False)
+    assert "latent-bicubic" in refused.value.message and "'Latent (bicubic)'" in refused.value.message

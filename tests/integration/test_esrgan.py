@@ -134,3 +134,31 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def test_with_spandrel_but_no_torchvision_the_error_says_torchvision(monkeypatch):
+    """spandrel installed, its torchvision not importing beside this torch: the message says torchvision and the
+    command that installs its CPU build, not the extra that is already installed."""
+    import builtins
+    import importlib.util
+
+    from easel.providers.diffusers import upscalers
+
+    real_find, real_import = importlib.util.find_spec, builtins.__import__
+
+    def find_spec(name, *args, **kwargs):
+        return object() if name == "spandrel" else real_find(name, *args, **kwargs)
+
+    def imports(name, *args, **kwargs):
+        if name == "spandrel":
+            raise ImportError("No module named 'torchvision'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(builtins, "__import__", imports)
+    upscalers._spandrel_problem.cache_clear()
+    try:
+        message = upscalers._without_spandrel("4x-any", "upscaler").message
+    finally:
+        upscalers._spandrel_problem.cache_clear()
+    assert "torchvision" in message and "download.pytorch.org/whl/cpu" in message and "easel[esrgan]" not in message

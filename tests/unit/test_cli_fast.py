@@ -121,3 +121,30 @@ def test_cluster_options_go_with_ray_and_are_checked_before_anything_starts(tmp_
     assert bad.returncode == 2 and "EASEL_RAY_AUTOSCALE" in bad.stderr and "MIN <= MAX" in bad.stderr
     worse = subprocess.run([*exe, "--ray", "--autoscale", "many"], capture_output=True, text=True, timeout=60)
     assert worse.returncode == 2 and "MIN:MAX" in worse.stderr and "Traceback" not in worse.stderr
+
+
+def test_option_errors_name_the_cli_option_and_a_broken_model_file_is_said_once(tmp_path):
+    """A missing `--control` image names `--control`; `--hires 8` names `--hires`; a file of the models folder that
+    cannot run is listed by `easel models` (as unusable, with why), not repeated by every other command; `--json`
+    paths are absolute."""
+    import json
+    import os
+
+    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home"), "EASEL_HOST": "off"}
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "broken.safetensors").write_bytes(b"not a checkpoint")
+    exe = [sys.executable, "-m", "easel.cli"]
+
+    def run(*args):
+        return subprocess.run([*exe, *args], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+
+    missing = run("generate", "a red circle", "--control", "edges:nope.png", "--local")
+    assert missing.returncode == 2 and "`--control`: cannot read 'nope.png'" in missing.stderr
+    assert "FileNotFoundError" not in missing.stderr and "broken" not in missing.stderr
+    assert "`--hires` must be between 1.0 and 4.0 but is 8.0" in run("generate", "x", "--hires", "8").stderr
+    listed = json.loads(run("models", "--json").stdout)
+    unusable = [row for row in listed if row["kind"] == "unusable"]
+    assert [row["name"] for row in unusable] == ["broken.safetensors"] and "cannot run" in unusable[0]["description"]
+    made = run("generate", "a red circle", "--size", "64x64", "--steps", "2", "--json", "--out", "here", "--local")
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    assert json.loads(made.stdout)["path"] == str(tmp_path / "here" / Path(json.loads(made.stdout)["path"]).name)

@@ -32,7 +32,9 @@ def _err(message: str) -> None:
 OPTIONS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "n": "-n", "negative_prompt": "--negative",
            "output_format": "--format", "model": "--model", "seed": "--seed", "size": "--size", "aspect": "--aspect",
            "scheduler": "--scheduler", "strength": "--strength", "mask": "--mask", "mask_blur": "--mask-blur",
-           "inpaint_full_res_padding": "--padding"}
+           "inpaint_full_res_padding": "--padding", "control": "--control", "ip_adapter": "--ip-adapter",
+           "hires_scale": "--hires", "hires_upscaler": "--hires-upscaler", "hires_strength": "--hires-strength",
+           "hires_steps": "--hires-steps", "from": "--from", "loras": "--lora"}
 
 
 _debug = False  # `easel --debug ...`: a failure that is not Easel's own shows its traceback
@@ -134,15 +136,17 @@ def _print_result(result, as_json: bool) -> None:
     for warning in result.warnings:
         _err(f"Warning: {warning}")
     for im in result.images:
+        path = str(Path(im.path).resolve()) if im.path else None  # the same whether it ran here or on a server
         if as_json:
             p = im.parameters
-            typer.echo(json.dumps({"path": im.path, "id": im.id, "prompt": p["prompt"], "seed": im.seed,
+            typer.echo(json.dumps({"path": path, "id": im.id, "prompt": p["prompt"], "seed": im.seed,
                                    "model": p["model"], "width": im.width, "height": im.height,
                                    "steps": p["num_inference_steps"], "guidance": p["guidance_scale"],
                                    "revised_prompt": p.get("revised_prompt"), "loras": p.get("loras", {}),
-                                   "control": p.get("control", []), "warnings": result.warnings}))
+                                   "control": p.get("control", []), "ip_adapter": p.get("ip_adapter"),
+                                   "hires": p.get("hires"), "warnings": result.warnings}))
         else:
-            typer.echo(im.path)
+            typer.echo(path)
 
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Model name, alias, hub id or local folder.")]

@@ -48,6 +48,9 @@ def models(ctx: typer.Context, as_json: ListJson = False) -> None:
         for name in sorted({*model_folders(folder, marker), *files}):
             rows.append({"name": name, "kind": kind, "family": kind, "source": str(files.get(name, folder / name)),
                          "local": True, "gated": False, "description": use.format(name)})
+    for name, why in sorted(runner.catalog.unusable.items()):  # the models folder's files that cannot run, once
+        rows.append({"name": name, "kind": "unusable", "family": "-", "source": str(settings.models_folder / name),
+                     "local": False, "gated": False, "description": f"cannot run: {why}"})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .._version import __version__
 from ..errors import EaselError, NotFoundError
+from ..keys import key_is_valid
 from ..types import ImageRequest
 
 router = APIRouter()
@@ -52,7 +53,8 @@ class ModelWarmup:
 @router.get("/health", tags=["server"])
 def health(request: Request) -> JSONResponse:
     """200 when the server can make images now: the default model is loaded, the engine's worker runs and the
-    workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`).
+    workspace has space; 503 otherwise, saying why (`status`: loading, error or unavailable; `problems`). On a
+    server with API keys, a caller without one gets `status` only.
     `engine` holds the queue depth, free disk space, when an idle spell released the models (EASEL_IDLE_UNLOAD_S;
     the next job loads them again) and the last error the engine met; `memory` the RAM (and GPU memory) free and in
     use, and what the loaded models hold."""
@@ -67,6 +69,10 @@ def health(request: Request) -> JSONResponse:
     elif not engine_state["can_work"]:
         body["status"] = "unavailable"
         body["error"] = "; ".join(engine_state["problems"])
+    keys = request.app.state.settings.server_keys
+    if keys and not key_is_valid(request.headers.get("authorization"), keys):
+        # open to probes, but a server behind keys tells a caller without one only whether it works, in a word
+        body = {"status": body["status"]}
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 

@@ -4,6 +4,7 @@ does) and SD's x4 upscaler pipeline, kept with the pipelines in the one cache.""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ...catalog import UPSCALER_FILES, UPSCALER_MARKER, names_a_file, upscaler_f
 from ...errors import InvalidRequestError, UnsupportedError
 from .cache import LoadedPipeline, PipelineCache
 from .errors import does_not_fit
-from .loading import Loader, pick_device, pick_dtype
+from .loading import Loader, pick_device, pick_dtype, quiet_libraries
 
 
 class Upscalers:
@@ -27,7 +28,7 @@ class Upscalers:
         path = Path(name).expanduser() if names_a_file(name) else (self.folder or Path("-")) / name
         path = files.get(name, path)
         if path.suffix.lower() in UPSCALER_FILES and path.is_file():
-            if not _spandrel_imports():  # refused before the job is queued
+            if _spandrel_problem() is not None:  # refused before the job is queued
                 raise _without_spandrel(name, param)
             return path
         return self.loader.named_folder(name, self.folder, UPSCALER_MARKER, "upscaler", param, download,
@@ -61,6 +62,7 @@ class Upscalers:
 
 
 def _load_pipeline(folder: Path, name: str, device: str, dtype) -> LoadedPipeline:
+    quiet_libraries()  # before diffusers' import: its notices and progress bars stay out of the terminal
     import diffusers
 
     started = time.perf_counter()
@@ -94,20 +96,25 @@ def _load_spandrel(path: Path, name: str, device: str, dtype) -> LoadedPipeline:
 
 
 @functools.lru_cache(maxsize=1)
-def _spandrel_imports() -> bool:
-    """Whether spandrel imports: it may be missing, or installed with a torchvision that does not import beside
-    this torch (PyPI's Linux torchvision is a CUDA build)."""
+def _spandrel_problem() -> str | None:
+    """Why spandrel cannot run here, or None: it may be missing, or installed with a torchvision that does not import
+    beside this torch (PyPI's Linux torchvision is a CUDA build)."""
+    if importlib.util.find_spec("spandrel") is None:
+        return "spandrel is not installed: pip install 'easel[esrgan]'"
     try:
         import spandrel  # noqa: F401
-    except (ImportError, RuntimeError):
-        return False
-    return True
+    except (ImportError, RuntimeError) as exc:
+        if importlib.util.find_spec("torchvision") is None or "torchvision" in str(exc):
+            return ("spandrel is installed but the torchvision it needs does not import beside this torch: install "
+                    "the torchvision build of your torch (with torch's CPU wheel: pip install torchvision "
+                    "--index-url https://download.pytorch.org/whl/cpu)")
+        return f"spandrel does not import: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _without_spandrel(name: str, param: str) -> UnsupportedError:
     return UnsupportedError(f"The upscaler {name!r} is a single-file (ESRGAN-family) model, which Easel loads with "
-                            "spandrel: pip install 'easel[esrgan]' (spandrel needs a torchvision that imports beside "
-                            "this torch).", param=param)
+                            f"spandrel, and {_spandrel_problem()}.", param=param)
 
 
 def _spandrel_upscale(model, image):

@@ -236,7 +236,8 @@ class ImagesService:
             return
         result = job.result
         usage = usage_for(request.prompt, prepared.inputs, [im.image for im in result.images])
+        said = {"warnings": result.warnings} if result.warnings else {}  # as the plain answer says them
         for im in result.images:
             yield {"type": f"{prefix}.completed", "b64_json": base64.b64encode(self.encode(prepared, im)).decode(),
                    "created_at": int(time.time()), "size": f"{im.width}x{im.height}", "usage": usage.model_dump(),
-                   **common}
+                   **common, **said}
