@@ -19,6 +19,17 @@ STYLE_PRESETS = {
     "pixel art": "pixel art, 16-bit, limited palette",
     "sketch": "pencil sketch, cross-hatching, monochrome",
 }
+STYLE_ALIASES = {"watercolor": "watercolour", "oil": "oil painting", "3d": "3d render", "pixel": "pixel art",
+                 "photograph": "photo", "pencil": "sketch"}  # other spellings people type
+
+
+def style_preset(name: str) -> str | None:
+    """A style preset's name from what someone typed (any case, US spelling, a short form); None: no preset."""
+    key = (name or "").strip().lower()
+    key = STYLE_ALIASES.get(key, key)
+    return key if key in STYLE_PRESETS else None
+
+
 # DALL-E 3's `style`, for the OpenAI API's clients
 OPENAI_STYLES = {"vivid": "vivid colors, dramatic lighting", "natural": "natural colors, realistic lighting"}
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -27,7 +38,8 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 def compose_prompt(subject: str, action: str, style: str, environment: str, details: str, quality: str) -> str:
     """The prompt formula: subject, action, environment, details, style words, quality words; empty parts left
     out. `style` is a preset's name (its words are used) or words of one's own."""
-    parts = [subject, action, environment, details, STYLE_PRESETS.get(style, style), quality]
+    preset = style_preset(style)
+    parts = [subject, action, environment, details, STYLE_PRESETS[preset] if preset else style, quality]
     return ", ".join(p.strip() for p in parts if p and p.strip())
 
 

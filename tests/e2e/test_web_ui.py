@@ -50,6 +50,9 @@ def page(ui_server):
         browser = p.chromium.launch(executable_path=str(CHROMIUM))
         page = browser.new_page(viewport={"width": 1280, "height": 960})
         page.set_default_timeout(90_000)
+        page.missing = []  # every resource the browser asked for and did not get (checked by the last test)
+        page.on("response", lambda r: page.missing.append(r.url) if r.status == 404 else None)
+        page.on("console", lambda m: page.missing.append(m.location.get("url")) if "404" in m.text else None)
         page.goto(f"{ui_server.base}/ui/")
         # keys are on: the UI asks for one (any name, the key as password)
         page.get_by_label("username").fill("me")
@@ -117,6 +120,9 @@ def test_generate_shows_progress_previews_then_the_image_and_its_metadata(page, 
     assert page.evaluate("window.barShown"), "a progress bar showed the steps"
     page.locator("#gallery img").first.click()
     meta = shown_json(page, "#metadata")
+    # the enlarged image hides the grid behind it (no faded copy of the thumbnail around it)
+    assert page.evaluate("getComputedStyle(document.querySelector('#gallery .preview')).backgroundColor") \
+        not in ("rgba(0, 0, 0, 0)", "transparent")
     assert meta["prompt"] == prompt and meta["seed"] == 7 and meta["num_inference_steps"] == 40
     row = history(ui_server)[0]
     assert row["id"] == meta["id"] and row["width"] == 256 and row["seed"] == 7
@@ -226,6 +232,42 @@ def test_a_long_run_can_be_cancelled_from_the_ui(page, ui_server):
     page.locator("#height input").fill("64")
 
 
+def test_a_preset_fills_the_size_and_a_typed_size_is_what_is_made(page, ui_server):
+    """An aspect preset shows its width and height; typing a size makes the preset custom, so the typed size is the
+    one made (a preset never overrides it unseen)."""
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#aspect input").click()
+    page.get_by_role("option", name="4:3").click()
+    page.wait_for_function("document.querySelector('#width input').value === '320'"
+                           " && document.querySelector('#height input').value === '240'")
+    page.locator("#width input").fill("64")
+    page.locator("#height input").fill("64")
+    page.wait_for_function("document.querySelector('#aspect input').value === 'custom'")
+    page.locator("#prompt textarea").fill("a small blue circle in the center on a white background")
+    page.locator("#steps input[type=number]").fill("4")
+    page.locator("#generate").click()
+    page.locator("#status").get_by_text("Done").wait_for(timeout=240_000)
+    assert (history(ui_server)[0]["width"], history(ui_server)[0]["height"]) == (64, 64)
+
+
+def test_compare_across_styles_says_when_the_model_ignores_them(page):
+    """The built-in model draws shapes, not styles: the grid's cells are the same picture, and the status line says
+    so and why. "watercolor" is the preset "watercolour"."""
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-axis").get_by_text("styles").click()
+    page.wait_for_function("document.querySelector('#compare-values textarea, #compare-values input').value"
+                           ".startsWith('photo')")
+    page.locator("#compare-prompt textarea, #compare-prompt input").first.fill("a red circle on a blue background")
+    page.locator("#compare-values textarea, #compare-values input").first.fill("watercolor, photo")
+    page.get_by_label("Width").last.fill("64")
+    page.get_by_label("Height").last.fill("64")
+    page.locator("#compare-go").click()
+    page.locator("#compare-status").get_by_text(re.compile("2 images, one per style")).wait_for()
+    status = page.locator("#compare-status").inner_text()
+    assert "the images are all the same" in status and "watercolour" in status, status
+    page.locator("#compare-axis").get_by_text("seeds").click()
+
+
 def test_compare_grid_across_seeds(page, shots):
     page.get_by_role("tab", name="Compare").click()
     page.locator("#compare-prompt textarea, #compare-prompt input").first.fill(
@@ -310,6 +352,35 @@ def test_history_search_reopen_and_edit(page, shots):
     page.locator("#history-reopen").click()
     page.wait_for_function("document.querySelector('#prompt textarea').value.includes('red circle on the left')")
     assert page.locator("#seed input").input_value() == "7"
+    assert page.locator("#width input").input_value() == "256", "the image's own size, not the model's default"
+
+
+def test_a_hires_image_reopens_with_its_hires_fix_and_edits_with_its_model(page, ui_server):
+    """A hires image's metadata shows the size made (its first pass under `hires`); "Open in Generate" brings its
+    hires settings back; "Edit this image" picks the model that made it."""
+    from gradio_client import Client
+
+    client = Client(f"{ui_server.base}/ui/", auth=("me", KEY), verbose=False)
+    images, status, meta = client.predict(
+        prompt="a yellow square at the bottom on a green background", negative="", model="builtin",
+        aspect="custom", width=64, height=64, steps=3, guidance=4, seed=11, n=1, hires_scale=1.5,
+        hires_upscaler="bicubic", hires_strength=0.4, hires_steps=2, api_name="/generate")
+    assert (meta["width"], meta["height"]) == (96, 96) and meta["hires"]["first_pass_size"] == "64x64"
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-search textarea, #history-search input").first.fill("yellow square at the bottom")
+    page.locator("#history-refresh").click()
+    page.locator("#history-gallery img").first.click()
+    page.locator("#history-metadata").get_by_text("yellow square at the bottom").first.wait_for()
+    page.locator("#history-reopen").click()
+    page.locator("#hires").get_by_text("Hires fix").first.click()  # its panel, folded away until opened
+    page.wait_for_function("document.querySelector('#hires-scale input[type=number]')?.value === '1.5'")
+    assert page.locator("#hires-strength input[type=number]").input_value() == "0.4"
+    assert page.locator("#width input").input_value() == "64"
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-edit").click()
+    page.wait_for_function("document.querySelector('#edit-model input')?.value === 'builtin'")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#hires").get_by_text("Hires fix").first.click()
 
 
 def test_the_ui_api_through_gradio_client(ui_server):
@@ -348,3 +419,8 @@ def test_the_ui_api_through_gradio_client(ui_server):
     edges = np.asarray(Image.open(client.predict(image=handle_file(str(ui_server.home / "control.png")),
                                                  preprocessor="canny", api_name="/control_map")).convert("L"))
     assert set(np.unique(edges)) == {0, 255} and edges[13:21, 32].max() == 255 and edges[32, 32] == 0
+
+
+def test_the_browser_asked_for_nothing_the_server_lacks(page):
+    """Over every test above, no resource answered 404 (the site's icon included)."""
+    assert page.missing == [], page.missing

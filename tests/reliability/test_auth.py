@@ -20,7 +20,7 @@ from easel.server.auth import check_bind, is_loopback
 KEY = "sk-reliability-1"
 # routes open without a key, each for its reason: health checks, links whose signature is the credential, and
 # the web UI, which asks for the key on its own login page (its API calls check the session it grants)
-PUBLIC = {"/health", "/v1/files/{image_id}/content", "/files/{image_id}/content", "/ui"}
+PUBLIC = {"/health", "/favicon.ico", "/v1/files/{image_id}/content", "/files/{image_id}/content", "/ui"}
 
 BAD_CREDENTIALS = {
     "none": {},

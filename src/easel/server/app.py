@@ -103,7 +103,9 @@ def mount_ui(app: FastAPI, engine: Engine, keys: list[str]) -> None:
     def login(_user: str, password: str) -> bool:
         return key_is_valid(f"Bearer {password}", keys)
 
+    from ..ui.app import CSS
+
     gr.mount_gradio_app(app, build_ui(engine), path="/ui", root_path="/ui", auth=login if keys else None,
                         auth_message="Sign in with any name and one of the server's API keys as password.",
                         show_error=True, footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES,
-                        allowed_paths=[str(ui_cache(engine.runner.settings.home))])
+                        allowed_paths=[str(ui_cache(engine.runner.settings.home))], css=CSS)

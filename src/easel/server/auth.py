@@ -1,11 +1,11 @@
-"""Which routes are open without a Bearer key: /health, signed file links (their signature is checked by the route)
+"""Which routes are open without a Bearer key: /health, the site's icon, signed file links (their signature is checked by the route)
 and the web UI under /ui (it asks for the key on its own login page)."""
 
 from __future__ import annotations
 
 import ipaddress
 
-PUBLIC_PATHS = ("/health",)
+PUBLIC_PATHS = ("/health", "/favicon.ico")
 
 
 def is_loopback(host: str) -> bool:

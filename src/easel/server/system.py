@@ -6,6 +6,7 @@ import mimetypes
 import resource
 import threading
 import time
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .._version import __version__
 from ..errors import EaselError, NotFoundError
 from ..keys import key_is_valid
+
+FAVICON = Path(__file__).parents[1] / "ui" / "favicon.png"
 from ..types import ImageRequest
 
 router = APIRouter()
@@ -99,6 +102,12 @@ def file_content(image_id: str, request: Request, expires: str | None = None,
         raise NotFoundError("This image does not exist.")
     name, data = found
     return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """Easel's icon, which browsers ask the site's root for (the web UI's pages name none)."""
+    return Response(FAVICON.read_bytes(), media_type="image/png", headers={"cache-control": "max-age=86400"})
 
 
 router.add_api_route("/v1/files/{image_id}/content", file_content, methods=["GET"], tags=["files"])

@@ -12,8 +12,10 @@ from ..engine.queue import Engine
 from ..prompts import STYLE_PRESETS, compose_prompt
 from .handlers import VARIATION_STRENGTH, Handlers, ui_cache
 
-__all__ = ["build_ui", "ui_cache"]
+__all__ = ["CSS", "build_ui", "ui_cache"]
 PRIVATE = dict(api_visibility="private")  # UI plumbing: not part of the app's API
+# a gallery's enlarged image covers its grid (Gradio draws it on a clear layer, the thumbnails showing through)
+CSS = ".gallery-container .preview { background: var(--block-background-fill); }"
 
 
 def _gallery(label: str, elem_id: str, columns: int = 4, height: int = 360, **options) -> gr.Gallery:
@@ -46,7 +48,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 c = _compare_tab(h, default)
             with gr.Tab("Edit", id="edit"):
-                e = _edit_tab()
+                e = _edit_tab(h, default)
             with gr.Tab("History", id="history"):
                 r = _history_tab()
         _wire_generate(h, g, state)
@@ -172,13 +174,15 @@ def _compare_tab(h: Handlers, default) -> SimpleNamespace:
     return _named(locals())
 
 
-def _edit_tab() -> SimpleNamespace:
+def _edit_tab(h: Handlers, default) -> SimpleNamespace:
     with gr.Row():
         editor = gr.ImageEditor(type="pil", label="Image (paint the part to change)", height=420,
                                 brush=gr.Brush(colors=["#ff00aa"], default_size=12),
                                 layers=False, elem_id="editor")
         with gr.Column():
             e_prompt = gr.Textbox(label="Describe the change", elem_id="edit-prompt")
+            e_model = gr.Dropdown(h.model_choices(), value=default.name, label="Model",
+                                  allow_custom_value=True, elem_id="edit-model")
             e_seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
             e_strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Inpainting strength",
                                    elem_id="inpaint-strength")
@@ -226,8 +230,12 @@ def _wire_generate(h: Handlers, g: SimpleNamespace, state: gr.State) -> None:
     g.stop.click(h.cancel, [state], [g.status], queue=False, **PRIVATE)
     g.reuse.click(h.reuse_seed, [state], [g.seed], queue=False, **PRIVATE)
     g.gallery.select(h.show_selected, [state], [g.info], queue=False, **PRIVATE)
-    g.model.change(h.on_model, [g.model], [g.aspect, g.width, g.height, g.steps, g.guidance, g.quality, g.negative],
-                   queue=False, **PRIVATE)
+    # a model the person picks brings its defaults; one that "Open in Generate" sets keeps the image's own values
+    g.model.input(h.on_model, [g.model], [g.aspect, g.width, g.height, g.steps, g.guidance, g.quality, g.negative],
+                  queue=False, **PRIVATE)
+    g.aspect.input(h.on_aspect, [g.aspect, g.model], [g.width, g.height], queue=False, **PRIVATE)
+    for size in (g.width, g.height):  # a size typed by hand is a custom one: no preset overrides it
+        size.input(lambda: "custom", None, [g.aspect], queue=False, **PRIVATE)
     g.prompt.change(h.final_prompt, [g.prompt, g.model], [g.sent], queue=False, api_name="final_prompt")
     g.model.change(h.final_prompt, [g.prompt, g.model], [g.sent], queue=False, **PRIVATE)
     g.c_preview.click(h.control_map, [g.c_image, g.c_pre], [g.c_map], queue=False, api_name="control_map")
@@ -242,15 +250,18 @@ def _wire_others(h: Handlers, g: SimpleNamespace, c: SimpleNamespace, e: SimpleN
     c.c_axis.change(h.axis_values, [c.c_axis], [c.c_values], queue=False, **PRIVATE)
     c.c_go.click(h.compare, [c.c_prompt, c.c_axis, c.c_values, c.c_model, c.c_seed, c.c_width, c.c_height],
                  [c.c_grid, c.c_status], concurrency_limit=None, show_progress_on=[c.c_grid], api_name="compare")
-    e.e_go.click(h.inpaint, [e.editor, e.e_prompt, e.e_strength, e.e_seed, e.e_blur, e.e_only, e.e_padding],
-                 [e.e_gallery, e.e_status], concurrency_limit=None, show_progress_on=[e.e_gallery], api_name="inpaint")
-    e.e_vary.click(h.variations, [e.editor, e.e_prompt, e.v_strength, e.e_seed], [e.e_gallery, e.e_status],
+    e.e_go.click(h.inpaint, [e.editor, e.e_prompt, e.e_strength, e.e_seed, e.e_blur, e.e_only, e.e_padding,
+                             e.e_model], [e.e_gallery, e.e_status], concurrency_limit=None,
+                 show_progress_on=[e.e_gallery], api_name="inpaint")
+    e.e_vary.click(h.variations, [e.editor, e.e_prompt, e.v_strength, e.e_seed, e.e_model], [e.e_gallery, e.e_status],
                    concurrency_limit=None, show_progress_on=[e.e_gallery], api_name="variations")
     r.refresh.click(h.history, [r.search], [r.h_gallery, r.rows], queue=False, api_name="history")
     r.search.submit(h.history, [r.search], [r.h_gallery, r.rows], queue=False, **PRIVATE)
     r.h_gallery.select(h.pick, [r.rows], [r.h_info, r.picked], queue=False, **PRIVATE)
     r.h_reopen.click(h.reopen, [r.picked], [g.prompt, g.negative, g.model, g.aspect, g.width, g.height, g.steps,
-                                            g.guidance, g.seed, tabs], queue=False, **PRIVATE)
-    r.h_edit.click(h.to_editor, [r.picked], [e.editor, e.e_prompt, tabs], queue=False, **PRIVATE)
+                                            g.guidance, g.seed, g.hr_scale, g.hr_upscaler, g.hr_strength, g.hr_steps,
+                                            g.c_net, g.c_pre, g.c_weight, g.ip_model, g.ip_scale, g.status, tabs],
+                     queue=False, **PRIVATE)
+    r.h_edit.click(h.to_editor, [r.picked], [e.editor, e.e_prompt, e.e_model, tabs], queue=False, **PRIVATE)
     ui.load(h.history, [r.search], [r.h_gallery, r.rows], queue=False, **PRIVATE)
     ui.load(lambda: gr.update(choices=h.lora_choices()), None, [g.lora], queue=False, **PRIVATE)  # files added

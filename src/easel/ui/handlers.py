@@ -23,7 +23,7 @@ from ..errors import EaselError
 from ..catalog import CONTROLNET_MARKER, IP_ADAPTER_MARKER, lora_files, model_folders, upscaler_names
 from ..control import ControlUnit, IPAdapter, preprocess
 from ..upscalers import HIRES_UPSCALERS
-from ..prompts import STYLE_PRESETS, compose_prompt
+from ..prompts import STYLE_PRESETS, compose_prompt, style_preset
 from ..types import ImageRequest
 
 PREVIEW_EVERY = 4  # steps between two preview images
@@ -83,6 +83,17 @@ def to_image_request(prompt: str, *, negative: str | None = None, model: str | N
         seed=_seed(seed), mode=mode, image=image, mask=mask, strength=_number(strength, "Strength", whole=False),
         mask_blur=_number(mask_blur, "Mask blur"), inpaint_full_res=bool(only_masked),
         inpaint_full_res_padding=_number(padding, "Padding") or 0)
+
+
+def _sameness(jobs, axis: str) -> str:
+    """What the status line adds when the grid's cells came out the same (a model that ignores style words): that
+    they did, and the warnings that say why."""
+    pictures = {job.result.images[0].image.tobytes() for job in jobs}
+    warnings = list(dict.fromkeys(w for job in jobs for w in job.result.warnings))
+    if len(pictures) > 1 or len(jobs) < 2:
+        return f" · {' '.join(warnings)}" if warnings and axis == "styles" else ""
+    why = " ".join(warnings) or f"the model made the same image for every {axis[:-1]}"
+    return f" · the images are all the same: {why}"
 
 
 def ui_cache(home: Path) -> Path:
@@ -239,7 +250,9 @@ class Handlers:
             yield gr.skip(), f"Error: {exc.message}", gr.skip(), state
             raise
         state["last_seed"] = results[0].images[0].seed
-        state["images"] = [{"id": im.id, **im.parameters} for r in results for im in r.images]
+        # the metadata panel shows each image as made: a hires image's final size (its first pass is in `hires`)
+        state["images"] = [{"id": im.id, **im.parameters, "width": im.width, "height": im.height}
+                           for r in results for im in r.images]
         note = f"Done in {sum(r.elapsed_s for r in results):.1f} s · {results[0].model}"
         warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
         if warnings:
@@ -269,12 +282,22 @@ class Handlers:
             spec = self.resolve(model)
         except EaselError as exc:
             raise ui_error(exc) from None
-        family = spec.family
-        return (gr.update(choices=["custom", *family.aspects], value="1:1" if "1:1" in family.aspects else "custom"),
+        family = spec.family  # the aspect stays custom: the width and height shown are the ones made
+        return (gr.update(choices=["custom", *family.aspects], value="custom"),
                 gr.update(value=family.size[0], step=family.size_step, maximum=family.max_side),
                 gr.update(value=family.size[1], step=family.size_step, maximum=family.max_side),
                 gr.update(value=spec.default_steps or 1), gr.update(value=spec.default_guidance or 0.0),
                 gr.update(value=family.quality_words.get("en", "")), gr.update(interactive=family.negative_prompt))
+
+    def on_aspect(self, aspect, model):
+        """A preset's width and height into the fields, so that what they show is what is made."""
+        if not aspect or aspect == "custom":
+            return gr.skip(), gr.skip()
+        try:
+            width, height = self.resolve(model).family.aspects[aspect]
+        except (EaselError, KeyError):
+            return gr.skip(), gr.skip()
+        return width, height
 
     def final_prompt(self, prompt, model):
         """What the model will receive, from the check that a request goes through: the prompt (without LoRA tags,
@@ -315,9 +338,9 @@ class Handlers:
         """One cell of the grid; a value that the axis does not know is refused, naming it."""
         fields = dict(base)
         if axis == "styles":
-            if item not in STYLE_PRESETS:
+            if style_preset(item) is None:
                 raise gr.Error(f"Unknown style {item!r} (styles: {', '.join(STYLE_PRESETS)}).", print_exception=False)
-            fields["prompt"] = compose_prompt(base["prompt"], "", item, "", "", "")
+            fields["prompt"] = compose_prompt(base["prompt"], "", style_preset(item), "", "", "")
         elif axis == "seeds":
             if not item.isascii() or not item.lstrip("-").isdigit():
                 raise gr.Error(f"{item!r} is not a seed (a whole number).", print_exception=False)
@@ -352,7 +375,7 @@ class Handlers:
             yield gr.skip(), f"Error: {ui_error(exc).message}"
             raise ui_error(exc) from None
         yield ([(self.shown_result(job.result)[0][0], label) for job, label in zip(jobs, labels)],
-               f"{len(jobs)} images, one per {axis[:-1]}")
+               f"{len(jobs)} images, one per {axis[:-1]}" + _sameness(jobs, axis))
 
     # -- Edit ------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -362,22 +385,23 @@ class Handlers:
         background = value["background"].convert("RGB")
         return background, masks.from_layers(value.get("layers") or [], background.size)
 
-    def inpaint(self, value, prompt, strength, seed, mask_blur=4, only_masked=False, padding=32,
+    def inpaint(self, value, prompt, strength, seed, mask_blur=4, only_masked=False, padding=32, model=None,
                 progress=gr.Progress()):
         try:
             image, mask = self.editor_parts(value)  # nothing painted: the prompt's edit of the whole picture
-            job = self.submit(to_image_request(prompt, mode="edit", image=image, mask=mask, strength=strength,
-                                               seed=seed, mask_blur=mask_blur, only_masked=only_masked,
-                                               padding=padding))
+            job = self.submit(to_image_request(prompt, model=model, mode="edit", image=image, mask=mask,
+                                               strength=strength, seed=seed, mask_blur=mask_blur,
+                                               only_masked=only_masked, padding=padding))
         except Exception as exc:  # noqa: BLE001
             yield gr.skip(), f"Error: {ui_error(exc).message}"
             raise ui_error(exc) from None
         yield from self._edit_updates(job, progress)
 
-    def variations(self, value, prompt, strength, seed, progress=gr.Progress()):
+    def variations(self, value, prompt, strength, seed, model=None, progress=gr.Progress()):
         try:
             image, _ = self.editor_parts(value)
-            job = self.submit(to_image_request(prompt, mode="vary", image=image, n=2, strength=strength, seed=seed))
+            job = self.submit(to_image_request(prompt, model=model, mode="vary", image=image, n=2, strength=strength,
+                                               seed=seed))
         except Exception as exc:  # noqa: BLE001
             yield gr.skip(), f"Error: {ui_error(exc).message}"
             raise ui_error(exc) from None
@@ -408,12 +432,22 @@ class Handlers:
         return json.loads(row["parameters"]), row
 
     def reopen(self, row):
+        """An image's settings back in the Generate tab: prompt, model, size, steps, guidance, seed, and its hires
+        fix, ControlNet and image prompt (whose pictures the record does not keep: the status line says so)."""
         if not row:
             raise gr.Error("Pick an image in the history first.", print_exception=False)
         p = json.loads(row["parameters"])
+        hires, units, ip = p.get("hires") or {}, p.get("control") or [], p.get("ip_adapter") or {}
+        unit = units[0] if units else {}
+        missing = [what for what, used in (("the ControlNet's control image", unit), ("the image prompt's picture",
+                                                                                     ip)) if used]
+        note = f"Reopened: give {' and '.join(missing)} again (a record keeps no pictures)." if missing else ""
         return (p.get("prompt", ""), p.get("negative_prompt") or "", p.get("model", self.settings.default_model),
                 "custom", p.get("width"), p.get("height"), p.get("num_inference_steps"), p.get("guidance_scale"),
-                p.get("seed", -1), gr.Tabs(selected="generate"))
+                p.get("seed", -1), hires.get("scale", 1), hires.get("upscaler", "lanczos"),
+                hires.get("strength", 0.55), hires.get("steps") or 0,
+                unit.get("model"), unit.get("preprocessor", "canny"), unit.get("weight", 1.0),
+                ip.get("model"), ip.get("scale", 0.6), note, gr.Tabs(selected="generate"))
 
     def to_editor(self, row):
         if not row:
@@ -422,4 +456,6 @@ class Handlers:
         if path is None:
             raise gr.Error("This image's file is gone from the workspace.", print_exception=False)
         picture = self.shown(row["id"], str(path))
-        return {"background": picture, "layers": [], "composite": picture}, row["prompt"], gr.Tabs(selected="edit")
+        model = json.loads(row["parameters"]).get("model") or row["model"]  # edited with the model that made it
+        return ({"background": picture, "layers": [], "composite": picture}, row["prompt"], model,
+                gr.Tabs(selected="edit"))
