@@ -1,5 +1,5 @@
-"""Which routes are open without a Bearer key: /health, the site's icon, signed file links (their signature is checked by the route)
-and the web UI under /ui (it asks for the key on its own login page)."""
+"""Which routes are open without a Bearer key: /health, the site's icon, signed file links (their signature is
+checked by the route) and the web UI under /ui (it asks for the key on its own login page)."""
 
 from __future__ import annotations
 
