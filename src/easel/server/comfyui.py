@@ -32,6 +32,7 @@ from ..metadata import encode_image
 from ..types import image_from_bytes
 from . import comfy_graph
 from .comfy_graph import Choices, GraphError
+from .openai.serving import DEFAULT_MAX_FILE_BYTES as MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 MAX_HISTORY = 1000  # finished prompts kept for /history; the oldest go first
@@ -183,13 +184,7 @@ def extensions() -> list[str]:
 
 @_route("/features", ["GET"])
 def features() -> dict[str, Any]:
-    return {"supports_preview_metadata": False, "max_upload_size": request_limit()}
-
-
-def request_limit() -> int:
-    from .openai.serving import DEFAULT_MAX_FILE_BYTES
-
-    return DEFAULT_MAX_FILE_BYTES
+    return {"supports_preview_metadata": False, "max_upload_size": MAX_UPLOAD_BYTES}
 
 
 @_route("/upload/image", ["POST"])
@@ -200,8 +195,8 @@ async def upload_image(request: Request) -> dict[str, Any]:
     if upload is None or not hasattr(upload, "read"):
         raise InvalidRequestError("Missing required parameter: 'image' (a file).", param="image")
     blob = await upload.read()
-    if len(blob) > request_limit():
-        raise PayloadTooLargeError(f"`image` is {len(blob)} bytes, over the {request_limit()} allowed.", param="image")
+    if len(blob) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLargeError(f"`image` is {len(blob)} bytes, over the {MAX_UPLOAD_BYTES} allowed.", param="image")
     name = await run_in_threadpool(_keep_input, _state(request).inputs, blob)
     _state(request).choices = None  # the new image is a choice of LoadImage from now on
     return {"name": name, "subfolder": "", "type": "input"}
