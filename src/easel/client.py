@@ -81,7 +81,8 @@ class ServerClient:
             health = json.loads(body)
         except (OSError, http.client.HTTPException, ValueError):
             return None
-        if status != 200 or not isinstance(health, dict) or health.get("status") != "ok" or "engine" not in health:
+        easel = isinstance(health, dict) and ("engine" in health or health.get("service") == "easel")
+        if status != 200 or not easel or health.get("status") != "ok":  # (without a key: the status alone)
             return None
         return client
 

@@ -207,7 +207,7 @@ def test_auth(auth_server):
         client(auth_server, "sk-wrong").images.generate(prompt="a red circle")
     assert httpx.get(f"{auth_server.base}/v1/models").status_code == 401
     # /health answers probes without a key, but says no more than whether it works; with a key, everything
-    assert httpx.get(f"{auth_server.base}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{auth_server.base}/health").json() == {"status": "ok", "service": "easel"}
     full = httpx.get(f"{auth_server.base}/health", headers={"authorization": "Bearer sk-test-1"}).json()
     assert full["status"] == "ok" and "engine" in full and "memory" in full
     assert len(client(auth_server, "sk-test-1").models.list().data) > 0

@@ -75,7 +75,7 @@ def health(request: Request) -> JSONResponse:
     keys = request.app.state.settings.server_keys
     if keys and not key_is_valid(request.headers.get("authorization"), keys):
         # open to probes, but a server behind keys tells a caller without one only whether it works, in a word
-        body = {"status": body["status"]}
+        body = {"status": body["status"], "service": "easel"}
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
