@@ -238,7 +238,8 @@ def test_the_edit_model_serves_only_edits(models_folder, easel_home):
     with serving(create_app(Settings(home=easel_home, ui=False, openai_edit_model="tiny-flux-kontext"),
                             warm=False)) as url:
         made = httpx.post(f"{url}/v1/images/generations", json={"prompt": "a red circle", "model": "dall-e-3",
-                                                                 "size": "1024x1024", "seed": 1}, timeout=120)
+                                                                 "size": "1024x1024", "seed": 1,
+                                                                 "response_format": "b64_json"}, timeout=120)
         assert made.status_code == 200, made.text
     own = easel.generate("a red circle", model="builtin", size="1024x1024", seed=1, save=False)
     assert np.array_equal(decoded(made.json()["data"][0]["b64_json"]), pixels(own[0].image))
