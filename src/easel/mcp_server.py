@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import mimetypes
 from pathlib import Path
 
 import anyio
@@ -23,7 +22,7 @@ from ._version import __version__
 from .config import Settings, get_settings
 from .engine.queue import Engine
 from .engine.runner import Runner
-from .server.files import UrlSigner, load_secret
+from .server.files import UrlSigner, load_secret, signed_image
 from .errors import EaselError, InvalidRequestError, NotFoundError
 from .tools import describe
 from . import masks
@@ -165,13 +164,12 @@ def _file_content(runner: Runner, signer: UrlSigner):
 
     async def file_content(request):
         image_id, query = request.path_params["image_id"], request.query_params
-        found = runner.workspace().read_image(image_id) if signer.verify(
-            image_id, query.get("expires"), query.get("signature")) else None
+        found = signed_image(signer, runner.workspace(), image_id, query.get("expires"), query.get("signature"))
         if found is None:
             return JSONResponse({"error": {"message": "This link does not exist or has expired.",
                                            "type": "not_found_error", "param": None, "code": "not_found"}},
                                 status_code=404)
-        return Response(found[1], media_type=mimetypes.guess_type(found[0])[0] or "application/octet-stream")
+        return Response(found[1], media_type=found[2])
 
     return file_content
 

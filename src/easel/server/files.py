@@ -70,3 +70,17 @@ class UrlSigner:
         given = signature.encode("utf-8", "replace")  # compare_digest takes bytes, or str in ASCII only
         good = hmac.compare_digest(self._signature(image_id, int(expires)).encode(), given)
         return good and self.clock() < int(expires)
+
+
+def signed_image(signer: UrlSigner, workspace, image_id: str, expires: str | None,
+                 signature: str | None) -> tuple[str, bytes, str] | None:
+    """The saved image behind a signed link (file name, bytes, media type), or None: a bad or expired link, or no
+    such image (the route answers 404 for both, saying which)."""
+    import mimetypes
+
+    if not signer.verify(image_id, expires, signature):
+        return None
+    found = workspace.read_image(image_id)
+    if found is None:
+        return None
+    return found[0], found[1], mimetypes.guess_type(found[0])[0] or "application/octet-stream"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import resource
 import threading
 import time
@@ -15,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .._version import __version__
 from ..errors import EaselError, NotFoundError
 from ..keys import key_is_valid
+from .files import signed_image
 
 FAVICON = Path(__file__).parents[1] / "ui" / "favicon.png"
 from ..types import ImageRequest
@@ -95,13 +95,11 @@ def metrics(request: Request) -> Response:
 def file_content(image_id: str, request: Request, expires: str | None = None,
                  signature: str | None = None) -> Response:
     """A saved image by opaque id, through a signed link valid for 60 minutes."""
-    if not request.app.state.signer.verify(image_id, expires, signature):
-        raise NotFoundError("This link does not exist or has expired.")
-    found = request.app.state.runner.workspace().read_image(image_id)
+    found = signed_image(request.app.state.signer, request.app.state.runner.workspace(), image_id, expires,
+                         signature)
     if found is None:
-        raise NotFoundError("This image does not exist.")
-    name, data = found
-    return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+        raise NotFoundError("This link does not exist or has expired, or its image is gone.")
+    return Response(found[1], media_type=found[2])
 
 
 @router.get("/favicon.ico", include_in_schema=False)
