@@ -13,6 +13,8 @@ background each left out half the time; a visible shape in a colour other than t
 `two_shapes_chosen`: two shapes joined by "and", the background left out half the time, scored as two-shape
 captions against the relation and background the model chose, and a visible shape every time; `word_order`: one or
 two shapes, every attribute named, in word orders that training never writes, `shapes.caption_reordered`).
+Version 3's geometry (`shapes.geometry`) is scored on each shape asked for in the held-out and two-shape splits:
+circles' outline spread, squares' fill of their box, triangles' corners, and each shape's colour in one piece.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ TARGETS_V2 = {  # the spec's "Version 2" (shape_colour: both colours; position: 
     # one shape or two: the lower of the single-shape (seen) and two-shape targets
     "word_order": {"background": 0.97, "shape_colour": 0.85, "position": 0.80, "shape_kind": 0.60},
 }
+TARGETS_V3 = {"circle_spread": 0.03, "square_fill": 0.95, "triangle_3": 0.95, "one_piece": 0.98}
+V3_SPLITS = ("held_out", "two_shapes")  # the spec's held-out prompts: one shape of a held-out pair, and two shapes
 LINKS = {phrase: key for key, phrase in shapes.RELATIONS.items()}
 MAX_EDGE_WIDTH, V2_SIDE = 2.0, 256
 
@@ -100,6 +104,23 @@ def as_chosen(scene: shapes.Scene, chosen: list[str]) -> shapes.Scene:
     return shapes.Scene(background, scene.shapes, relation)
 
 
+def geometry_report(found: dict[str, list]) -> dict:
+    """Version 3's geometry of the shapes asked for (`found`: kind -> a `shapes.Geometry` or None per shape): the
+    median circle's outline spread, the median square's fill of its bounding box, the share of triangles with three
+    corners and of shapes in one piece (specks aside), each against its target."""
+    drawn = {kind: [g for g in found.get(kind, []) if g is not None] for kind in shapes.SHAPES}
+    every = [g for kind in shapes.SHAPES for g in found.get(kind, [])]
+    scores = {
+        "circle_spread": round(float(np.median([g.roundness for g in drawn["circle"]] or [np.nan])), 4),
+        "square_fill": round(float(np.median([g.fill for g in drawn["square"]] or [np.nan])), 4),
+        "triangle_3": round(float(np.mean([g is not None and g.corners == 3 for g in found.get("triangle", [])])), 4),
+        "one_piece": round(float(np.mean([g is not None and g.pieces == 1 for g in every])), 4),
+        "shapes": len(every)}
+    met = {k: bool(scores[k] <= t if k == "circle_spread" else scores[k] >= t)
+           for k, t in TARGETS_V3.items()}
+    return {"scores": scores, "targets": TARGETS_V3, "meets_targets": all(met.values()), "met": met}
+
+
 def grid(samples: list[tuple[np.ndarray, str]], path: Path, cols: int = 6, cell: int = 128) -> None:
     font = ImageFont.load_default()
     text_h = 44
@@ -140,6 +161,7 @@ def main() -> None:
                     "seeds_per_prompt": args.seeds, "machine": f"{platform.machine()}, {torch.get_num_threads()} "
                     "threads", "splits": {}}
     samples, widths, sides = [], [], set()
+    geometries: dict[str, list] = {}  # version 3: the geometry of each asked shape on the held-out prompts
     started = time.time()
     for split, split_cases in cases.items():
         images, chosen = run(pipe, split_cases, args.steps, args.guidance, args.batch)
@@ -156,6 +178,9 @@ def main() -> None:
                     totals.setdefault("visible", []).append(shapes.read_image(img, 2).visible)
                 for key, ok in shapes.score(scene, img).items():
                     totals.setdefault(key, []).append(ok)
+            if split in V3_SPLITS:
+                for shape in scene.shapes:
+                    geometries.setdefault(shape.kind, []).append(shapes.geometry(img, shape.colour))
             width = shapes.edge_width(img)
             if width is not None:
                 widths.append(width)
@@ -171,6 +196,8 @@ def main() -> None:
     if v2:
         report["meets_v2_output"] = sides == {V2_SIDE} and report["edge_width"] is not None \
             and report["edge_width"] <= MAX_EDGE_WIDTH
+    if v2:
+        report["geometry"] = {"splits": list(V3_SPLITS), **geometry_report(geometries)}
     report["elapsed_s"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -191,9 +218,15 @@ def main() -> None:
               f"visible {left['visible']:.1%}")
         order = report["splits"]["word_order"]["accuracy"]
         print("other word orders: " + ", ".join(f"{k} {v:.1%}" for k, v in order.items()))
+        geo = report["geometry"]["scores"]
+        print(f"geometry ({' and '.join(V3_SPLITS)}, {geo['shapes']} shapes): circle outline spread (median) "
+              f"{geo['circle_spread']} (version 3: <= {TARGETS_V3['circle_spread']}), square fill (median) "
+              f"{geo['square_fill']} (>= {TARGETS_V3['square_fill']}), triangles with 3 corners "
+              f"{geo['triangle_3']:.1%} (>= 95%), one piece per shape {geo['one_piece']:.1%} (>= 98%)")
     verdict = {s: report["splits"][s].get("meets_targets") for s in targets}
     if v2:
         verdict["output"] = report["meets_v2_output"]
+        verdict["geometry"] = report["geometry"]["meets_targets"]
     print(json.dumps(verdict))
 
 

@@ -315,3 +315,46 @@ def edge_width(img: np.ndarray, max_shapes: int = 2) -> float | None:
     inner[:, :-1] &= shape[:, 1:]
     outline = int((shape & ~inner).sum())
     return float((~near).sum()) / max(outline, 1)
+
+
+# --- geometry: is a shape true to its kind (version 3) -----------------------------------------------------------
+
+SPECK = 30  # pixels: a connected piece of a shape's colour smaller than this is a speck, not a piece
+
+
+@dataclasses.dataclass
+class Geometry:
+    """How one shape's colour lies in a picture: its pieces, and the largest piece's form."""
+
+    pieces: int  # connected components of the colour (8-connected), specks aside
+    roundness: float  # spread of the outline's distance to the centroid (std / mean): a digital disk ~0.01
+    fill: float  # share of its bounding box that the largest piece fills (a square 1.0, a disk 0.785)
+    corners: int  # vertices of its outline simplified to within 3% of its perimeter (a triangle 3)
+
+
+def geometry(img: np.ndarray, colour: str) -> Geometry | None:
+    """The geometry of `colour`'s pixels (nearest palette colour) in an RGB uint8 picture; None where it has no
+    piece. The outline is the piece's pixels with a 4-neighbour outside it."""
+    import cv2
+
+    mask = (_nearest_colour(img) == COLOURS.index(colour)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if not len(areas) or areas.max() < SPECK:
+        return None
+    largest = 1 + int(areas.argmax())
+    piece = labels == largest
+    x, y, w, h = (int(v) for v in stats[largest, :4])
+    inner = piece.copy()
+    inner[1:] &= piece[:-1]
+    inner[:-1] &= piece[1:]
+    inner[:, 1:] &= piece[:, :-1]
+    inner[:, :-1] &= piece[:, 1:]
+    ys, xs = np.nonzero(piece)
+    oy, ox = np.nonzero(piece & ~inner)
+    distance = np.hypot(ox - xs.mean(), oy - ys.mean())
+    contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    corners = len(cv2.approxPolyDP(contour, 0.03 * cv2.arcLength(contour, True), True))
+    return Geometry(pieces=int((areas >= SPECK).sum()), roundness=float(distance.std() / max(distance.mean(), 1e-6)),
+                    fill=float(piece.sum() / (w * h)), corners=corners)

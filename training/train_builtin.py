@@ -160,10 +160,12 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
     return {"scenes": bank["scenes"], "latents": latents}
 
 
-def sample_timesteps(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Half uniform, half from the noisier half of the schedule, where the layout of the image is decided."""
+def sample_timesteps(n: int, gen: torch.Generator, high_share: float = 0.5) -> torch.Tensor:
+    """`high_share` of them from the noisier half of the schedule, where the layout of the image is decided, the
+    rest uniform (0.5, the default: three in four noisier than the middle); 0: uniform, where the quieter half,
+    which draws a shape's outline, gets as many as the noisier."""
     u = torch.rand(n, generator=gen)
-    high = torch.rand(n, generator=gen) < 0.5
+    high = torch.rand(n, generator=gen) < high_share
     frac = torch.where(high, 0.5 + 0.5 * u, u)
     return (frac * (TRAIN_TIMESTEPS - 1)).round().long()
 
@@ -200,7 +202,30 @@ def quick_eval(pipe: ShapesPipeline, n: int, seed: int, two_shapes: bool = False
         images = pipe([shapes.caption(s, rng, p_background=0.0) for s in scenes], generator=gens,
                       output_type="np").images
         totals["unnamed_background_visible"] = [shapes.read_image(img, 1).visible for img in images]
+        totals.update(geometry_scores(pipe, n, seed))
     return {k: round(float(np.mean(v)), 3) for k, v in totals.items()}
+
+
+def geometry_scores(pipe: ShapesPipeline, n: int, seed: int) -> dict[str, list[float]]:
+    """Version 3's geometry on `n` single-shape prompts of held-out and seen pairs, every kind equally: the median
+    circle's outline spread (`circle_spread`), the median square's fill of its box (`square_fill`), triangles with
+    three corners (`triangle_3`), shapes in one piece (`one_piece`)."""
+    rng = random.Random(seed + 1)
+    scenes = []
+    while len(scenes) < n:
+        scene = shapes.sample_scene(rng, held_out=len(scenes) % 2 == 0, p_size=1, p_position=1)
+        if scene.shapes[0].kind == shapes.SHAPES[len(scenes) % 3]:
+            scenes.append(scene)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    images = pipe([shapes.caption(s, rng) for s in scenes], generator=gens, output_type="np").images
+    found = {kind: [] for kind in shapes.SHAPES}
+    for scene, img in zip(scenes, images):
+        found[scene.shapes[0].kind].append(shapes.geometry(img, scene.shapes[0].colour))
+    drawn = {kind: [g for g in found[kind] if g is not None] for kind in found}
+    return {"circle_spread": [float(np.median([g.roundness for g in drawn["circle"]] or [1.0]))],
+            "square_fill": [float(np.median([g.fill for g in drawn["square"]] or [0.0]))],
+            "triangle_3": [g is not None and g.corners == 3 for g in found["triangle"]],
+            "one_piece": [g is not None and g.pieces == 1 for kind in found for g in found[kind]]}
 
 
 def main() -> None:
@@ -225,6 +250,10 @@ def main() -> None:
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     ap.add_argument("--vae", type=Path, default=None, help="version 2: denoise this autoencoder's latents")
     ap.add_argument("--bank", type=int, default=40_000, help="version 2: scenes drawn and encoded for training")
+    ap.add_argument("--high-noise", type=float, default=0.5,
+                    help="share of timesteps drawn from the noisier half (the rest uniform; 0: all uniform)")
+    ap.add_argument("--guidance-interval", type=float, default=1.0,
+                    help="share of a call's steps, the noisiest first, that the saved model guides (version 3: 0.5)")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
@@ -242,8 +271,10 @@ def main() -> None:
     if args.vae:
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
         bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt")
-        # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them
-        vae.register_to_config(scaling_factor=round(1.0 / bank["latents"].float().std().item(), 5))
+        # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them (an
+        # autoencoder from a model folder keeps the factor its denoiser was trained with)
+        if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's
+            vae.register_to_config(scaling_factor=round(1.0 / bank["latents"].float().std().item(), 5))
         bank["latents"] = bank["latents"] * vae.config.scaling_factor
     channels = vae.config.latent_channels if vae is not None else 3
     if args.init_from:
@@ -278,7 +309,7 @@ def main() -> None:
         texts = ["" if rng.random() < args.caption_dropout else t for t in texts]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
-        t = sample_timesteps(args.batch, gen)
+        t = sample_timesteps(args.batch, gen, args.high_noise)
         noise = torch.randn(x0.shape, generator=gen)
         xt = train_sched.add_noise(x0, noise, t)
         target = train_sched.get_velocity(x0, noise, t)
@@ -310,7 +341,8 @@ def main() -> None:
         if (step + 1) % args.eval_every == 0 or last:
             pipe = ShapesPipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer, scheduler=sample_sched,
                                   vae=vae, region_attention=args.region_attention,
-                                  palette=shapes.PALETTE if vae is not None else None)
+                                  palette=shapes.PALETTE if vae is not None else None,
+                                  guidance_interval=args.guidance_interval)
             pipe.set_progress_bar_config(disable=True)
             tmp = args.out / "checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

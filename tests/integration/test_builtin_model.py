@@ -60,10 +60,13 @@ def test_a_caption_without_a_background_still_shows_its_shape_and_says_what_the_
         for im in made:
             reading = shapes.read_image(np.asarray(im.image.convert("RGB")), 2)
             assert reading.colours and reading.background not in reading.colours, (prompt, reading)
-        chosen = made[0].parameters["chosen_words"]  # per image of the request
-        assert len(chosen) == 2 and all(words[-1].endswith(" background") for words in chosen)
+        chosen = [im.parameters["chosen_words"] for im in made]  # each image's own
+        assert all(words[-1].endswith(" background") for words in chosen)
         assert all(len(words) == (2 if prompt in ("a red circle", "a small yellow triangle") else 1)
                    for words in chosen), (prompt, chosen)
+        for im, words in zip(made, chosen):  # the background it names is the picture's
+            background = words[-1].split()[2]
+            assert shapes.read_image(np.asarray(im.image.convert("RGB")), 2).background == background, (prompt, words)
     named = easel.generate("a red circle at the top on a blue background", seed=5, steps=4, save=False)
     assert "chosen_words" not in named[0].parameters
 
@@ -75,7 +78,7 @@ def test_two_shapes_without_their_relation_are_drawn_where_the_model_chose():
                                ("a green triangle and a yellow circle on a black background", "black")):
         made = easel.generate(prompt, n=3, seed=7, save=False)
         assert made[0].parameters.get("ignored_words") == ["and"], made[0].parameters
-        for im, chosen in zip(made, made[0].parameters["chosen_words"]):
+        for im, chosen in ((im, im.parameters["chosen_words"]) for im in made):
             assert chosen[0] in links and len(chosen) == (1 if background else 2), chosen
             first, second = prompt.removeprefix("a ").split(" on a ")[0].split(" and a ")
             scene = shapes.Scene(background or chosen[1].split()[2],
@@ -92,7 +95,7 @@ def test_two_shapes_without_their_relation_are_drawn_where_the_model_chose():
 def test_captions_in_other_word_orders_are_read_in_the_order_the_model_was_trained_on():
     import random
 
-    from easel.builtin.pipeline import read_caption, split_known_words
+    from easel.builtin.captions import read_caption, split_known_words
 
     def known(text):
         return split_known_words(text, set(shapes.VOCABULARY))[0]
@@ -167,6 +170,31 @@ def test_unknown_words_are_ignored_and_reported():
     result = easel.generate("a lion having coffee next to a red circle on a blue background", steps=4, save=False)
     assert result.warnings == ["ignored words not in the built-in model's vocabulary: lion, having, coffee, next"]
     assert result[0].parameters["ignored_words"] == ["lion", "having", "coffee", "next"]
+
+
+def test_words_it_cannot_draw_are_named_and_each_image_records_only_what_it_chose():
+    """A colour or shape outside the vocabulary takes the words that only go with it; what the model then chooses
+    is each image's own, and is what the picture shows."""
+    cases = {"a pink hexagon on a grey background": (["pink", "hexagon", "grey"], "", None),
+             "a red hexagon on a grey background": (["red", "hexagon", "grey"], " (and the words that only went with "
+                                                    "them: red)", None),
+             "a red circle on a grey background": (["grey"], "", "red"),
+             "a grey background with a small blue triangle": (["grey"], "", "blue")}
+    for prompt, (ignored, more, colour) in cases.items():
+        made = easel.generate(prompt, n=3, seed=11, save=False)
+        unknown = ", ".join(w for w in ignored if w not in shapes.COLOURS)
+        assert made.warnings == [f"ignored words not in the built-in model's vocabulary: {unknown}{more}"], prompt
+        backgrounds = []
+        for im in made:
+            assert im.parameters["ignored_words"] == ignored and "read_as" not in im.parameters, im.parameters
+            chosen = im.parameters["chosen_words"]
+            assert len(chosen) == (2 if colour else 1), chosen  # a place for a shape, and a background
+            backgrounds.append(chosen[-1].split()[2])
+            reading = shapes.read_image(np.asarray(im.image.convert("RGB")), 2)
+            assert reading.background == backgrounds[-1], (prompt, chosen, reading)
+            if colour:
+                assert reading.colours[:1] == [colour], (prompt, reading)
+        assert len(set(backgrounds)) > 1, (prompt, backgrounds)  # three seeds, each its own choice
 
 
 def test_image_to_image_keeps_more_of_the_image_at_lower_strength():
@@ -384,3 +412,36 @@ def test_a_palette_model_chooses_what_a_caption_leaves_out_from_each_images_seed
     assert out.chosen_words[1] == solo.chosen_words[0] and len(out.chosen_words[0]) == 2
     start = Image.new("RGB", (32, 32), "blue")
     assert pipe("a red circle", image=start, strength=0.5, num_inference_steps=2).chosen_words == [[]]
+
+
+def test_guidance_runs_in_its_interval_and_then_the_caption_alone():
+    """A model whose folder sets `guidance_interval` guides the noisiest share of a call's steps with both halves
+    and runs the rest on the captions alone (one pass of the batch); at the default 1.0 every step is guided, and
+    with a guidance interval of 0.5 the first half of the steps make what a fully guided call makes."""
+    import torch
+
+    from easel.builtin.pipeline import ShapesPipeline
+
+    pipe = ShapesPipeline.from_pretrained(Path(easel.__file__).parent / "builtin" / "model")
+    pipe.set_progress_bar_config(disable=True)
+    batches = []
+    pipe.unet.register_forward_hook(lambda module, args, kwargs_out: batches.append(args[0].shape[0]))
+    prompts = ["a red circle above a blue square on a green background", "a small yellow triangle"]
+
+    def make(interval: float, steps: int = 6):
+        batches.clear()
+        pipe.register_to_config(guidance_interval=interval)
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        return pipe(prompts, generator=gens, num_inference_steps=steps, output_type="np").images
+
+    full = make(1.0)
+    assert batches == [4] * 6
+    half = make(0.5)
+    assert batches == [4, 4, 4, 2, 2, 2]
+    make(0.5, steps=5)
+    assert batches == [4, 4, 4, 2, 2]
+    assert half.shape == full.shape and not np.array_equal(half, full)
+    scene = shapes.Scene("green", [shapes.Shape("red", "circle"), shapes.Shape("blue", "square")], "above")
+    assert shapes.score(scene, half[0])["shape_colour"] and shapes.read_image(half[1]).colours[:1] == ["yellow"]
+    make(0.5, steps=1)
+    assert batches == [4]  # one step: guided

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,41 +17,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
-_WORD = re.compile(r"[a-z]+")
-
-# Layout words -> where the shape's centre must lie, as (x0, y0, x1, y1) fractions of the side. The UNet reads
-# them as extra input channels (one per mentioned shape), a direct path for position that cross-attention alone
-# did not learn on this data.
-_REGIONS = {
-    "left": (0.0, 0.0, 0.4, 1.0),
-    "right": (0.6, 0.0, 1.0, 1.0),
-    "top": (0.0, 0.0, 1.0, 0.4),
-    "bottom": (0.0, 0.6, 1.0, 1.0),
-    "center": (0.35, 0.35, 0.65, 0.65),
-}
-_RELATIONS = {
-    "above": ((0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)),
-    "below": ((0.0, 0.5, 1.0, 1.0), (0.0, 0.0, 1.0, 0.5)),
-    "left_of": ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)),
-    "right_of": ((0.5, 0.0, 1.0, 1.0), (0.0, 0.0, 0.5, 1.0)),
-}
-
-
-def parse_layout(text: str) -> tuple:
-    """The regions of the first and second shape a caption places (None where it places none)."""
-    words = _WORD.findall(text.lower())
-    if "above" in words:
-        return _RELATIONS["above"]
-    if "below" in words:
-        return _RELATIONS["below"]
-    if "of" in words and "left" in words:
-        return _RELATIONS["left_of"]
-    if "of" in words and "right" in words:
-        return _RELATIONS["right_of"]
-    for word in words:
-        if word in _REGIONS:
-            return _REGIONS[word], None
-    return None, None
+from .captions import (LINKS, PLACES, SHAPES, WORD, ignored_warning, named_backgrounds, parse_layout,
+                       read_caption, split_known_words)
 
 
 def layout_maps(texts: list[str], size: int, channels: int = 2) -> torch.Tensor:
@@ -80,7 +46,7 @@ def phrase_tokens(texts: list[str], length: int) -> torch.Tensor:
     background's colour (the word before "background") and the layout words are shared."""
     out = torch.zeros(len(texts), 2, length)
     for i, text in enumerate(texts):
-        words = _WORD.findall(text.lower())
+        words = WORD.findall(text.lower())
         relation = next((j for j, w in enumerate(words) if w in ("above", "below")), None)
         if relation is None and "of" in words:
             relation = next((j for j, w in enumerate(words) if w == "to" and words[j + 1:j + 4][-1:] == ["of"]),
@@ -125,83 +91,6 @@ def region_kwargs(texts: list[str], layout: torch.Tensor, length: int) -> dict:
     return {"region": biases}
 
 
-_SHAPES = ("circle", "square", "triangle")
-_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-_SIZES = ("small", "large")
-_PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
-_PLACE_OF = {place.split()[-1]: place for place in _PLACES}  # "left" -> "on the left"
-# a region word after each of two shapes places one from the other: "a red circle on the left, a blue square on
-# the right" is "a red circle to the left of a blue square"
-_LINK_OF_PLACES = {("left", "right"): "to the left of", ("right", "left"): "to the right of",
-                   ("top", "bottom"): "above", ("bottom", "top"): "below"}
-_LINKS = ("above", "below", "to the left of", "to the right of")  # the first shape from the second
-
-
-def _backgrounds(words: list[str], colours) -> list[str]:
-    """The colours that a caption's words name as its background (the word right before "background")."""
-    return [words[i - 1] for i, w in enumerate(words) if w == "background" and i and words[i - 1] in colours]
-
-
-def read_caption(text: str) -> str:
-    """A caption of one or two shapes in the word order the model was trained on, whatever order its words come
-    in ("red circle, blue background, left" -> "a red circle on the left on a blue background"; "a white
-    background with a red circle above a blue square" -> "a red circle above a blue square on a white
-    background"); a caption already in a trained order, and one this reading cannot place (no colour for a shape,
-    two positions for one shape, three shapes), stay as they are. A shape's own words are the colour and size
-    right before it (one shape's size may come anywhere); the background's colour is the one right before
-    "background"."""
-    words = text.split()
-    kinds = [j for j, w in enumerate(words) if w in _SHAPES]
-    if len(kinds) not in (1, 2):
-        return text
-    nouns = []
-    for n, k in enumerate(kinds):
-        own = []
-        for word in reversed(words[kinds[n - 1] + 1 if n else 0:k]):
-            if word not in _COLOURS and word not in _SIZES:
-                break
-            own.insert(0, word)
-        colours = [w for w in own if w in _COLOURS]
-        sizes = [w for w in (own if len(kinds) == 2 else words) if w in _SIZES]
-        if len(colours) != 1 or len(sizes) > 1:
-            return text
-        nouns.append(" ".join([*sizes, colours[0], words[k]]))
-    backgrounds = _backgrounds(words, _COLOURS)
-    if len(backgrounds) > 1:
-        return text
-    on_background = f" on a {backgrounds[0]} background" if backgrounds else ""
-    places = [w for w in words if w in _PLACE_OF]
-    if len(kinds) == 1:
-        if len(places) > 1:
-            return text
-        article = "an" if nouns[0][0] in "aeiou" else "a"
-        caption = f"{article} {nouns[0]}{' ' + _PLACE_OF[places[0]] if places else ''}"
-        trained = {caption + on_background}
-        if backgrounds:
-            trained.add(f"a {backgrounds[0]} background with {caption}")
-        return text if text in trained else caption + on_background
-    before, between, after = words[:kinds[0]], words[kinds[0] + 1:kinds[1]], words[kinds[1] + 1:]
-    placed_between, placed_after = [w for w in between if w in _PLACE_OF], [w for w in after if w in _PLACE_OF]
-    if {"above", "below", "of"} & set(before + after) or any(w in _PLACE_OF for w in before):
-        return text  # a relation or a position before the first shape or after the second: not read
-    if {"above", "below"} & set(between):
-        if {"above", "below"} <= set(between) or placed_between or placed_after:
-            return text
-        link = "above" if "above" in between else "below"
-    elif "of" in between:
-        if len(placed_between) != 1 or placed_between[0] not in ("left", "right") or placed_after:
-            return text
-        link = f"to the {placed_between[0]} of"
-    elif placed_between or placed_after:  # a position for each: where the first lies from the second
-        link = _LINK_OF_PLACES.get((placed_between[0], placed_after[0])) \
-            if len(placed_between) == len(placed_after) == 1 else None
-        if link is None:
-            return text
-    else:
-        link = None  # none: the model chooses it (`choose_left_out`)
-    return f"a {nouns[0]}{' ' + link if link else ''} a {nouns[1]}{on_background}"
-
-
 @dataclasses.dataclass
 class ShapesPipelineOutput(BaseOutput):
     """Images, the prompt words that the model's vocabulary does not know (ignored, one list per image), the
@@ -214,24 +103,18 @@ class ShapesPipelineOutput(BaseOutput):
     chosen_words: list[list[str]] = dataclasses.field(default_factory=list)
     read_as: list[str] = dataclasses.field(default_factory=list)
 
-    def records(self, split) -> list[tuple[list[str], dict[str, Any]]]:
-        """Each request's warnings and details, as Easel records them (`split` turns a list per image into one per
-        request): the words it ignored, the words it chose, and the caption as it read it."""
+    def records(self, split) -> list[tuple[list[str], dict[str, Any], list[dict[str, Any]]]]:
+        """Each request's warnings, details and each of its images' own details, as Easel records them (`split`
+        turns a list per image into one per request): the words it ignored and the caption as it read it (the
+        request's), the words the model chose (each image's own)."""
         n, out = len(self.images), []
         for ignored, chosen, read in zip(split(self.ignored_words or [[]] * n), split(self.chosen_words or [[]] * n),
                                          split(self.read_as or [""] * n)):
             words = list(dict.fromkeys(w for group in ignored for w in group))
-            details = {"ignored_words": words, "chosen_words": chosen, "read_as": read[0] if read else ""}
-            out.append(([f"ignored words not in the built-in model's vocabulary: {', '.join(words)}"] if words else [],
-                        {k: v for k, v in details.items() if v and (k != "chosen_words" or any(v))}))
+            details = {k: v for k, v in {"ignored_words": words, "read_as": read[0] if read else ""}.items() if v}
+            own = [{"chosen_words": words} if words else {} for words in chosen]
+            out.append((ignored_warning(words), details, own))
         return out
-
-
-def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]]:
-    """The prompt reduced to words the model knows, and the words it dropped (in order, without repeats)."""
-    words = _WORD.findall(prompt.lower())
-    ignored = list(dict.fromkeys(w for w in words if w not in vocabulary))
-    return " ".join(w for w in words if w in vocabulary), ignored
 
 
 class ShapesPipeline(DiffusionPipeline):
@@ -251,6 +134,7 @@ class ShapesPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None = None,
         region_attention: bool = False,
         palette: dict[str, list[int]] | None = None,
+        guidance_interval: float = 1.0,
     ):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
@@ -258,6 +142,10 @@ class ShapesPipeline(DiffusionPipeline):
         self.register_to_config(region_attention=region_attention)
         # a model whose world is drawn in a fixed palette (version 2) names its colours: its pictures keep to them
         self.register_to_config(palette={name: list(map(int, c)) for name, c in palette.items()} if palette else None)
+        # the share of a call's steps, the noisiest first, that classifier-free guidance runs in; the later ones
+        # follow the caption alone, in one denoiser pass instead of two (version 3: 0.5; guided to the end, the
+        # outlines bent: circles drew as rounded diamonds)
+        self.register_to_config(guidance_interval=float(guidance_interval))
         if region_attention:
             unet.set_attn_processor(RegionAttnProcessor())
         for module in (unet, vae):  # its small convolutions run 13% (denoiser) to 26% (decoder) faster on a CPU
@@ -324,7 +212,7 @@ class ShapesPipeline(DiffusionPipeline):
 
     def named_background(self, words: list[str]) -> str | None:
         """The background colour that a caption's words name, if any."""
-        return next(iter(_backgrounds(words, self.config.palette)), None)
+        return next(iter(named_backgrounds(words, self.config.palette)), None)
 
     def choose_left_out(self, text: str, generator: torch.Generator | None) -> tuple[str, list[str]]:
         """A caption with what it leaves out chosen, for a model with a palette (version 2), drawn from the image's
@@ -337,16 +225,16 @@ class ShapesPipeline(DiffusionPipeline):
         if not self.config.get("palette"):
             return text, []
         words = text.split()
-        kinds = [j for j, w in enumerate(words) if w in _SHAPES]
+        kinds = [j for j, w in enumerate(words) if w in SHAPES]
         placed = parse_layout(text) != (None, None)
         chosen = []
         if len(kinds) == 1 and not placed:
-            chosen.append(_PLACES[_draw(len(_PLACES), generator)])
+            chosen.append(PLACES[_draw(len(PLACES), generator)])
             ends_on_background = words[-4:-2] == ["on", "a"] and words[-1] == "background"
             at = len(words) - 4 if ends_on_background else len(words)  # before a background named at the end
             words[at:at] = chosen[-1].split()
         elif len(kinds) == 2 and not placed:
-            chosen.append(_LINKS[_draw(len(_LINKS), generator)])
+            chosen.append(LINKS[_draw(len(LINKS), generator)])
             first, rest = words[:kinds[0] + 1], words[kinds[0] + 1:]
             words = [*first, *chosen[-1].split(), *(rest[1:] if rest[:1] in (["and"], ["with"]) else rest)]
         if self.named_background(words) is None:
@@ -364,7 +252,7 @@ class ShapesPipeline(DiffusionPipeline):
         if not self.config.get("palette"):
             return negative
         colours = self.config.palette
-        words = _WORD.findall(text)
+        words = WORD.findall(text)
         named = self.named_background(words)
         if named:
             steer = f"a {named} background"
@@ -462,7 +350,6 @@ class ShapesPipeline(DiffusionPipeline):
 
         # 3. prepare timesteps (image to image: the last `strength` share of them)
         timesteps = self._timesteps(num_inference_steps, strength if image is not None and mask_image is None else 1)
-
         # 4. prepare latents (version 1: the latents are the picture)
         original_pixels, original = self._original(image, batch)
         mask = self._to_mask(mask_image, batch, size) if mask_image is not None else None
@@ -471,26 +358,34 @@ class ShapesPipeline(DiffusionPipeline):
         else:
             latents = noise * self.scheduler.init_noise_sigma
 
-        # 5. denoising loop; an edit keeps the unmasked part on the original's noisy trajectory (both halves blend)
+        # 5. denoising loop, guided in the model's interval; an edit keeps its unmasked part on the original's noisy
+        # trajectory
+        guided = math.ceil(len(timesteps) * self.config.get("guidance_interval", 1.0)) if do_cfg else -1
         for i, t in enumerate(timesteps):
             if self.interrupt:
                 break
-            latents = self._step(latents, t, cond, layout, regions, guidance_scale if do_cfg else None)
+            if i == guided:  # from here on the caption alone: the conditional half of everything
+                cond, layout, regions = _conditional_half(cond, layout, regions, batch)
+            latents = self._step(latents, t, cond, layout, regions, guidance_scale if i < guided else None)
             if mask is not None:
-                known = original if i + 1 == len(timesteps) else \
-                    self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2].repeat(batch))
-                latents = mask * latents + (1 - mask) * known
+                latents = self._keep_unmasked(latents, mask, original, noise, timesteps, i)
             if callback_on_step_end is not None:
                 tensors = {"latents": latents, "noise": noise}
                 out = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
                 latents = out.pop("latents", latents)
-
         # 6. decode and post-process
         images = self._pictures(latents, mask, mask_image, original_pixels, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, ignored
         return ShapesPipelineOutput(images=images, ignored_words=ignored, chosen_words=chosen, read_as=read_as)
+
+    def _keep_unmasked(self, latents, mask, original, noise, timesteps, i: int):
+        """An edit's latents after step `i`: the masked part denoised, the rest the original's on its noisy
+        trajectory (the original itself after the last step)."""
+        known = original if i + 1 == len(timesteps) else \
+            self.scheduler.add_noise(original, noise, timesteps[i + 1 : i + 2].repeat(len(latents)))
+        return mask * latents + (1 - mask) * known
 
     def _timesteps(self, steps: int, strength: float):
         self.scheduler.set_timesteps(steps, device=self.device)
@@ -574,6 +469,13 @@ class ShapesPipeline(DiffusionPipeline):
             pixels = full * pixels + (1 - full) * (original_pixels + 1) / 2
         arrays = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
         return arrays if output_type == "np" else [PIL.Image.fromarray(a) for a in arrays]
+
+
+def _conditional_half(cond, layout, regions, batch: int):
+    """The text encoding, layout and region biases of the captions alone, from those with the negatives first."""
+    if regions is not None and regions.get("region") is not None:
+        regions = {"region": {side: bias[batch:] for side, bias in regions["region"].items()}}
+    return cond[batch:], layout[batch:], regions
 
 
 def _draw(n: int, generator: torch.Generator | None) -> int:

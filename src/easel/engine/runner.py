@@ -27,9 +27,10 @@ from ..types import GeneratedImage, ImageRequest, ImageResult, parse_size
 log = logging.getLogger("easel.runner")
 
 
-def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
-                     output: ProviderOutput) -> dict[str, Any]:
-    """Everything needed to make an image again, as recorded in its file and in the history."""
+def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None, output: ProviderOutput,
+                     index: int = 0) -> dict[str, Any]:
+    """Everything needed to make an image again, as recorded in its file and in the history (`index`: which of
+    the output's images)."""
     params: dict[str, Any] = {**record(request), "model": spec.name, "seed": seed, "version": __version__,
                               "created": now_iso()}
     revised = request.revised_prompt or output.revised_prompt  # Easel's revision, or the service's own
@@ -38,6 +39,8 @@ def image_parameters(spec: ModelSpec, request: ImageRequest, seed: int | None,
     if request.enhanced_by:
         params["prompt_enhancer"] = request.enhanced_by
     params.update(output.details)
+    if output.image_details:
+        params.update(output.image_details[index])
     return params
 
 
@@ -129,8 +132,8 @@ class Runner:
             elapsed = (time.perf_counter() - started) / len(group)
             for i, request, (seeds, output) in zip(group, todo, outputs):
                 images = [GeneratedImage(image=im, seed=seed, output_format=request.output_format,
-                                         parameters=image_parameters(spec, request, seed, output))
-                          for im, seed in zip(output.images, seeds)]
+                                         parameters=image_parameters(spec, request, seed, output, k))
+                          for k, (im, seed) in enumerate(zip(output.images, seeds))]
                 if save:
                     images = self.workspace(out_dir).save_all(images)
                 results[i] = ImageResult(images=images, model=spec.name, prompt=request.prompt,

@@ -94,6 +94,7 @@ class ProviderOutput:
     warnings: list[str] = dataclasses.field(default_factory=list)
     revised_prompt: str | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in each image's parameters
+    image_details: list[dict[str, Any]] | None = None  # one per image: what only that image's parameters record
     # each image's final latents (channels, height, width), where the hires fix upscales latents and the model
     # has them in a form its image-to-image pipeline takes back; None otherwise
     latents: list[Any] | None = None

@@ -26,9 +26,10 @@ def per_request(batch: Batch, out, details: dict[str, Any], latents=None, warnin
                                  param="prompt")
     images, resized = _to_requested_size(first, list(out.images))
     details = {**resized, **details}
-    own = out.records(batch.split) if hasattr(out, "records") else [([], {})] * len(batch)
-    outputs = [ProviderOutput(images=group, warnings=[*warnings, *said], details={**details, **extra})
-               for group, (said, extra) in zip(batch.split(images), own)]
+    own = out.records(batch.split) if hasattr(out, "records") else [([], {}, None)] * len(batch)
+    outputs = [ProviderOutput(images=group, warnings=[*warnings, *said], details={**details, **extra},
+                              image_details=each)
+               for group, (said, extra, each) in zip(batch.split(images), own)]
     # the hires fix's latent upscale, where the second pass can denoise latents at the larger size (hires requests
     # run alone: one output)
     if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \
