@@ -2,7 +2,13 @@
 decoder's share of an image.
 
     python benchmarks/bench_builtin.py            # writes benchmarks/results/builtin.json
+    python benchmarks/bench_builtin.py --against FOLDER   # and one image at batch 1 beside another model folder
+                                                          # (a previous version), interleaved in this run
+
+A previous version's folder: `git archive REV src/easel/builtin/model | tar -x -C /tmp/prev`.
 """
+
+import argparse
 
 import json
 import statistics
@@ -17,7 +23,27 @@ from easel.catalog import default_catalog
 OUT = Path(__file__).parent / "results" / "builtin.json"
 
 
+def against(pipe: ShapesPipeline, folder: Path, steps: int, guidance: float, prompt: str, rounds: int = 12) -> dict:
+    """Seconds for one image at batch 1 with this model and with the one in `folder`, in turn, medians."""
+    other = ShapesPipeline.from_pretrained(folder)
+    other.set_progress_bar_config(disable=True)
+    times: dict[str, list[float]] = {"shipped": [], "against": []}
+    for i in range(rounds + 1):
+        for name, model in (("shipped", pipe), ("against", other)):
+            started = time.perf_counter()
+            model([prompt], generator=[torch.Generator().manual_seed(i)], num_inference_steps=steps,
+                  guidance_scale=guidance)
+            if i:  # the first round warms up
+                times[name].append(time.perf_counter() - started)
+    shipped, other_s = statistics.median(times["shipped"]), statistics.median(times["against"])
+    return {"folder": str(folder), "s_per_image_batch1_median": round(other_s, 4),
+            "shipped_s_per_image_batch1_median": round(shipped, 4), "shipped_over_against": round(shipped / other_s, 3)}
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", type=Path, default=None, help="another model folder to time beside the shipped one")
+    args = ap.parse_args()
     spec = default_catalog().resolve("builtin")
     folder = spec.local_path
     loads = []
@@ -57,6 +83,8 @@ def main() -> None:
         "native_side": pipe.native_size,
         "weights_mb": round(size / 1e6, 2),
     }
+    if args.against:
+        result["against"] = against(pipe, args.against, steps, guidance, prompt)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
