@@ -105,19 +105,10 @@ def as_chosen(scene: shapes.Scene, chosen: list[str]) -> shapes.Scene:
 
 
 def geometry_report(found: dict[str, list]) -> dict:
-    """Version 3's geometry of the shapes asked for (`found`: kind -> a `shapes.Geometry` or None per shape): the
-    median circle's outline spread, the median square's fill of its bounding box, the share of triangles with three
-    corners and of shapes in one piece (specks aside), each against its target."""
-    drawn = {kind: [g for g in found.get(kind, []) if g is not None] for kind in shapes.SHAPES}
-    every = [g for kind in shapes.SHAPES for g in found.get(kind, [])]
-    scores = {
-        "circle_spread": round(float(np.median([g.roundness for g in drawn["circle"]] or [np.nan])), 4),
-        "square_fill": round(float(np.median([g.fill for g in drawn["square"]] or [np.nan])), 4),
-        "triangle_3": round(float(np.mean([g is not None and g.corners == 3 for g in found.get("triangle", [])])), 4),
-        "one_piece": round(float(np.mean([g is not None and g.pieces == 1 for g in every])), 4),
-        "shapes": len(every)}
-    met = {k: bool(scores[k] <= t if k == "circle_spread" else scores[k] >= t)
-           for k, t in TARGETS_V3.items()}
+    """Version 3's geometry of the shapes asked for (`found`: kind -> a `shapes.Geometry` or None per shape), each
+    score against its target."""
+    scores = {**shapes.geometry_summary(found), "shapes": sum(len(v) for v in found.values())}
+    met = {k: bool(scores[k] <= t if k == "circle_spread" else scores[k] >= t) for k, t in TARGETS_V3.items()}
     return {"scores": scores, "targets": TARGETS_V3, "meets_targets": all(met.values()), "met": met}
 
 

@@ -358,3 +358,18 @@ def geometry(img: np.ndarray, colour: str) -> Geometry | None:
     corners = len(cv2.approxPolyDP(contour, 0.03 * cv2.arcLength(contour, True), True))
     return Geometry(pieces=int((areas >= SPECK).sum()), roundness=float(distance.std() / max(distance.mean(), 1e-6)),
                     fill=float(piece.sum() / (w * h)), corners=corners)
+
+
+def geometry_summary(found: dict[str, list[Geometry | None]]) -> dict[str, float]:
+    """Version 3's four scores over the shapes asked for (`found`: kind -> each asked shape's `geometry`, None where
+    its colour is missing): the median circle's outline spread, the median square's fill of its bounding box, the
+    share of triangles with three corners and of shapes in one piece (NaN for a kind not asked)."""
+    drawn = {kind: [g for g in found.get(kind, []) if g is not None] for kind in SHAPES}
+    every = [g for kind in SHAPES for g in found.get(kind, [])]
+    triangles = found.get("triangle", [])
+    return {
+        "circle_spread": round(float(np.median([g.roundness for g in drawn["circle"]] or [np.nan])), 4),
+        "square_fill": round(float(np.median([g.fill for g in drawn["square"]] or [np.nan])), 4),
+        "triangle_3": round(float(np.mean([g is not None and g.corners == 3 for g in triangles] or [np.nan])), 4),
+        "one_piece": round(float(np.mean([g is not None and g.pieces == 1 for g in every] or [np.nan])), 4),
+    }

@@ -221,11 +221,7 @@ def geometry_scores(pipe: ShapesPipeline, n: int, seed: int) -> dict[str, list[f
     found = {kind: [] for kind in shapes.SHAPES}
     for scene, img in zip(scenes, images):
         found[scene.shapes[0].kind].append(shapes.geometry(img, scene.shapes[0].colour))
-    drawn = {kind: [g for g in found[kind] if g is not None] for kind in found}
-    return {"circle_spread": [float(np.median([g.roundness for g in drawn["circle"]] or [1.0]))],
-            "square_fill": [float(np.median([g.fill for g in drawn["square"]] or [0.0]))],
-            "triangle_3": [g is not None and g.corners == 3 for g in found["triangle"]],
-            "one_piece": [g is not None and g.pieces == 1 for kind in found for g in found[kind]]}
+    return {key: [value] for key, value in shapes.geometry_summary(found).items()}
 
 
 def main() -> None:

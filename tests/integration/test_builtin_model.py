@@ -445,3 +445,31 @@ def test_guidance_runs_in_its_interval_and_then_the_caption_alone():
     assert shapes.score(scene, half[0])["shape_colour"] and shapes.read_image(half[1]).colours[:1] == ["yellow"]
     make(0.5, steps=1)
     assert batches == [4]  # one step: guided
+
+
+def test_the_geometry_scores_read_drawn_shapes_as_their_kind():
+    """Version 3's scores on shapes drawn by the training renderer: a disk's outline spread is far below the
+    target and a square's or a diamond's far above; a square fills its box; a triangle has 3 corners; a colour in two
+    places is two pieces, and a speck is not a piece."""
+    import random
+
+    import cv2
+
+    def drawn(kind):
+        return shapes.render(shapes.Scene("blue", [shapes.Shape("red", kind, "large")]), random.Random(0), 256, 1)
+
+    circle, square, triangle = (shapes.geometry(drawn(kind), "red") for kind in shapes.SHAPES)
+    assert circle.roundness < 0.01 and 0.1 < square.roundness < 0.12 and square.fill == 1.0
+    assert (circle.corners, square.corners, triangle.corners) == (8, 4, 3)
+    diamond = np.zeros((256, 256, 3), np.uint8) + np.array(shapes.PALETTE["blue"], np.uint8)
+    cv2.fillPoly(diamond, [np.array([[128, 40], [216, 128], [128, 216], [40, 128]], np.int32)],
+                 shapes.PALETTE["red"])
+    assert shapes.geometry(diamond, "red").roundness > 0.1 and shapes.geometry(diamond, "red").fill < 0.55
+    two = drawn("circle").copy()
+    two[200:230, 200:230] = shapes.PALETTE["red"]
+    assert shapes.geometry(two, "red").pieces == 2
+    two[200:230, 200:230] = shapes.PALETTE["blue"]
+    two[240:244, 240:244] = shapes.PALETTE["red"]  # 16 pixels: a speck
+    assert shapes.geometry(two, "red").pieces == 1 and shapes.geometry(two, "green") is None
+    summary = shapes.geometry_summary({"circle": [circle], "square": [square], "triangle": [triangle, None]})
+    assert summary["triangle_3"] == 0.5 and summary["one_piece"] == 0.75 and summary["square_fill"] == 1.0
