@@ -45,6 +45,7 @@ def parse_layout(text: str) -> tuple:
 SHAPES = ("circle", "square", "triangle")
 _COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 _SIZES = ("small", "large")
+_QUALIFIERS = (*_COLOURS, *_SIZES)  # a shape's own words before it
 PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
 _PLACE_OF = {place.split()[-1]: place for place in PLACES}  # "left" -> "on the left"
 # a region word after each of two shapes places one from the other: "a red circle on the left, a blue square on
@@ -75,7 +76,7 @@ def read_caption(text: str) -> str:
     for n, k in enumerate(kinds):
         own = []
         for word in reversed(words[kinds[n - 1] + 1 if n else 0:k]):
-            if word not in _COLOURS and word not in _SIZES:
+            if word not in _QUALIFIERS:
                 break
             own.insert(0, word)
         colours = [w for w in own if w in _COLOURS]
@@ -124,7 +125,7 @@ def ignored_warning(words: list[str]) -> list[str]:
     them (the colour of a shape it does not draw)."""
     if not words:
         return []
-    unknown = [w for w in words if w not in _COLOURS and w not in _SIZES]
+    unknown = [w for w in words if w not in _QUALIFIERS]
     said = f"ignored words not in the built-in model's vocabulary: {', '.join(unknown)}"
     if len(unknown) < len(words):
         said += f" (and the words that only went with them: {', '.join(w for w in words if w not in unknown)})"
@@ -150,10 +151,10 @@ def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]
                     kept[k] = False
             if i + 1 < len(words) and words[i + 1] == "with":
                 kept[i + 1] = False
-    qualifiers, i = (*_COLOURS, *_SIZES), 0
+    i = 0
     while i < len(words):  # a run of qualifiers and unknown words: before a shape, its unknown words go; before
         end = i              # anything else (an unknown noun: "a red hexagon"), the whole run and its article
-        while end < len(words) and (words[end] in qualifiers or words[end] not in vocabulary) \
+        while end < len(words) and (words[end] in _QUALIFIERS or words[end] not in vocabulary) \
                 and words[end] not in ("and", "with"):
             end += 1
         run = range(i, end)
@@ -172,5 +173,5 @@ def split_known_words(prompt: str, vocabulary: set[str]) -> tuple[str, list[str]
     ends = [j for j, keep in enumerate(kept) if keep]
     while ends and words[ends[-1]] in ("a", "an", "the", "with", "and", "on", "to", "of", "at", "in"):
         kept[ends.pop()] = False  # "... on a blue background with": what it led to is gone
-    dropped = [w for w, keep in zip(words, kept) if not keep and (w not in vocabulary or w in (*_COLOURS, *_SIZES))]
+    dropped = [w for w, keep in zip(words, kept) if not keep and (w not in vocabulary or w in _QUALIFIERS)]
     return " ".join(w for w, keep in zip(words, kept) if keep), list(dict.fromkeys(dropped))
