@@ -112,7 +112,7 @@ class ShapesPipelineOutput(BaseOutput):
                                          split(self.read_as or [""] * n)):
             words = list(dict.fromkeys(w for group in ignored for w in group))
             details = {k: v for k, v in {"ignored_words": words, "read_as": read[0] if read else ""}.items() if v}
-            own = [{"chosen_words": words} if words else {} for words in chosen]
+            own = [{"chosen_words": picked} if picked else {} for picked in chosen]
             out.append((ignored_warning(words), details, own))
         return out
 
