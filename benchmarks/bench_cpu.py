@@ -2,13 +2,15 @@
 diffusers and through Easel, plain and with each option that does less, round by round in one process:
 
   1-step images (turbo-style, no guidance): bare diffusers / Easel plain / Easel `decoder=tiny` (TAESD's
-  architecture) -- the decode is most of a 1-step image on a CPU;
-  20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3`.
+  architecture) -- the decode is most of a 1-step image on a CPU -- alone and with token downsampling
+  (`tokens=todo`, `tokens=todo:2:2`); `--compile`: and with `compile=default` (minutes to compile);
+  20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3` / with `tokens=todo` too.
 
 Each case's seconds per image, per step and for the decode (from the step callbacks' clock), and the process's
 peak RSS; ratios against bare diffusers and Easel plain. Timing does not depend on the weights' values.
 
     python benchmarks/bench_cpu.py [--rounds 2] [--steps 20]     # writes results/cpu-cut-the-work.json
+    python benchmarks/bench_cpu.py --one-step --rounds 3 --out benchmarks/results/cpu-one-step.json
     python benchmarks/bench_cpu.py --tiny                       # the harness on tiny pipelines (no speed figure)
 """
 
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--one-step", action="store_true", help="the 1-step cases only")
+    parser.add_argument("--compile", action="store_true", help="a 1-step case with compile=default too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import resource
@@ -114,17 +117,24 @@ def main() -> None:
         "1-step: bare diffusers": lambda: diffusers_image(1, 0.0),
         "1-step: Easel": lambda: easel_image(1, 0.0),
         "1-step: Easel decoder=tiny": lambda: easel_image(1, 0.0, decoder="tiny"),
+        "1-step: Easel decoder=tiny tokens=todo": lambda: easel_image(1, 0.0, decoder="tiny", tokens="todo"),
+        "1-step: Easel decoder=tiny tokens=todo:2:2": lambda: easel_image(1, 0.0, decoder="tiny", tokens="todo:2:2"),
         "1-step: Easel decoder=tiny compile=default": lambda: easel_image(1, 0.0, decoder="tiny", compile="default"),
         f"{args.steps} guided steps: bare diffusers": lambda: diffusers_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel": lambda: easel_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel cache=deepcache:3": lambda: easel_image(args.steps, 7.5,
                                                                                    cache="deepcache:3"),
+        f"{args.steps} guided steps: Easel cache=deepcache:3 tokens=todo": lambda: easel_image(
+            args.steps, 7.5, cache="deepcache:3", tokens="todo"),
     }
+    if not args.compile:
+        del cases["1-step: Easel decoder=tiny compile=default"]
     if args.one_step:
         cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
     easel_image(1, 0.0, decoder="tiny")
-    easel_image(1, 0.0, decoder="tiny", compile="default")  # compiles (minutes on 2 cores)
+    if args.compile:
+        easel_image(1, 0.0, decoder="tiny", compile="default")  # compiles (minutes on 2 cores)
     diffusers_image(1, 0.0)
     timings: dict[str, list[dict]] = {name: [] for name in cases}
     out = args.out or HERE / "results" / ("cpu-cut-the-work-tiny.json" if args.tiny else "cpu-cut-the-work.json")
@@ -149,13 +159,17 @@ def main() -> None:
         report["ratios"] = {
             "1-step bare / Easel decoder=tiny (goal >= 4)": ratio("1-step: bare diffusers",
                                                                   "1-step: Easel decoder=tiny"),
-            "1-step bare / Easel decoder=tiny compile=default": ratio(
-                "1-step: bare diffusers", "1-step: Easel decoder=tiny compile=default"),
+            **{f"1-step bare / Easel decoder=tiny {option}": ratio("1-step: bare diffusers",
+                                                                   f"1-step: Easel decoder=tiny {option}")
+               for option in ("tokens=todo", "tokens=todo:2:2", "compile=default")
+               if f"1-step: Easel decoder=tiny {option}" in c},
             "1-step Easel / bare (goal <= 1.02)": ratio("1-step: Easel", "1-step: bare diffusers")}
         if not args.one_step:
             report["ratios"].update({
                 f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)": ratio(
                     f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3"),
+                f"{n} steps Easel / Easel cache=deepcache:3 tokens=todo": ratio(
+                    f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3 tokens=todo"),
                 f"{n} steps Easel / bare (goal <= 1.02)": ratio(f"{n} guided steps: Easel",
                                                                 f"{n} guided steps: bare diffusers")})
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -22,6 +22,8 @@ COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1"
                       "F16")
 GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
 
+# the pipelines whose denoiser is a UNet (SD 1.5, SDXL and their turbos): DeepCache and token downsampling fit them
+UNET_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,11 @@ class ModelFamily:
     # them (HiDream's fourth text encoder, Llama 3.1 8B Instruct)
     components: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
+
+    @property
+    def unet(self) -> bool:
+        """Whether its denoiser is a UNet."""
+        return self.pipeline in UNET_PIPELINES
 
     @property
     def does(self) -> str:
@@ -197,6 +204,9 @@ DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: t
 CACHE_OPTION = OptionSpec("cache", "str", "Step caching: deepcache (UNet models), first_block or taylorseer "
                           "(transformer models), with its parameter after a colon (deepcache:3 runs the whole UNet "
                           "every 3rd step; first_block:0.08; taylorseer:4); off by default.")
+TOKENS_OPTION = OptionSpec("tokens", "str", "Token downsampling (ToDo) on UNet models: todo, or todo:F:L, the "
+                           "self-attention of the L (1 or 2) highest-resolution levels attends to its tokens "
+                           "downsampled F (2 to 4) times each way; off by default.")
 CLIP_SKIP_OPTION = OptionSpec("clip_skip", "int", "Text-encoder layers skipped at its end (A1111's clip skip 2 is "
                               "1): what models trained on them want.", ge=1, le=11)
 BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
@@ -213,6 +223,8 @@ def _family(name: str, raw: dict[str, Any]) -> ModelFamily:
         options["base"] = BASE_OPTION
     if raw.get("clip_skip"):
         options["clip_skip"] = CLIP_SKIP_OPTION
+    if local and raw.get("pipeline") in UNET_PIPELINES:
+        options["tokens"] = TOKENS_OPTION
     if raw.get("speed"):
         names = ", ".join(raw["speed"])
         options["speed"] = OptionSpec("speed", "str", f"fast, or a few-step LoRA preset by name ({names}): its LoRA "

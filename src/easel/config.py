@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     step_cache: str = Field("none", description="Step caching for local models where it fits (deepcache[:N] on UNet "
                             "models, first_block[:T] or taylorseer[:N] on transformer ones); a request's `cache` "
                             "overrides it.")
+    tokens: str = Field("none", description="Token downsampling for local UNet models (todo[:F[:L]]: the "
+                        "highest-resolution self-attention attends to its tokens downsampled F times each way); a "
+                        "request's `tokens` overrides it.")
     host: str = Field("127.0.0.1:8000", description="The Easel server that `easel generate/edit/vary` hand their "
                       "jobs to when it answers (host:port or a URL); off: always run in-process.")
     warm_sizes: str = Field("", description="Comma-separated sizes (512x512,1024x768) the server runs once at start, "

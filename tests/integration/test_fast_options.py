@@ -2,6 +2,8 @@
 from the hub cache, recorded, the same seed giving the same pixels; refused clearly where a family has none or
 where it is not on this machine."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,23 +86,79 @@ def test_a_step_cache_that_does_not_fit_is_refused(tiny_models, family, cache, f
     assert refused.value.param == "cache" and fragment in refused.value.message, refused.value.message
 
 
+def key_lengths(pipe, call) -> dict[str, set[int]]:
+    """The number of keys each self-attention of `pipe`'s UNet saw while `call` ran."""
+    seen: dict[str, set[int]] = {}
+    handles = [module.to_k.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, set()).add(
+        args[0].shape[1])) for name, module in pipe.unet.named_modules() if name.endswith("attn1")]
+    try:
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_token_downsampling_shortens_the_highest_attention_levels_keys(tiny_models, family):
+    """`tokens=todo`: the self-attention of the highest-resolution level with attention attends to its tokens
+    downsampled twice each way (a quarter of the keys), `todo:4` four times, `todo:2:2` the next level too; the
+    others keep theirs; the same seed gives the same pixels, and the next call is the plain one."""
+    folder = str(tiny_models[family])
+    plain = easel.generate("a red kite", model=folder, **KW)
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    pipe = cache.get(cache.keys()[-1], None).pipe
+    made = {}
+    keys = {value: key_lengths(pipe, lambda value=value: made.setdefault(value, easel.generate(
+        "a red kite", model=folder, tokens=value, **KW))) for value in ("todo", "todo:2:2", "todo:4")}
+    whole = key_lengths(pipe, lambda: easel.generate("a red kite", model=folder, **KW))
+    sides = sorted({math.isqrt(n) for lengths in whole.values() for n in lengths}, reverse=True)  # square grids
+
+    def expected(lengths: set[int], factor: int, levels: int) -> set[int]:
+        side = math.isqrt(next(iter(lengths)))
+        return {(side // factor) ** 2} if side in sides[:levels] else lengths
+
+    assert len(sides) >= 1 and all(len(lengths) == 1 for lengths in whole.values())
+    for value, factor, levels in (("todo", 2, 1), ("todo:4", 4, 1), ("todo:2:2", 2, 2)):
+        assert keys[value] == {name: expected(lengths, factor, levels) for name, lengths in whole.items()}, value
+    assert keys["todo"] != whole
+    assert not np.array_equal(pixels(made["todo"]), pixels(plain))
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, tokens="todo", **KW)),
+                          pixels(made["todo"]))
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **KW)), pixels(plain))
+    assert made["todo:2:2"][0].parameters["tokens"] == {"method": "todo", "factor": 2, "levels": 2}
+    assert made["todo"][0].parameters["extra"] == {"tokens": "todo"}
+
+
+@pytest.mark.parametrize("family, value, fragment", [("sd15", "todo:5", "factor must be 2 to 4"),
+                                                     ("sd15", "todo:2:3", "levels 1 or 2"),
+                                                     ("sd15", "tome", "must be todo"),
+                                                     ("flux", "todo", "Unknown option 'tokens'")])
+def test_token_downsampling_that_does_not_fit_is_refused(tiny_models, family, value, fragment):
+    with pytest.raises(EaselError) as refused:
+        easel.generate("a red kite", model=str(tiny_models[family]), tokens=value, **KW)
+    assert refused.value.param == "tokens" and fragment in refused.value.message, refused.value.message
+
+
 def test_the_servers_settings_apply_where_they_fit(tiny_models, taesd, monkeypatch):
-    """EASEL_DECODER=tiny and EASEL_STEP_CACHE=deepcache: every request that names neither, where they fit; a
-    request's own `decoder=full` or `cache=none` wins."""
+    """EASEL_DECODER=tiny, EASEL_STEP_CACHE=deepcache and EASEL_TOKENS=todo: every request that names none of
+    them, where they fit; a request's own `decoder=full`, `cache=none` or `tokens=none` wins."""
     folder = str(tiny_models["sd15"])
     kw = {**KW, "steps": 6}
-    tiny_cached = pixels(easel.generate("a red kite", model=folder, decoder="tiny", cache="deepcache", **kw))
+    fast = pixels(easel.generate("a red kite", model=folder, decoder="tiny", cache="deepcache", tokens="todo", **kw))
     plain = pixels(easel.generate("a red kite", model=folder, **kw))
     monkeypatch.setenv("EASEL_DECODER", "tiny")
     monkeypatch.setenv("EASEL_STEP_CACHE", "deepcache")
+    monkeypatch.setenv("EASEL_TOKENS", "todo")
     easel.api.reset_default_runner()
     made = easel.generate("a red kite", model=folder, **kw)
-    assert np.array_equal(pixels(made), tiny_cached) and made[0].parameters["decoder"] == "madebyollin/taesd"
+    assert np.array_equal(pixels(made), fast) and made[0].parameters["decoder"] == "madebyollin/taesd"
     assert made[0].parameters["cache"] == {"method": "deepcache", "interval": 3}
-    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="full", cache="none", **kw)),
-                          plain)
-    flux = easel.generate("a red kite", model=str(tiny_models["flux"]), **KW)  # neither fits a FLUX model here
-    assert "cache" not in flux[0].parameters and "decoder" not in flux[0].parameters
+    assert made[0].parameters["tokens"] == {"method": "todo", "factor": 2, "levels": 1}
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="full", cache="none",
+                                                tokens="none", **kw)), plain)
+    flux = easel.generate("a red kite", model=str(tiny_models["flux"]), **KW)  # none fits a FLUX model here
+    assert not {"cache", "decoder", "tokens"} & set(flux[0].parameters)
 
 
 def test_speed_fast_applies_the_familys_few_step_lora(tiny_models, hub_cache, tmp_path):

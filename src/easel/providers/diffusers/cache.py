@@ -215,4 +215,13 @@ def _load_tiny_decoder(repo_id: str | None, pipe):
         return None
     if tiny.config.latent_channels != pipe.vae.config.latent_channels:
         return None
-    return tiny.to(pipe.vae.device)
+    return place_tiny_decoder(tiny, pipe.vae)
+
+
+def place_tiny_decoder(tiny, vae):
+    """A tiny autoencoder on `vae`'s device; on a CPU in channels-last layout, where oneDNN runs its full-resolution
+    convolutions (most of its time) about 1.5x faster than in the default layout."""
+    import torch
+
+    tiny = tiny.to(vae.device)
+    return tiny.to(memory_format=torch.channels_last) if vae.device.type == "cpu" else tiny

@@ -11,7 +11,7 @@ from ...upscalers import HIRES_UPSCALERS, IMAGE_UPSCALERS
 from ..base import Batch, Progress, Provider, ProviderOutput
 from . import inputs, outputs
 from .adapters import (Adapter, Call, ClipSkip, ControlNet, Embeddings, IpAdapter, Lora, ModelFiles, StepCache,
-                       TinyDecoder)
+                       TinyDecoder, TokenDownsampling)
 from .cache import LoadedPipeline, PipelineCache
 from .errors import pipeline_errors
 from ...errors import InvalidRequestError
@@ -49,7 +49,8 @@ class DiffusersProvider(Provider):
                                         ControlNet(folders.get("controlnets"), self.loader),
                                         IpAdapter(folders.get("ip_adapters"), self.loader),
                                         TinyDecoder(self.loader, self.loader.defaults.get("decoder", "full")),
-                                        StepCache(self.loader.defaults.get("cache", "none")), ClipSkip()]
+                                        StepCache(self.loader.defaults.get("cache", "none")),
+                                        TokenDownsampling(self.loader.defaults.get("tokens", "none")), ClipSkip()]
 
     def use_adapter(self, adapter: Adapter) -> None:
         """Take a plugin's adapter kind: it enters every call of a family it fits whose request asks for it."""
@@ -170,5 +171,6 @@ def register(add, settings) -> None:
                           int(settings.max_cache_gb * 1e9), hf_token=get_key(settings.keys_path, "hf"),
                           defaults={"compile": settings.compile, "channels_last": settings.channels_last,
                                     "fuse_qkv": settings.fuse_qkv, "quantize": settings.quantize,
-                                    "decoder": settings.decoder, "cache": settings.step_cache},
+                                    "decoder": settings.decoder, "cache": settings.step_cache,
+                                    "tokens": settings.tokens},
                           folders={kind.folder: settings.folder(kind.folder) for kind in FOLDERS}))

@@ -8,6 +8,7 @@ from .embeddings import Embeddings
 from .ip_adapter import IpAdapter
 from .lora import Lora
 from .step_cache import StepCache
+from .tokens import TokenDownsampling
 
 __all__ = ["Adapter", "Call", "ClipSkip", "ControlNet", "Embeddings", "IpAdapter", "Lora", "ModelFiles", "StepCache",
-           "TinyDecoder"]
+           "TinyDecoder", "TokenDownsampling"]

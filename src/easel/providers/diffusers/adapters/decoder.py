@@ -62,12 +62,14 @@ class TinyDecoder(Adapter):
     def enter(self, call: Call, uses) -> Iterator[dict[str, Any]]:
         from diffusers import AutoencoderTiny
 
+        from ..cache import place_tiny_decoder
+
         pipe, repo = call.pipe, call.spec.family.preview_decoder
         key = (self.kind, repo)
 
         def load():
-            return AutoencoderTiny.from_pretrained(self.folder(repo, download=True), dtype=pipe.vae.dtype).to(
-                pipe.vae.device)
+            tiny = AutoencoderTiny.from_pretrained(self.folder(repo, download=True), dtype=pipe.vae.dtype)
+            return place_tiny_decoder(tiny, pipe.vae)
 
         tiny = call.loaded.state(key, load)
         call.loaded.touch(key)

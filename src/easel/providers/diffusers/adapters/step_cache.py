@@ -17,7 +17,6 @@ from .base import Adapter, Call, ModelFiles
 # method -> (its parameter's name, default, lowest, highest, what it is)
 METHODS = {"deepcache": ("interval", 3, 2, 10, "UNet"), "first_block": ("threshold", 0.08, 0.01, 1.0, "transformer"),
            "taylorseer": ("interval", 4, 2, 10, "transformer")}
-UNET_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _SPELLING = re.compile(r"^([a-z_]+)(?::([0-9.]+))?$")
 
 
@@ -58,11 +57,11 @@ class StepCache(Adapter):
         if self.default_value is None:
             return None
         unet = METHODS[parse(self.default_value)[0]][4] == "UNet"
-        return self.default_value if unet == (spec.family.pipeline in UNET_PIPELINES) else None
+        return self.default_value if unet == spec.family.unet else None
 
     def check(self, model: ModelFiles, uses) -> None:
         method, _ = parse(uses)
-        unet = model.spec.family.pipeline in UNET_PIPELINES
+        unet = model.spec.family.unet
         if (METHODS[method][4] == "UNet") != unet:
             fits = [m for m, (*_, kind) in METHODS.items() if (kind == "UNet") == unet]
             raise UnsupportedError(f"{model.spec.name} is a {'UNet' if unet else 'transformer'} model: its step "
