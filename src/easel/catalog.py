@@ -14,6 +14,8 @@ from typing import Any
 
 from .checkpoints import CHECKPOINT_SUFFIXES, checkpoint_family, gguf_file, is_checkpoint_name, is_gguf
 from .errors import EaselError, InvalidRequestError, ModelNotFoundError
+from .family_options import (BASE_OPTION, CACHE_OPTION, CLIP_SKIP_OPTION, DECODER_OPTION, MEMORY_OPTIONS,
+                             TOKENS_OPTION, UNET_PIPELINES, OptionSpec)
 
 log = logging.getLogger("easel.catalog")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -21,21 +23,6 @@ DEFAULT_MODEL = "builtin"
 COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0", "BF16",
                       "F16")
 GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
-
-# the pipelines whose denoiser is a UNet (SD 1.5, SDXL and their turbos): DeepCache and token downsampling fit them
-UNET_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptionSpec:
-    """One option of a model family, accepted in `ImageRequest.extra`."""
-
-    name: str
-    type: str
-    description: str = ""
-    ge: float | None = None
-    le: float | None = None
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
@@ -181,36 +168,6 @@ class ModelSpec:
         from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(self.source, "model_index.json"), str)
-
-
-# load options every diffusers family accepts, for memory and for speed (the built-in model needs none of them)
-MEMORY_OPTIONS = {
-    "offload": OptionSpec("offload", "str", "auto (the memory plan chooses from the model's size and the memory "
-                          "free), none, model, group or sequential CPU offload (accelerators only)."),
-    "attention_slicing": OptionSpec("attention_slicing", "bool", "Compute attention in slices to save memory."),
-    "vae_slicing": OptionSpec("vae_slicing", "bool", "Decode a batch one image at a time."),
-    "vae_tiling": OptionSpec("vae_tiling", "bool", "Decode large images in tiles."),
-    "compile": OptionSpec("compile", "str", "torch.compile the denoiser and the VAE decoder: none, default, "
-                          "reduce-overhead (CUDA graphs) or max-autotune; the first call of each shape compiles."),
-    "channels_last": OptionSpec("channels_last", "bool", "The convolutional models in channels-last memory layout."),
-    "fuse_qkv": OptionSpec("fuse_qkv", "bool", "Fuse the attention's query, key and value projections."),
-    "quantize": OptionSpec("quantize", "str", "none; fp8: the denoiser's weights stored as float8 (a quarter of "
-                           "float32's memory, half of bfloat16's), each layer computed in the model's dtype; int8: "
-                           "as 8-bit integers (torchao, weight-only); nf4: 4-bit NormalFloat (bitsandbytes, CUDA)."),
-}
-DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: the family's tiny autoencoder "
-                            "(TAESD and its successors) decodes the images, in a fraction of the time, with a little "
-                            "less fine detail.")
-CACHE_OPTION = OptionSpec("cache", "str", "Step caching: deepcache (UNet models), first_block or taylorseer "
-                          "(transformer models), with its parameter after a colon (deepcache:3 runs the whole UNet "
-                          "every 3rd step; first_block:0.08; taylorseer:4); off by default.")
-TOKENS_OPTION = OptionSpec("tokens", "str", "Token downsampling (ToDo) on UNet models: todo, or todo:F:L, the "
-                           "self-attention of the L (1 or 2) highest-resolution levels attends to its tokens "
-                           "downsampled F (2 to 4) times each way; off by default.")
-CLIP_SKIP_OPTION = OptionSpec("clip_skip", "int", "Text-encoder layers skipped at its end (A1111's clip skip 2 is "
-                              "1): what models trained on them want.", ge=1, le=11)
-BASE_OPTION = OptionSpec("base", "str", "For a GGUF denoiser: the pipeline of its family whose text encoders, VAE "
-                         "and configuration it runs with (a catalog model or hub id; default: its release's).")
 
 
 def _family(name: str, raw: dict[str, Any]) -> ModelFamily:

@@ -8,8 +8,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ....catalog import CLIP_SKIP_OPTION
 from ....errors import InvalidRequestError
+from ....family_options import CLIP_SKIP_OPTION
 from .base import Adapter, Call
 
 

@@ -20,7 +20,7 @@ class TinyDecoder(Adapter):
 
     def __init__(self, loader, default: str = "full"):
         """`default`: the server's (EASEL_DECODER), for the families whose tiny decoder is in the hub cache."""
-        from ....catalog import DECODER_OPTION
+        from ....family_options import DECODER_OPTION
 
         self.loader, self.option, self.default_value = loader, DECODER_OPTION, default
 

@@ -43,7 +43,7 @@ class StepCache(Adapter):
 
     def __init__(self, default: str = "none"):
         """`default`: the server's (EASEL_STEP_CACHE), for the models it fits."""
-        from ....catalog import CACHE_OPTION
+        from ....family_options import CACHE_OPTION
 
         self.option, self.default_value = CACHE_OPTION, None if default in ("", "none") else default
         if self.default_value is not None:

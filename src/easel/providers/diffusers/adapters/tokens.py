@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ....catalog import TOKENS_OPTION
 from ....errors import InvalidRequestError
+from ....family_options import TOKENS_OPTION
 from .base import Adapter, Call
 
 METHODS = ("todo",)
