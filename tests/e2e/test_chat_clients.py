@@ -103,7 +103,7 @@ def test_queued_jobs_know_their_place_and_when_they_will_finish(server):
     an `eta_s` from the running job's pace; a follower of the last hears its place move up, then its progress."""
     base = server.base
     jobs = [httpx.post(f"{base}/v1/jobs", json={"prompt": "a grey circle", "model": "builtin", "size": size,
-                                                "num_inference_steps": 300}).json()
+                                                "num_inference_steps": 120}).json()
             for size in ("64x64", "72x72", "80x80")]
     last = jobs[-1]["id"]
     events = []
