@@ -138,3 +138,28 @@ def test_a1111s_hires_upscaler_names_work_on_every_front():
     with pytest.raises(easel.InvalidRequestError) as refused:
         easel.generate("a red circle", model="builtin", size="64x64", hires_scale=1.5, hires_upscaler="", save=False)
     assert "latent-bicubic" in refused.value.message and "'Latent (bicubic)'" in refused.value.message
+
+
+def test_a1111s_token_merging_ratio_runs_as_token_downsampling(sd15, easel_home):
+    """`override_settings.token_merging_ratio` (A1111's ToMe) runs as `tokens=todo` on a UNet model, with a
+    warning that says so and the library's pixels; on the built-in model it is said not to apply; a bad ratio is
+    a 400 naming it."""
+    from easel.config import Settings
+    from easel.server.app import create_app
+
+    with serving(create_app(Settings(home=easel_home, ui=False), warm=False)) as base:
+        body = {"prompt": PROMPT, "seed": 3, "steps": 2, "cfg_scale": 7, "width": 64, "height": 64,
+                "override_settings": {"sd_model_checkpoint": "tiny", "token_merging_ratio": 0.5}}
+        made = httpx.post(f"{base}/sdapi/v1/txt2img", json=body, timeout=300).json()
+        image = decoded(made["images"][0])
+        assert any("ran as token downsampling (tokens=todo" in w for w in json.loads(made["info"])["warnings"])
+        assert json.loads(image.info["easel"])["tokens"] == {"method": "todo", "factor": 2, "levels": 1}
+        again = easel.generate(PROMPT, guidance=7.0, tokens="todo", **KW)
+        assert np.array_equal(pixels(again), np.asarray(image.convert("RGB"), dtype=np.int16))
+        builtin = {**body, "override_settings": {"sd_model_checkpoint": "builtin", "token_merging_ratio": 0.3}}
+        info = json.loads(httpx.post(f"{base}/sdapi/v1/txt2img", json=builtin, timeout=300).json()["info"])
+        assert any("token merging does not apply to builtin" in w for w in info["warnings"])
+        refused = httpx.post(f"{base}/sdapi/v1/txt2img", json={**body, "override_settings": {
+            "token_merging_ratio": 2}})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == \
+            "override_settings.token_merging_ratio", refused.text

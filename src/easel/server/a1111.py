@@ -219,6 +219,21 @@ def clip_skip_for(body: Txt2ImgRequest, spec, default: int = 1) -> tuple[dict[st
     return {"clip_skip": value - 1}, []
 
 
+def token_merging_for(body: Txt2ImgRequest, spec) -> tuple[dict[str, Any], list[str]]:
+    """A1111's token merging (`override_settings.token_merging_ratio`, ToMe) as Easel's token downsampling
+    (`tokens=todo`, the same idea on the keys and values of the highest-resolution self-attention) on UNet models,
+    said in the warnings; elsewhere said not to apply."""
+    param, value = "override_settings.token_merging_ratio", body.override_settings.get("token_merging_ratio")
+    if value is None or value == 0:
+        return {}, []
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.9:
+        raise InvalidRequestError(f"`{param}` must be a number from 0 to 0.9 but is {value!r}.", param=param)
+    if "tokens" not in spec.family.options:
+        return {}, [f"token merging does not apply to {spec.name} ({spec.family.name}): its denoiser ran whole"]
+    return {"tokens": "todo"}, [f"token merging ratio {value} ran as token downsampling (tokens=todo: the "
+                                "highest-resolution self-attention attends to a quarter of its tokens)"]
+
+
 def _info(body: Txt2ImgRequest, first: dict[str, Any], seeds: list[int], texts: list[str], task_id: str,
           interrupted: bool, warnings: list[str], model: str, seed: int | None) -> dict[str, Any]:
     """A1111's `info` (a JSON string in the answer): what was made, with the values the model really used."""
@@ -241,7 +256,8 @@ async def _run(body: Txt2ImgRequest, request: Request, mode: str = "generate", *
     spec = engine.runner.catalog.resolve(model, allow_paths=False)
     scheduler, warnings = scheduler_for(body, spec)
     extra, skipped = clip_skip_for(body, spec, state.clip_skip)
-    warnings += skipped
+    merging, said = token_merging_for(body, spec)
+    extra, warnings = {**extra, **merging}, [*warnings, *skipped, *said]
     base = await run_in_threadpool(to_image_request, body, model, scheduler, mode, extra=extra, **fields)
     task_id = body.force_task_id or f"task({uuid.uuid4().hex[:15]})"
     images, seeds, texts, first, detected = [], [], [], {}, []
