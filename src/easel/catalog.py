@@ -24,6 +24,7 @@ COMMON_GGUF_QUANTS = ("Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1"
                       "F16")
 GGUF_QUANT_NAME = r"(I?Q[1-8]_(?:[01K]|NL|XS|XXS|S|M)(?:_[SML])?|BF16|F16|F32)"  # Q4_0, Q4_K_S, IQ4_XS, BF16, ...
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
     """How to run one kind of pipeline, with the defaults its authors recommend."""
@@ -80,7 +81,6 @@ class ModelFamily:
     # components its releases leave out, by name: (class, hub repository), loaded from there where a folder lacks
     # them (HiDream's fourth text encoder, Llama 3.1 8B Instruct)
     components: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
-
 
     @property
     def unet(self) -> bool:
@@ -514,7 +514,6 @@ def _with_gguf_bases(catalog: ModelCatalog, bases: str) -> ModelCatalog:
     return copy
 
 
-
 # what an upscale job (mode "upscale") runs on: the diffusers provider's upscaler models and image filters
 UPSCALE = ModelFamily(name="upscale", size=(512, 512), size_step=1, max_side=16384, negative_prompt=False,
                       max_prompt_chars=1000, schedulers=(), supports=("upscale",), aspects={}, takes=())
@@ -523,6 +522,7 @@ UPSCALE = ModelFamily(name="upscale", size=(512, 512), size_step=1, max_side=163
 def upscale_spec(upscaler: str) -> ModelSpec:
     """The model an upscale job names: its upscaler (never a path of the catalog's)."""
     return ModelSpec(name=upscaler, family=UPSCALE, source=f"upscale:{upscaler}", provider="diffusers")
+
 
 @lru_cache(maxsize=1)
 def default_catalog() -> ModelCatalog:
