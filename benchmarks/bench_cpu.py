@@ -2,8 +2,9 @@
 diffusers and through Easel, plain and with each option that does less, round by round in one process:
 
   1-step images (turbo-style, no guidance): bare diffusers / Easel plain / Easel `decoder=tiny` (TAESD's
-  architecture) -- the decode is most of a 1-step image on a CPU -- alone and with token downsampling
-  (`tokens=todo`, `tokens=todo:2:2`); `--compile`: and with `compile=default` (minutes to compile);
+  architecture) -- the decode is most of a 1-step image on a CPU -- alone, with token downsampling
+  (`tokens=todo`, `tokens=todo:2:2`), with int8 compute (`quantize=int8_dynamic`) and with both; `--compile`: and
+  with `compile=default` (minutes to compile);
   20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3` / with `tokens=todo` too.
 
 Each case's seconds per image, per step and for the decode (from the step callbacks' clock), and the process's
@@ -119,6 +120,10 @@ def main() -> None:
         "1-step: Easel decoder=tiny": lambda: easel_image(1, 0.0, decoder="tiny"),
         "1-step: Easel decoder=tiny tokens=todo": lambda: easel_image(1, 0.0, decoder="tiny", tokens="todo"),
         "1-step: Easel decoder=tiny tokens=todo:2:2": lambda: easel_image(1, 0.0, decoder="tiny", tokens="todo:2:2"),
+        "1-step: Easel decoder=tiny quantize=int8_dynamic": lambda: easel_image(1, 0.0, decoder="tiny",
+                                                                                quantize="int8_dynamic"),
+        "1-step: Easel decoder=tiny quantize=int8_dynamic tokens=todo": lambda: easel_image(
+            1, 0.0, decoder="tiny", quantize="int8_dynamic", tokens="todo"),
         "1-step: Easel decoder=tiny compile=default": lambda: easel_image(1, 0.0, decoder="tiny", compile="default"),
         f"{args.steps} guided steps: bare diffusers": lambda: diffusers_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel": lambda: easel_image(args.steps, 7.5),
@@ -133,6 +138,7 @@ def main() -> None:
         cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
     easel_image(1, 0.0, decoder="tiny")
+    easel_image(1, 0.0, decoder="tiny", quantize="int8_dynamic")  # loads the quantized pipeline
     if args.compile:
         easel_image(1, 0.0, decoder="tiny", compile="default")  # compiles (minutes on 2 cores)
     diffusers_image(1, 0.0)
@@ -161,7 +167,8 @@ def main() -> None:
                                                                   "1-step: Easel decoder=tiny"),
             **{f"1-step bare / Easel decoder=tiny {option}": ratio("1-step: bare diffusers",
                                                                    f"1-step: Easel decoder=tiny {option}")
-               for option in ("tokens=todo", "tokens=todo:2:2", "compile=default")
+               for option in ("tokens=todo", "tokens=todo:2:2", "quantize=int8_dynamic",
+                              "quantize=int8_dynamic tokens=todo", "compile=default")
                if f"1-step: Easel decoder=tiny {option}" in c},
             "1-step Easel / bare (goal <= 1.02)": ratio("1-step: Easel", "1-step: bare diffusers")}
         if not args.one_step:

@@ -60,10 +60,11 @@ class Settings(BaseSettings):
     max_cache_gb: float = Field(0.0, ge=0, description="Memory bound on loaded pipelines in GB; 0 = no bound.")
     idle_unload_s: float = Field(0.0, ge=0, description="After this many seconds without a job, the server releases "
                                  "its loaded models (and their GPU memory); the next job loads them again. 0: never.")
-    quantize: Literal["none", "fp8", "int8", "nf4"] = Field(
+    quantize: Literal["none", "fp8", "int8", "int8_dynamic", "nf4"] = Field(
         "none", description="Store local models' denoiser weights in less memory (a request's `quantize` option "
         "wins): fp8 keeps them as float8 and computes each layer in the model's dtype (layerwise casting); int8 as "
-        "8-bit integers (torchao, weight-only); nf4 as 4-bit NormalFloat (bitsandbytes, CUDA only).")
+        "8-bit integers (torchao, weight-only); int8_dynamic computes the Linear layers in int8 on a CPU (faster); nf4 "
+        "as 4-bit NormalFloat (bitsandbytes, CUDA only).")
     gguf_bases: str = Field("", description="Comma-separated family=model pairs naming the pipeline (text encoders, "
                             "VAE, configuration) the models folder's GGUF denoisers of a family run with, e.g. "
                             "flux=/srv/FLUX.1-dev; unset: the release each file was made from (flux-dev, ...).")

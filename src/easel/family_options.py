@@ -33,7 +33,9 @@ MEMORY_OPTIONS = {
     "fuse_qkv": OptionSpec("fuse_qkv", "bool", "Fuse the attention's query, key and value projections."),
     "quantize": OptionSpec("quantize", "str", "none; fp8: the denoiser's weights stored as float8 (a quarter of "
                            "float32's memory, half of bfloat16's), each layer computed in the model's dtype; int8: "
-                           "as 8-bit integers (torchao, weight-only); nf4: 4-bit NormalFloat (bitsandbytes, CUDA)."),
+                           "as 8-bit integers (torchao, weight-only); int8_dynamic (CPU): the Linear layers compute in "
+                           "8-bit integers, weights and inputs (a quarter off an SD 1.5 step on a CPU); nf4: 4-bit "
+                           "NormalFloat (bitsandbytes, CUDA)."),
 }
 DECODER_OPTION = OptionSpec("decoder", "str", "full (the model's VAE) or tiny: the family's tiny autoencoder "
                             "(TAESD and its successors) decodes the images, in a fraction of the time, with a little "

@@ -20,6 +20,7 @@ from ...errors import AuthenticationError, EaselError, InvalidRequestError, Mode
 from . import components, memory
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
+from .quantize import at_load, check_quantize, quantize
 
 if TYPE_CHECKING:
     from ...catalog import ModelSpec
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 LOAD_OPTIONS = ("offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile", "channels_last", "fuse_qkv",
                 "quantize", "base")
 OFFLOAD_MODES = ("auto", "none", "model", "group", "sequential")  # auto: the memory plan chooses
-QUANTIZE_MODES = ("none", "fp8", "int8", "nf4")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 FLAGS = ("attention_slicing", "vae_slicing", "vae_tiling", "channels_last", "fuse_qkv")
 # the weights of a pipeline's own denoiser, which a GGUF file replaces (not downloaded with its base)
@@ -117,32 +117,13 @@ class Loader:
             raise InvalidRequestError(f"`compile` must be one of {', '.join(COMPILE_MODES)} but is "
                                       f"{compile_mode!r}.", param="compile")
         quantize = extra.get("quantize", self.defaults.get("quantize", "none"))
-        self._check_quantize(spec, quantize, "quantize" in extra)
-        return {"offload": offload, "compile": compile_mode, "quantize": quantize,
-                **{name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}}
-
-    def _check_quantize(self, spec: ModelSpec, quantize: Any, asked: bool) -> None:
-        """A quantization this model can take here. A server's default does not apply to models that cannot take it
-        (a GGUF file, quantized already): only a request's own `quantize` is refused for them."""
-        if quantize not in QUANTIZE_MODES:
-            raise InvalidRequestError(f"`quantize` must be one of {', '.join(QUANTIZE_MODES)} but is {quantize!r}.",
-                                      param="quantize")
-        if quantize == "none" or not asked and spec.gguf:
-            return
-        if spec.gguf:
-            raise InvalidRequestError(f"{spec.name} is a GGUF file, quantized already: `quantize` does not apply.",
-                                      param="quantize")
         device = pick_device(self.device)
-        if quantize == "nf4" and device != "cuda":
-            raise InvalidRequestError(f"`quantize=nf4` needs a CUDA GPU (bitsandbytes' 4-bit kernels), and this runs "
-                                      f"on {device}: use int8 or fp8, or a GGUF file (flux-dev:Q4_0).",
-                                      param="quantize")
-        if quantize == "nf4" and spec.checkpoint:
-            raise InvalidRequestError("`quantize=nf4` loads pipeline folders and hub models, not single-file "
-                                      "checkpoints: use int8 or fp8.", param="quantize")
-        if quantize == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
-            raise InvalidRequestError("`quantize=nf4` needs bitsandbytes: pip install 'easel[nf4]'.",
-                                      param="quantize")
+        check_quantize(spec, quantize, "quantize" in extra, device, pick_dtype(device, spec.family.dtype, self.dtype))
+        flags = {name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}
+        if quantize == "int8_dynamic" and flags["fuse_qkv"]:
+            raise InvalidRequestError("`quantize=int8_dynamic` does not take `fuse_qkv`, which fuses float weights: "
+                                      "leave one of them out.", param="quantize")
+        return {"offload": offload, "compile": compile_mode, "quantize": quantize, **flags}
 
     def record(self, options: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         """What an image's parameters keep of how its model was loaded: the load options that change its pixels (a
@@ -231,16 +212,16 @@ class Loader:
                 pipe = cls.from_single_file(str(spec.local_path), config=str(config), local_files_only=True,
                                             dtype=dtype)
             else:
-                pipe = cls.from_pretrained(folder, dtype=dtype, **_at_load(spec, options["quantize"], dtype),
+                pipe = cls.from_pretrained(folder, dtype=dtype, **at_load(spec, options["quantize"], dtype),
                                            **borrowed)
         pipe.set_progress_bar_config(disable=True)
         with pipeline_errors(spec, "loading"):
             placed = {**options, "offload": plan.offload}
             if self._quantize_in_place(spec, options, plan):  # on a GPU in seconds, not on the CPU in minutes
                 _place(pipe, device, placed)
-                _quantize(pipe, options["quantize"])
+                quantize(pipe, options["quantize"])
             else:  # before it moves (offloaded, or too big for the device unquantized)
-                _quantize(pipe, options["quantize"])
+                quantize(pipe, options["quantize"])
                 _place(pipe, device, placed)
             _speed_up(pipe, device, options)
         chosen = [f"{spec.name} runs with {plan.offload} offload, which the memory plan chose: {plan.why}"] \
@@ -407,38 +388,6 @@ def _pipeline_class(path: str):
     import diffusers
 
     return getattr(diffusers, path)
-
-
-def _at_load(spec: ModelSpec, mode: str, dtype) -> dict[str, Any]:
-    """nf4: the denoiser quantized by bitsandbytes as it loads (diffusers' PipelineQuantizationConfig)."""
-    if mode != "nf4":
-        return {}
-    from diffusers.quantizers import PipelineQuantizationConfig
-
-    denoiser = "transformer" if spec.family.denoiser else "unet"
-    return {"quantization_config": PipelineQuantizationConfig(
-        quant_backend="bitsandbytes_4bit", components_to_quantize=[denoiser],
-        quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})}
-
-
-def _quantize(pipe, mode: str) -> None:
-    """After loading: fp8, the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by
-    layer as each runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as
-    they are); int8, its Linear layers' weights as 8-bit integers with a scale per row (torchao, weight-only)."""
-    import torch
-
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if mode == "int8":
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-        quantize_(denoiser, Int8WeightOnlyConfig())
-    if mode == "fp8":
-        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
-    if mode in ("fp8", "int8"):  # what stays as it was (norms, embeddings; int8's convolutions) leaves the weights
-        for tensor in [*denoiser.parameters(), *denoiser.buffers()]:  # file, whose mapping can then close
-            plain = type(tensor.data) is torch.Tensor and tensor.dtype != torch.float8_e4m3fn
-            if plain and tensor.device.type == "cpu":
-                tensor.data = tensor.data.clone()
 
 
 def _place(pipe, device: str, options: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from ...errors import InvalidRequestError
 GB = 1e9
 # bytes a parameter takes in each dtype a pipeline loads in, and after each quantization of the denoiser
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-QUANTIZED_BYTES = {"fp8": 1, "int8": 1, "nf4": 0.5}
+QUANTIZED_BYTES = {"fp8": 1, "int8": 1, "int8_dynamic": 1, "nf4": 0.5}
 DENOISERS = ("unet", "transformer")
 HEADROOM = 0.9  # of the free memory a plan fills: the allocator's own overhead and what other processes take
 # the placements a plan chooses from, fastest first (the `offload` option's values)

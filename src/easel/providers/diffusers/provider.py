@@ -70,6 +70,10 @@ class DiffusersProvider(Provider):
         model = ModelFiles(spec, lambda: self.loader.pipeline_folder(spec))
         for adapter, uses in self._active(spec, [request]):
             adapter.check(model, uses)
+        if options["quantize"] == "int8_dynamic" and request.loras:
+            raise InvalidRequestError("`quantize=int8_dynamic` takes no LoRAs: its Linear layers become int8 modules "
+                                      "that peft cannot add a LoRA to. Use quantize=int8, or leave the LoRAs out.",
+                                      param="quantize")
         if request.hires_scale and request.hires_upscaler not in HIRES_UPSCALERS:
             self.upscalers.model(request.hires_upscaler, download=False, param="hires_upscaler")
         self.loader.check(spec)
