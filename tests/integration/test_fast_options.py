@@ -75,15 +75,18 @@ def test_step_caching_skips_work_and_keeps_its_seed(tiny_models, family, cache):
     assert cached[0].parameters["cache"]["method"] == method and cached[0].parameters["extra"] == {"cache": cache}
 
 
-@pytest.mark.parametrize("family, cache, fragment", [("sd15", "first_block", "its step caches are deepcache"),
-                                                     ("flux", "deepcache", "not deepcache"),
-                                                     ("sd15", "deepcache:1", "between 2 and 10"),
-                                                     ("sd3", "first_block", "takes none of diffusers' step caches"),
-                                                     ("sd15", "warp", "must be one of")])
-def test_a_step_cache_that_does_not_fit_is_refused(tiny_models, family, cache, fragment):
+@pytest.mark.parametrize("option, family, value, fragment", [
+    ("cache", "sd15", "first_block", "its step caches are deepcache"),
+    ("cache", "flux", "deepcache", "not deepcache"),
+    ("cache", "sd15", "deepcache:1", "between 2 and 10"),
+    ("cache", "sd3", "first_block", "takes none of diffusers' step caches"), ("cache", "sd15", "warp", "must be one of"),
+    ("tokens", "sd15", "todo:5", "factor must be 2 to 4"), ("tokens", "sd15", "todo:2:3", "levels 1 or 2"),
+    ("tokens", "sd15", "tome", "must be todo"), ("tokens", "flux", "todo", "Unknown option 'tokens'")])
+def test_a_step_cache_or_token_downsampling_that_does_not_fit_is_refused(tiny_models, option, family, value,
+                                                                         fragment):
     with pytest.raises(EaselError) as refused:
-        easel.generate("a red kite", model=str(tiny_models[family]), cache=cache, **KW)
-    assert refused.value.param == "cache" and fragment in refused.value.message, refused.value.message
+        easel.generate("a red kite", model=str(tiny_models[family]), **{option: value}, **KW)
+    assert refused.value.param == option and fragment in refused.value.message, refused.value.message
 
 
 def key_lengths(pipe, call) -> dict[str, set[int]]:
@@ -128,16 +131,6 @@ def test_token_downsampling_shortens_the_highest_attention_levels_keys(tiny_mode
     assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **KW)), pixels(plain))
     assert made["todo:2:2"][0].parameters["tokens"] == {"method": "todo", "factor": 2, "levels": 2}
     assert made["todo"][0].parameters["extra"] == {"tokens": "todo"}
-
-
-@pytest.mark.parametrize("family, value, fragment", [("sd15", "todo:5", "factor must be 2 to 4"),
-                                                     ("sd15", "todo:2:3", "levels 1 or 2"),
-                                                     ("sd15", "tome", "must be todo"),
-                                                     ("flux", "todo", "Unknown option 'tokens'")])
-def test_token_downsampling_that_does_not_fit_is_refused(tiny_models, family, value, fragment):
-    with pytest.raises(EaselError) as refused:
-        easel.generate("a red kite", model=str(tiny_models[family]), tokens=value, **KW)
-    assert refused.value.param == "tokens" and fragment in refused.value.message, refused.value.message
 
 
 def test_the_servers_settings_apply_where_they_fit(tiny_models, taesd, monkeypatch):
