@@ -79,7 +79,8 @@ def test_step_caching_skips_work_and_keeps_its_seed(tiny_models, family, cache):
     ("cache", "sd15", "first_block", "its step caches are deepcache"),
     ("cache", "flux", "deepcache", "not deepcache"),
     ("cache", "sd15", "deepcache:1", "between 2 and 10"),
-    ("cache", "sd3", "first_block", "takes none of diffusers' step caches"), ("cache", "sd15", "warp", "must be one of"),
+    ("cache", "sd3", "first_block", "takes none of diffusers' step caches"),
+    ("cache", "sd15", "warp", "must be one of"),
     ("tokens", "sd15", "todo:5", "factor must be 2 to 4"), ("tokens", "sd15", "todo:2:3", "levels 1 or 2"),
     ("tokens", "sd15", "tome", "must be todo"), ("tokens", "flux", "todo", "Unknown option 'tokens'")])
 def test_a_step_cache_or_token_downsampling_that_does_not_fit_is_refused(tiny_models, option, family, value,
