@@ -20,7 +20,7 @@ from ...errors import AuthenticationError, EaselError, InvalidRequestError, Mode
 from . import components, memory
 from .cache import LoadedPipeline
 from .errors import pipeline_errors
-from .quantize import at_load, check_quantize, quantize
+from .quantize import at_load, check_quantize, quantize_denoiser
 
 if TYPE_CHECKING:
     from ...catalog import ModelSpec
@@ -219,9 +219,9 @@ class Loader:
             placed = {**options, "offload": plan.offload}
             if self._quantize_in_place(spec, options, plan):  # on a GPU in seconds, not on the CPU in minutes
                 _place(pipe, device, placed)
-                quantize(pipe, options["quantize"])
+                quantize_denoiser(pipe, options["quantize"])
             else:  # before it moves (offloaded, or too big for the device unquantized)
-                quantize(pipe, options["quantize"])
+                quantize_denoiser(pipe, options["quantize"])
                 _place(pipe, device, placed)
             _speed_up(pipe, device, options)
         chosen = [f"{spec.name} runs with {plan.offload} offload, which the memory plan chose: {plan.why}"] \

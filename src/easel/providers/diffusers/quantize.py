@@ -1,5 +1,5 @@
 """Quantizing a pipeline's denoiser: which modes fit this model on this device (`check_quantize`, before the job is
-queued), nf4 as it loads (`at_load`), fp8, int8 and int8_dynamic after (`quantize`)."""
+queued), nf4 as it loads (`at_load`), fp8, int8 and int8_dynamic after (`quantize_denoiser`)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def at_load(spec: ModelSpec, mode: str, dtype) -> dict[str, Any]:
         quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype})}
 
 
-def quantize(pipe, mode: str) -> None:
+def quantize_denoiser(pipe, mode: str) -> None:
     """After loading: fp8, the denoiser's weights stored as float8 (e4m3) and cast to the pipeline's dtype layer by
     layer as each runs (diffusers' layerwise casting; its norms and embeddings, which quality depends on, stay as
     they are); int8, its Linear layers' weights as 8-bit integers with a scale per row (torchao, weight-only)."""
