@@ -118,7 +118,8 @@ class Loader:
                                       f"{compile_mode!r}.", param="compile")
         quantize = extra.get("quantize", self.defaults.get("quantize", "none"))
         device = pick_device(self.device)
-        check_quantize(spec, quantize, "quantize" in extra, device, pick_dtype(device, spec.family.dtype, self.dtype))
+        check_quantize(spec, quantize, "quantize" in extra, device,
+                       lambda: pick_dtype(device, spec.family.dtype, self.dtype))
         flags = {name: bool(extra.get(name, self.defaults.get(name, False))) for name in FLAGS}
         if quantize == "int8_dynamic" and flags["fuse_qkv"]:
             raise InvalidRequestError("`quantize=int8_dynamic` does not take `fuse_qkv`, which fuses float weights: "

@@ -4,6 +4,7 @@ queued), nf4 as it loads (`at_load`), fp8, int8 and int8_dynamic after (`quantiz
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidRequestError
@@ -14,9 +15,10 @@ if TYPE_CHECKING:
 QUANTIZE_MODES = ("none", "fp8", "int8", "int8_dynamic", "nf4")
 
 
-def check_quantize(spec: ModelSpec, quantize: Any, asked: bool, device: str, dtype) -> None:
-    """A quantization this model can take here. A server's default does not apply to models that cannot take it
-    (a GGUF file, quantized already): only a request's own `quantize` is refused for them."""
+def check_quantize(spec: ModelSpec, quantize: Any, asked: bool, device: str, dtype: Callable[[], Any]) -> None:
+    """A quantization this model can take here (`dtype`: the pipeline's, where a mode needs it). A server's default
+    does not apply to models that cannot take it (a GGUF file, quantized already): only a request's own `quantize`
+    is refused for them."""
     if quantize not in QUANTIZE_MODES:
         raise InvalidRequestError(f"`quantize` must be one of {', '.join(QUANTIZE_MODES)} but is {quantize!r}.",
                                   param="quantize")
@@ -33,7 +35,7 @@ def check_quantize(spec: ModelSpec, quantize: Any, asked: bool, device: str, dty
         raise InvalidRequestError("`quantize=nf4` loads pipeline folders and hub models, not single-file "
                                   "checkpoints: use int8 or fp8.", param="quantize")
     if quantize == "int8_dynamic":
-        _check_dynamic(device, dtype)
+        _check_dynamic(device, dtype())
     if quantize == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
         raise InvalidRequestError("`quantize=nf4` needs bitsandbytes: pip install 'easel[nf4]'.",
                                   param="quantize")
