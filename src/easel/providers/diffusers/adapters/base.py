@@ -111,6 +111,20 @@ class Adapter:
         yield {}
 
 
+class OffUnlessAsked(Adapter):
+    """An adapter kind that is off unless a request's option or the server's setting names it (`none`, or a
+    request's own `none`, leaves it off); a bad setting stops the server at start, not each request."""
+
+    def __init__(self, option: OptionSpec, default: str, parse):
+        self.option, self.default_value = option, None if default in ("", "none") else default
+        if self.default_value is not None:
+            parse(self.default_value)
+
+    def uses(self, requests: list[ImageRequest]) -> Any:
+        value = requests[0].extra.get(self.param)
+        return None if value in (None, "none", "") else value
+
+
 class ShortHashes:
     """A1111's short hash of add-on files (sha256, 12 hex digits), which its infotext names them by; each file read
     once per change."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ....errors import InvalidRequestError, UnsupportedError
-from .base import Adapter, Call, ModelFiles
+from .base import Call, ModelFiles, OffUnlessAsked
 
 # method -> (its parameter's name, default, lowest, highest, what it is)
 METHODS = {"deepcache": ("interval", 3, 2, 10, "UNet"), "first_block": ("threshold", 0.08, 0.01, 1.0, "transformer"),
@@ -38,20 +38,14 @@ def parse(value) -> tuple[str, float]:
     return method, amount
 
 
-class StepCache(Adapter):
+class StepCache(OffUnlessAsked):
     kind = param = "cache"
 
     def __init__(self, default: str = "none"):
         """`default`: the server's (EASEL_STEP_CACHE), for the models it fits."""
         from ....family_options import CACHE_OPTION
 
-        self.option, self.default_value = CACHE_OPTION, None if default in ("", "none") else default
-        if self.default_value is not None:
-            parse(self.default_value)  # a bad setting stops the server at start, not each request
-
-    def uses(self, requests):
-        value = requests[0].extra.get("cache")
-        return None if value in (None, "none", "") else value
+        super().__init__(CACHE_OPTION, default, parse)
 
     def default(self, spec):
         if self.default_value is None:

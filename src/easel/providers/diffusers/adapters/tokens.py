@@ -15,7 +15,7 @@ from typing import Any
 
 from ....errors import InvalidRequestError
 from ....family_options import TOKENS_OPTION
-from .base import Adapter, Call
+from .base import Call, OffUnlessAsked
 
 METHODS = ("todo",)
 _SPELLING = re.compile(r"^(todo)(?::(\d+))?(?::(\d+))?$")
@@ -36,21 +36,15 @@ def parse(value) -> tuple[str, int, int]:
     return method, factor, levels
 
 
-class TokenDownsampling(Adapter):
+class TokenDownsampling(OffUnlessAsked):
     kind = param = "tokens"
 
     def __init__(self, default: str = "none"):
         """`default`: the server's (EASEL_TOKENS), for the UNet models."""
-        self.option, self.default_value = TOKENS_OPTION, None if default in ("", "none") else default
-        if self.default_value is not None:
-            parse(self.default_value)  # a bad setting stops the server at start, not each request
+        super().__init__(TOKENS_OPTION, default, parse)
 
     def fits(self, family) -> bool:
         return family.unet
-
-    def uses(self, requests):
-        value = requests[0].extra.get("tokens")
-        return None if value in (None, "none", "") else value
 
     def default(self, spec):
         return self.default_value
