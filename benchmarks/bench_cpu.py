@@ -28,30 +28,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="easel-bench-cpu-hf-"))
-os.environ["HF_HUB_OFFLINE"] = "1"
+from bench_gpu import full_size, install_tiny_decoder  # noqa: E402 (it also gives the run a hub cache of its own)
+
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 
 
 def build(home: Path, tiny: bool) -> Path:
     """The pipeline as a folder, and a tiny autoencoder of TAESD's architecture in the hub cache."""
-    import torch
-    from diffusers import AutoencoderTiny
-    from tiny_pipelines import install_in_hub_cache, save_tiny
+    from tiny_pipelines import save_tiny
 
     folder = home / "sd15"
     if tiny:
         save_tiny("sd15", folder)
-        taesd = AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(4, 4),
-                                num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
     else:
-        from bench_gpu import full_size
-
         full_size("sd15").save_pretrained(folder, safe_serialization=True)
-        torch.manual_seed(0)
-        taesd = AutoencoderTiny()  # TAESD's architecture: 2.4 M parameters against the VAE's 83.7 M
-    taesd.save_pretrained(home / "taesd")
-    install_in_hub_cache(home / "taesd", Path(os.environ["HF_HOME"]) / "hub", "madebyollin/taesd")
+    install_tiny_decoder("sd15", tiny, home)
     return folder
 
 

@@ -10,6 +10,8 @@ the script working; those figures say nothing about a GPU). Measured, as ratios 
   (3) `easel serve` under 8 concurrent clients (one image each, 3 requests) against bare diffusers at batch 8,
       with the mean batch the engine formed;
   (4) a job streaming previews every 5 steps against the same job without;
+  (5) the options that cut the work at batch 1 (`decoder=tiny`, `cache=deepcache:3`, `tokens=todo`) against
+      Easel plain, with a tiny autoencoder of TAESD's architecture (random weights) as the family's;
   and the peak device memory of the in-process paths.
 
     python benchmarks/bench_gpu.py                  # full size on CUDA, tiny on CPU; writes results/gpu*.json
@@ -31,8 +33,12 @@ import httpx
 from _common import free_port, wait_healthy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# a hub cache of the benchmark's own (the tiny autoencoders go there), before huggingface_hub reads it
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="easel-bench-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
 OUT = Path(__file__).parent / "results"
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
+TINY_DECODERS = {"sd15": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 
 
 def full_size(family: str):
@@ -86,6 +92,21 @@ def build(family: str, tiny: bool, folder: Path) -> Path:
     return folder
 
 
+def install_tiny_decoder(family: str, tiny: bool, root: Path) -> None:
+    """A tiny autoencoder (random weights; TAESD's architecture, or a small one for tiny pipelines) where Easel
+    finds the family's for `decoder=tiny`: the hub cache, as a download would leave it."""
+    import torch
+    from diffusers import AutoencoderTiny
+    from tiny_pipelines import install_in_hub_cache
+
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(4, 4),
+                            num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4) if tiny \
+        else AutoencoderTiny()  # 2.4 M parameters against the VAE's 83.7 M
+    taesd.save_pretrained(root / f"tiny-decoder-{family}")
+    install_in_hub_cache(root / f"tiny-decoder-{family}", Path(os.environ["HF_HOME"]) / "hub", TINY_DECODERS[family])
+
+
 def median_s(fn, runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -133,6 +154,12 @@ def in_process(folder: Path, device: str, size: int, steps: int, runs: int, comp
     result["easel_over_diffusers_b4"] = round(medians["easel_b4"] / medians["diffusers_b4"], 3)
     # the server's baseline, taken before compiling: a pipeline compiled for batch 1 recompiles for 8
     result["diffusers_b8_s"] = round(median_s(diffusers_call(8), max(1, runs // 2)), 4)
+    # (5) each option that cuts the work against Easel plain, alternating
+    options = {"decoder=tiny": {"decoder": "tiny"}, "cache=deepcache:3": {"cache": "deepcache:3"},
+               "tokens=todo": {"tokens": "todo"}}
+    cut = alternate({"plain": easel_call(1), **{name: easel_call(1, **kw) for name, kw in options.items()}}, runs)
+    result["options_b1_s"] = {name: round(v, 4) for name, v in cut.items()}
+    result["options_speedup_b1"] = {name: round(cut["plain"] / cut[name], 3) for name in options}
     if compile_:
         mode = "reduce-overhead" if device == "cuda" else "default"
         bare.unet.to(memory_format=torch.channels_last)
@@ -212,7 +239,9 @@ def main() -> None:
     for family in families:
         size, steps = (64, 10) if tiny else ((512, 30) if family == "sd15" else (1024, 30))
         # a folder's name is its model's name on the server: never one of the catalog's own (sd15, sdxl)
-        folder = build(family, tiny, Path(tempfile.mkdtemp(prefix=f"easel-{family}-")) / f"bench-{family}")
+        root = Path(tempfile.mkdtemp(prefix=f"easel-{family}-"))
+        folder = build(family, tiny, root / f"bench-{family}")
+        install_tiny_decoder(family, tiny, root)
         row = {"size": size, "steps": steps, **in_process(folder, device, size, steps, runs, args.compile)}
         server = served(folder, size, steps)
         server["over_diffusers_b8"] = round(server["images_per_s"] / (8 / row["diffusers_b8_s"]), 3)
