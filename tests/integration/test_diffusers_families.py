@@ -165,6 +165,33 @@ def test_compile_gives_the_same_pixels_and_only_the_first_call_pays(tiny_models)
     assert np.abs(compiled - eager).max() <= 2 and np.array_equal(compiled, again)
 
 
+def test_a_compiled_model_runs_batches_in_buckets(tiny_models, monkeypatch):
+    """A compiled pipeline compiles once per batch shape: a batch of 3 images runs as 4 (the extra one dropped), so
+    that 3 and 4 images share one compiled graph, and the 3 are the first 3 of the 4 made with the same seed."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    sizes, real = [], StableDiffusionPipeline.__call__
+
+    def counted(self, *args, **kwargs):
+        sizes.append(len(kwargs["prompt"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", counted)
+    kw = dict(model=str(tiny_models["sd15"]), size="64x64", steps=2, seed=3, save=False, compile="default")
+    three = easel.generate("a cat", n=3, **kw)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    four = easel.generate("a cat", n=4, **kw)
+    assert sizes == [4, 4] and len(three) == 3 and [im.seed for im in three] == [3, 4, 5]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "4 images reuse the graphs of 3"
+    for made, again in zip(three, four):
+        assert np.array_equal(np.asarray(made.image), np.asarray(again.image))
+    eager = easel.generate("a cat", n=3, **{**kw, "compile": "none"})
+    assert sizes[-1] == 3, "an eager pipeline runs the batch as it is"
+    assert all(np.abs(np.asarray(a.image, dtype=int) - np.asarray(b.image, dtype=int)).max() <= 2
+               for a, b in zip(three, eager))
+
+
 def test_previews_use_the_familys_tiny_vae_when_it_is_cached(tiny_models, hub_cache, monkeypatch, tmp_path):
     """Previews decode with `AutoencoderTiny` (TAESD) when its repo is in the hub cache, never fetching it; the
     final image still comes from the pipeline's own VAE."""

@@ -291,8 +291,11 @@ def test_speed_options_are_checked_before_anything_queues(tmp_path):
     assert info.value.param == "compile" and "'fast'" in info.value.message
 
 
-@pytest.mark.parametrize("sizes, status", [("64x64, 32x32", "ok"), ("64x64,33x33", "error")])
-def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, sizes, status):
+@pytest.mark.parametrize("sizes, status, compiled, warmed", [
+    ("64x64, 32x32", "ok", "none", [1, 1]), ("64x64,33x33", "error", "none", []),
+    # compiled: each size at every batch size the model runs batches of up to 12 images at (padded to 16)
+    ("64x64", "ok", "default", [1, 2, 4, 8, 16])])
+def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, sizes, status, compiled, warmed):
     import time
 
     from fastapi.testclient import TestClient
@@ -300,7 +303,7 @@ def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, siz
     from easel.server.app import create_app
 
     provider = FakeProvider()
-    settings = Settings(home=tmp_path, ui=False, warm_sizes=sizes)
+    settings = Settings(home=tmp_path, ui=False, warm_sizes=sizes, compile=compiled, max_batch_images=12)
     app = create_app(settings, runner=runner_with(tmp_path, provider))
     with TestClient(app) as client:
         deadline = time.time() + 30
@@ -308,7 +311,7 @@ def test_a_server_runs_its_configured_sizes_once_before_it_says_ok(tmp_path, siz
             time.sleep(0.05)
     assert body["status"] == status
     if status == "ok":
-        assert [c["images"] for c in provider.calls] == [1, 1] and not app.state.engine.jobs
+        assert [c["images"] for c in provider.calls] == warmed and not app.state.engine.jobs
     else:
         assert "divisible by 8" in body["error"]
 

@@ -68,6 +68,16 @@ class Batch:
         return out
 
 
+def bucket(images: int) -> int:
+    """The batch size a compiled model runs `images` images at: the next power of two (see `inputs.to_bucket`)."""
+    return 1 << (images - 1).bit_length()
+
+
+def bucket_sizes(up_to: int) -> list[int]:
+    """Every batch size a compiled model runs for batches of 1 to `up_to` images."""
+    return [1 << k for k in range(bucket(up_to).bit_length())]
+
+
 class Progress:
     """What a running provider reports to (`step`) and asks whether its callers still want the images (`stopped`)."""
 

@@ -17,6 +17,7 @@ from ..engine.queue import Engine
 from ..engine.runner import Runner
 from ..errors import EaselError
 from ..keys import key_is_valid
+from ..providers.base import bucket_sizes
 from . import a1111, a1111_control, comfyui, hf, jobs, kdeps, system
 from . import errors as server_errors
 from .files import UrlSigner, load_secret
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None,
     runner = engine.runner if engine is not None else runner or Runner(settings, allow_paths=False)
     engine = engine or Engine.from_settings(runner)
     local_model = settings.openai_model or settings.default_model  # what OpenAI's model names run on
-    warmup = system.ModelWarmup(runner, local_model, settings.warm_sizes)
+    # a compiled model compiles once per shape: warmed at each batch size it runs (see providers.base.bucket)
+    batches = tuple(bucket_sizes(settings.max_batch_images)) if settings.compile != "none" else (1,)
+    warmup = system.ModelWarmup(runner, local_model, settings.warm_sizes, batches)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

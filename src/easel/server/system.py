@@ -25,10 +25,12 @@ router = APIRouter()
 class ModelWarmup:
     """Loads the default model in the background so that /health can say 503 until it is ready."""
 
-    def __init__(self, runner, model: str, sizes: str = ""):
-        """`sizes`: comma-separated sizes run once after loading (EASEL_WARM_SIZES)."""
+    def __init__(self, runner, model: str, sizes: str = "", batches: tuple[int, ...] = (1,)):
+        """`sizes`: comma-separated sizes run once after loading (EASEL_WARM_SIZES), at each of `batches` images
+        (a compiled model's batch sizes)."""
         self.runner, self.model = runner, model
         self.sizes = [s.strip() for s in sizes.split(",") if s.strip()]
+        self.batches = list(batches)
         self.ready = threading.Event()
         self.error: str | None = None
         self.load_s: float | None = None
@@ -42,9 +44,11 @@ class ModelWarmup:
             spec = self.runner.catalog.resolve(self.model)
             self.runner.registry.get(spec.provider).warm(spec)
             for size in self.sizes:
-                # one short run per configured size: what compiles for a shape compiles now, not in a request
-                self.runner.run(ImageRequest(prompt="warm-up", model=spec.name, size=size, num_inference_steps=2),
-                                save=False)
+                # one short run per configured size and batch size: what compiles for a shape compiles now, not in
+                # a request
+                for n in self.batches:
+                    warm = ImageRequest(prompt="warm-up", model=spec.name, size=size, num_inference_steps=2)
+                    self.runner.run_many([warm] * n, save=False, max_batch_images=n)  # one call of n images
             self.load_s = time.perf_counter() - started
             self.ready.set()
         except EaselError as exc:

@@ -1,12 +1,12 @@
 """A batch as a pipeline call's arguments: prompts and one seeded generator per image, steps, guidance, size, the
-family's own options, the input image (and mask, or the hires fix's latents), and a fresh scheduler."""
+family's own options, the input image (and mask, or the hires fix's latents), and a fresh scheduler; a compiled
+pipeline's batch grown to its bucket."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..base import Batch
+from ..base import Batch, bucket
 
 # Easel scheduler name -> (diffusers class, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -41,6 +41,20 @@ def fresh_scheduler(loaded, name: str | None):
     if name:
         return make_scheduler(name, loaded.scheduler_config)
     return loaded.scheduler_class.from_config(loaded.scheduler_config)
+
+
+def to_bucket(batch: Batch) -> Batch:
+    """`batch` grown to the next power of two of images by copies of its last image, whose results are dropped: a
+    compiled pipeline (`dynamic=False`) compiles again for every new batch shape, which would be once for every
+    batch size the server forms (and torch stops compiling a function after 8 shapes); with buckets, 1, 2, 4 and 8
+    images are four shapes. Each image keeps its own generator, so the images asked for are the same."""
+    count = len(batch.all_seeds)
+    extra = bucket(count) - count
+    if not extra:
+        return batch
+    last = batch.requests[-1].replace(num_images=1)
+    return Batch(batch.spec, [*batch.requests, *[last] * extra], [*batch.seeds, *[[batch.all_seeds[-1]]] * extra],
+                 batch.latents)
 
 
 def for_batch(batch: Batch, options: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def per_request(batch: Batch, out, details: dict[str, Any], latents=None, warnin
     # run alone: one output)
     if first.hires_scale and first.hires_upscaler in LATENT_UPSCALERS and spec.family.latent_space == "vae" \
             and not spec.family.keeps_native_size and latents is not None:
-        outputs[0].latents = [latent.detach().cpu() for latent in latents]
+        outputs[0].latents = [latent.detach().cpu() for latent in latents[:len(batch.seeds[0])]]
     return outputs
 
 

@@ -144,6 +144,7 @@ class DiffusersProvider(Provider):
         options = {k: v for k, v in first.extra.items() if k not in LOAD_OPTIONS and k not in self._options}
         load = self.loader.options(spec, first.extra)
         loaded = self.load(spec, load)                                             # 1. the pipeline
+        asked, batch = len(batch), inputs.to_bucket(batch) if load["compile"] != "none" else batch  # few shapes
         kwargs = inputs.for_batch(batch, options)                                  # 2. prompts, seeds, size, images
         steps = StepReporter(progress, loaded, batch, inputs.total_steps(batch, kwargs))
         mode = inputs.pipeline_mode(batch)
@@ -158,7 +159,7 @@ class DiffusersProvider(Provider):
             call.pipe.scheduler = inputs.fresh_scheduler(loaded, first.scheduler)
             out = call.pipe(**call.kwargs, callback_on_step_end=steps)             # 4. denoise
         self.cache.trim(keep=loaded)  # what this call loaded counts against EASEL_MAX_CACHE_GB from now on
-        return outputs.per_request(batch, out, call.details, steps.latents, loaded.warnings)  # 5. images, records
+        return outputs.per_request(batch, out, call.details, steps.latents, loaded.warnings)[:asked]  # 5. images
 
     @property
     def _options(self) -> set[str]:
