@@ -118,28 +118,54 @@ def init_from(folder: Path, layout_channels: int, channels: int = 3) -> tuple[UN
 
 
 def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = None, p_no_background: float = 0.0
-               ) -> tuple[list[str], torch.Tensor]:
-    """Captions and what the UNet learns to make: pictures drawn now (version 1), or latents from the bank."""
+               ) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """Captions and what the UNet learns to make: pictures drawn now (version 1), or latents from the bank; and,
+    from a bank with bent pictures (`--corrective`), the same scenes' bent latents (else None)."""
     p_background = 1.0 - p_no_background
     if bank is not None:
         picks = [rng.randrange(len(bank["scenes"])) for _ in range(size)]
         texts = [shapes.caption(bank["scenes"][i], rng, p_background) for i in picks]
-        return texts, bank["latents"][picks].float()
+        bent = bank["bent"][picks].float() if "bent" in bank else None
+        return texts, bank["latents"][picks].float(), bent
     texts, images = [], []
     for _ in range(size):
         scene = shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
         texts.append(shapes.caption(scene, rng, p_background))
         images.append(shapes.render(scene, rng))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return texts, pixels
+    return texts, pixels, None
 
 
-def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500) -> dict:
+def bend(pictures: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Pictures (N, 3, H, W) bent by a smooth random displacement, each its own: offsets on a 4x4 or 8x8 grid, up to
+    1-6% of the side, upsampled and applied with the nearest colour, so that a circle turns lumpy and a square's
+    sides bow or notch, as the sampler's mistakes look (`--corrective`)."""
+    n, _, h, w = pictures.shape
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    out = []
+    for picture in pictures:
+        cells, amplitude = rng.choice((4, 8)), rng.uniform(0.01, 0.06)
+        offsets = (torch.rand(1, 2, cells, cells, generator=gen) * 2 - 1) * amplitude * 2  # the grid spans 2
+        field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        grid = torch.stack([xs, ys], -1)[None] + field
+        out.append(F.grid_sample(picture[None], grid, mode="nearest", padding_mode="border", align_corners=True))
+    return torch.cat(out)
+
+
+def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500,
+                bent: bool = False) -> dict:
     """`count` scenes (held-out pairs never among them) drawn at 256 pixels and encoded by the autoencoder (the mode
-    of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes."""
+    of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes; with `bent`,
+    each picture bent too (`bend`) and encoded beside it."""
     from train_autoencoder import SIDE
 
-    bank = torch.load(path, weights_only=False) if path.exists() else {"scenes": [], "latents": [], "rng": None}
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(50)]).half()
+
+    bank = torch.load(path, weights_only=False) if path.exists() else {"scenes": [], "latents": [], "rng": None,
+                                                                       **({"bent": []} if bent else {})}
     rng = random.Random(seed)
     if bank["rng"] is not None:
         rng.setstate(bank["rng"])
@@ -148,16 +174,18 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
                   for _ in range(min(chunk, count - len(bank["scenes"])))]
         pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2) for s in scenes])
         pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.no_grad():
-            latents = torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(50)])
         bank["scenes"] += scenes
-        bank["latents"].append(latents.half())
+        bank["latents"].append(encode(pixels))
+        if bent:
+            bank["bent"].append(encode(bend(pixels, rng)))
         bank["rng"] = rng.getstate()
         torch.save(bank, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
         print(json.dumps({"bank": len(bank["scenes"]), "of": count}), flush=True)
-    latents = torch.cat(bank["latents"]) if isinstance(bank["latents"], list) else bank["latents"]
-    return {"scenes": bank["scenes"], "latents": latents}
+    out = {"scenes": bank["scenes"]}
+    for key in ("latents", "bent") if bent else ("latents",):
+        out[key] = torch.cat(bank[key]) if isinstance(bank[key], list) else bank[key]
+    return out
 
 
 def sample_timesteps(n: int, gen: torch.Generator, high_share: float = 0.5) -> torch.Tensor:
@@ -250,6 +278,9 @@ def main() -> None:
                     help="share of timesteps drawn from the noisier half (the rest uniform; 0: all uniform)")
     ap.add_argument("--guidance-interval", type=float, default=1.0,
                     help="share of a call's steps, the noisiest first, that the saved model guides (version 3: 0.5)")
+    ap.add_argument("--corrective", type=float, default=0.0,
+                    help="share of samples (from t >= 250) noised from a bent picture of their scene and taught to "
+                         "predict the true one (a bank of bent pairs, OUT/bank.pt)")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
@@ -266,12 +297,13 @@ def main() -> None:
     vae, bank = None, None
     if args.vae:
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
-        bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt")
+        bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt", bent=args.corrective > 0)
         # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them (an
         # autoencoder from a model folder keeps the factor its denoiser was trained with)
         if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's
             vae.register_to_config(scaling_factor=round(1.0 / bank["latents"].float().std().item(), 5))
-        bank["latents"] = bank["latents"] * vae.config.scaling_factor
+        for key in ("latents", "bent") if args.corrective > 0 else ("latents",):
+            bank[key] = bank[key] * vae.config.scaling_factor
     channels = vae.config.latent_channels if vae is not None else 3
     if args.init_from:
         unet, text_encoder = init_from(args.init_from, args.layout_channels, channels)
@@ -301,7 +333,7 @@ def main() -> None:
     started = time.time()
 
     for step in range(start, args.steps):
-        texts, x0 = make_batch(rng, args.batch, args.two_shapes, bank, args.no_background)
+        texts, x0, bent = make_batch(rng, args.batch, args.two_shapes, bank, args.no_background)
         texts = ["" if rng.random() < args.caption_dropout else t for t in texts]
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
@@ -309,6 +341,13 @@ def main() -> None:
         noise = torch.randn(x0.shape, generator=gen)
         xt = train_sched.add_noise(x0, noise, t)
         target = train_sched.get_velocity(x0, noise, t)
+        if bent is not None:  # noised from the bent picture, the velocity that leads back to the true one
+            fix = (torch.rand(args.batch, generator=gen) < args.corrective) & (t >= 250)
+            alpha = train_sched.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            sigma = (1 - train_sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            xt_bent = train_sched.add_noise(bent, noise, t)
+            xt = torch.where(fix.view(-1, 1, 1, 1), xt_bent, xt)
+            target = torch.where(fix.view(-1, 1, 1, 1), (alpha * xt_bent - x0) / sigma, target)
         if args.layout_channels:
             xt = torch.cat([xt, layout_maps(texts, xt.shape[-1], args.layout_channels)], dim=1)
         regions = None
