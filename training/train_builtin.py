@@ -140,16 +140,17 @@ def bend(pictures: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """Pictures (N, 3, H, W) bent by a smooth random displacement, each its own: offsets on a 4x4 or 8x8 grid, up to
     1-6% of the side, upsampled and applied with the nearest colour, so that a circle turns lumpy and a square's
     sides bow or notch, as the sampler's mistakes look (`--corrective`)."""
-    n, _, h, w = pictures.shape
+    h, w = pictures.shape[-2:]
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    identity = torch.stack([xs, ys], -1)[None]
     out = []
     for picture in pictures:
         cells, amplitude = rng.choice((4, 8)), rng.uniform(0.01, 0.06)
         offsets = (torch.rand(1, 2, cells, cells, generator=gen) * 2 - 1) * amplitude * 2  # the grid spans 2
         field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        grid = torch.stack([xs, ys], -1)[None] + field
-        out.append(F.grid_sample(picture[None], grid, mode="nearest", padding_mode="border", align_corners=True))
+        out.append(F.grid_sample(picture[None], identity + field, mode="nearest", padding_mode="border",
+                                 align_corners=True))
     return torch.cat(out)
 
 
@@ -182,10 +183,8 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
         torch.save(bank, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
         print(json.dumps({"bank": len(bank["scenes"]), "of": count}), flush=True)
-    out = {"scenes": bank["scenes"]}
-    for key in ("latents", "bent") if bent else ("latents",):
-        out[key] = torch.cat(bank[key]) if isinstance(bank[key], list) else bank[key]
-    return out
+    return {key: torch.cat(value) if isinstance(value, list) and key != "scenes" else value
+            for key, value in bank.items() if key != "rng"}
 
 
 def sample_timesteps(n: int, gen: torch.Generator, high_share: float = 0.5) -> torch.Tensor:
@@ -302,7 +301,7 @@ def main() -> None:
         # autoencoder from a model folder keeps the factor its denoiser was trained with)
         if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's
             vae.register_to_config(scaling_factor=round(1.0 / bank["latents"].float().std().item(), 5))
-        for key in ("latents", "bent") if args.corrective > 0 else ("latents",):
+        for key in {"latents", "bent"} & bank.keys():
             bank[key] = bank[key] * vae.config.scaling_factor
     channels = vae.config.latent_channels if vae is not None else 3
     if args.init_from:
