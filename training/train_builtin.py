@@ -136,10 +136,12 @@ def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = 
     return texts, pixels, None
 
 
-def bend(pictures: torch.Tensor, rng: random.Random) -> torch.Tensor:
+def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0) -> torch.Tensor:
     """Pictures (N, 3, H, W) bent by a smooth random displacement, each its own: offsets on a 4x4 or 8x8 grid, up to
     1-6% of the side, upsampled and applied with the nearest colour, so that a circle turns lumpy and a square's
-    sides bow or notch, as the sampler's mistakes look (`--corrective`)."""
+    sides bow or notch, as the sampler's mistakes look (`--corrective`). With `strays`, each picture also gets, with
+    that chance each, a stray blob of one of its shapes' colours somewhere (a shape drawn twice, a fragment) and a
+    hole of its background's colour in a shape (a notch, a cut corner, a shape split or drawn hollow)."""
     h, w = pictures.shape[-2:]
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -149,16 +151,29 @@ def bend(pictures: torch.Tensor, rng: random.Random) -> torch.Tensor:
         cells, amplitude = rng.choice((4, 8)), rng.uniform(0.01, 0.06)
         offsets = (torch.rand(1, 2, cells, cells, generator=gen) * 2 - 1) * amplitude * 2  # the grid spans 2
         field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-        out.append(F.grid_sample(picture[None], identity + field, mode="nearest", padding_mode="border",
-                                 align_corners=True))
-    return torch.cat(out)
+        bent = F.grid_sample(picture[None], identity + field, mode="nearest", padding_mode="border",
+                             align_corners=True)[0]
+        background = bent[:, 0, 0].clone()
+        shape_pixels = ((bent - background[:, None, None]).abs().sum(0) > 0.3).nonzero()
+        for paint in ("stray", "hole"):
+            if not len(shape_pixels) or rng.random() >= strays:
+                continue
+            y, x = shape_pixels[rng.randrange(len(shape_pixels))].tolist()
+            colour = bent[:, y, x].clone() if paint == "stray" else background
+            if paint == "stray":
+                y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+            ry, rx = rng.uniform(0.015, 0.06) * h, rng.uniform(0.015, 0.06) * w
+            blob = ((ys + 1) / 2 * (h - 1) - y) ** 2 / ry**2 + ((xs + 1) / 2 * (w - 1) - x) ** 2 / rx**2 <= 1
+            bent[:, blob] = colour[:, None]
+        out.append(bent)
+    return torch.stack(out)
 
 
 def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500,
-                bent: bool = False) -> dict:
+                bent: bool = False, strays: float = 0.0) -> dict:
     """`count` scenes (held-out pairs never among them) drawn at 256 pixels and encoded by the autoencoder (the mode
     of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes; with `bent`,
-    each picture bent too (`bend`) and encoded beside it."""
+    each picture bent too (`bend`, with `strays`) and encoded beside it."""
     from train_autoencoder import SIDE
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -178,7 +193,7 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
         bank["scenes"] += scenes
         bank["latents"].append(encode(pixels))
         if bent:
-            bank["bent"].append(encode(bend(pixels, rng)))
+            bank["bent"].append(encode(bend(pixels, rng, strays)))
         bank["rng"] = rng.getstate()
         torch.save(bank, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
@@ -280,6 +295,8 @@ def main() -> None:
     ap.add_argument("--corrective", type=float, default=0.0,
                     help="share of samples (from t >= 250) noised from a bent picture of their scene and taught to "
                          "predict the true one (a bank of bent pairs, OUT/bank.pt)")
+    ap.add_argument("--strays", type=float, default=0.0,
+                    help="with --corrective: each bent picture's chance of a stray blob, and of a hole in a shape")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
@@ -296,7 +313,8 @@ def main() -> None:
     vae, bank = None, None
     if args.vae:
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
-        bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt", bent=args.corrective > 0)
+        bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt",
+                           bent=args.corrective > 0, strays=args.strays)
         # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them (an
         # autoencoder from a model folder keeps the factor its denoiser was trained with)
         if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's
