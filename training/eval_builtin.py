@@ -132,15 +132,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=200, help="prompts per split (two-shape: half as many)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="default: the catalog's default for builtin")
-    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the catalog's default for builtin")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", type=Path, default=ROOT / "training/eval")
     args = ap.parse_args()
-    if args.steps is None:
+    if args.steps is None or args.guidance is None:
         from easel.catalog import default_catalog
 
-        args.steps = default_catalog().resolve("builtin").default_steps
+        builtin = default_catalog().resolve("builtin")
+        args.steps = builtin.default_steps if args.steps is None else args.steps
+        args.guidance = builtin.default_guidance if args.guidance is None else args.guidance
 
     pipe = ShapesPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)

@@ -139,9 +139,8 @@ def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = 
 def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0) -> torch.Tensor:
     """Pictures (N, 3, H, W) bent by a smooth random displacement, each its own: offsets on a 4x4 or 8x8 grid, up to
     1-6% of the side, upsampled and applied with the nearest colour, so that a circle turns lumpy and a square's
-    sides bow or notch, as the sampler's mistakes look (`--corrective`). With `strays`, each picture also gets, with
-    that chance each, a stray blob of one of its shapes' colours somewhere (a shape drawn twice, a fragment) and a
-    hole of its background's colour in a shape (a notch, a cut corner, a shape split or drawn hollow)."""
+    sides bow or notch, as the sampler's mistakes look (`--corrective`). With `strays`, each of the sampler's other
+    mistakes is made too, with that chance each (`mistake`)."""
     h, w = pictures.shape[-2:]
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -153,20 +152,54 @@ def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0) -> tor
         field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
         bent = F.grid_sample(picture[None], identity + field, mode="nearest", padding_mode="border",
                              align_corners=True)[0]
-        background = bent[:, 0, 0].clone()
-        shape_pixels = ((bent - background[:, None, None]).abs().sum(0) > 0.3).nonzero()
-        for paint in ("stray", "hole"):
-            if not len(shape_pixels) or rng.random() >= strays:
-                continue
-            y, x = shape_pixels[rng.randrange(len(shape_pixels))].tolist()
-            colour = bent[:, y, x].clone() if paint == "stray" else background
-            if paint == "stray":
-                y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-            ry, rx = rng.uniform(0.015, 0.06) * h, rng.uniform(0.015, 0.06) * w
-            blob = ((ys + 1) / 2 * (h - 1) - y) ** 2 / ry**2 + ((xs + 1) / 2 * (w - 1) - x) ** 2 / rx**2 <= 1
-            bent[:, blob] = colour[:, None]
+        for kind in MISTAKES:
+            if rng.random() < strays:
+                mistake(bent, kind, rng)
         out.append(bent)
     return torch.stack(out)
+
+
+MISTAKES = ("twice", "stray", "hole", "blunt")
+
+
+def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
+    """One of the sampler's mistakes made in a picture (3, H, W) in place, on one of its shapes (chosen by a pixel of
+    its colour): `twice`, the shape drawn again beside itself (its side and a little more away, across or along);
+    `stray`, a blob of its colour somewhere; `hole`, a blob of the background's colour in it (a notch, a shape split
+    or drawn hollow); `blunt`, its corners cut off (an opening of 5-11 pixels: a triangle's tips flat or round)."""
+    h, w = picture.shape[-2:]
+    background = picture[:, 0, 0].clone()
+    shape_pixels = ((picture - background[:, None, None]).abs().sum(0) > 0.3).nonzero()
+    if not len(shape_pixels):
+        return
+    y, x = shape_pixels[rng.randrange(len(shape_pixels))].tolist()
+    colour = picture[:, y, x].clone()
+    own = (picture - colour[:, None, None]).abs().sum(0) < 0.3
+    if kind == "twice":
+        rows, cols = own.any(1).nonzero(), own.any(0).nonzero()
+        height, width = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+        shift = [0, 0]
+        axis = rng.randrange(2)
+        shift[axis] = rng.choice((-1, 1)) * int((height, width)[axis] * rng.uniform(1.05, 1.4))
+        dy, dx = shift
+        moved = torch.zeros_like(own)
+        moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+            own[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+        blob = moved & ((picture - background[:, None, None]).abs().sum(0) < 0.3)
+    elif kind == "blunt":
+        k = rng.choice((5, 7, 9, 11))
+        mask = own[None, None].float()
+        opened = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)[0, 0] > 0.5
+        blob, colour = own & ~opened, background
+    else:
+        if kind == "stray":
+            y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        else:
+            colour = background
+        ry, rx = rng.uniform(0.015, 0.06) * h, rng.uniform(0.015, 0.06) * w
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        blob = (yy - y) ** 2 / ry**2 + (xx - x) ** 2 / rx**2 <= 1
+    picture[:, blob] = colour[:, None]
 
 
 def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500,
@@ -296,7 +329,8 @@ def main() -> None:
                     help="share of samples (from t >= 250) noised from a bent picture of their scene and taught to "
                          "predict the true one (a bank of bent pairs, OUT/bank.pt)")
     ap.add_argument("--strays", type=float, default=0.0,
-                    help="with --corrective: each bent picture's chance of a stray blob, and of a hole in a shape")
+                    help="with --corrective: each bent picture's chance of each of the sampler's other mistakes (a "
+                         "shape drawn twice, a stray blob, a hole, blunt corners)")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
