@@ -182,6 +182,8 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
         axis = rng.randrange(2)
         shift[axis] = rng.choice((-1, 1)) * int((height, width)[axis] * rng.uniform(1.05, 1.4))
         dy, dx = shift
+        if abs(dy) >= h or abs(dx) >= w:  # a shape too large to be drawn again beside itself
+            return
         moved = torch.zeros_like(own)
         moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
             own[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
