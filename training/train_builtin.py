@@ -169,7 +169,8 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
     or drawn hollow); `blunt`, its corners cut off (an opening of 5-11 pixels: a triangle's tips flat or round)."""
     h, w = picture.shape[-2:]
     background = picture[:, 0, 0].clone()
-    shape_pixels = ((picture - background[:, None, None]).abs().sum(0) > 0.3).nonzero()
+    on_background = (picture - background[:, None, None]).abs().sum(0) < 0.3
+    shape_pixels = (~on_background).nonzero()
     if not len(shape_pixels):
         return
     y, x = shape_pixels[rng.randrange(len(shape_pixels))].tolist()
@@ -187,7 +188,7 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
         moved = torch.zeros_like(own)
         moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
             own[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
-        blob = moved & ((picture - background[:, None, None]).abs().sum(0) < 0.3)
+        blob = moved & on_background
     elif kind == "blunt":
         k = rng.choice((5, 7, 9, 11))
         mask = own[None, None].float()
