@@ -15,6 +15,9 @@ captions against the relation and background the model chose, and a visible shap
 two shapes, every attribute named, in word orders that training never writes, `shapes.caption_reordered`).
 Version 3's geometry (`shapes.geometry`) is scored on each shape asked for in the held-out and two-shape splits:
 circles' outline spread, squares' fill of their box, triangles' corners, and each shape's colour in one piece.
+
+`--autoencoder` scores the same geometry on the scenes themselves, drawn and passed through the model's autoencoder
+and its palette step (no denoiser): what every generated picture is bounded by.
 """
 
 from __future__ import annotations
@@ -112,6 +115,29 @@ def geometry_report(found: dict[str, list]) -> dict:
     return {"scores": scores, "targets": TARGETS_V3, "meets_targets": all(met.values()), "met": met}
 
 
+def autoencoder_geometry(pipe: ShapesPipeline, cases, batch: int) -> dict:
+    """Version 3's geometry of the held-out and two-shape scenes drawn at 256 pixels, encoded, decoded and kept
+    to the palette as the pipeline does: the ceiling the autoencoder sets the denoiser, per split and in all."""
+    from train_autoencoder import SIDE
+
+    rng, found, report = random.Random(0), {}, {}
+    for split in V3_SPLITS:
+        scenes = [scene for scene, _, _ in cases[split]]
+        split_found: dict[str, list] = {}
+        for start in range(0, len(scenes), batch):
+            chunk = scenes[start:start + batch]
+            drawn = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2) for s in chunk])
+            with torch.no_grad():
+                pixels = pipe.decode_latents(pipe.encode_image(torch.from_numpy(drawn).permute(0, 3, 1, 2) / 127.5 - 1))
+                pixels = pipe.keep_to_palette((pixels + 1) / 2)
+            for scene, img in zip(chunk, (pixels * 255).round().byte().permute(0, 2, 3, 1).numpy()):
+                for shape in scene.shapes:
+                    split_found.setdefault(shape.kind, []).append(shapes.geometry(img, shape.colour))
+                    found.setdefault(shape.kind, []).append(split_found[shape.kind][-1])
+        report[split] = shapes.geometry_summary(split_found)
+    return {**report, "all": geometry_report(found)}
+
+
 def grid(samples: list[tuple[np.ndarray, str]], path: Path, cols: int = 6, cell: int = 128) -> None:
     font = ImageFont.load_default()
     text_h = 44
@@ -136,6 +162,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", type=Path, default=ROOT / "training/eval")
+    ap.add_argument("--autoencoder", action="store_true",
+                    help="score the geometry of the scenes through the autoencoder alone (OUT/autoencoder.json)")
     args = ap.parse_args()
     if args.steps is None or args.guidance is None:
         from easel.catalog import default_catalog
@@ -149,6 +177,12 @@ def main() -> None:
     v2 = pipe.vae is not None
     targets = {**TARGETS, **(TARGETS_V2 if v2 else {})}
     cases = build_cases(args.prompts, args.seeds, args.seed, v2)
+    if args.autoencoder:
+        ceiling = {"model": str(args.model), **autoencoder_geometry(pipe, cases, args.batch)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "autoencoder.json").write_text(json.dumps(ceiling, indent=2) + "\n")
+        print(json.dumps(ceiling, indent=1))
+        return
     report: dict = {"model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
                     "steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
                     "seeds_per_prompt": args.seeds, "machine": f"{platform.machine()}, {torch.get_num_threads()} "

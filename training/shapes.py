@@ -154,8 +154,11 @@ def _shape_mask(kind: str, cx: float, cy: float, side: float, grid: np.ndarray, 
     return (gy >= top) & (gy <= bottom) & (np.abs(grid - cx) <= t * half)
 
 
-def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: int = 4) -> np.ndarray:
-    """Draw a scene as an RGB uint8 array, antialiased by supersampling."""
+def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: int = 4, across: float = 1.0
+           ) -> np.ndarray:
+    """Draw a scene as an RGB uint8 array, antialiased by supersampling. Two shapes' centres lie anywhere across
+    their relation's axis (left and right of one above the other) where they fit; with `across` < 1, within
+    that share of the room, about the middle."""
     n = resolution * supersample
     coords = (np.arange(n) + 0.5) / n
     gx, gy = np.meshgrid(coords, coords)
@@ -173,7 +176,8 @@ def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: 
         half = side / 2
         # first shape on the named side of the second, both inside the image and apart
         along_a, along_b = rng.uniform(half, 0.5 - half - 0.02), rng.uniform(0.5 + half + 0.02, 1 - half)
-        across_a, across_b = rng.uniform(half, 1 - half), rng.uniform(half, 1 - half)
+        room = (0.5 - half) * across
+        across_a, across_b = rng.uniform(0.5 - room, 0.5 + room), rng.uniform(0.5 - room, 0.5 + room)
         if scene.relation in ("above", "left_of"):
             a_main, b_main = along_a, along_b
         else:
@@ -191,7 +195,7 @@ def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: 
 _PALETTE_ARRAY = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32)
 
 
-def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
+def nearest_colour(pixels: np.ndarray) -> np.ndarray:
     d = ((pixels[..., None, :].astype(np.float32) - _PALETTE_ARRAY) ** 2).sum(-1)
     return d.argmin(-1)
 
@@ -226,7 +230,7 @@ def _kind_from_fill(box: np.ndarray) -> str:
 
 def read_image(img: np.ndarray, max_shapes: int = 1) -> Reading:
     """Read background colour, shape colours, positions and kinds off an RGB uint8 image."""
-    labels = _nearest_colour(img)
+    labels = nearest_colour(img)
     h, w = labels.shape
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     background = int(np.bincount(border, minlength=len(COLOURS)).argmax())
@@ -306,7 +310,7 @@ def edge_width(img: np.ndarray, max_shapes: int = 2) -> float | None:
     near = np.zeros(img.shape[:2], dtype=bool)
     for colour in colours:
         near |= np.sqrt(((pixels - np.array(PALETTE[colour], dtype=np.float32)) ** 2).sum(-1)) <= 24
-    labels = _nearest_colour(img)
+    labels = nearest_colour(img)
     shape = np.isin(labels, [COLOURS.index(c) for c in reading.colours])
     inner = shape.copy()
     inner[1:] &= shape[:-1]
@@ -337,7 +341,7 @@ def geometry(img: np.ndarray, colour: str) -> Geometry | None:
     piece. The outline is the piece's pixels with a 4-neighbour outside it."""
     import cv2
 
-    mask = (_nearest_colour(img) == COLOURS.index(colour)).astype(np.uint8)
+    mask = (nearest_colour(img) == COLOURS.index(colour)).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     if not len(areas) or areas.max() < SPECK:

@@ -206,10 +206,10 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
 
 
 def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500,
-                bent: bool = False, strays: float = 0.0) -> dict:
+                bent: bool = False, strays: float = 0.0, across: float = 1.0) -> dict:
     """`count` scenes (held-out pairs never among them) drawn at 256 pixels and encoded by the autoencoder (the mode
     of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes; with `bent`,
-    each picture bent too (`bend`, with `strays`) and encoded beside it."""
+    each picture bent too (`bend`, with `strays`) and encoded beside it; `across` as `shapes.render` takes it."""
     from train_autoencoder import SIDE
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -224,7 +224,8 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
     while len(bank["scenes"]) < count:
         scenes = [shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
                   for _ in range(min(chunk, count - len(bank["scenes"])))]
-        pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2) for s in scenes])
+        pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2, across=across)
+                             for s in scenes])
         pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
         bank["scenes"] += scenes
         bank["latents"].append(encode(pixels))
@@ -334,6 +335,9 @@ def main() -> None:
     ap.add_argument("--strays", type=float, default=0.0,
                     help="with --corrective: each bent picture's chance of each of the sampler's other mistakes (a "
                          "shape drawn twice, a stray blob, a hole, blunt corners)")
+    ap.add_argument("--across", type=float, default=1.0,
+                    help="two shapes' centres across their relation's axis: within this share of the room about the "
+                         "middle (1: anywhere they fit)")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
@@ -351,7 +355,7 @@ def main() -> None:
     if args.vae:
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
         bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt",
-                           bent=args.corrective > 0, strays=args.strays)
+                           bent=args.corrective > 0, strays=args.strays, across=args.across)
         # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them (an
         # autoencoder from a model folder keeps the factor its denoiser was trained with)
         if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's
