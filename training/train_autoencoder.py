@@ -10,7 +10,8 @@ measure of `shapes.edge_width` is logged on whole pictures at every checkpoint.
 
 `--decoder-from FOLDER` trains only that autoencoder's decoder, on its encoder's latents (the mode of the posterior,
 as the denoiser's bank holds them), so that a denoiser trained on those latents stays valid; `--edge-weight` weighs
-the loss near edges, where a soft decoder costs sharpness but little L1.
+the loss near edges, where a soft decoder costs sharpness but little L1; `--corner-weight` near corners, where a
+small decoder rounds a triangle's tips (`corner_band`).
 
 Resumable: every `--save-every` steps the weights, their EMA, the optimiser and the random states go to
 `OUT/state.pt` (written whole, then renamed), and `OUT/vae` holds the EMA autoencoder in diffusers' layout. Run
