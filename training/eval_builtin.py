@@ -177,14 +177,14 @@ def main() -> None:
     v2 = pipe.vae is not None
     targets = {**TARGETS, **(TARGETS_V2 if v2 else {})}
     cases = build_cases(args.prompts, args.seeds, args.seed, v2)
+    model = str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model)
     if args.autoencoder:
-        ceiling = {"model": str(args.model), **autoencoder_geometry(pipe, cases, args.batch)}
+        ceiling = {"model": model, **autoencoder_geometry(pipe, cases, args.batch)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "autoencoder.json").write_text(json.dumps(ceiling, indent=2) + "\n")
         print(json.dumps(ceiling, indent=1))
         return
-    report: dict = {"model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
-                    "steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
+    report: dict = {"model": model, "steps": args.steps, "guidance": args.guidance, "prompts_per_split": args.prompts,
                     "seeds_per_prompt": args.seeds, "machine": f"{platform.machine()}, {torch.get_num_threads()} "
                     "threads", "splits": {}}
     samples, widths, sides = [], [], set()
