@@ -27,8 +27,9 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-def local(prompt: str, seed: int, size: str = "32x32", steps: int | None = None):
-    return easel.generate(prompt, model="builtin", size=size, seed=seed, steps=steps, save=False)[0].image
+def local(prompt: str, seed: int, size: str = "32x32", steps: int | None = None, guidance: float | None = None):
+    return easel.generate(prompt, model="builtin", size=size, seed=seed, steps=steps, guidance=guidance,
+                          save=False)[0].image
 
 
 @pytest.fixture
@@ -270,7 +271,7 @@ def test_a1111_txt2img_img2img_models_and_options_with_webuiapi(server):
     r = api.txt2img(prompt=PROMPT, width=32, height=32, seed=7, steps=20, cfg_scale=4, batch_size=2)
     assert len(r.images) == 2 and r.images[0].size == (32, 32) and r.info["all_seeds"] == [7, 8]
     assert "Seed: 7" in r.info["infotexts"][0]
-    assert np.abs(pixels(r.images[0]) - pixels(local(PROMPT, 7, steps=20))).max() <= 3
+    assert np.abs(pixels(r.images[0]) - pixels(local(PROMPT, 7, steps=20, guidance=4))).max() <= 3
     assert "builtin" in api.util_get_model_names()
     api.util_set_model("builtin")
     assert api.util_get_current_model() == "builtin"
