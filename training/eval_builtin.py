@@ -132,8 +132,9 @@ def autoencoder_geometry(pipe: ShapesPipeline, cases, batch: int) -> dict:
                 pixels = pipe.keep_to_palette((pixels + 1) / 2)
             for scene, img in zip(chunk, (pixels * 255).round().byte().permute(0, 2, 3, 1).numpy()):
                 for shape in scene.shapes:
-                    split_found.setdefault(shape.kind, []).append(shapes.geometry(img, shape.colour))
-                    found.setdefault(shape.kind, []).append(split_found[shape.kind][-1])
+                    geometry = shapes.geometry(img, shape.colour)
+                    split_found.setdefault(shape.kind, []).append(geometry)
+                    found.setdefault(shape.kind, []).append(geometry)
         report[split] = shapes.geometry_summary(split_found)
     return {**report, "all": geometry_report(found)}
 
