@@ -129,9 +129,10 @@ def caption_reordered(scene: Scene, rng: random.Random) -> str:
     ]).replace(", ,", ",").strip(" ,").split())
 
 
-def _centre_range(position: str | None, axis: str, half: float) -> tuple[float, float]:
-    """Where a shape's centre may lie along one axis (fractions of the side), with a margin inside the spec's."""
-    lo, hi = half, 1.0 - half
+def _centre_range(position: str | None, axis: str, half: float, margin: float = 0.0) -> tuple[float, float]:
+    """Where a shape's centre may lie along one axis (fractions of the side), with a margin inside the spec's; its
+    edge at least `margin` from the picture's."""
+    lo, hi = half + margin, 1.0 - half - margin
     low_word, high_word = ("left", "right") if axis == "x" else ("top", "bottom")
     if position == low_word:
         return lo, max(lo, 0.36)
@@ -154,11 +155,12 @@ def _shape_mask(kind: str, cx: float, cy: float, side: float, grid: np.ndarray, 
     return (gy >= top) & (gy <= bottom) & (np.abs(grid - cx) <= t * half)
 
 
-def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: int = 4, across: float = 1.0
-           ) -> np.ndarray:
+def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: int = 4, across: float = 1.0,
+           margin: float = 0.0) -> np.ndarray:
     """Draw a scene as an RGB uint8 array, antialiased by supersampling. Two shapes' centres lie anywhere across
     their relation's axis (left and right of one above the other) where they fit; with `across` < 1, within
-    that share of the room, about the middle."""
+    that share of the room, about the middle. One shape's edge keeps `margin` (a share of the side) from the
+    picture's: a large shape on the left touches the edge at 0."""
     n = resolution * supersample
     coords = (np.arange(n) + 0.5) / n
     gx, gy = np.meshgrid(coords, coords)
@@ -168,8 +170,8 @@ def render(scene: Scene, rng: random.Random, resolution: int = 32, supersample: 
         s = scene.shapes[0]
         lo, hi = SIZES[s.size or rng.choice(list(SIZES))]
         side = rng.uniform(lo, hi)
-        cx = rng.uniform(*_centre_range(s.position, "x", side / 2))
-        cy = rng.uniform(*_centre_range(s.position, "y", side / 2))
+        cx = rng.uniform(*_centre_range(s.position, "x", side / 2, margin))
+        cy = rng.uniform(*_centre_range(s.position, "y", side / 2, margin))
         img[_shape_mask(s.kind, cx, cy, side, gx, gy)] = PALETTE[s.colour]
     else:
         side = rng.uniform(0.25, 0.33)

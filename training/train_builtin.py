@@ -136,11 +136,12 @@ def make_batch(rng: random.Random, size: int, p_two: float, bank: dict | None = 
     return texts, pixels, None
 
 
-def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0) -> torch.Tensor:
+def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0, bleed: float = 0.0) -> torch.Tensor:
     """Pictures (N, 3, H, W) bent by a smooth random displacement, each its own: offsets on a 4x4 or 8x8 grid, up to
     1-6% of the side, upsampled and applied with the nearest colour, so that a circle turns lumpy and a square's
     sides bow or notch, as the sampler's mistakes look (`--corrective`). With `strays`, each of the sampler's other
-    mistakes is made too, with that chance each (`mistake`)."""
+    mistakes is made too, with that chance each (`mistake`); with `bleed`, a shape takes another's colour in part,
+    with that chance."""
     h, w = pictures.shape[-2:]
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -155,6 +156,8 @@ def bend(pictures: torch.Tensor, rng: random.Random, strays: float = 0.0) -> tor
         for kind in MISTAKES:
             if rng.random() < strays:
                 mistake(bent, kind, rng)
+        if bleed and rng.random() < bleed:
+            mistake(bent, "bleed", rng)
         out.append(bent)
     return torch.stack(out)
 
@@ -166,7 +169,9 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
     """One of the sampler's mistakes made in a picture (3, H, W) in place, on one of its shapes (chosen by a pixel of
     its colour): `twice`, the shape drawn again beside itself (its side and a little more away, across or along);
     `stray`, a blob of its colour somewhere; `hole`, a blob of the background's colour in it (a notch, a shape split
-    or drawn hollow); `blunt`, its corners cut off (an opening of 5-11 pixels: a triangle's tips flat or round)."""
+    or drawn hollow); `blunt`, its corners cut off (an opening of 5-11 pixels: a triangle's tips flat or round);
+    `bleed`, a patch of it (or a stretch of its rim) in the other shape's colour, or in another colour where it is
+    alone (a black patch in a blue square beside a black one, an orange circle ringed in yellow)."""
     h, w = picture.shape[-2:]
     background = picture[:, 0, 0].clone()
     on_background = (picture - background[:, None, None]).abs().sum(0) < 0.3
@@ -189,6 +194,8 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
         moved[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
             own[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
         blob = moved & on_background
+    elif kind == "bleed":
+        blob, colour = bleed_patch(picture, own, on_background, background, colour, rng)
     elif kind == "blunt":
         k = rng.choice((5, 7, 9, 11))
         mask = own[None, None].float()
@@ -205,11 +212,40 @@ def mistake(picture: torch.Tensor, kind: str, rng: random.Random) -> None:
     picture[:, blob] = colour[:, None]
 
 
+def bleed_patch(picture: torch.Tensor, own: torch.Tensor, on_background: torch.Tensor, background: torch.Tensor,
+                colour: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mistake`'s `bleed`: the pixels of a shape (`own`, of `colour`) that take another colour, and that colour: the
+    other shape's where the picture has two, else a palette colour neither the shape's nor the background's; the
+    pixels a blob about one of the shape's pixels (3-10% of the side), or its rim (3-7 pixels wide) near one."""
+    h, w = own.shape
+    palette = torch.tensor(list(shapes.PALETTE.values()), dtype=picture.dtype) / 127.5 - 1
+    flat = (picture[None] - palette[:, :, None, None]).abs().sum(1) < 0.3  # (colours, H, W), rims blended in none
+    others = (flat.any(0) & ~on_background & ~own).nonzero()
+    if len(others):
+        oy, ox = others[rng.randrange(len(others))].tolist()
+        other = picture[:, oy, ox].clone()
+    else:
+        other = rng.choice([c for c in palette if (c - colour).abs().sum() >= 0.3
+                            and (c - background).abs().sum() >= 0.3])
+    pixels = own.nonzero()
+    y, x = pixels[rng.randrange(len(pixels))].tolist()
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    if rng.random() < 0.5:
+        r = rng.uniform(0.03, 0.1) * h
+        return own & ((yy - y) ** 2 + (xx - x) ** 2 <= r**2), other
+    k = rng.choice((3, 5, 7))
+    inner = -F.max_pool2d(-own[None, None].float(), 2 * k + 1, 1, k)[0, 0] > 0.5
+    r = rng.uniform(0.1, 0.4) * h
+    return own & ~inner & ((yy - y) ** 2 + (xx - x) ** 2 <= r**2), other
+
+
 def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: Path, chunk: int = 500,
-                bent: bool = False, strays: float = 0.0, across: float = 1.0) -> dict:
+                bent: bool = False, strays: float = 0.0, across: float = 1.0, bleed: float = 0.0,
+                margin: float = 0.0) -> dict:
     """`count` scenes (held-out pairs never among them) drawn at 256 pixels and encoded by the autoencoder (the mode
     of its posterior, unscaled), in chunks saved as they are made, so that an interrupted bank resumes; with `bent`,
-    each picture bent too (`bend`, with `strays`) and encoded beside it; `across` as `shapes.render` takes it."""
+    each picture bent too (`bend`, with `strays` and `bleed`) and encoded beside it; `across` and `margin` as
+    `shapes.render` takes them."""
     from train_autoencoder import SIDE
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
@@ -224,13 +260,13 @@ def latent_bank(vae: AutoencoderKL, count: int, p_two: float, seed: int, path: P
     while len(bank["scenes"]) < count:
         scenes = [shapes.sample_scene(rng, two_shapes=rng.random() < p_two)
                   for _ in range(min(chunk, count - len(bank["scenes"])))]
-        pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2, across=across)
+        pictures = np.stack([shapes.render(s, rng, resolution=SIDE, supersample=2, across=across, margin=margin)
                              for s in scenes])
         pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
         bank["scenes"] += scenes
         bank["latents"].append(encode(pixels))
         if bent:
-            bank["bent"].append(encode(bend(pixels, rng, strays)))
+            bank["bent"].append(encode(bend(pixels, rng, strays, bleed)))
         bank["rng"] = rng.getstate()
         torch.save(bank, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
@@ -335,9 +371,15 @@ def main() -> None:
     ap.add_argument("--strays", type=float, default=0.0,
                     help="with --corrective: each bent picture's chance of each of the sampler's other mistakes (a "
                          "shape drawn twice, a stray blob, a hole, blunt corners)")
+    ap.add_argument("--bleed", type=float, default=0.0,
+                    help="with --corrective: each bent picture's chance that a shape takes another colour in part (the "
+                         "other shape's, a patch or a stretch of rim)")
     ap.add_argument("--across", type=float, default=1.0,
                     help="two shapes' centres across their relation's axis: within this share of the room about the "
                          "middle (1: anywhere they fit)")
+    ap.add_argument("--margin", type=float, default=0.0,
+                    help="one shape's edge at least this share of the side from the picture's (0: a large shape on "
+                         "the left may touch it)")
     ap.add_argument("--region-attention", action="store_true",
                     help="each layout region's pixels attend to their own shape's words (two-shape captions)")
     args = ap.parse_args()
@@ -355,7 +397,8 @@ def main() -> None:
     if args.vae:
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
         bank = latent_bank(vae, args.bank, args.two_shapes, args.seed, args.out / "bank.pt",
-                           bent=args.corrective > 0, strays=args.strays, across=args.across)
+                           bent=args.corrective > 0, strays=args.strays, across=args.across, bleed=args.bleed,
+                           margin=args.margin)
         # latents of unit variance for the noise schedule, as Stable Diffusion's 0.18215 makes them (an
         # autoencoder from a model folder keeps the factor its denoiser was trained with)
         if vae.config.scaling_factor == 0.18215:  # diffusers' default: a fresh autoencoder's

@@ -473,3 +473,43 @@ def test_the_geometry_scores_read_drawn_shapes_as_their_kind():
     assert shapes.geometry(two, "red").pieces == 1 and shapes.geometry(two, "green") is None
     summary = shapes.geometry_summary({"circle": [circle], "square": [square], "triangle": [triangle, None]})
     assert summary["triangle_3"] == 0.5 and summary["one_piece"] == 0.75 and summary["square_fill"] == 1.0
+
+
+def test_the_training_bleed_mistake_paints_another_palette_colour_inside_a_shape_only():
+    """The corrective training's `bleed`: part of a shape takes the other shape's colour (or, alone, a palette
+    colour neither its own nor the background's, never a rim's blend), and nothing outside the shape changes."""
+    import random
+
+    import torch
+    from train_builtin import mistake
+
+    def colours(pixels):  # the colours of (3, N) pixels in [-1, 1], as 0-255 triples
+        return {tuple(c) for c in ((pixels + 1) * 127.5).round().int().T.tolist()}
+
+    red, blue, white = shapes.PALETTE["red"], shapes.PALETTE["blue"], shapes.PALETTE["white"]
+    two = shapes.Scene("white", [shapes.Shape("red", "square"), shapes.Shape("blue", "circle")], "left_of")
+    one = shapes.Scene("white", [shapes.Shape("red", "square", "large")])
+    for scene, seed in ((two, 0), (two, 1), (one, 2), (one, 3)):
+        picture = shapes.render(scene, random.Random(seed), 256, 2)
+        before = torch.from_numpy(picture).permute(2, 0, 1).float() / 127.5 - 1
+        after = before.clone()
+        mistake(after, "bleed", random.Random(seed))
+        changed = (after != before).any(0)
+        was, now = colours(before[:, changed]), colours(after[:, changed])
+        assert changed.sum() > 50 and len(was) == 1 and len(now) == 1 and was <= {red, blue}
+        assert now.isdisjoint(was | {white}) and now <= set(shapes.PALETTE.values())
+        if scene is two:
+            assert now | was == {red, blue}
+
+
+def test_a_margin_keeps_a_large_shape_off_the_pictures_edge():
+    import random
+
+    scene = shapes.Scene("blue", [shapes.Shape("red", "square", "large", "left")])
+    near = []
+    for seed in range(20):
+        touching = shapes.render(scene, random.Random(seed), 256, 1)
+        kept = shapes.render(scene, random.Random(seed), 256, 1, margin=0.03)
+        assert (kept[:, :7] == shapes.PALETTE["blue"]).all() and (kept[:7] == shapes.PALETTE["blue"]).all()
+        near.append((touching[:, :7] != shapes.PALETTE["blue"]).any())
+    assert any(near)  # without a margin, a large shape on the left comes within 7 pixels of the edge
