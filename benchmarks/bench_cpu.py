@@ -4,7 +4,8 @@ diffusers and through Easel, plain and with each option that does less, round by
   1-step images (turbo-style, no guidance): bare diffusers / Easel plain / Easel `decoder=tiny` (TAESD's
   architecture) -- the decode is most of a 1-step image on a CPU -- alone, with token downsampling
   (`tokens=todo`, `tokens=todo:2:2`), with int8 compute (`quantize=int8_dynamic`) and with both; `--compile`: and
-  with `compile=default` (minutes to compile);
+  with `compile=default` (minutes to compile); `--bf16`: Easel plain and `decoder=tiny` with EASEL_DTYPE=bfloat16
+  (a CPU with AVX512-BF16 or AMX computes it natively);
   20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3` / with `tokens=todo` too.
 
 Each case's seconds per image, per step and for the decode (from the step callbacks' clock), and the process's
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--one-step", action="store_true", help="the 1-step cases only")
     parser.add_argument("--compile", action="store_true", help="a 1-step case with compile=default too")
+    parser.add_argument("--bf16", action="store_true", help="1-step cases with EASEL_DTYPE=bfloat16 too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import resource
@@ -85,7 +87,9 @@ def main() -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     import easel
-    from easel.api import reset_default_runner
+    from easel.api import reset_default_runner, to_image_request
+    from easel.config import Settings
+    from easel.engine.runner import Runner
 
     home = Path(tempfile.mkdtemp(prefix="easel-bench-cpu-"))
     os.environ["EASEL_HOME"] = str(home / "easel")
@@ -105,6 +109,14 @@ def main() -> None:
         return easel.generate(PROMPT, model=str(folder), size=f"{side}x{side}", steps=steps, guidance=guidance,
                               seed=1, scheduler="euler", save=False, on_step=clock.easel, **options)
 
+    bf16 = Runner(Settings(home=home / "easel-bf16", dtype="bfloat16")) if args.bf16 else None
+
+    def easel_bf16_image(**options):
+        request = to_image_request(PROMPT, model=str(folder), n=1, size=f"{side}x{side}", aspect=None, width=None,
+                                   height=None, steps=1, guidance=0.0, seed=1, negative_prompt=None,
+                                   scheduler="euler", output_format="png", options=options)
+        return bf16.run(request, save=False, on_step=clock.easel)
+
     cases = {
         "1-step: bare diffusers": lambda: diffusers_image(1, 0.0),
         "1-step: Easel": lambda: easel_image(1, 0.0),
@@ -116,6 +128,8 @@ def main() -> None:
         "1-step: Easel decoder=tiny quantize=int8_dynamic tokens=todo": lambda: easel_image(
             1, 0.0, decoder="tiny", quantize="int8_dynamic", tokens="todo"),
         "1-step: Easel decoder=tiny compile=default": lambda: easel_image(1, 0.0, decoder="tiny", compile="default"),
+        "1-step: Easel bfloat16": lambda: easel_bf16_image(),
+        "1-step: Easel decoder=tiny bfloat16": lambda: easel_bf16_image(decoder="tiny"),
         f"{args.steps} guided steps: bare diffusers": lambda: diffusers_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel": lambda: easel_image(args.steps, 7.5),
         f"{args.steps} guided steps: Easel cache=deepcache:3": lambda: easel_image(args.steps, 7.5,
@@ -125,13 +139,25 @@ def main() -> None:
     }
     if not args.compile:
         del cases["1-step: Easel decoder=tiny compile=default"]
+    if not args.bf16:
+        del cases["1-step: Easel bfloat16"], cases["1-step: Easel decoder=tiny bfloat16"]
     if args.one_step:
-        cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
+        bf16 = Runner(Settings(home=home / "easel-bf16", dtype="bfloat16")) if args.bf16 else None
+
+    def easel_bf16_image(**options):
+        request = to_image_request(PROMPT, model=str(folder), n=1, size=f"{side}x{side}", aspect=None, width=None,
+                                   height=None, steps=1, guidance=0.0, seed=1, negative_prompt=None,
+                                   scheduler="euler", output_format="png", options=options)
+        return bf16.run(request, save=False, on_step=clock.easel)
+
+    cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
     easel_image(1, 0.0, decoder="tiny")
     easel_image(1, 0.0, decoder="tiny", quantize="int8_dynamic")  # loads the quantized pipeline
     if args.compile:
         easel_image(1, 0.0, decoder="tiny", compile="default")  # compiles (minutes on 2 cores)
+    if args.bf16:
+        easel_bf16_image(decoder="tiny")
     diffusers_image(1, 0.0)
     timings: dict[str, list[dict]] = {name: [] for name in cases}
     out = args.out or HERE / "results" / ("cpu-cut-the-work-tiny.json" if args.tiny else "cpu-cut-the-work.json")
@@ -159,7 +185,7 @@ def main() -> None:
             **{f"1-step bare / Easel decoder=tiny {option}": ratio("1-step: bare diffusers",
                                                                    f"1-step: Easel decoder=tiny {option}")
                for option in ("tokens=todo", "tokens=todo:2:2", "quantize=int8_dynamic",
-                              "quantize=int8_dynamic tokens=todo", "compile=default")
+                              "quantize=int8_dynamic tokens=todo", "compile=default", "bfloat16")
                if f"1-step: Easel decoder=tiny {option}" in c},
             "1-step Easel / bare (goal <= 1.02)": ratio("1-step: Easel", "1-step: bare diffusers")}
         if not args.one_step:

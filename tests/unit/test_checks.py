@@ -44,7 +44,7 @@ def test_unknown_model_lists_the_known_ones():
 
 def test_defaults_come_from_the_family_and_model():
     spec, r = check()
-    assert (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale) == ("builtin", 256, 256, 12, 4.0)
+    assert (spec.name, r.width, r.height, r.num_inference_steps, r.guidance_scale) == ("builtin", 256, 256, 12, 2.5)
     spec, r = check(model="flux-schnell")
     assert (spec.family.name, r.num_inference_steps, r.guidance_scale, r.width) == ("flux", 4, 0.0, 1024)
     spec, r = check(model="qwen")  # an alias
