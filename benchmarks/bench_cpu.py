@@ -142,15 +142,7 @@ def main() -> None:
     if not args.bf16:
         del cases["1-step: Easel bfloat16"], cases["1-step: Easel decoder=tiny bfloat16"]
     if args.one_step:
-        bf16 = Runner(Settings(home=home / "easel-bf16", dtype="bfloat16")) if args.bf16 else None
-
-    def easel_bf16_image(**options):
-        request = to_image_request(PROMPT, model=str(folder), n=1, size=f"{side}x{side}", aspect=None, width=None,
-                                   height=None, steps=1, guidance=0.0, seed=1, negative_prompt=None,
-                                   scheduler="euler", output_format="png", options=options)
-        return bf16.run(request, save=False, on_step=clock.easel)
-
-    cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
+        cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
     easel_image(1, 0.0, decoder="tiny")
     easel_image(1, 0.0, decoder="tiny", quantize="int8_dynamic")  # loads the quantized pipeline
