@@ -87,7 +87,8 @@ def build_unet(layout_channels: int = LAYOUT_CHANNELS, channels: int = 3) -> UNe
 
 
 def build_schedulers() -> tuple[DDPMScheduler, DPMSolverMultistepScheduler]:
-    common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
+                  prediction_type="v_prediction")
     return DDPMScheduler(**common), DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++")
 
 

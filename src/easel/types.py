@@ -22,7 +22,8 @@ def parse_size(size: str, param: str = "size") -> tuple[int, int]:
     """'1024x1792' -> (1024, 1792); anything else is an error naming `param`."""
     m = _SIZE.match(size) if isinstance(size, str) else None
     if not m:
-        raise InvalidRequestError(f"`{param}` must look like WIDTHxHEIGHT (e.g. 1024x1024) but is {size!r}.", param=param)
+        raise InvalidRequestError(f"`{param}` must look like WIDTHxHEIGHT (e.g. 1024x1024) but is {size!r}.",
+                                  param=param)
     return int(m.group(1)), int(m.group(2))
 
 
@@ -166,7 +167,8 @@ def image_from_bytes(data: bytes, param: str = "image") -> PIL.Image.Image:
     try:
         im = PIL.Image.open(io.BytesIO(data))
     except Exception:
-        raise InvalidRequestError(f"`{param}` is not an image that can be read (PNG, JPEG or WebP).", param=param) from None
+        raise InvalidRequestError(f"`{param}` is not an image that can be read (PNG, JPEG or WebP).",
+                                  param=param) from None
     # refuse decompression bombs from the header, before decoding a single pixel
     if im.width * im.height > MAX_INPUT_PIXELS:
         raise InvalidRequestError(

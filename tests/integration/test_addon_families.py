@@ -58,7 +58,8 @@ def test_an_add_on_of_another_family_is_refused_by_the_check_naming_both(both_fa
     assert caught.value.param == param
     said = rf"was made for .*cross-attention {WIDTH[other]}\)?, and tiny-{model} is {re.escape(SAYS[model])}\.$"
     assert re.search(said, caught.value.message), caught.value.message
-    runner.check(easel.ImageRequest(prompt=PROMPT, model=f"tiny-{model}", **uses(model)[param]))  # its own family's passes
+    # its own family's passes
+    runner.check(easel.ImageRequest(prompt=PROMPT, model=f"tiny-{model}", **uses(model)[param]))
 
 
 def test_its_own_familys_add_ons_run_together(both_families):
@@ -66,7 +67,8 @@ def test_its_own_familys_add_ons_run_together(both_families):
     for model in ("sd15", "sdxl"):
         plain = np.asarray(easel.generate(PROMPT, model=f"tiny-{model}", **kw)[0].image)
         every = {k: v for use in uses(model).values() for k, v in use.items()}
-        assert not np.array_equal(np.asarray(easel.generate(PROMPT, model=f"tiny-{model}", **every, **kw)[0].image), plain)
+        image = easel.generate(PROMPT, model=f"tiny-{model}", **every, **kw)[0].image
+        assert not np.array_equal(np.asarray(image), plain)
 
 
 def b64(image: Image.Image) -> str:

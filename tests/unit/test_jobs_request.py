@@ -63,7 +63,8 @@ def test_an_edit_as_easels_request_gives_the_librarys_pixels(client):
     assert np.array_equal(np.asarray(made), np.asarray(expected.image))
     as_files = {**REQUEST, "image": "file:image", "mask": "file:mask"}
     r = client.post("/v1/jobs", data={"request": json.dumps(as_files)},
-                    files={"image": ("i.png", png(picture()), "image/png"), "mask": ("m.png", png(mask()), "image/png")})
+                    files={"image": ("i.png", png(picture()), "image/png"),
+                           "mask": ("m.png", png(mask()), "image/png")})
     assert r.status_code == 202, r.text
     assert np.array_equal(np.asarray(finished(client, r.json())), np.asarray(expected.image))
 

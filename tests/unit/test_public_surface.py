@@ -6,8 +6,8 @@ def test_public_surface_is_pinned():
         "AuthenticationError", "ContentPolicyError", "ControlUnit", "EaselError", "GeneratedImage", "GenerationError",
         "ImageRequest", "ImageResult", "InsufficientStorageError", "InvalidRequestError", "JobCancelledError",
         "MissingKeyError", "ModelNotFoundError", "NotFoundError", "PayloadTooLargeError", "PermissionDeniedError",
-        "ProviderError", "RateLimitError", "ServiceUnavailableError", "UnsupportedError", "__version__", "edit", "generate",
-        "upscale", "vary",
+        "ProviderError", "RateLimitError", "ServiceUnavailableError", "UnsupportedError", "__version__", "edit",
+        "generate", "upscale", "vary",
     ])
     for name in easel.__all__:
         assert hasattr(easel, name), name
