@@ -87,7 +87,7 @@ def main() -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     import easel
-    from easel.api import reset_default_runner, to_image_request
+    from easel.api import default_runner, reset_default_runner, use_runner
     from easel.config import Settings
     from easel.engine.runner import Runner
 
@@ -109,13 +109,16 @@ def main() -> None:
         return easel.generate(PROMPT, model=str(folder), size=f"{side}x{side}", steps=steps, guidance=guidance,
                               seed=1, scheduler="euler", save=False, on_step=clock.easel, **options)
 
+    fp32 = default_runner()
     bf16 = Runner(Settings(home=home / "easel-bf16", dtype="bfloat16")) if args.bf16 else None
 
     def easel_bf16_image(**options):
-        request = to_image_request(PROMPT, model=str(folder), n=1, size=f"{side}x{side}", aspect=None, width=None,
-                                   height=None, steps=1, guidance=0.0, seed=1, negative_prompt=None,
-                                   scheduler="euler", output_format="png", options=options)
-        return bf16.run(request, save=False, on_step=clock.easel)
+        """A 1-step image through the same call as the other Easel cases, on a runner whose dtype is bfloat16."""
+        use_runner(bf16)
+        try:
+            return easel_image(1, 0.0, **options)
+        finally:
+            use_runner(fp32)
 
     cases = {
         "1-step: bare diffusers": lambda: diffusers_image(1, 0.0),

@@ -83,9 +83,9 @@ def build_sdxl():
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)
     return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(_clip_config()),
         # the second encoder is wider than the first, as in SDXL (768 and 1280), which is how single-file loading
         # tells them apart
-        vae=vae, text_encoder=CLIPTextModel(_clip_config()),
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(hidden_size=40)),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler,
         image_encoder=None, feature_extractor=None,
