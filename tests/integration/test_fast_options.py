@@ -214,3 +214,29 @@ def test_openai_quality_low_decodes_with_the_tiny_autoencoder_where_it_is_here(t
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["data"][0]["b64_json"]))), dtype=np.int16)
 
     assert np.array_equal(decoded(low), pixels(tiny)) and not np.array_equal(decoded(full), pixels(tiny))
+
+
+def test_a_cpu_pipeline_runs_its_layers_on_onednn(tiny_models, monkeypatch):
+    """On a CPU the pipeline's convolutions run on packed weights and its linear layers on oneDNN's matmul: the
+    pixels of PyTorch's own calls (within float32's rounding), the copies counted once in the cache's ledger."""
+    from easel.providers.diffusers import onednn
+
+    if not onednn.available():
+        pytest.skip("Easel calls oneDNN this way on x86-64 only")
+    folder = str(tiny_models["sd15"])
+    made = easel.generate("a red kite", model=folder, **KW)
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    loaded = cache.get(cache.keys()[-1], None)
+    convs = [m for m in loaded.pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is onednn.PackedConv2d and m.packed_bytes() > 0 for m in convs)
+    assert any(type(m) is onednn.OneDNNLinear for m in loaded.pipe.text_encoder.modules())
+    packed = onednn.packed_bytes([loaded.pipe])
+    assert packed == onednn.packed_bytes([loaded.pipe, loaded.pipe]) > 0
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **KW)), pixels(made))
+
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    easel.api.reset_default_runner()
+    eager = easel.generate("a red kite", model=folder, **KW)
+    assert np.abs(pixels(eager) - pixels(made)).max() <= 2
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    assert onednn.packed_bytes([cache.get(cache.keys()[-1], None).pipe]) == 0

@@ -67,7 +67,10 @@ class LoadedPipeline:
     def resident_bytes(self) -> int:
         """What the pipeline and everything attached to it hold now, each tensor counted once (derived pipelines
         share the pipeline's weights; LoRA adapters live inside its modules)."""
-        return tensor_bytes([self.pipe, *self.derived.values(), self._tiny_decoder or None])
+        from .onednn import packed_bytes
+
+        held = [self.pipe, *self.derived.values(), self._tiny_decoder or None]
+        return tensor_bytes(held) + packed_bytes(held)
 
     def state(self, kind: str, make: Callable[[], Any]) -> Any:
         """An adapter's own state kept with this pipeline (made on first use), under `derived[kind]`."""

@@ -414,8 +414,11 @@ def _place(pipe, device: str, options: dict[str, Any]) -> None:
 
 def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
     """The speed options: TF32 matmuls on CUDA, fused QKV projections, channels-last convolutions, and
-    `torch.compile` of the denoiser and the VAE decoder (compiled on the first call of each shape)."""
+    `torch.compile` of the denoiser and the VAE decoder (compiled on the first call of each shape); on a CPU
+    without compile (whose freezing packs the weights itself), convolutions and linear layers called on oneDNN."""
     import torch
+
+    from .onednn import use_onednn
 
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -428,6 +431,8 @@ def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
         for module in (getattr(pipe, "unet", None), vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if device == "cpu" and options["compile"] == "none":
+        use_onednn(pipe)
     if options["compile"] != "none":
         how = compile_arguments(options["compile"], device)
         if denoiser is not None:
