@@ -240,3 +240,22 @@ def test_a_cpu_pipeline_runs_its_layers_on_onednn(tiny_models, monkeypatch):
     assert np.abs(pixels(eager) - pixels(made)).max() <= 2
     cache = easel.api.default_runner().registry.get("diffusers").cache
     assert onednn.packed_bytes([cache.get(cache.keys()[-1], None).pipe]) == 0
+
+
+def test_where_the_cpu_computes_bfloat16_the_tiny_decoder_runs_in_it(tiny_models, taesd, monkeypatch):
+    """A CPU with bfloat16 in hardware (AVX512-BF16, AMX) runs the tiny decoder's layers in bfloat16, recorded as
+    `decoder_dtype`: about the float32 decode's pixels; elsewhere float32, not recorded."""
+    from easel.providers.diffusers import onednn
+
+    folder = str(tiny_models["sd15"])
+    made = {}
+    for native in (False, True):
+        monkeypatch.setattr(onednn, "native_bfloat16", lambda native=native: native)
+        easel.api.reset_default_runner()
+        made[native] = easel.generate("a red kite", model=folder, decoder="tiny", **KW)
+    assert "decoder_dtype" not in made[False][0].parameters
+    assert made[True][0].parameters["decoder_dtype"] == "bfloat16"
+    assert made[True][0].parameters["decoder"] == "madebyollin/taesd"
+    assert np.abs(pixels(made[True]) - pixels(made[False])).max() <= 3
+    assert np.array_equal(pixels(easel.generate("a red kite", model=folder, decoder="tiny", **KW)),
+                          pixels(made[True]))

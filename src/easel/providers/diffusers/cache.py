@@ -223,8 +223,22 @@ def _load_tiny_decoder(repo_id: str | None, pipe):
 
 def place_tiny_decoder(tiny, vae):
     """A tiny autoencoder on `vae`'s device; on a CPU in channels-last layout, where oneDNN runs its full-resolution
-    convolutions (most of its time) about 1.5x faster than in the default layout."""
+    convolutions (most of its time) about 1.5x faster than in the default layout, and where the CPU computes
+    bfloat16 in hardware, its decoder's layers in bfloat16: twice as fast again, for a change of about a level of
+    255 in a decode that only approximates the VAE's (the half precision a GPU runs it in)."""
     import torch
 
+    from .onednn import Bfloat16Layers, native_bfloat16
+
     tiny = tiny.to(vae.device)
-    return tiny.to(memory_format=torch.channels_last) if vae.device.type == "cpu" else tiny
+    if vae.device.type != "cpu":
+        return tiny
+    if tiny.dtype == torch.float32 and native_bfloat16():
+        tiny.decoder.layers = Bfloat16Layers(tiny.decoder.layers)
+    return tiny.to(memory_format=torch.channels_last)
+
+
+def decoder_dtype(autoencoder) -> str:
+    """The dtype an autoencoder decodes in: its own, or bfloat16 where `place_tiny_decoder` chose it."""
+    layers = getattr(getattr(autoencoder, "decoder", None), "layers", None)
+    return getattr(layers, "dtype_name", None) or str(autoencoder.dtype).removeprefix("torch.")

@@ -106,3 +106,21 @@ def _modules(obj) -> list[torch.nn.Module]:
         return [obj]
     components = getattr(obj, "components", None) or {}
     return [c for c in components.values() if isinstance(c, torch.nn.Module)]
+
+
+class Bfloat16Layers(torch.nn.Module):
+    """Layers run in bfloat16 between a float32 input and a float32 output."""
+
+    dtype_name = "bfloat16"
+
+    def __init__(self, layers: torch.nn.Module):
+        super().__init__()
+        self.layers = layers.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.to(torch.bfloat16)).float()
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

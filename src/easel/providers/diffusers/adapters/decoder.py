@@ -62,7 +62,7 @@ class TinyDecoder(Adapter):
     def enter(self, call: Call, uses) -> Iterator[dict[str, Any]]:
         from diffusers import AutoencoderTiny
 
-        from ..cache import place_tiny_decoder
+        from ..cache import decoder_dtype, place_tiny_decoder
 
         pipe, repo = call.pipe, call.spec.family.preview_decoder
         key = (self.kind, repo)
@@ -80,6 +80,8 @@ class TinyDecoder(Adapter):
         full, pipe.vae = pipe.vae, tiny
         try:
             call.details["decoder"] = repo
+            if decoder_dtype(tiny) != decoder_dtype(full):
+                call.details["decoder_dtype"] = decoder_dtype(tiny)
             yield {}
         finally:
             pipe.vae = full
