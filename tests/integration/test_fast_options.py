@@ -230,8 +230,9 @@ def test_a_cpu_pipeline_runs_its_layers_on_onednn(tiny_models, monkeypatch):
     convs = [m for m in loaded.pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(type(m) is onednn.PackedConv2d and m.packed_bytes() > 0 for m in convs)
     assert any(type(m) is onednn.OneDNNLinear for m in loaded.pipe.text_encoder.modules())
-    packed = onednn.packed_bytes([loaded.pipe])
-    assert packed == onednn.packed_bytes([loaded.pipe, loaded.pipe]) > 0
+    unet = loaded.pipe.unet
+    assert onednn.packed_bytes([unet]) == onednn.packed_bytes([unet, unet]) == sum(m.packed_bytes() for m in convs) > 0
+    assert loaded.resident_bytes() >= onednn.packed_bytes([unet]) + sum(p.numel() * 4 for p in unet.parameters())
     assert np.array_equal(pixels(easel.generate("a red kite", model=folder, **KW)), pixels(made))
 
     monkeypatch.setattr(onednn, "available", lambda: False)
@@ -239,7 +240,7 @@ def test_a_cpu_pipeline_runs_its_layers_on_onednn(tiny_models, monkeypatch):
     eager = easel.generate("a red kite", model=folder, **KW)
     assert np.abs(pixels(eager) - pixels(made)).max() <= 2
     cache = easel.api.default_runner().registry.get("diffusers").cache
-    assert onednn.packed_bytes([cache.get(cache.keys()[-1], None).pipe]) == 0
+    assert onednn.packed_bytes([cache.get(cache.keys()[-1], None).pipe.unet]) == 0
 
 
 def test_where_the_cpu_computes_bfloat16_the_tiny_decoder_runs_in_it(tiny_models, taesd, monkeypatch):

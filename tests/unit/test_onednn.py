@@ -23,7 +23,7 @@ def packed_pair(**layer) -> tuple[torch.nn.Conv2d, torch.nn.Conv2d]:
     plain = torch.nn.Conv2d(**layer).eval()
     packed = torch.nn.Conv2d(**layer).eval()
     packed.load_state_dict(plain.state_dict())
-    assert use_onednn(torch.nn.Sequential(packed)) == 1 and type(packed) is PackedConv2d
+    assert use_onednn([packed]) == 1 and type(packed) is PackedConv2d
     return plain, packed
 
 
@@ -85,7 +85,7 @@ def test_bfloat16_and_subclasses():
     x = torch.randn(1, 8, 16, 16, dtype=torch.bfloat16)
     with torch.inference_mode():
         assert torch.allclose(packed(x).float(), plain(x).float(), atol=0.05)
-    assert use_onednn(torch.nn.Sequential(Scaled(8, 8, 3))) == 0
+    assert use_onednn([Scaled(8, 8, 3)]) == 0
 
 
 def test_channels_last_weights():
@@ -102,7 +102,7 @@ def test_a_linear_layer_on_onednn_gives_the_eager_ones_output(shape):
     plain = torch.nn.Linear(8, 6).eval()
     layer = torch.nn.Linear(8, 6).eval()
     layer.load_state_dict(plain.state_dict())
-    assert use_onednn(layer) == 1 and type(layer) is OneDNNLinear
+    assert use_onednn([layer]) == 1 and type(layer) is OneDNNLinear
     x = torch.randn(*shape)
     with torch.inference_mode():
         assert torch.allclose(layer(x), plain(x), atol=1e-5)
@@ -110,6 +110,6 @@ def test_a_linear_layer_on_onednn_gives_the_eager_ones_output(shape):
     layer(x).sum().backward()  # a gradient wanted: PyTorch's own
     assert layer.weight.grad is not None
     no_bias = torch.nn.Linear(8, 6, bias=False)
-    use_onednn(no_bias)
+    use_onednn([no_bias])
     with torch.inference_mode():
         assert torch.allclose(no_bias(x), x @ no_bias.weight.T, atol=1e-5)

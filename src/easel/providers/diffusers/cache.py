@@ -70,7 +70,7 @@ class LoadedPipeline:
         from .onednn import packed_bytes
 
         held = [self.pipe, *self.derived.values(), self._tiny_decoder or None]
-        return tensor_bytes(held) + packed_bytes(held)
+        return tensor_bytes(held) + packed_bytes(module for obj in held for module in _modules(obj))
 
     def state(self, kind: str, make: Callable[[], Any]) -> Any:
         """An adapter's own state kept with this pipeline (made on first use), under `derived[kind]`."""

@@ -432,7 +432,7 @@ def _speed_up(pipe, device: str, options: dict[str, Any]) -> None:
             if module is not None:
                 module.to(memory_format=torch.channels_last)
     if device == "cpu" and options["compile"] == "none":
-        use_onednn(pipe)
+        use_onednn(pipe.components.values())
     if options["compile"] != "none":
         how = compile_arguments(options["compile"], device)
         if denoiser is not None:

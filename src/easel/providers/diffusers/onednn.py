@@ -3,21 +3,25 @@
 Convolutions run on weights packed once. PyTorch's eager convolution hands oneDNN its weight in the plain layout,
 and oneDNN copies it into its blocked layout on every call: for the 1280-channel convolutions of SD 1.5's 16x16
 and 8x8 levels that copy is most of the call (31 ms eager, 8 ms on a packed weight, for one at 8x8). A packed
-convolution makes the copy on its first call and keeps it (one for every input size: a size changes the work, not
-the layout), made again only when the weight changes. It is what inductor's freezing does for a compiled model,
-without the compile. The copies take memory as large as the convolutions' weights (2.4 GB for SD 1.5's UNet in
-float32): a layer packs only while the RAM left free after its copy stays above `FLOOR`, and runs as before
-otherwise.
+convolution makes the copy on its first call and keeps it for every input size (a copy made at 64x64 latents runs
+96x96 ones as fast as their own), made again only when the weight changes. It is what inductor's freezing does for
+a compiled model, without the compile. The copies take memory as large as the convolutions' weights (2.4 GB for
+SD 1.5's UNet in float32): a layer packs only while the RAM left free after its copy stays above `FLOOR`, and runs
+as before otherwise.
 
 Linear layers in float32 go to oneDNN's matmul in place of the BLAS's (MKL's): about 1.1x faster on the AMD
 CPU measured, on the same weight (no copy). In bfloat16 PyTorch already calls oneDNN.
 
 The arithmetic is float32's (or bfloat16's) either way, summed in another order: a full-size SD 1.5 UNet's output
-moves by about 1e-6, and its step takes 0.80x of the time on a 2-core AVX-512 CPU."""
+moves by about 1e-6, and its step takes 0.80x of the time on a 2-core AVX-512 CPU.
+
+`Bfloat16Layers` runs layers in bfloat16 between float32 tensors: the tiny decoder's, on a CPU that computes
+bfloat16 in hardware (`native_bfloat16`)."""
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -77,35 +81,26 @@ def available() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 
 
-def use_onednn(pipe) -> int:
-    """Make every plain `Conv2d` of the pipeline's components (or of a module) a `PackedConv2d` and every plain
+def use_onednn(components: Iterable[Any]) -> int:
+    """Make every plain `Conv2d` of the modules among `components` (a pipeline's) a `PackedConv2d` and every plain
     `Linear` a `OneDNNLinear` (subclasses, with their own forward, are left as they are); how many. Nothing on a
     machine where `available()` is False."""
     if not available():
         return 0
     swapped = {torch.nn.Conv2d: PackedConv2d, torch.nn.Linear: OneDNNLinear}
     count = 0
-    for module in _modules(pipe):
-        for layer in module.modules():
+    for module in components:
+        for layer in module.modules() if isinstance(module, torch.nn.Module) else ():
             if type(layer) in swapped:
                 layer.__class__ = swapped[type(layer)]
                 count += 1
     return count
 
 
-def packed_bytes(objects: list[Any]) -> int:
-    """The bytes the packed copies of `objects`' convolutions hold now (pipelines or modules; a layer that several
-    of them share, once)."""
-    layers = {id(layer): layer for obj in objects for module in _modules(obj) for layer in module.modules()
-              if isinstance(layer, PackedConv2d)}
+def packed_bytes(modules: Iterable[torch.nn.Module]) -> int:
+    """The bytes the packed copies of the convolutions in `modules` hold now (a layer that several share, once)."""
+    layers = {id(layer): layer for module in modules for layer in module.modules() if isinstance(layer, PackedConv2d)}
     return sum(layer.packed_bytes() for layer in layers.values())
-
-
-def _modules(obj) -> list[torch.nn.Module]:
-    if isinstance(obj, torch.nn.Module):
-        return [obj]
-    components = getattr(obj, "components", None) or {}
-    return [c for c in components.values() if isinstance(c, torch.nn.Module)]
 
 
 class Bfloat16Layers(torch.nn.Module):
