@@ -62,6 +62,11 @@ def decoded(b64: str) -> np.ndarray:
     return pixels(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
+def near(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    """The same picture but for float rounding: no pixel more than 2 levels of 255 apart."""
+    return ours.shape == theirs.shape and int(np.abs(ours - theirs).max()) <= 2
+
+
 def picture(size, colour) -> Image.Image:
     image = Image.new("RGB", size, colour)
     image.paste((240, 240, 240), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
@@ -132,7 +137,8 @@ def test_every_front_draws_each_family(models_folder, easel_home, tmp_path):
 
 
 def bare_edit(folder, images, width, height, seed, **kwargs) -> np.ndarray:
-    """diffusers' own call of the pipeline with the images as its `image` input."""
+    """diffusers' own call of the pipeline with the images as its `image` input (on PyTorch's eager layers: Easel's
+    on a CPU call oneDNN, the same arithmetic summed in another order, so its pixels are `near` these)."""
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(folder)
@@ -159,14 +165,14 @@ def test_an_instruction_edit_hands_its_images_to_the_pipeline(models_folder, fol
 
         one = client.images.edit(model="tiny-flux-kontext", image=png(red), prompt="make it winter",
                                  response_format="b64_json", extra_body={"num_inference_steps": 2, "seed": 5})
-        assert np.array_equal(decoded(one.data[0].b64_json), kontext)
+        assert near(decoded(one.data[0].b64_json), kontext)
         two = client.images.edit(model="tiny-flux2-klein", image=[png(red), png(blue)], prompt="make it winter",
                                  response_format="b64_json", extra_body={"num_inference_steps": 2, "seed": 5})
-        assert np.array_equal(decoded(two.data[0].b64_json), klein)
+        assert near(decoded(two.data[0].b64_json), klein)
         # a chat front end's edit names an OpenAI model: it runs on the operator's edit model, by instruction
         chat = client.images.edit(model="dall-e-2", image=png(red), prompt="make it winter",
                                   response_format="b64_json", extra_body={"num_inference_steps": 2, "seed": 5})
-        assert np.array_equal(decoded(chat.data[0].b64_json), kontext)
+        assert np.array_equal(decoded(chat.data[0].b64_json), decoded(one.data[0].b64_json))
         # a model that edits from one image refuses two, naming the parameter
         with pytest.raises(openai.BadRequestError) as refused:
             client.images.edit(model="tiny-flux-kontext", image=[png(red), png(blue)], prompt="make it winter")
@@ -175,15 +181,15 @@ def test_an_instruction_edit_hands_its_images_to_the_pipeline(models_folder, fol
         api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
         a1111 = api.img2img(images=[red, blue], prompt="make it winter", width=96, height=64, steps=2, seed=5,
                             cfg_scale=1.0, override_settings={"sd_model_checkpoint": "tiny-flux2-klein"})
-        assert np.array_equal(pixels(a1111.image), klein)
+        assert np.array_equal(pixels(a1111.image), decoded(two.data[0].b64_json))
         assert "Denoising strength" not in a1111.info["infotexts"][0]
     made = easel.edit([red, blue], "make it winter", model="tiny-flux2-klein", steps=2, seed=5, save=False)
-    assert np.array_equal(pixels(made[0].image), klein)
+    assert np.array_equal(pixels(made[0].image), decoded(two.data[0].b64_json))
     params = made[0].parameters
     assert params["edit"] == "instruction" and params["input_images"] == 2 and "strength" not in params
     # a strength given to an instruction edit is said not to apply, never silently used
     told = easel.edit(red, "make it winter", model="tiny-flux-kontext", steps=2, seed=5, strength=0.5, save=False)
-    assert np.array_equal(pixels(told[0].image), kontext)
+    assert np.array_equal(pixels(told[0].image), decoded(one.data[0].b64_json))
     assert any("`strength` (0.5) does not apply" in w for w in told.warnings)
 
 
