@@ -50,12 +50,14 @@ SCHEMATHESIS_SECONDS = os.environ.get("EASEL_SCHEMATHESIS_SECONDS", "90")  # the
                     reason="schemathesis is not installed (pip install -e '.[test]')")
 def test_schemathesis_finds_no_server_error(tmp_path):
     """Schemathesis generates valid and invalid requests for every operation in /openapi.json; the check is that
-    none is answered with a status >= 500. The models run on FakeProvider so that the run takes a few minutes."""
+    none is answered with a status >= 500. The models run on FakeProvider so that the run takes a few minutes. One
+    worker: with two, their threads parse hypothesis's lambdas at once, which CPython 3.11 can fail with "AST
+    constructor recursion depth mismatch" (python/cpython#106905), a crash of the tool, not of the server."""
     binary = str(Path(sys.executable).parent / "schemathesis")
     with fake_server(tmp_path / "home", FakeProvider(max_steps=2), max_queue=64) as (base, _):
         done = subprocess.run(
             [binary, "run", f"{base}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "20",
-             "--seed", "1", "--workers", "2", "--request-timeout", "60", "--max-time", SCHEMATHESIS_SECONDS,
+             "--seed", "1", "--workers", "1", "--request-timeout", "60", "--max-time", SCHEMATHESIS_SECONDS,
              "--no-color", "--generation-database", "none", "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=float(SCHEMATHESIS_SECONDS) + 120, cwd=tmp_path)
     output = done.stdout + done.stderr
