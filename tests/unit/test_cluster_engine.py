@@ -153,3 +153,35 @@ def test_a_replica_reads_every_folder_the_ingress_checks_against(tmp_path, monke
     assert replica.controlnets_folder == tmp_path / "shared-controlnets"
     assert replica.loras_folder == tmp_path / "shared-loras"
     assert replica.upscalers_folder == tmp_path / "home" / "upscalers"
+
+
+def test_health_is_503_until_every_model_deployment_has_a_running_replica(replica, tmp_path, monkeypatch):
+    """The ingress's /health is the cluster's truth: the controller unreadable, the application or a model's
+    deployment not yet listed (Serve still deploying), or its replica starting, are each a problem; a running
+    replica of each model is none."""
+    from types import SimpleNamespace
+
+    from easel.serving import ray as cluster
+
+    def status_with(deployments):
+        app = SimpleNamespace(deployments={name: SimpleNamespace(status="HEALTHY", replica_states=states)
+                                           for name, states in (deployments or {}).items()})
+        return lambda: SimpleNamespace(applications={cluster.APP_NAME: app} if deployments is not None else {})
+
+    def unreadable():
+        raise TimeoutError("the controller did not answer")
+
+    engine = _engine(tmp_path, Handle(replica))
+    try:
+        for status, problem in [(unreadable, "the cluster's state cannot be read (TimeoutError: the controller"),
+                                (status_with(None), "the model builtin has no running replica"),
+                                (status_with({"ingress": {"RUNNING": 1}}), "the model builtin has no running replica"),
+                                (status_with({"model-builtin": {"STARTING": 1}}), "the model builtin has no running"),
+                                (status_with({"model-builtin": {"RUNNING": 1, "STARTING": 1}}), None)]:
+            monkeypatch.setattr(cluster.serve, "status", status)
+            engine._status = (0.0, {})  # read again now, not from the last 2 s
+            body = engine.health()
+            assert body["can_work"] is (problem is None), body["problems"]
+            assert problem is None or body["problems"][0].startswith(problem), body["problems"]
+    finally:
+        engine.stop()

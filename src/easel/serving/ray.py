@@ -336,20 +336,20 @@ class ClusterEngine(Engine):
     def health(self) -> dict[str, Any]:
         body = super().health()
         cluster = self.cluster()
-        for model, deployment in _model_deployments(cluster).items():
-            if not deployment.get("replicas", {}).get("RUNNING"):
-                body["problems"].append(f"the model {model} has no running replica")
+        body["problems"] += _cluster_problems(cluster)
         body["can_work"] = not body["problems"]
         body["cluster"] = cluster
         return body
 
 
-def _model_deployments(cluster: dict[str, Any]) -> dict[str, dict]:
+def _cluster_problems(cluster: dict[str, Any]) -> list[str]:
+    """Why the cluster cannot work now: its state unread (the controller away), or a model whose deployment Ray
+    Serve does not list yet or lists without a running replica (one still starting, or replaced)."""
     deployments = cluster.get("deployments", {})
     if "error" in deployments:
-        return {}
-    names = {_deployment_name(m): m for m in cluster["models"]}
-    return {names[name]: d for name, d in deployments.items() if name in names}
+        return [f"the cluster's state cannot be read ({deployments['error']})"]
+    return [f"the model {model} has no running replica" for model in cluster["models"]
+            if not deployments.get(_deployment_name(model), {}).get("replicas", {}).get("RUNNING")]
 
 
 class Ingress:
