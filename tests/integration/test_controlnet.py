@@ -197,3 +197,29 @@ def test_a_controlnet_leaves_the_pipeline_in_its_dtype(sd15, monkeypatch):
     [key] = provider.cache.keys()
     pipe = provider.cache.get(key, None).pipe
     assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
+
+
+def test_a_controlnet_beside_a_cpu_pipeline_calls_onednn_as_it_does(sd15, monkeypatch):
+    """A ControlNet loaded beside a CPU pipeline swaps its layers as the pipeline's (packed convolutions, oneDNN's
+    linear layers), its copies counted in the cache's ledger: the pixels of PyTorch's own calls within rounding."""
+    import torch
+
+    from easel.providers.diffusers import onednn
+
+    if not onednn.available():
+        pytest.skip("Easel calls oneDNN this way on x86-64 only")
+    unit = [ControlUnit("edges", outline(), "invert")]
+    made = easel.generate(PROMPT, control=unit, **KW)
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    [key] = cache.keys()
+    loaded = cache.get(key, None)
+    [controlnet] = [m for k, m in loaded.derived.items() if isinstance(k, tuple) and k[0] == "controlnet"]
+    convs = [m for m in controlnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is onednn.PackedConv2d and m.packed_bytes() > 0 for m in convs)
+    assert any(type(m) is onednn.OneDNNLinear for m in controlnet.modules())
+    assert loaded.resident_bytes() >= onednn.packed_bytes([loaded.pipe.unet, controlnet]) > \
+        onednn.packed_bytes([loaded.pipe.unet])
+
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    easel.api.reset_default_runner()
+    assert np.abs(pixels(easel.generate(PROMPT, control=unit, **KW)) - pixels(made)).max() <= 2

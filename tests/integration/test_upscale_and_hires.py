@@ -19,6 +19,8 @@ from tiny_pipelines import save_tiny_upscaler
 import easel
 import easel.api
 from easel.errors import InvalidRequestError, UnsupportedError
+from easel.providers.diffusers import onednn
+from easel.providers.diffusers.cache import tensor_bytes
 
 
 def picture(side: int = 32) -> Image.Image:
@@ -39,6 +41,10 @@ def test_upscale_by_a_filter_or_a_model(upscaler, tmp_path):
                           np.asarray(picture().resize((64, 64), Image.Resampling.LANCZOS)))
     by_model = easel.upscale(picture(), scale=4, upscaler="x4")
     assert by_model.size == (128, 128)
+    cache = easel.api.default_runner().registry.get("diffusers").cache
+    [loaded] = [cache.get(key, None) for key in cache.keys() if key[-1] == "upscaler"]
+    if onednn.available():  # as every CPU pipeline: its convolutions packed, its copies in the ledger
+        assert onednn.packed_bytes([loaded.pipe.unet]) > 0 and loaded.resident_bytes() > tensor_bytes([loaded.pipe])
     in_tiles = easel.upscale(picture(48), scale=4, upscaler="x4", tile=32)  # 2x2 tiles of 32, blended
     assert in_tiles.size == (192, 192)
     with pytest.raises(InvalidRequestError, match="`tile`"):

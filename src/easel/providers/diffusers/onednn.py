@@ -97,6 +97,14 @@ def use_onednn(components: Iterable[Any]) -> int:
     return count
 
 
+def use_onednn_like(modules: Iterable[Any], reference: torch.nn.Module) -> int:
+    """`use_onednn` on an add-on's modules (a ControlNet) where the pipeline's `reference` module (its denoiser)
+    calls oneDNN: the add-on runs as the pipeline does, eager beside a compiled or a GPU pipeline."""
+    if not any(isinstance(layer, (PackedConv2d, OneDNNLinear)) for layer in reference.modules()):
+        return 0
+    return use_onednn(modules)
+
+
 def packed_bytes(modules: Iterable[torch.nn.Module]) -> int:
     """The bytes the packed copies of the convolutions in `modules` hold now (a layer that several share, once)."""
     layers = {id(layer): layer for module in modules for layer in module.modules() if isinstance(layer, PackedConv2d)}

@@ -65,6 +65,8 @@ def _load_pipeline(folder: Path, name: str, device: str, dtype) -> LoadedPipelin
     quiet_libraries()  # before diffusers' import: its notices and progress bars stay out of the terminal
     import diffusers
 
+    from .onednn import use_onednn
+
     started = time.perf_counter()
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype)
@@ -72,6 +74,8 @@ def _load_pipeline(folder: Path, name: str, device: str, dtype) -> LoadedPipelin
         raise does_not_fit(f"The upscaler {name!r}", exc, "upscaler") from None
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
+    if device == "cpu":
+        use_onednn(pipe.components.values())  # as every CPU pipeline of Easel's
     return LoadedPipeline(pipe, type(pipe.scheduler), dict(pipe.scheduler.config), time.perf_counter() - started)
 
 

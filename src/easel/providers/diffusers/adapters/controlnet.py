@@ -54,6 +54,8 @@ class ControlNet(Adapter):
     def _model(self, call: Call, folder: str):
         import diffusers
 
+        from ..onednn import use_onednn_like
+
         derived = call.loaded.derived
         if (self.kind, folder) not in derived:
             pipe = call.loaded.pipe
@@ -64,6 +66,7 @@ class ControlNet(Adapter):
             except Exception as exc:  # noqa: BLE001 - not a ControlNet, or a damaged one
                 raise does_not_fit(f"The ControlNet {Path(folder).name!r}", exc, "control") from None
             derived[(self.kind, folder)] = model.to(denoiser.device)
+            use_onednn_like([model], denoiser)
         return derived[(self.kind, folder)]
 
     @staticmethod
