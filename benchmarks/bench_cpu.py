@@ -6,13 +6,16 @@ diffusers and through Easel, plain and with each option that does less, round by
   (`tokens=todo`, `tokens=todo:2:2`), with int8 compute (`quantize=int8_dynamic`) and with both; `--compile`: and
   with `compile=default` (minutes to compile); `--bf16`: Easel plain and `decoder=tiny` with EASEL_DTYPE=bfloat16
   (a CPU with AVX512-BF16 or AMX computes it natively);
-  20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3` / with `tokens=todo` too.
+  20 guided steps: bare diffusers / Easel plain / Easel `cache=deepcache:3` / with `tokens=todo` too;
+  `--control`: those cases' guided steps with a full-size ControlNet (SD 1.5's, from its UNet) beside the pipeline,
+  bare diffusers' ControlNet pipeline against Easel's `control` (no other case).
 
 Each case's seconds per image, per step and for the decode (from the step callbacks' clock), and the process's
 peak RSS; ratios against bare diffusers and Easel plain. Timing does not depend on the weights' values.
 
     python benchmarks/bench_cpu.py [--rounds 2] [--steps 20]     # writes results/cpu-cut-the-work.json
     python benchmarks/bench_cpu.py --one-step --rounds 3 --out benchmarks/results/cpu-one-step.json
+    python benchmarks/bench_cpu.py --control --steps 4 --rounds 3 --out benchmarks/results/cpu-controlnet.json
     python benchmarks/bench_cpu.py --tiny                       # the harness on tiny pipelines (no speed figure)
 """
 
@@ -34,9 +37,11 @@ from bench_gpu import full_size, install_tiny_decoder  # noqa: E402 (it also giv
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 
 
-def build(home: Path, tiny: bool) -> Path:
-    """The pipeline as a folder, and a tiny autoencoder of TAESD's architecture in the hub cache."""
-    from tiny_pipelines import save_tiny
+def build(home: Path, tiny: bool, control: bool) -> Path:
+    """The pipeline as a folder, and a tiny autoencoder of TAESD's architecture in the hub cache; with `control`, a
+    ControlNet made from its UNet in Easel's controlnets folder (as `edges`)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from tiny_pipelines import save_tiny, save_tiny_controlnet
 
     folder = home / "sd15"
     if tiny:
@@ -44,7 +49,21 @@ def build(home: Path, tiny: bool) -> Path:
     else:
         full_size("sd15").save_pretrained(folder, safe_serialization=True)
     install_tiny_decoder("sd15", tiny, home)
+    if control and tiny:
+        save_tiny_controlnet("sd15", home / "easel" / "controlnets" / "edges", seed=1)
+    elif control:
+        ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(folder / "unet")).save_pretrained(
+            home / "easel" / "controlnets" / "edges")
     return folder
+
+
+def edges(side: int):
+    """A control map: white outlines on black."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (side, side), "black")
+    ImageDraw.Draw(im).rectangle([side // 4, side // 4, 3 * side // 4, 3 * side // 4], outline="white", width=4)
+    return im
 
 
 class Clock:
@@ -71,6 +90,27 @@ def run(call, clock: Clock) -> dict:
             "decode_s": end - clock.marks[-1] if clock.marks else None}
 
 
+def ratios(c: dict[str, dict], n: int) -> dict[str, float]:
+    """Each ratio whose two cases ran: of their seconds per image, or (the ControlNet's) per step."""
+    tiny = "1-step: Easel decoder=tiny"
+    pairs = {
+        "1-step bare / Easel decoder=tiny (goal >= 4)": ("1-step: bare diffusers", tiny, "s"),
+        **{f"1-step bare / Easel decoder=tiny {option}": ("1-step: bare diffusers", f"{tiny} {option}", "s")
+           for option in ("tokens=todo", "tokens=todo:2:2", "quantize=int8_dynamic",
+                          "quantize=int8_dynamic tokens=todo", "compile=default", "bfloat16")},
+        "1-step Easel / bare (goal <= 1.02)": ("1-step: Easel", "1-step: bare diffusers", "s"),
+        f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)": (
+            f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3", "s"),
+        f"{n} steps Easel / Easel cache=deepcache:3 tokens=todo": (
+            f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3 tokens=todo", "s"),
+        f"{n} steps Easel / bare (goal <= 1.02)": (f"{n} guided steps: Easel", f"{n} guided steps: bare diffusers",
+                                                   "s"),
+        **{f"{n} steps with a ControlNet Easel / bare, {what}": (
+            f"{n} guided steps with a ControlNet: Easel", f"{n} guided steps with a ControlNet: bare diffusers", key)
+           for what, key in (("per image", "s"), ("per step", "step_s"))}}
+    return {name: round(c[a][key] / c[b][key], 3) for name, (a, b, key) in pairs.items() if a in c and b in c}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -79,12 +119,14 @@ def main() -> None:
     parser.add_argument("--one-step", action="store_true", help="the 1-step cases only")
     parser.add_argument("--compile", action="store_true", help="a 1-step case with compile=default too")
     parser.add_argument("--bf16", action="store_true", help="1-step cases with EASEL_DTYPE=bfloat16 too")
+    parser.add_argument("--control", action="store_true", help="only the guided steps with a ControlNet")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import resource
 
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionControlNetPipeline, \
+        StableDiffusionPipeline
 
     import easel
     from easel.api import default_runner, reset_default_runner, use_runner
@@ -95,15 +137,21 @@ def main() -> None:
     os.environ["EASEL_HOME"] = str(home / "easel")
     reset_default_runner()
     side = 64 if args.tiny else 512
-    folder = build(home, args.tiny)
+    folder = build(home, args.tiny, args.control)
     bare = StableDiffusionPipeline.from_pretrained(folder)
     bare.set_progress_bar_config(disable=True)
     clock = Clock()
+    edge_map = edges(side)
+    bare_control = StableDiffusionControlNetPipeline(
+        **bare.components, controlnet=ControlNetModel.from_pretrained(home / "easel" / "controlnets" / "edges")
+    ) if args.control else None
 
-    def diffusers_image(steps: int, guidance: float):
-        bare.scheduler = EulerDiscreteScheduler.from_config(bare.scheduler.config)
-        return bare(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
-                    generator=torch.Generator().manual_seed(1), callback_on_step_end=clock.diffusers).images[0]
+    def diffusers_image(steps: int, guidance: float, control: bool = False):
+        pipe, extra = (bare_control, {"image": edge_map}) if control else (bare, {})
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = EulerDiscreteScheduler.from_config(bare.scheduler.config)
+        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
+                    generator=torch.Generator().manual_seed(1), callback_on_step_end=clock.diffusers, **extra).images[0]
 
     def easel_image(steps: int, guidance: float, **options):
         return easel.generate(PROMPT, model=str(folder), size=f"{side}x{side}", steps=steps, guidance=guidance,
@@ -139,6 +187,9 @@ def main() -> None:
                                                                                    cache="deepcache:3"),
         f"{args.steps} guided steps: Easel cache=deepcache:3 tokens=todo": lambda: easel_image(
             args.steps, 7.5, cache="deepcache:3", tokens="todo"),
+        f"{args.steps} guided steps with a ControlNet: bare diffusers": lambda: diffusers_image(args.steps, 7.5, True),
+        f"{args.steps} guided steps with a ControlNet: Easel": lambda: easel_image(
+            args.steps, 7.5, control=[{"model": "edges", "image": edge_map}]),
     }
     if not args.compile:
         del cases["1-step: Easel decoder=tiny compile=default"]
@@ -146,9 +197,14 @@ def main() -> None:
         del cases["1-step: Easel bfloat16"], cases["1-step: Easel decoder=tiny bfloat16"]
     if args.one_step:
         cases = {name: call for name, call in cases.items() if name.startswith("1-step")}
+    cases = {name: call for name, call in cases.items() if ("ControlNet" in name) == args.control}
     easel_image(1, 0.0)  # warm: loading, first-call allocations
-    easel_image(1, 0.0, decoder="tiny")
-    easel_image(1, 0.0, decoder="tiny", quantize="int8_dynamic")  # loads the quantized pipeline
+    if args.control:
+        cases[f"{args.steps} guided steps with a ControlNet: Easel"]()
+        diffusers_image(1, 7.5, True)
+    else:
+        easel_image(1, 0.0, decoder="tiny")
+        easel_image(1, 0.0, decoder="tiny", quantize="int8_dynamic")  # loads the quantized pipeline
     if args.compile:
         easel_image(1, 0.0, decoder="tiny", compile="default")  # compiles (minutes on 2 cores)
     if args.bf16:
@@ -169,28 +225,7 @@ def main() -> None:
             report["cases"][name] = {k: round(statistics.median(r[k] for r in rows), 3) if rows[0][k] is not None
                                      else None for k in rows[0]}
         report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
-        c, n = report["cases"], args.steps
-
-        def ratio(a: str, b: str) -> float:
-            return round(c[a]["s"] / c[b]["s"], 3)
-
-        report["ratios"] = {
-            "1-step bare / Easel decoder=tiny (goal >= 4)": ratio("1-step: bare diffusers",
-                                                                  "1-step: Easel decoder=tiny"),
-            **{f"1-step bare / Easel decoder=tiny {option}": ratio("1-step: bare diffusers",
-                                                                   f"1-step: Easel decoder=tiny {option}")
-               for option in ("tokens=todo", "tokens=todo:2:2", "quantize=int8_dynamic",
-                              "quantize=int8_dynamic tokens=todo", "compile=default", "bfloat16")
-               if f"1-step: Easel decoder=tiny {option}" in c},
-            "1-step Easel / bare (goal <= 1.02)": ratio("1-step: Easel", "1-step: bare diffusers")}
-        if not args.one_step:
-            report["ratios"].update({
-                f"{n} steps Easel / Easel cache=deepcache:3 (goal >= 1.7)": ratio(
-                    f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3"),
-                f"{n} steps Easel / Easel cache=deepcache:3 tokens=todo": ratio(
-                    f"{n} guided steps: Easel", f"{n} guided steps: Easel cache=deepcache:3 tokens=todo"),
-                f"{n} steps Easel / bare (goal <= 1.02)": ratio(f"{n} guided steps: Easel",
-                                                                f"{n} guided steps: bare diffusers")})
+        report["ratios"] = ratios(report["cases"], args.steps)
         out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
 
