@@ -145,10 +145,11 @@ def main() -> None:
     bare_control = StableDiffusionControlNetPipeline(
         **bare.components, controlnet=ControlNetModel.from_pretrained(home / "easel" / "controlnets" / "edges")
     ) if args.control else None
+    if bare_control is not None:
+        bare_control.set_progress_bar_config(disable=True)
 
     def diffusers_image(steps: int, guidance: float, control: bool = False):
         pipe, extra = (bare_control, {"image": edge_map}) if control else (bare, {})
-        pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = EulerDiscreteScheduler.from_config(bare.scheduler.config)
         return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
                     generator=torch.Generator().manual_seed(1), callback_on_step_end=clock.diffusers, **extra).images[0]
